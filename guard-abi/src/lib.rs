@@ -1,0 +1,190 @@
+//! The kernel/user ABI of notebook-guard: every type that crosses the BPF boundary is defined
+//! here once, `#[repr(C)]`, and compiled into both `guard-ebpf` (no_std) and `guard`.
+//!
+//! Records in the `EVENTS` ring buffer all start with [`EventHeader`]; `kind` says which struct
+//! follows. [`ExecEvent`] is variable-length on the wire: its `args` array is cut to `args_len`
+//! bytes so a short command line does not take a whole 4 KiB slot in the ring.
+#![no_std]
+
+/// Bytes of `comm` (the kernel's TASK_COMM_LEN).
+pub const COMM_LEN: usize = 16;
+/// Bytes kept of the path the kernel executed and of a `#!` interpreter path.
+pub const PATH_LEN: usize = 512;
+/// Bytes kept of the loaded file's dentry name (e.g. `memfd:x`, `true`).
+pub const DNAME_LEN: usize = 64;
+/// Bytes kept of the NUL-separated argv block. A power of two, so the verifier can bound it.
+pub const ARGS_LEN: usize = 4096;
+/// Deepest cgroup level the kernel checks against the watch list (root is level 0).
+pub const MAX_CGROUP_DEPTH: u32 = 16;
+/// Entries in the watched-cgroup map.
+pub const MAX_WATCHED_CGROUPS: u32 = 16384;
+
+/// Names of the maps and programs, shared so the loader and the object cannot drift apart.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const LOST: &str = "LOST";
+    pub const WATCHED: &str = "WATCHED";
+    pub const SCRATCH: &str = "SCRATCH";
+    pub const CONFIG: &str = "CONFIG";
+    pub const PROG_EXEC: &str = "sched_process_exec";
+    pub const PROG_FORK: &str = "sched_process_fork";
+    pub const PROG_EXIT: &str = "sched_process_exit";
+}
+
+/// Event kinds; also the index into the per-CPU `LOST` counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Exec = 0,
+    Fork = 1,
+    Exit = 2,
+}
+
+/// Number of slots in `LOST` (one per [`EventKind`]).
+pub const EVENT_KINDS: u32 = 3;
+
+impl EventKind {
+    pub const ALL: [EventKind; EVENT_KINDS as usize] =
+        [EventKind::Exec, EventKind::Fork, EventKind::Exit];
+
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Self::ALL.get(v as usize).copied()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Exec => "exec",
+            EventKind::Fork => "fork",
+            EventKind::Exit => "exit",
+        }
+    }
+}
+
+/// Common prefix of every ring-buffer record. `pid`/`tgid` are in the initial PID namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub cpu: u32,
+    /// CLOCK_BOOTTIME nanoseconds (bpf_ktime_get_boot_ns), so suspend does not skew it.
+    pub ktime_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    /// cgroup v2 id (the kernfs inode of the cgroup directory).
+    pub cgroup_id: u64,
+}
+
+/// `ExecEvent::flags` bits.
+pub mod exec_flags {
+    /// argv was longer than `ARGS_LEN`; `args` holds the first `ARGS_LEN` bytes.
+    pub const ARGS_TRUNCATED: u32 = 1 << 0;
+    pub const FILENAME_TRUNCATED: u32 = 1 << 1;
+    pub const INTERP_TRUNCATED: u32 = 1 << 2;
+    /// The argv block could not be read from the new process's memory.
+    pub const ARGS_UNREADABLE: u32 = 1 << 3;
+    /// The kernel ran an interpreter (`#!` script or binfmt_misc): `interp` is set.
+    pub const HAS_INTERP: u32 = 1 << 4;
+}
+
+/// Emitted at `sched_process_exec`: after the new image is loaded, before its first instruction.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub hdr: EventHeader,
+    /// tgid of `real_parent`.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub flags: u32,
+    /// The true argument count (`bprm->argc`), even when `args` is truncated.
+    pub argc: u32,
+    /// Bytes of `args` that are valid (NUL-separated strings).
+    pub args_len: u32,
+    /// Identity of the file actually loaded (`bprm->file`): kernel dev_t (MAJOR<<20|MINOR) + inode.
+    pub exe_dev: u32,
+    /// Link count of that file: 0 for memfds and deleted files.
+    pub exe_nlink: u32,
+    pub exe_ino: u64,
+    /// The thread id that called execve (differs from pid when a non-leader thread execs).
+    pub old_pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+    /// `bprm->filename`: the path as the kernel resolved it (`/dev/fd/N` for fd-based exec).
+    pub filename: [u8; PATH_LEN],
+    /// `bprm->interp` when it differs from the filename.
+    pub interp: [u8; PATH_LEN],
+    /// Dentry name of the loaded file.
+    pub exe_name: [u8; DNAME_LEN],
+    pub args: [u8; ARGS_LEN],
+}
+
+/// Byte offset of `args` in [`ExecEvent`]: the wire size is `EXEC_FIXED_LEN + args_len`.
+pub const EXEC_FIXED_LEN: usize = core::mem::offset_of!(ExecEvent, args);
+
+/// Emitted at `sched_process_fork` for new processes (not threads). The header is the parent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub hdr: EventHeader,
+    pub child_pid: u32,
+    pub child_tgid: u32,
+}
+
+/// Emitted at `sched_process_exit` of a thread-group leader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub hdr: EventHeader,
+    /// `task->exit_code` as wait(2) encodes it.
+    pub exit_code: u32,
+    pub _pad: u32,
+}
+
+/// Byte offsets of the kernel struct fields the programs read, resolved by the agent from the
+/// running kernel's BTF at start-up. Rust eBPF has no CO-RE; this is how the same object
+/// survives other kernels' layouts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_mm: u32,
+    pub task_exit_code: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub bprm_file: u32,
+    pub bprm_filename: u32,
+    pub bprm_interp: u32,
+    pub bprm_argc: u32,
+    pub file_inode: u32,
+    /// `file.f_path.dentry`
+    pub file_dentry: u32,
+    /// `dentry.d_name.name`
+    pub dentry_name: u32,
+    pub inode_ino: u32,
+    pub inode_nlink: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+}
+
+/// Read-only configuration, written into the object's `.rodata` before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// The agent's own tgid: its processes never produce events.
+    pub agent_tgid: u32,
+    /// 1: report every cgroup; 0: only cgroups in `WATCHED` and their descendants.
+    pub watch_all: u32,
+    /// Wake the consumer only once this many bytes are waiting (0: kernel's adaptive default).
+    /// Below it the agent's poll timer drains the ring: fewer wake-ups under load.
+    pub wakeup_bytes: u64,
+    pub offsets: KernelOffsets,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, repr(C), every bit pattern valid, no padding with meaning.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

@@ -1,0 +1,3 @@
+//! Where processes live: cgroups now; Kubernetes pods and JupyterHub spawners later.
+
+pub mod cgroup;

@@ -1,0 +1,3 @@
+//! Process lineage: who started what.
+
+pub mod table;

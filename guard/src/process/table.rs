@@ -1,0 +1,262 @@
+//! The process table: one entry per live process, kept from fork/exec/exit events and seeded
+//! from /proc at start-up, so every exec can name its parent's executable and command line.
+
+use std::{collections::HashMap, ffi::OsString, fs, path::PathBuf};
+
+use crate::sensors::decode::{split_args, Exec, Exit, Fork};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    /// What the process last executed (None when seeded from /proc without access to it).
+    pub exe: Option<PathBuf>,
+    pub argv: Vec<OsString>,
+    pub comm: String,
+}
+
+/// The parent chain of an exec, nearest first.
+#[derive(Clone, Debug, Default)]
+pub struct Lineage {
+    pub parent: Option<ProcInfo>,
+    /// Executables of the ancestors above the parent, nearest first (bounded).
+    pub ancestors: Vec<Option<PathBuf>>,
+}
+
+pub const MAX_ANCESTORS: usize = 8;
+
+#[derive(Default)]
+pub struct ProcessTable {
+    procs: HashMap<u32, ProcInfo>,
+}
+
+impl ProcessTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fills the table from `/proc` (`proc_root`), for processes that started before the agent.
+    pub fn seed_from_proc(&mut self, proc_root: &std::path::Path) {
+        let Ok(dir) = fs::read_dir(proc_root) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let p = entry.path();
+            // Races with exits are normal here: a vanished process is skipped.
+            let Ok(stat) = fs::read_to_string(p.join("stat")) else {
+                continue;
+            };
+            let Some((comm, ppid)) = parse_stat(&stat) else {
+                continue;
+            };
+            let argv = fs::read(p.join("cmdline"))
+                .map(|b| split_args(&b))
+                .unwrap_or_default();
+            let exe = fs::read_link(p.join("exe")).ok();
+            self.procs.insert(
+                pid,
+                ProcInfo {
+                    pid,
+                    ppid,
+                    exe,
+                    argv,
+                    comm,
+                },
+            );
+        }
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&ProcInfo> {
+        self.procs.get(&pid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// Records the exec and returns its lineage (taken before the entry is replaced).
+    pub fn on_exec(&mut self, e: &Exec) -> Lineage {
+        let lineage = self.lineage(e.ppid);
+        self.procs.insert(
+            e.meta.tgid,
+            ProcInfo {
+                pid: e.meta.tgid,
+                ppid: e.ppid,
+                exe: Some(e.filename.clone()),
+                argv: e.argv.clone(),
+                comm: e.comm.clone(),
+            },
+        );
+        lineage
+    }
+
+    /// A forked child runs its parent's image until it execs.
+    pub fn on_fork(&mut self, f: &Fork) {
+        let parent = f.meta.tgid;
+        let child = match self.procs.get(&parent) {
+            Some(p) => ProcInfo {
+                pid: f.child_tgid,
+                ppid: parent,
+                ..p.clone()
+            },
+            None => ProcInfo {
+                pid: f.child_tgid,
+                ppid: parent,
+                exe: None,
+                argv: vec![],
+                comm: String::new(),
+            },
+        };
+        self.procs.insert(f.child_tgid, child);
+    }
+
+    pub fn on_exit(&mut self, x: &Exit) {
+        self.procs.remove(&x.meta.tgid);
+    }
+
+    pub fn lineage(&self, ppid: u32) -> Lineage {
+        let parent = self.procs.get(&ppid).cloned();
+        let mut ancestors = Vec::new();
+        let mut next = parent.as_ref().map(|p| p.ppid);
+        while let Some(pid) = next {
+            if pid == 0 || ancestors.len() >= MAX_ANCESTORS {
+                break;
+            }
+            match self.procs.get(&pid) {
+                Some(p) => {
+                    ancestors.push(p.exe.clone());
+                    next = (p.ppid != pid).then_some(p.ppid);
+                }
+                None => break,
+            }
+        }
+        Lineage { parent, ancestors }
+    }
+
+    /// Drops entries whose process no longer exists (their exit event was lost or predates
+    /// the agent). Cheap enough to run every minute: one stat per entry.
+    pub fn sweep(&mut self, proc_root: &std::path::Path) -> usize {
+        let before = self.procs.len();
+        self.procs
+            .retain(|pid, _| proc_root.join(pid.to_string()).exists());
+        before - self.procs.len()
+    }
+}
+
+/// (comm, ppid) from `/proc/PID/stat`; comm may contain spaces and parentheses.
+fn parse_stat(stat: &str) -> Option<(String, u32)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let mut rest = stat.get(close + 2..)?.split_whitespace();
+    let _state = rest.next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((comm, ppid))
+}
+
+/// Joins argv for display the way `ps` does; lossy for non-UTF-8 bytes.
+pub fn cmdline(argv: &[OsString]) -> String {
+    argv.iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensors::decode::{FileId, Meta};
+
+    fn meta(tgid: u32) -> Meta {
+        Meta {
+            ktime_ns: 0,
+            cpu: 0,
+            pid: tgid,
+            tgid,
+            cgroup_id: 1,
+        }
+    }
+
+    fn exec(tgid: u32, ppid: u32, path: &str, argv: &[&str]) -> Exec {
+        Exec {
+            meta: meta(tgid),
+            ppid,
+            old_pid: tgid,
+            uid: 0,
+            gid: 0,
+            comm: path.rsplit('/').next().unwrap().into(),
+            filename: path.into(),
+            filename_truncated: false,
+            interp: None,
+            interp_truncated: false,
+            exe: FileId { dev: 1, ino: 2 },
+            exe_nlink: 1,
+            exe_name: OsString::new(),
+            argc: argv.len() as u32,
+            argv: argv.iter().map(OsString::from).collect(),
+            argv_truncated: false,
+            argv_unreadable: false,
+        }
+    }
+
+    #[test]
+    fn lineage_follows_fork_and_exec() {
+        let mut t = ProcessTable::new();
+        t.on_exec(&exec(
+            10,
+            1,
+            "/usr/bin/python3",
+            &["python3", "-m", "ipykernel_launcher"],
+        ));
+        t.on_fork(&Fork {
+            meta: meta(10),
+            child_tgid: 11,
+        });
+        let l = t.on_exec(&exec(11, 10, "/bin/sh", &["sh", "-c", "id"]));
+        let parent = l.parent.unwrap();
+        assert_eq!(parent.exe, Some("/usr/bin/python3".into()));
+        assert_eq!(cmdline(&parent.argv), "python3 -m ipykernel_launcher");
+        t.on_fork(&Fork {
+            meta: meta(11),
+            child_tgid: 12,
+        });
+        let l = t.on_exec(&exec(12, 11, "/usr/bin/id", &["id"]));
+        assert_eq!(l.parent.unwrap().exe, Some("/bin/sh".into()));
+        assert_eq!(l.ancestors, vec![Some("/usr/bin/python3".into())]);
+        t.on_exit(&Exit {
+            meta: meta(12),
+            exit_code: 0,
+        });
+        assert!(t.get(12).is_none());
+    }
+
+    #[test]
+    fn parses_stat_with_hostile_comm() {
+        let s = "1234 (a) b) (c) S 77 1234 1234 0 -1 4194560 0";
+        assert_eq!(parse_stat(s), Some(("a) b) (c".to_string(), 77)));
+    }
+
+    #[test]
+    fn seeds_from_proc_and_sweeps() {
+        let mut t = ProcessTable::new();
+        t.seed_from_proc(std::path::Path::new("/proc"));
+        let me = t
+            .get(std::process::id())
+            .expect("this test process is in /proc");
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        t.procs.insert(u32::MAX - 1, me.clone());
+        assert!(t.sweep(std::path::Path::new("/proc")) >= 1);
+        assert!(t.get(u32::MAX - 1).is_none());
+    }
+}

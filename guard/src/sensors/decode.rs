@@ -1,0 +1,292 @@
+//! Ring-buffer records → typed events. Records come from the kernel, but a short or unknown
+//! record is still an error with a reason, never a panic.
+
+use std::{ffi::OsString, os::unix::ffi::OsStringExt, path::PathBuf};
+
+use guard_abi::{
+    exec_flags, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, ARGS_LEN, EXEC_FIXED_LEN,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("record of kind {kind} has {len} bytes, needs {need}")]
+    Truncated {
+        kind: &'static str,
+        len: usize,
+        need: usize,
+    },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("exec record claims {0} argv bytes (max {ARGS_LEN})")]
+    ArgsLen(u32),
+}
+
+/// Fields every event has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub ktime_ns: u64,
+    pub cpu: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    pub cgroup_id: u64,
+}
+
+/// The identity of a loaded binary: which file, not which name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// Userspace dev_t (as `stat(2)` reports it).
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn from_kernel(kdev: u32, ino: u64) -> Self {
+        // The kernel's internal dev_t is MAJOR<<20 | MINOR.
+        let dev = libc::makedev(kdev >> 20, kdev & 0xfffff);
+        Self { dev, ino }
+    }
+
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exec {
+    pub meta: Meta,
+    pub ppid: u32,
+    pub old_pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    /// The path the kernel executed (`/dev/fd/N` for an fd-based exec).
+    pub filename: PathBuf,
+    pub filename_truncated: bool,
+    /// The interpreter the kernel ran for a `#!` script (or binfmt_misc).
+    pub interp: Option<PathBuf>,
+    pub interp_truncated: bool,
+    pub exe: FileId,
+    pub exe_nlink: u32,
+    /// Dentry name of the loaded file (`memfd:…` for a memfd).
+    pub exe_name: OsString,
+    pub argc: u32,
+    pub argv: Vec<OsString>,
+    pub argv_truncated: bool,
+    pub argv_unreadable: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fork {
+    pub meta: Meta,
+    pub child_tgid: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub meta: Meta,
+    pub exit_code: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Exec(Box<Exec>),
+    Fork(Fork),
+    Exit(Exit),
+}
+
+impl Event {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Event::Exec(e) => &e.meta,
+            Event::Fork(f) => &f.meta,
+            Event::Exit(x) => &x.meta,
+        }
+    }
+}
+
+/// Copies the record into a zeroed `T` (all-integer types: zero is valid). Records are not
+/// guaranteed to be aligned for `T` in the slice we get, hence the copy.
+fn read_record<T: Copy>(buf: &[u8], need: usize, kind: EventKind) -> Result<T, DecodeError> {
+    if buf.len() < need {
+        return Err(DecodeError::Truncated {
+            kind: kind.name(),
+            len: buf.len(),
+            need,
+        });
+    }
+    let mut v = std::mem::MaybeUninit::<T>::zeroed();
+    let n = buf.len().min(std::mem::size_of::<T>());
+    // SAFETY: T is one of the repr(C) ABI structs made only of integers and byte arrays, for
+    // which the all-zero pattern and any byte pattern are valid; n <= size_of::<T>().
+    unsafe {
+        std::ptr::copy_nonoverlapping(buf.as_ptr(), v.as_mut_ptr().cast::<u8>(), n);
+        Ok(v.assume_init())
+    }
+}
+
+fn meta(h: &EventHeader) -> Meta {
+    Meta {
+        ktime_ns: h.ktime_ns,
+        cpu: h.cpu,
+        pid: h.pid,
+        tgid: h.tgid,
+        cgroup_id: h.cgroup_id,
+    }
+}
+
+/// Bytes up to the first NUL.
+pub fn cstr(b: &[u8]) -> &[u8] {
+    b.iter().position(|&c| c == 0).map_or(b, |n| &b[..n])
+}
+
+/// NUL-separated argv block → arguments. Empty arguments are kept; the terminating NUL of
+/// the last argument does not make an extra one. A truncated block's last piece is partial.
+pub fn split_args(block: &[u8]) -> Vec<OsString> {
+    if block.is_empty() {
+        return Vec::new();
+    }
+    let body = block.strip_suffix(&[0]).unwrap_or(block);
+    body.split(|&c| c == 0)
+        .map(|a| OsString::from_vec(a.to_vec()))
+        .collect()
+}
+
+pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
+    if buf.len() < std::mem::size_of::<EventHeader>() {
+        return Err(DecodeError::Short(buf.len()));
+    }
+    let h: EventHeader = read_record(buf, std::mem::size_of::<EventHeader>(), EventKind::Exec)?;
+    match EventKind::from_u32(h.kind) {
+        Some(EventKind::Exec) => {
+            let ev: ExecEvent = read_record(buf, EXEC_FIXED_LEN, EventKind::Exec)?;
+            if ev.args_len as usize > ARGS_LEN {
+                return Err(DecodeError::ArgsLen(ev.args_len));
+            }
+            let need = EXEC_FIXED_LEN + ev.args_len as usize;
+            if buf.len() < need {
+                return Err(DecodeError::Truncated {
+                    kind: "exec",
+                    len: buf.len(),
+                    need,
+                });
+            }
+            let f = ev.flags;
+            let path = |b: &[u8]| PathBuf::from(OsString::from_vec(cstr(b).to_vec()));
+            Ok(Event::Exec(Box::new(Exec {
+                meta: meta(&ev.hdr),
+                ppid: ev.ppid,
+                old_pid: ev.old_pid,
+                uid: ev.uid,
+                gid: ev.gid,
+                comm: String::from_utf8_lossy(cstr(&ev.comm)).into_owned(),
+                filename: path(&ev.filename),
+                filename_truncated: f & exec_flags::FILENAME_TRUNCATED != 0,
+                interp: (f & exec_flags::HAS_INTERP != 0).then(|| path(&ev.interp)),
+                interp_truncated: f & exec_flags::INTERP_TRUNCATED != 0,
+                exe: FileId::from_kernel(ev.exe_dev, ev.exe_ino),
+                exe_nlink: ev.exe_nlink,
+                exe_name: OsString::from_vec(cstr(&ev.exe_name).to_vec()),
+                argc: ev.argc,
+                argv: split_args(&ev.args[..ev.args_len as usize]),
+                argv_truncated: f & exec_flags::ARGS_TRUNCATED != 0,
+                argv_unreadable: f & exec_flags::ARGS_UNREADABLE != 0,
+            })))
+        }
+        Some(EventKind::Fork) => {
+            let ev: ForkEvent =
+                read_record(buf, std::mem::size_of::<ForkEvent>(), EventKind::Fork)?;
+            Ok(Event::Fork(Fork {
+                meta: meta(&ev.hdr),
+                child_tgid: ev.child_tgid,
+            }))
+        }
+        Some(EventKind::Exit) => {
+            let ev: ExitEvent =
+                read_record(buf, std::mem::size_of::<ExitEvent>(), EventKind::Exit)?;
+            Ok(Event::Exit(Exit {
+                meta: meta(&ev.hdr),
+                exit_code: ev.exit_code,
+            }))
+        }
+        None => Err(DecodeError::UnknownKind(h.kind)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> &[u8] {
+        // SAFETY: reading the bytes of a repr(C) value for the test.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast(), std::mem::size_of::<T>()) }
+    }
+
+    fn exec_with_args(args: &[u8], flags: u32) -> Vec<u8> {
+        // SAFETY: all-zero is a valid ExecEvent.
+        let mut ev: ExecEvent = unsafe { std::mem::zeroed() };
+        ev.hdr.kind = EventKind::Exec as u32;
+        ev.hdr.tgid = 42;
+        ev.flags = flags;
+        ev.args_len = args.len() as u32;
+        ev.args[..args.len()].copy_from_slice(args);
+        ev.filename[..7].copy_from_slice(b"/bin/sh");
+        ev.exe_dev = (8 << 20) | 1;
+        ev.exe_ino = 99;
+        bytes_of(&ev)[..EXEC_FIXED_LEN + args.len()].to_vec()
+    }
+
+    #[test]
+    fn exec_record_is_variable_length() {
+        let rec = exec_with_args(b"sh\0-c\0\0echo hi\0", 0);
+        let Event::Exec(e) = decode(&rec).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.argv, ["sh", "-c", "", "echo hi"].map(OsString::from));
+        assert_eq!(e.filename, PathBuf::from("/bin/sh"));
+        assert_eq!(
+            e.exe,
+            FileId {
+                dev: libc::makedev(8, 1),
+                ino: 99
+            }
+        );
+        assert!(e.interp.is_none() && !e.argv_truncated);
+    }
+
+    #[test]
+    fn truncated_argv_keeps_partial_last_argument() {
+        let rec = exec_with_args(b"a\0bcd", exec_flags::ARGS_TRUNCATED);
+        let Event::Exec(e) = decode(&rec).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.argv, ["a", "bcd"].map(OsString::from));
+        assert!(e.argv_truncated);
+    }
+
+    #[test]
+    fn malformed_records_are_errors() {
+        assert_eq!(decode(&[0u8; 3]), Err(DecodeError::Short(3)));
+        let mut rec = exec_with_args(b"abc\0", 0);
+        rec.truncate(EXEC_FIXED_LEN + 2);
+        assert!(matches!(
+            decode(&rec),
+            Err(DecodeError::Truncated { kind: "exec", .. })
+        ));
+        let mut bad = exec_with_args(b"", 0);
+        bad[0] = 77;
+        assert_eq!(decode(&bad), Err(DecodeError::UnknownKind(77)));
+        let mut huge = exec_with_args(b"", 0);
+        let off = std::mem::offset_of!(ExecEvent, args_len);
+        huge[off..off + 4].copy_from_slice(&(ARGS_LEN as u32 + 1).to_ne_bytes());
+        assert_eq!(
+            decode(&huge),
+            Err(DecodeError::ArgsLen(ARGS_LEN as u32 + 1))
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! The process-lifecycle sensor: `sched_process_exec`, `sched_process_fork` and
+//! `sched_process_exit` raw tracepoints feeding one ring buffer.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
+    Ebpf, EbpfLoader,
+};
+use guard_abi::{names, Config, EventKind, EVENT_KINDS};
+
+use super::{offsets::OffsetResolver, EBPF_OBJECT};
+
+/// How the sensor is loaded.
+#[derive(Clone, Debug)]
+pub struct SensorOptions {
+    /// Ring buffer size in bytes: a power of two and a multiple of the page size.
+    pub ring_bytes: u32,
+    /// Wake the agent only once this many bytes wait (0: wake per record, kernel default).
+    pub wakeup_bytes: u64,
+    /// Report every cgroup on the node instead of only watched ones.
+    pub watch_all: bool,
+    /// Kernel BTF used to resolve struct offsets.
+    pub btf_path: PathBuf,
+}
+
+impl Default for SensorOptions {
+    fn default() -> Self {
+        Self {
+            ring_bytes: 8 << 20,
+            wakeup_bytes: 256 << 10,
+            watch_all: true,
+            btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
+        }
+    }
+}
+
+/// Loaded and attached programs. Dropping it detaches them.
+pub struct ProcessSensor {
+    ebpf: Ebpf,
+    lost: PerCpuArray<MapData, u64>,
+    watched: HashMap<MapData, u64, u32>,
+    ring: Option<RingBuf<MapData>>,
+    links: Vec<(&'static str, RawTracePointLinkId)>,
+}
+
+/// Kernel-side losses, by event kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLosses(pub [u64; EVENT_KINDS as usize]);
+
+impl KernelLosses {
+    pub fn get(&self, kind: EventKind) -> u64 {
+        self.0[kind as usize]
+    }
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+impl ProcessSensor {
+    pub fn load(opts: &SensorOptions) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!(
+                "this guard was built without its eBPF object: build it with `cargo xtask build`"
+            );
+        }
+        if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
+            bail!(
+                "ring buffer size {} is not a power of two of at least 4096 bytes",
+                opts.ring_bytes
+            );
+        }
+        let offsets = OffsetResolver::from_file(&opts.btf_path)
+            .and_then(|r| r.kernel_offsets())
+            .context(
+                "resolving kernel struct offsets from BTF (kernel needs CONFIG_DEBUG_INFO_BTF)",
+            )?;
+        let config = Config {
+            agent_tgid: std::process::id(),
+            watch_all: opts.watch_all as u32,
+            wakeup_bytes: opts.wakeup_bytes,
+            offsets,
+        };
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::CONFIG, &config, true)
+            .map_max_entries(names::EVENTS, opts.ring_bytes)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object (needs root or CAP_BPF+CAP_PERFMON)")?;
+        let mut links = Vec::new();
+        for name in [names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT] {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+            links.push((
+                name,
+                prog.attach(name)
+                    .with_context(|| format!("attaching raw tracepoint {name}"))?,
+            ));
+        }
+        let lost = PerCpuArray::try_from(take(&mut ebpf, names::LOST)?)?;
+        let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED)?)?;
+        let ring = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
+        Ok(Self {
+            ebpf,
+            lost,
+            watched,
+            ring: Some(ring),
+            links,
+        })
+    }
+
+    /// The ring buffer, handed to the reader once.
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+
+    /// Report processes in this cgroup and every cgroup below it.
+    pub fn watch_cgroup(&mut self, id: u64) -> Result<()> {
+        self.watched
+            .insert(id, 1, 0)
+            .with_context(|| format!("watching cgroup id {id}"))
+    }
+
+    pub fn unwatch_cgroup(&mut self, id: u64) -> Result<()> {
+        self.watched
+            .remove(&id)
+            .with_context(|| format!("unwatching cgroup id {id}"))
+    }
+
+    pub fn watch_cgroup_path(&mut self, path: &Path) -> Result<u64> {
+        let id = crate::discovery::cgroup::cgroup_id(path)?;
+        self.watch_cgroup(id)?;
+        Ok(id)
+    }
+
+    /// Records the kernel could not put in the ring, summed over CPUs.
+    pub fn kernel_losses(&self) -> Result<KernelLosses> {
+        let mut out = KernelLosses::default();
+        for kind in EventKind::ALL {
+            let per_cpu = self.lost.get(&(kind as u32), 0).context("reading LOST")?;
+            out.0[kind as usize] = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Detaches every program; events already in the ring stay readable.
+    pub fn detach(&mut self) {
+        for (name, link) in self.links.drain(..) {
+            let prog: Option<&mut RawTracePoint> =
+                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+            if let Some(Err(e)) = prog.map(|p| p.detach(link)) {
+                tracing::warn!(program = name, error = %e, "detaching");
+            }
+        }
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the object"))
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let r = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer; failure only matters on old kernels.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) };
+}

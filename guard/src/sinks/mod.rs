@@ -1,0 +1,3 @@
+//! Where events and alerts go.
+
+pub mod events;

@@ -1,0 +1,274 @@
+//! `cargo xtask`: everything needed to build, run and test notebook-guard on a fresh machine.
+//!
+//! The eBPF crate needs `rust-src` (for `-Z build-std=core`) and `bpf-linker` built against the
+//! toolchain's own libLLVM; `setup` provides both and is cheap when they are already there.
+
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_TARGET: &str = "bpfel-unknown-none";
+
+#[derive(Parser)]
+#[command(about = "Build, run and test notebook-guard")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the eBPF build needs (rust-src, bpf-linker) and mount tracefs. Idempotent.
+    Setup,
+    /// Build the kernel programs (guard-ebpf) into target/ebpf.
+    BuildEbpf,
+    /// Build the kernel programs and the agent (release).
+    Build,
+    /// Build everything, then run all tests (privileged ones need root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Build, then start `guard run` with the embedded default policy (needs root).
+    Run {
+        /// Arguments passed to `guard run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup(),
+        Cmd::BuildEbpf => {
+            setup()?;
+            build_ebpf()
+        }
+        Cmd::Build => {
+            setup()?;
+            build_ebpf()?;
+            build_agent(true)
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            build_ebpf()?;
+            build_agent(false)?;
+            let mut cmd = cargo();
+            cmd.args(["test", "--workspace"]).args(&args);
+            cmd.env("GUARD_BIN", workspace_root().join("target/debug/guard"));
+            run(&mut cmd)
+        }
+        Cmd::Run { args } => {
+            setup()?;
+            build_ebpf()?;
+            build_agent(true)?;
+            let mut cmd = Command::new(workspace_root().join("target/release/guard"));
+            cmd.arg("run").args(&args);
+            run(&mut cmd)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn setup() -> Result<()> {
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    mount_tracefs();
+    Ok(())
+}
+
+fn sysroot() -> Result<PathBuf> {
+    Ok(PathBuf::from(
+        output(Command::new("rustc").args(["--print", "sysroot"]))?.trim(),
+    ))
+}
+
+fn ensure_rust_src() -> Result<()> {
+    let src = sysroot()?.join("lib/rustlib/src/rust/library/core");
+    if src.is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing rust-src (needed for -Z build-std=core)");
+    run(Command::new("rustup").args(["component", "add", "rust-src"]))
+}
+
+/// The toolchain's LLVM major version, from `rustc -vV` ("LLVM version: 22.1.2").
+fn llvm_major() -> Result<u32> {
+    let vv = output(Command::new("rustc").arg("-vV"))?;
+    let line = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("rustc -vV does not name its LLVM version")?;
+    line.split('.')
+        .next()
+        .unwrap_or("")
+        .parse()
+        .with_context(|| format!("LLVM version {line:?}"))
+}
+
+fn bpf_linker_works() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// bpf-linker must use the very LLVM that rustc emits bitcode with, so it is built against the
+/// toolchain's own libLLVM: a prefix directory whose `lib/libLLVM.so` links to it, plus an
+/// rpath so the installed binary finds that library at run time.
+fn ensure_bpf_linker() -> Result<()> {
+    if bpf_linker_works() {
+        return Ok(());
+    }
+    let lib = sysroot()?.join("lib");
+    let real = fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        // `libLLVM-NN-*.so` is a linker script; the real shared object is `libLLVM.so.NN.*`.
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let prefix = workspace_root().join("target/llvm-prefix");
+    fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&real, &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+
+    let major = llvm_major()?;
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {}",
+        real.display()
+    );
+    let mut cmd = cargo();
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--locked",
+        "--version",
+        BPF_LINKER_VERSION,
+    ])
+    .args([
+        "--no-default-features",
+        "--features",
+        &format!("llvm-{major}"),
+    ])
+    .env("LLVM_PREFIX", &prefix)
+    .env(format!("LLVM_SYS_{major}1_PREFIX"), &prefix)
+    .env(
+        "RUSTFLAGS",
+        format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
+    );
+    run(&mut cmd)?;
+    if !bpf_linker_works() {
+        bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
+}
+
+/// Classic tracepoints need tracefs; raw tracepoints do not, but tools and later sensors do.
+fn mount_tracefs() {
+    let t = Path::new("/sys/kernel/tracing");
+    if t.join("events").is_dir() || !nix_is_root() {
+        return;
+    }
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "tracefs"])
+        .arg(t)
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("xtask: warning: could not mount tracefs at {}", t.display());
+    }
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn ebpf_object() -> PathBuf {
+    workspace_root()
+        .join("target/ebpf")
+        .join(BPF_TARGET)
+        .join("release/guard-ebpf")
+}
+
+fn build_ebpf() -> Result<()> {
+    let root = workspace_root();
+    let mut cmd = cargo();
+    cmd.current_dir(root.join("guard-ebpf"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            BPF_TARGET,
+            "-Z",
+            "build-std=core",
+        ])
+        // The workspace pins a stable toolchain; build-std is a nightly flag.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", root.join("target/ebpf"))
+        // Flags meant for the host must not leak into the BPF build.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env(
+            "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
+            "-C debuginfo=2 -C link-arg=--btf",
+        );
+    run(&mut cmd).context("building guard-ebpf")
+}
+
+fn build_agent(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "guard"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)
+}
