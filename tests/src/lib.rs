@@ -1,1 +1,244 @@
+//! Test harness for privileged integration tests: real cgroups, real processes, real kernel.
+//!
+//! Tests that need root call [`require_root`]. Outside CI a non-root run skips them with a
+//! message; in CI (`CI` or `GUARD_REQUIRE_PRIVILEGED` set) a skip is a failure.
 
+use std::{
+    ffi::{CString, OsStr},
+    fs,
+    os::{
+        fd::{AsRawFd, OwnedFd, RawFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use guard::{
+    discovery::cgroup::{cgroup_id, find_cgroup2_mount},
+    sensors::{
+        decode::{decode, Event},
+        process::{ProcessSensor, SensorOptions},
+    },
+};
+use nix::{
+    sys::wait::{waitpid, WaitStatus},
+    unistd::{fork, ForkResult, Pid},
+};
+
+/// True when privileged tests can run. Panics instead of skipping where skips are forbidden.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let strict = std::env::var_os("GUARD_REQUIRE_PRIVILEGED").is_some_and(|v| v != "0")
+        || std::env::var_os("CI").is_some_and(|v| v == "true" || v == "1");
+    if strict {
+        panic!("{test} needs root, and skipping privileged tests is not allowed here");
+    }
+    eprintln!("SKIP {test}: needs root");
+    false
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A cgroup v2 directory made for one test, removed on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+    /// Path relative to the cgroup2 root, as the agent reports it.
+    pub rel: PathBuf,
+    pub id: u64,
+    procs: OwnedFd,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Result<Self> {
+        Self::new_under(Path::new(""), name)
+    }
+
+    /// A cgroup at `parent/name` below the cgroup2 root (`parent` is created too).
+    pub fn new_under(parent: &Path, name: &str) -> Result<Self> {
+        let mount = find_cgroup2_mount()?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let rel = Path::new("/").join(parent).join(format!("{name}-{}-{n}", std::process::id()));
+        let path = mount.join(rel.strip_prefix("/").unwrap());
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        let id = cgroup_id(&path)?;
+        let procs = fs::OpenOptions::new().write(true).open(path.join("cgroup.procs"))?.into();
+        Ok(Self { path, rel, id, procs })
+    }
+
+    pub fn procs_fd(&self) -> RawFd {
+        self.procs.as_raw_fd()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Children first (a test may nest cgroups), then this one.
+        let _ = remove_tree(&self.path);
+    }
+}
+
+fn remove_tree(p: &Path) -> std::io::Result<()> {
+    for e in fs::read_dir(p)?.flatten() {
+        if e.file_type()?.is_dir() {
+            remove_tree(&e.path())?;
+        }
+    }
+    fs::remove_dir(p)
+}
+
+/// How a child process starts its new image.
+pub enum Exec<'a> {
+    /// execve(path, argv)
+    Path(&'a Path),
+    /// execveat(fd, "", argv, envp, AT_EMPTY_PATH): fileless exec of an open file.
+    Fd(RawFd),
+}
+
+fn cstrings<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(items: I) -> Result<Vec<CString>> {
+    items.into_iter().map(|s| Ok(CString::new(s.as_ref().as_bytes())?)).collect()
+}
+
+/// Forks a child that moves itself into `cgroup` and then execs. Only async-signal-safe calls
+/// happen between fork and exec: everything is prepared before the fork.
+pub fn spawn_in(cgroup: &TestCgroup, exec: Exec<'_>, argv: &[&OsStr]) -> Result<Pid> {
+    let argv_c = cstrings(argv.iter())?;
+    let mut argv_p: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let env_c = cstrings(["PATH=/usr/bin:/bin", "LANG=C"])?;
+    let mut env_p: Vec<*const libc::c_char> = env_c.iter().map(|c| c.as_ptr()).collect();
+    env_p.push(std::ptr::null());
+    let path_c = match exec {
+        Exec::Path(p) => Some(CString::new(p.as_os_str().as_bytes())?),
+        Exec::Fd(_) => None,
+    };
+    let empty = CString::new("")?;
+    let procs = cgroup.procs_fd();
+    // Silence the child: tests read events, not output.
+    let devnull = fs::OpenOptions::new().write(true).open("/dev/null")?;
+    let devnull_fd = devnull.as_raw_fd();
+
+    // SAFETY: the child only calls async-signal-safe functions (write, dup2, execve, _exit).
+    match unsafe { fork() }? {
+        ForkResult::Child => unsafe {
+            if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                libc::_exit(126);
+            }
+            libc::dup2(devnull_fd, 1);
+            libc::dup2(devnull_fd, 2);
+            match (&exec, &path_c) {
+                (Exec::Path(_), Some(p)) => {
+                    libc::execve(p.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
+                }
+                (Exec::Fd(fd), _) => {
+                    libc::syscall(
+                        libc::SYS_execveat,
+                        *fd,
+                        empty.as_ptr(),
+                        argv_p.as_ptr(),
+                        env_p.as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                    );
+                }
+                _ => {}
+            }
+            libc::_exit(127)
+        },
+        ForkResult::Parent { child } => Ok(child),
+    }
+}
+
+/// Waits for `pid` and fails unless it exited 0.
+pub fn wait_ok(pid: Pid) -> Result<()> {
+    match waitpid(pid, None)? {
+        WaitStatus::Exited(_, 0) => Ok(()),
+        other => bail!("child {pid} ended with {other:?}"),
+    }
+}
+
+/// A process sensor watching only the given cgroups, read synchronously by the test.
+pub struct SensorHarness {
+    pub sensor: ProcessSensor,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    pub malformed: u64,
+}
+
+impl SensorHarness {
+    pub fn start(ring_bytes: u32, cgroups: &[&TestCgroup]) -> Result<Self> {
+        let opts = SensorOptions { ring_bytes, watch_all: false, ..SensorOptions::default() };
+        let mut sensor = ProcessSensor::load(&opts)?;
+        for cg in cgroups {
+            sensor.watch_cgroup(cg.id)?;
+        }
+        let ring = sensor.take_ring().context("ring")?;
+        Ok(Self { sensor, ring, malformed: 0 })
+    }
+
+    /// Everything currently in the ring.
+    pub fn drain(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            match decode(&item) {
+                Ok(ev) => out.push(ev),
+                Err(_) => self.malformed += 1,
+            }
+        }
+        out
+    }
+
+    /// Reads until `done` says the collected events are enough, or the timeout passes.
+    pub fn collect_until(&mut self, timeout: Duration, mut done: impl FnMut(&[Event]) -> bool) -> Vec<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut all = Vec::new();
+        loop {
+            all.extend(self.drain());
+            if done(&all) || Instant::now() > deadline {
+                return all;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The exec events of one process.
+pub fn execs_of(events: &[Event], pid: Pid) -> Vec<&guard::sensors::decode::Exec> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Exec(x) if x.meta.tgid == pid.as_raw() as u32 => Some(&**x),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("guard-{name}-{}-{n}", std::process::id()));
+        fs::create_dir_all(&p)?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `guard` binary built by `cargo xtask test` (or `GUARD_BIN`).
+pub fn guard_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("GUARD_BIN") {
+        return p.into();
+    }
+    // target/debug/deps/<test> → target/debug/guard
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).map(|d| d.join("guard")).expect("target dir")
+}

@@ -232,12 +232,6 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn ebpf_object() -> PathBuf {
-    workspace_root()
-        .join("target/ebpf")
-        .join(BPF_TARGET)
-        .join("release/guard-ebpf")
-}
 
 fn build_ebpf() -> Result<()> {
     let root = workspace_root();
