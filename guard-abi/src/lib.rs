@@ -22,6 +22,10 @@ pub const MAX_WATCHED_CGROUPS: u32 = 16384;
 /// Names of the maps and programs, shared so the loader and the object cannot drift apart.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
+    pub const ENFORCED: &str = "ENFORCED";
+    pub const ALLOWED: &str = "ALLOWED";
+    pub const MARKS: &str = "MARKS";
+    pub const SERVERS: &str = "SERVERS";
     pub const LOST: &str = "LOST";
     pub const WATCHED: &str = "WATCHED";
     pub const SCRATCH: &str = "SCRATCH";
@@ -84,7 +88,51 @@ pub mod exec_flags {
     pub const ARGS_UNREADABLE: u32 = 1 << 3;
     /// The kernel ran an interpreter (`#!` script or binfmt_misc): `interp` is set.
     pub const HAS_INTERP: u32 = 1 << 4;
+    /// The process is in a cgroup under enforcement.
+    pub const ENFORCED: u32 = 1 << 5;
+    /// Enforcement killed the process (SIGKILL before its first instruction).
+    pub const KILLED: u32 = 1 << 6;
+    /// The process descends from a Python process of the notebook (kernel's view).
+    pub const UNDER_PYTHON: u32 = 1 << 7;
 }
+
+/// `ENFORCED` map values: enforcement on, and the allowances that apply.
+pub mod enforce_flags {
+    pub const ON: u32 = 1 << 0;
+    pub const TERMINALS: u32 = 1 << 1;
+    pub const PIP_MAGIC: u32 = 1 << 2;
+}
+
+/// `ALLOWED` map values: what an identity may do in an enforced cgroup.
+pub mod allow_class {
+    /// A Python interpreter: always runs, and marks its descendants.
+    pub const PYTHON: u32 = 1;
+    /// A helper: runs when its parent is Python (arguments are checked by the agent).
+    pub const HELPER: u32 = 2;
+    /// A shell: runs only as a terminal (parent is the server) or for %pip.
+    pub const SHELL: u32 = 3;
+}
+
+/// `MARKS` map values (per tgid, inherited across fork).
+pub mod marks {
+    pub const UNDER_PYTHON: u32 = 1 << 0;
+    /// A Jupyter terminal and everything it starts.
+    pub const EXEMPT: u32 = 1 << 1;
+}
+
+/// Key of the `ALLOWED` map: a file identity as the kernel sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// Kernel dev_t: MAJOR << 20 | MINOR.
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// Entries in the enforcement maps.
+pub const MAX_ALLOWED: u32 = 65536;
+pub const MAX_MARKED: u32 = 65536;
 
 /// Emitted at `sched_process_exec`: after the new image is loaded, before its first instruction.
 #[repr(C)]
@@ -107,7 +155,8 @@ pub struct ExecEvent {
     pub exe_ino: u64,
     /// The thread id that called execve (differs from pid when a non-leader thread execs).
     pub old_pid: u32,
-    pub _pad: u32,
+    /// Bits 0..2: stdin, stdout, stderr are sockets (a reverse shell's signature).
+    pub stdio_sockets: u32,
     pub comm: [u8; COMM_LEN],
     /// `bprm->filename`: the path as the kernel resolved it (`/dev/fd/N` for fd-based exec).
     pub filename: [u8; PATH_LEN],
@@ -166,6 +215,12 @@ pub struct KernelOffsets {
     pub inode_nlink: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
+    /// `inode.i_mode` (umode_t, 2 bytes)
+    pub inode_mode: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub mm_exe_file: u32,
 }
 
 /// Read-only configuration, written into the object's `.rodata` before load.
@@ -187,4 +242,5 @@ mod user {
     // SAFETY: plain-old-data, repr(C), every bit pattern valid, no padding with meaning.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::FileKey {}
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_smp_processor_id,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+            bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_send_signal,
             bpf_probe_read_kernel_str, bpf_probe_read_user,
         },
     },
@@ -25,7 +25,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use guard_abi::{
-    exec_flags, Config, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, ARGS_LEN,
+    allow_class, enforce_flags, exec_flags, marks, Config, FileKey, MAX_ALLOWED, MAX_MARKED, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, ARGS_LEN,
     EVENT_KINDS, EXEC_FIXED_LEN, MAX_CGROUP_DEPTH, MAX_WATCHED_CGROUPS, PATH_LEN,
 };
 
@@ -54,6 +54,11 @@ static CONFIG: Config = Config {
         inode_nlink: 0,
         inode_sb: 0,
         sb_dev: 0,
+        inode_mode: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdtable_fd: 0,
+        mm_exe_file: 0,
     },
 };
 
@@ -68,6 +73,24 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KINDS, 0);
 /// cgroup ids the agent watches; a process in one of them or below it is reported.
 #[map]
 static WATCHED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_WATCHED_CGROUPS, 0);
+
+/// Notebook cgroups under enforcement (and below them): `enforce_flags`.
+#[map]
+static ENFORCED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_WATCHED_CGROUPS, 0);
+
+/// File identities allowed to run in enforced cgroups: `allow_class`.
+#[map]
+static ALLOWED: HashMap<FileKey, u32> = HashMap::with_max_entries(MAX_ALLOWED, 0);
+
+/// Per-process `marks`, kept by these programs (set at exec, inherited at fork, dropped at
+/// exit) so the decision needs no user-space round trip.
+#[map]
+static MARKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MARKED, 0);
+
+/// Notebook server processes (tgid), registered by the agent: a shell whose parent is one of
+/// them is a Jupyter terminal.
+#[map]
+static SERVERS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
 /// Per-CPU space to assemble an exec record (too big for the 512-byte stack); only
 /// `EXEC_FIXED_LEN + args_len` bytes of it go to the ring.
@@ -114,22 +137,30 @@ fn wanted(tgid: u32) -> bool {
     if conf!(watch_all) != 0 {
         return true;
     }
+    cgroup_lookup(&WATCHED).is_some()
+}
+
+/// The value for the current cgroup or its nearest registered ancestor.
+#[inline(always)]
+fn cgroup_lookup(map: &HashMap<u64, u32>) -> Option<u32> {
     let own = unsafe { bpf_get_current_cgroup_id() };
-    if unsafe { WATCHED.get(&own) }.is_some() {
-        return true;
+    if let Some(v) = unsafe { map.get(&own) } {
+        return Some(*v);
     }
-    let mut level = 1;
-    while level < MAX_CGROUP_DEPTH {
+    let mut found = None;
+    let mut level = MAX_CGROUP_DEPTH - 1;
+    // Deepest ancestor first, so a container-level entry wins over its pod's.
+    while level > 0 {
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        if id == 0 || id == own {
-            return false;
+        if id != 0 && id != own {
+            if let Some(v) = unsafe { map.get(&id) } {
+                found = Some(*v);
+                break;
+            }
         }
-        if unsafe { WATCHED.get(&id) }.is_some() {
-            return true;
-        }
-        level += 1;
+        level -= 1;
     }
-    false
+    found
 }
 
 #[inline(always)]
@@ -208,7 +239,6 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64) {
     (*ev).uid = ugid as u32;
     (*ev).gid = (ugid >> 32) as u32;
     (*ev).old_pid = old_pid as u32;
-    (*ev)._pad = 0;
     (*ev).comm = bpf_get_current_comm().unwrap_or_default();
 
     let mut flags = 0;
@@ -274,6 +304,24 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64) {
         }
     }
     (*ev).args_len = args_len;
+    (*ev).stdio_sockets = stdio_sockets(task);
+
+    if let Some(enf) = cgroup_lookup(&ENFORCED) {
+        if enf & enforce_flags::ON != 0 {
+            flags |= exec_flags::ENFORCED;
+            let key = FileKey { dev: (*ev).exe_dev, _pad: 0, ino: (*ev).exe_ino };
+            let tgid = (pid_tgid >> 32) as u32;
+            let (verdict, mark) = decide(enf, &key, tgid, (*ev).ppid, parent, ev, args_len);
+            if mark & marks::UNDER_PYTHON != 0 {
+                flags |= exec_flags::UNDER_PYTHON;
+            }
+            if !verdict {
+                // Before the new image's first instruction: it never runs.
+                bpf_send_signal(9);
+                flags |= exec_flags::KILLED;
+            }
+        }
+    }
     (*ev).flags = flags;
 
     let size = (EXEC_FIXED_LEN as u32 + args_len) as u64;
@@ -286,6 +334,110 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64) {
     if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
         count_lost(EventKind::Exec);
     }
+}
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+/// Bits 0..2 set when fds 0, 1, 2 are sockets.
+#[inline(always)]
+unsafe fn stdio_sockets(task: *const u8) -> u32 {
+    let files = read_ptr(task, conf!(offsets.task_files));
+    let fdt = read_ptr(files, conf!(offsets.files_fdt));
+    let fds = read_ptr(fdt, conf!(offsets.fdtable_fd));
+    let mut bits = 0;
+    let mut i = 0u32;
+    while i < 3 {
+        let file = read_ptr(fds, i * 8);
+        let inode = read_ptr(file, conf!(offsets.file_inode));
+        let mode = read::<u16>(inode, conf!(offsets.inode_mode));
+        if !inode.is_null() && mode & S_IFMT == S_IFSOCK {
+            bits |= 1 << i;
+        }
+        i += 1;
+    }
+    bits
+}
+
+#[inline(always)]
+unsafe fn file_key(file: *const u8) -> FileKey {
+    let inode = read_ptr(file, conf!(offsets.file_inode));
+    let sb = read_ptr(inode, conf!(offsets.inode_sb));
+    FileKey { dev: read::<u32>(sb, conf!(offsets.sb_dev)), _pad: 0, ino: read::<u64>(inode, conf!(offsets.inode_ino)) }
+}
+
+#[inline(always)]
+fn class_of(key: &FileKey) -> u32 {
+    unsafe { ALLOWED.get(key) }.copied().unwrap_or(0)
+}
+
+/// True when `-c` is argv[1] and argv[2] runs `-m pip` (the shape of IPython's %pip).
+/// Raw reads with explicit bounds: an indexing panic path would not pass the verifier.
+#[inline(always)]
+unsafe fn is_pip_shell(ev: *const ExecEvent, args_len: u32) -> bool {
+    let args = (*ev).args.as_ptr();
+    let len = if (args_len as usize) < ARGS_LEN { args_len as usize } else { ARGS_LEN };
+    let at = |i: usize| -> u8 { if i < len { *args.add(i & (ARGS_LEN - 1)) } else { 0 } };
+    // Skip argv[0].
+    let mut i = 0usize;
+    while i < 256 && at(i) != 0 {
+        i += 1;
+    }
+    if at(i + 1) != b'-' || at(i + 2) != b'c' || at(i + 3) != 0 || i + 4 >= len {
+        return false;
+    }
+    let start = i + 4;
+    const PAT: [u8; 8] = *b" -m pip ";
+    let mut j = 0usize;
+    while j < 512 {
+        let p = start + j;
+        if at(p) == 0 {
+            return false;
+        }
+        let mut k = 0usize;
+        while k < 8 && at(p + k) == PAT[k & 7] {
+            k += 1;
+        }
+        if k == 8 {
+            return true;
+        }
+        j += 1;
+    }
+    false
+}
+
+/// The enforcement decision for an exec in an enforced cgroup: (allowed, marks of the new
+/// image). Only processes that descend from the notebook's Python are judged; the container's
+/// own start-up (tini, start.sh) runs before any Python and is left alone.
+#[inline(always)]
+unsafe fn decide(enf: u32, key: &FileKey, tgid: u32, ppid: u32, parent: *const u8, ev: *const ExecEvent, args_len: u32) -> (bool, u32) {
+    let mut mark = MARKS.get(&tgid).copied().unwrap_or(0);
+    let class = class_of(key);
+    if class == allow_class::PYTHON {
+        mark |= marks::UNDER_PYTHON;
+        let _ = MARKS.insert(&tgid, &mark, 0);
+        return (true, mark);
+    }
+    if mark & marks::UNDER_PYTHON == 0 || mark & marks::EXEMPT != 0 {
+        return (true, mark);
+    }
+    let parent_mm = read_ptr(parent, conf!(offsets.task_mm));
+    let parent_exe = read_ptr(parent_mm, conf!(offsets.mm_exe_file));
+    let parent_is_python = !parent_exe.is_null() && class_of(&file_key(parent_exe)) == allow_class::PYTHON;
+    if class == allow_class::HELPER && parent_is_python {
+        return (true, mark);
+    }
+    if class == allow_class::SHELL {
+        if enf & enforce_flags::TERMINALS != 0 && SERVERS.get(&ppid).is_some() {
+            mark |= marks::EXEMPT;
+            let _ = MARKS.insert(&tgid, &mark, 0);
+            return (true, mark);
+        }
+        if enf & enforce_flags::PIP_MAGIC != 0 && parent_is_python && is_pip_shell(ev, args_len) {
+            return (true, mark);
+        }
+    }
+    (false, mark)
 }
 
 // TP_PROTO(struct task_struct *parent, struct task_struct *child)
@@ -320,6 +472,9 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     if pid_tgid as u32 != (pid_tgid >> 32) as u32 || !wanted((pid_tgid >> 32) as u32) {
         return 0;
     }
+    let tgid = (pid_tgid >> 32) as u32;
+    let _ = MARKS.remove(&tgid);
+    let _ = SERVERS.remove(&tgid);
     let task: *const u8 = ctx.arg::<*const c_void>(0).cast();
     let exit_code = unsafe { read::<u32>(task, conf!(offsets.task_exit_code)) };
     let ev = ExitEvent {

@@ -5,7 +5,10 @@
 
 pub mod agent;
 pub mod clock;
+pub mod detect;
 pub mod discovery;
+pub mod policy;
 pub mod process;
+pub mod redact;
 pub mod sensors;
 pub mod sinks;

@@ -1,3 +1,6 @@
 //! Where processes live: cgroups now; Kubernetes pods and JupyterHub spawners later.
 
+pub mod attribution;
 pub mod cgroup;
+pub mod kube;
+pub mod workload;

@@ -70,6 +70,11 @@ impl OffsetResolver {
             inode_nlink: self.field("inode", &["i_nlink"], 4)?,
             inode_sb: self.field("inode", &["i_sb"], 8)?,
             sb_dev: self.field("super_block", &["s_dev"], 4)?,
+            inode_mode: self.field("inode", &["i_mode"], 2)?,
+            task_files: self.field("task_struct", &["files"], 8)?,
+            files_fdt: self.field("files_struct", &["fdt"], 8)?,
+            fdtable_fd: self.field("fdtable", &["fd"], 8)?,
+            mm_exe_file: self.field("mm_struct", &["exe_file"], 8)?,
         })
     }
 

@@ -1,0 +1,151 @@
+//! The alert format: Falco-compatible JSON (a contract — other tools and tests rely on it).
+//! `output_fields` always carries the same keys, `null` where a value is unknown.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::rules::{Priority, Rule};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Alert,
+    Killed,
+    Denied,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Alert => "alert",
+            Action::Killed => "killed",
+            Action::Denied => "denied",
+        }
+    }
+}
+
+/// Keys every alert's `output_fields` has.
+pub const FIELDS: &[&str] = &[
+    "evt.type",
+    "proc.pid",
+    "proc.exepath",
+    "proc.cmdline",
+    "proc.pexepath",
+    "proc.pcmdline",
+    "user.uid",
+    "container.id",
+    "k8s.ns.name",
+    "k8s.pod.name",
+    "jupyterhub.user",
+    "jupyterhub.server",
+    "notebook.path",
+    "guard.action",
+];
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Alert {
+    pub time: String,
+    pub rule: String,
+    pub priority: Priority,
+    pub source: String,
+    pub hostname: String,
+    pub output: String,
+    pub tags: Vec<String>,
+    pub output_fields: BTreeMap<String, Value>,
+}
+
+impl Alert {
+    /// An alert with every standard field present (null) and `guard.action` set.
+    pub fn new(rule: &Rule, time: String, hostname: &str, action: Action) -> Self {
+        let mut output_fields: BTreeMap<String, Value> = FIELDS.iter().map(|k| (k.to_string(), Value::Null)).collect();
+        output_fields.insert("guard.action".into(), Value::from(action.name()));
+        Self {
+            time,
+            rule: rule.name.to_string(),
+            priority: rule.priority,
+            source: "syscall".into(),
+            hostname: hostname.to_string(),
+            output: rule.summary.to_string(),
+            tags: rule.tags.iter().map(|t| t.to_string()).collect(),
+            output_fields,
+        }
+    }
+
+    pub fn set(&mut self, key: &str, v: impl Into<Value>) -> &mut Self {
+        self.output_fields.insert(key.to_string(), v.into());
+        self
+    }
+
+    pub fn set_opt<T: Into<Value>>(&mut self, key: &str, v: Option<T>) -> &mut Self {
+        self.output_fields.insert(key.to_string(), v.map(Into::into).unwrap_or(Value::Null));
+        self
+    }
+
+    pub fn field_str(&self, key: &str) -> Option<&str> {
+        self.output_fields.get(key).and_then(Value::as_str)
+    }
+
+    /// Builds `output`: the rule's sentence, then `key=value` for the fields a reader needs
+    /// first. One line whatever the values hold.
+    pub fn finish_output(&mut self, summary: &str) {
+        let mut out = summary.to_string();
+        for (label, key) in [
+            ("user", "jupyterhub.user"),
+            ("pod", "k8s.pod.name"),
+            ("ns", "k8s.ns.name"),
+            ("notebook", "notebook.path"),
+            ("exe", "proc.exepath"),
+            ("cmdline", "proc.cmdline"),
+            ("parent", "proc.pexepath"),
+            ("pcmdline", "proc.pcmdline"),
+            ("dest", "fd.name"),
+            ("action", "guard.action"),
+            ("count", "guard.count"),
+        ] {
+            match self.output_fields.get(key) {
+                Some(Value::String(s)) => out.push_str(&format!(" {label}={}", one_line(s))),
+                Some(Value::Number(n)) => out.push_str(&format!(" {label}={n}")),
+                _ => {}
+            }
+        }
+        self.output = out;
+    }
+}
+
+/// Control characters (newlines, escapes) shown as `\xNN`, so one alert is one line on any
+/// terminal or text sink.
+pub fn one_line(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            o.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            o.push(c);
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::rules::NON_PYTHON_EXEC;
+
+    #[test]
+    fn every_field_is_present_and_output_is_one_line() {
+        let mut a = Alert::new(&NON_PYTHON_EXEC, "2026-01-01T00:00:00.000000000Z".into(), "node-1", Action::Killed);
+        for k in FIELDS {
+            assert!(a.output_fields.contains_key(*k), "{k}");
+        }
+        a.set("proc.cmdline", "sh -c 'id\n\x1b[31mred'");
+        a.finish_output(NON_PYTHON_EXEC.summary);
+        assert!(!a.output.contains('\n') && !a.output.contains('\x1b'));
+        assert!(a.output.contains("action=killed"), "{}", a.output);
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["priority"], "Warning");
+        assert_eq!(json["source"], "syscall");
+        assert_eq!(json["output_fields"]["k8s.pod.name"], Value::Null);
+    }
+}

@@ -1,0 +1,137 @@
+//! The rules: stable names (other tools and tests rely on them), priorities, tags with MITRE
+//! ATT&CK ids, and the sentence each alert's output starts with.
+
+use serde::Serialize;
+
+/// Falco's priorities, highest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Priority {
+    Emergency,
+    Alert,
+    Critical,
+    Error,
+    Warning,
+    Notice,
+    Informational,
+    Debug,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: &'static str,
+    pub priority: Priority,
+    pub tags: &'static [&'static str],
+    pub summary: &'static str,
+}
+
+pub const NON_PYTHON_EXEC: Rule = Rule {
+    name: "notebook.non_python_exec",
+    priority: Priority::Warning,
+    tags: &["notebook", "process", "shell_bypass", "mitre_execution", "T1059"],
+    summary: "Non-Python program executed from a notebook",
+};
+pub const TERMINAL_SHELL: Rule = Rule {
+    name: "notebook.terminal_shell",
+    priority: Priority::Notice,
+    tags: &["notebook", "terminal", "shell_bypass", "mitre_execution", "T1059.004"],
+    summary: "Shell started by the notebook server (Jupyter terminal)",
+};
+pub const WRITABLE_PATH: Rule = Rule {
+    name: "notebook.exec_from_writable_path",
+    priority: Priority::Error,
+    tags: &["notebook", "process", "drift", "mitre_execution", "T1204.002", "T1105"],
+    summary: "Binary executed from a user-writable location",
+};
+pub const FILELESS: Rule = Rule {
+    name: "notebook.fileless_exec",
+    priority: Priority::Critical,
+    tags: &["notebook", "process", "fileless", "mitre_defense_evasion", "T1620"],
+    summary: "Fileless execution (memfd, deleted file or /proc fd)",
+};
+pub const LOADER: Rule = Rule {
+    name: "notebook.loader_invocation",
+    priority: Priority::Error,
+    tags: &["notebook", "process", "mitre_defense_evasion", "T1218"],
+    summary: "Program run through the dynamic loader",
+};
+pub const MASQUERADE: Rule = Rule {
+    name: "notebook.masqueraded_binary",
+    priority: Priority::Error,
+    tags: &["notebook", "process", "mitre_defense_evasion", "T1036.003"],
+    summary: "Renamed, copied or linked system binary executed",
+};
+pub const PACKAGE_MANAGER: Rule = Rule {
+    name: "notebook.package_manager",
+    priority: Priority::Warning,
+    tags: &["notebook", "process", "software_mgmt", "mitre_persistence", "TA0003"],
+    summary: "Package manager executed from a notebook",
+};
+pub const NETWORK_TOOL: Rule = Rule {
+    name: "notebook.network_tool",
+    priority: Priority::Warning,
+    tags: &["notebook", "process", "network", "mitre_command_and_control", "T1105"],
+    summary: "Network tool executed from a notebook",
+};
+pub const REVERSE_SHELL: Rule = Rule {
+    name: "notebook.reverse_shell",
+    priority: Priority::Critical,
+    tags: &["notebook", "process", "network", "mitre_execution", "T1059.004", "mitre_command_and_control", "T1071"],
+    summary: "Shell with a network socket on stdin/stdout/stderr (reverse shell)",
+};
+pub const UNKNOWN_LINEAGE: Rule = Rule {
+    name: "notebook.unknown_lineage",
+    priority: Priority::Warning,
+    tags: &["notebook", "process", "mitre_execution", "T1059"],
+    summary: "Process executed in a notebook container with unknown lineage",
+};
+/// Agent health: events were lost between the kernel and the agent.
+pub const EVENTS_LOST: Rule = Rule {
+    name: "guard.events_lost",
+    priority: Priority::Warning,
+    tags: &["guard", "health"],
+    summary: "notebook-guard lost events",
+};
+
+pub const ALL: &[Rule] = &[
+    NON_PYTHON_EXEC,
+    TERMINAL_SHELL,
+    WRITABLE_PATH,
+    FILELESS,
+    LOADER,
+    MASQUERADE,
+    PACKAGE_MANAGER,
+    NETWORK_TOOL,
+    REVERSE_SHELL,
+    UNKNOWN_LINEAGE,
+    EVENTS_LOST,
+];
+
+pub const RULE_NAMES: &[&str] = &[
+    "notebook.non_python_exec",
+    "notebook.terminal_shell",
+    "notebook.exec_from_writable_path",
+    "notebook.fileless_exec",
+    "notebook.loader_invocation",
+    "notebook.masqueraded_binary",
+    "notebook.package_manager",
+    "notebook.network_tool",
+    "notebook.reverse_shell",
+    "notebook.unknown_lineage",
+    "guard.events_lost",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_listed() {
+        let names: Vec<_> = ALL.iter().map(|r| r.name).collect();
+        assert_eq!(names, RULE_NAMES);
+        let set: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(set.len(), names.len());
+        for r in ALL.iter().filter(|r| r.name.starts_with("notebook.")) {
+            assert!(r.tags.iter().any(|t| t.starts_with('T')), "{} has a MITRE id", r.name);
+        }
+    }
+}

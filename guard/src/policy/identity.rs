@@ -1,0 +1,288 @@
+//! Policy paths → file identities, per root filesystem.
+//!
+//! "Python" is the set of files the configured interpreter paths lead to *inside each
+//! notebook's own root*. Paths are resolved with openat2(RESOLVE_IN_ROOT) below
+//! `/proc/PID/root`, so a container's absolute symlinks resolve in the container, never on the
+//! host. Identities are (device, inode): a copy or rename of a binary never matches.
+
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::CString,
+    fs,
+    io::Read,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest, Sha256};
+
+use super::Policy;
+use crate::sensors::decode::FileId;
+
+/// Directories whose binaries are "system binaries" (masquerade and name lookups).
+pub const SYSTEM_DIRS: &[&str] = &["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
+/// A root filesystem, by the identity of its `/`.
+pub type RootKey = FileId;
+
+/// Opens `rel` (absolute inside the root) below `root_fd` without escaping it; follows
+/// symlinks as the container would.
+pub fn open_in_root(root_fd: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
+    let c = CString::new(rel.as_os_str().as_bytes())?;
+    /// `struct open_how` (libc's is non-exhaustive).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: valid fd, C string and open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, root_fd.as_raw_fd(), c.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn fstat(fd: &OwnedFd) -> std::io::Result<fs::Metadata> {
+    // O_PATH fds can be stat'ed through /proc/self/fd.
+    fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+pub struct Root {
+    pub path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl Root {
+    pub fn open(path: &Path) -> std::io::Result<(RootKey, Self)> {
+        let c = CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: valid C string; fd owned right away.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fresh fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let key = FileId::of(&fstat(&fd)?);
+        Ok((key, Self { path: path.to_path_buf(), fd }))
+    }
+
+    /// Metadata of `rel` inside the root (symlinks followed inside the root).
+    pub fn stat(&self, rel: &Path) -> std::io::Result<fs::Metadata> {
+        fstat(&open_in_root(&self.fd, rel)?)
+    }
+
+    /// Paths (inside the root) matching an absolute glob.
+    pub fn glob(&self, pattern: &str) -> Vec<PathBuf> {
+        let full = format!("{}{}", self.path.display(), pattern);
+        let Ok(paths) = glob::glob(&full) else { return vec![] };
+        paths
+            .flatten()
+            .filter_map(|p| p.strip_prefix(&self.path).ok().map(|r| Path::new("/").join(r)))
+            .collect()
+    }
+
+    pub fn read(&self, rel: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+        let fd = open_in_root(&self.fd, rel)?;
+        let mut f = fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        let mut buf = Vec::new();
+        (&mut f).take(limit).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// Names and sizes of the system binaries of one root, for masquerade checks.
+#[derive(Default)]
+pub struct SystemIndex {
+    /// Identity → every name it is reachable by in the system dirs (`dash` and `sh`).
+    pub names: HashMap<FileId, Vec<String>>,
+    /// Size → (identity, path) of regular files, to find copies by content.
+    by_size: HashMap<u64, Vec<(FileId, PathBuf)>>,
+}
+
+impl SystemIndex {
+    fn build(root: &Root) -> Self {
+        let mut idx = SystemIndex::default();
+        for dir in SYSTEM_DIRS {
+            let Ok(entries) = fs::read_dir(format!("{}{}", root.path.display(), dir)) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let rel = Path::new(dir).join(&name);
+                let Ok(md) = root.stat(&rel) else { continue };
+                if !md.is_file() || md.mode() & 0o111 == 0 {
+                    continue;
+                }
+                let id = FileId::of(&md);
+                let names = idx.names.entry(id).or_default();
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    idx.by_size.entry(md.size()).or_default().push((id, rel));
+                }
+            }
+        }
+        idx
+    }
+
+    /// The system binary whose content equals `content` (same size, same SHA-256).
+    pub fn same_content(&self, root: &Root, content: &[u8]) -> Option<FileId> {
+        let candidates = self.by_size.get(&(content.len() as u64))?;
+        let want = Sha256::digest(content);
+        candidates
+            .iter()
+            .find(|(_, p)| root.read(p, content.len() as u64 + 1).is_ok_and(|c| Sha256::digest(&c) == want))
+            .map(|(id, _)| *id)
+    }
+}
+
+pub struct RootIdentities {
+    pub root: Root,
+    pub python: HashSet<FileId>,
+    /// Identity → indexes into `policy.helpers`.
+    pub helpers: HashMap<FileId, Vec<usize>>,
+    pub loaders: HashSet<FileId>,
+    system: Option<SystemIndex>,
+    resolved_at: Instant,
+}
+
+impl RootIdentities {
+    pub fn resolve(root: Root, policy: &Policy) -> Self {
+        let ids = |patterns: &mut dyn Iterator<Item = &String>| -> HashSet<FileId> {
+            let mut out = HashSet::new();
+            for pat in patterns {
+                for p in root.glob(pat) {
+                    if let Ok(md) = root.stat(&p) {
+                        if md.is_file() {
+                            out.insert(FileId::of(&md));
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let python = ids(&mut policy.python.interpreters.iter());
+        let loaders = ids(&mut policy.loaders.iter());
+        let mut helpers: HashMap<FileId, Vec<usize>> = HashMap::new();
+        for (i, h) in policy.helpers.iter().enumerate() {
+            for id in ids(&mut h.paths.iter()) {
+                helpers.entry(id).or_default().push(i);
+            }
+        }
+        Self { root, python, helpers, loaders, system: None, resolved_at: Instant::now() }
+    }
+
+    fn system(&mut self) -> &SystemIndex {
+        if self.system.is_none() {
+            self.system = Some(SystemIndex::build(&self.root));
+        }
+        self.system.as_ref().expect("just built")
+    }
+
+    /// Names of the system binary with this identity (`["dash", "sh"]`), if it is one.
+    pub fn system_names(&mut self, id: &FileId) -> Option<Vec<String>> {
+        self.system().names.get(id).cloned()
+    }
+
+    /// The system binary with the same content as `content`, if any.
+    pub fn system_same_content(&mut self, content: &[u8]) -> Option<FileId> {
+        self.system();
+        let sys = self.system.as_ref()?;
+        sys.same_content(&self.root, content)
+    }
+
+    pub fn age(&self) -> Duration {
+        self.resolved_at.elapsed()
+    }
+}
+
+/// Identities of every root seen, keyed by root; cgroups map to their root.
+#[derive(Default)]
+pub struct Identities {
+    roots: HashMap<RootKey, RootIdentities>,
+    root_of_cgroup: HashMap<u64, RootKey>,
+}
+
+/// A new interpreter (conda create, pip install into a venv) is picked up when an unknown
+/// binary is seen and the last resolution is older than this.
+pub const REFRESH_AFTER: Duration = Duration::from_secs(5);
+
+impl Identities {
+    /// The identities of the root that processes of `cgroup_id` see, opening it through the
+    /// first of `pids` still alive.
+    pub fn for_cgroup(&mut self, cgroup_id: u64, pids: &[u32], policy: &Policy, proc_root: &Path) -> Option<(RootKey, &mut RootIdentities)> {
+        if let Some(k) = self.root_of_cgroup.get(&cgroup_id).copied() {
+            if self.roots.contains_key(&k) {
+                return self.roots.get_mut(&k).map(|r| (k, r));
+            }
+        }
+        let (key, root) = pids.iter().find_map(|p| Root::open(&proc_root.join(p.to_string()).join("root")).ok())?;
+        self.root_of_cgroup.insert(cgroup_id, key);
+        let entry = self.roots.entry(key).or_insert_with(|| RootIdentities::resolve(root, policy));
+        Some((key, entry))
+    }
+
+    /// Re-resolves one root (policy reload, or an unknown binary after REFRESH_AFTER).
+    pub fn refresh(&mut self, key: RootKey, policy: &Policy) -> Option<&mut RootIdentities> {
+        let old = self.roots.remove(&key)?;
+        let (_, root) = Root::open(&old.root.path).ok()?;
+        self.roots.insert(key, RootIdentities::resolve(root, policy));
+        self.roots.get_mut(&key)
+    }
+
+    pub fn roots(&self) -> impl Iterator<Item = (&RootKey, &RootIdentities)> {
+        self.roots.iter()
+    }
+
+    pub fn forget_cgroup(&mut self, cgroup_id: u64) {
+        self.root_of_cgroup.remove(&cgroup_id);
+    }
+
+    pub fn clear(&mut self) {
+        self.roots.clear();
+        self.root_of_cgroup.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_interpreters_through_symlinks_inside_the_root() {
+        let dir = std::env::temp_dir().join(format!("guard-root-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("usr/bin")).unwrap();
+        fs::create_dir_all(dir.join("opt/conda/bin")).unwrap();
+        fs::copy("/bin/true", dir.join("usr/bin/python3.12")).unwrap();
+        // An absolute symlink: must resolve inside the root, not on the host.
+        std::os::unix::fs::symlink("/usr/bin/python3.12", dir.join("usr/bin/python3")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3.12", dir.join("opt/conda/bin/python3")).unwrap();
+        fs::copy("/bin/true", dir.join("usr/bin/bash")).unwrap();
+        let (_, root) = Root::open(&dir).unwrap();
+        let ids = RootIdentities::resolve(root, &Policy::default_policy());
+        let py = FileId::of(&fs::metadata(dir.join("usr/bin/python3.12")).unwrap());
+        assert_eq!(ids.python, HashSet::from([py]));
+        let bash = FileId::of(&fs::metadata(dir.join("usr/bin/bash")).unwrap());
+        assert!(!ids.python.contains(&bash));
+        let mut ids = ids;
+        let content = fs::read(dir.join("usr/bin/bash")).unwrap();
+        // Both files are copies of /bin/true: content lookup finds one of them.
+        assert!(ids.system_same_content(&content).is_some());
+        assert!(ids.system_names(&py).unwrap().contains(&"python3".to_string()));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

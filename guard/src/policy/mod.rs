@@ -1,0 +1,506 @@
+//! The policy file: what counts as Python, which helpers are benign, which rules run, where
+//! alerts go, and per-namespace / per-label overrides. One YAML file, an embedded default, and
+//! strict parsing: unknown keys and bad values are errors naming file:line:column and the key.
+
+pub mod identity;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    path::Path,
+};
+
+use globset::{Glob, GlobMatcher};
+use serde::Deserialize;
+
+use crate::{detect::rules::RULE_NAMES, discovery::attribution::Attribution};
+
+pub const DEFAULT_POLICY: &str = include_str!("default.yaml");
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Monitor,
+    Enforce,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Monitor => "monitor",
+            Mode::Enforce => "enforce",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoBool {
+    #[default]
+    Auto,
+    True,
+    False,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kubernetes {
+    pub enabled: AutoBool,
+    pub node_name: Option<String>,
+    pub notebook_selector: String,
+    pub notebook_container: String,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Self {
+            enabled: AutoBool::Auto,
+            node_name: None,
+            notebook_selector: "component=singleuser-server".into(),
+            notebook_container: "notebook".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Discovery {
+    pub kubernetes: Kubernetes,
+    pub tljh: bool,
+    pub docker: bool,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Self { kubernetes: Kubernetes::default(), tljh: true, docker: true }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PythonSpec {
+    pub interpreters: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Allowances {
+    pub terminals: bool,
+    pub pip_magic: bool,
+}
+
+impl Default for Allowances {
+    fn default() -> Self {
+        Self { terminals: false, pip_magic: true }
+    }
+}
+
+/// Allowance overrides: only the keys given change.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowancesPatch {
+    pub terminals: Option<bool>,
+    pub pip_magic: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HelperParent {
+    /// The parent is a Python process of the notebook.
+    #[default]
+    Python,
+    /// The parent is Python or another allowed helper (git → git-remote-https).
+    Helper,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Helper {
+    pub name: String,
+    pub paths: Vec<String>,
+    /// Alternatives; each is a list of globs for argv[1..] (same length). None: any arguments.
+    #[serde(default)]
+    pub args: Option<Vec<Vec<String>>>,
+    #[serde(default)]
+    pub parent: HelperParent,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSpec {
+    #[serde(default)]
+    pub disabled: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideMatch {
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: OverrideMatch,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub allowances: AllowancesPatch,
+}
+
+/// The file as written: every top-level key optional; what is missing comes from the
+/// embedded default, section by section.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    mode: Option<Mode>,
+    discovery: Option<Discovery>,
+    outputs: Option<Vec<String>>,
+    python: Option<PythonSpec>,
+    allowances: Option<Allowances>,
+    helpers: Option<Vec<Helper>>,
+    package_managers: Option<Vec<String>>,
+    network_tools: Option<Vec<String>>,
+    shells: Option<Vec<String>>,
+    writable_paths: Option<Vec<String>>,
+    loaders: Option<Vec<String>>,
+    rules: Option<RulesSpec>,
+    overrides: Option<Vec<Override>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub mode: Mode,
+    pub discovery: Discovery,
+    pub outputs: Vec<String>,
+    pub python: PythonSpec,
+    pub allowances: Allowances,
+    pub helpers: Vec<Helper>,
+    pub package_managers: BTreeSet<String>,
+    pub network_tools: BTreeSet<String>,
+    pub shells: BTreeSet<String>,
+    pub writable_paths: Vec<String>,
+    pub loaders: Vec<String>,
+    pub rules: RulesSpec,
+    pub overrides: Vec<Override>,
+}
+
+/// A policy error: where (file, line, column, key) and what.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{origin}{}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default(), column.map(|c| format!(":{c}")).unwrap_or_default())]
+pub struct PolicyError {
+    pub origin: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+/// What applies to one notebook after overrides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Effective {
+    pub mode: Mode,
+    pub allowances: Allowances,
+}
+
+fn parse_file(origin: &str, text: &str) -> Result<PolicyFile, PolicyError> {
+    if text.trim().is_empty() {
+        return Ok(PolicyFile::default());
+    }
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize::<_, PolicyFile>(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let loc = inner.location();
+        // serde_yaml_ng appends " at line L column C"; we print the location up front.
+        let mut message = inner.to_string();
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        // …and prefixes its own path ("allowances: unknown field"); the key is printed anyway.
+        if let Some((head, rest)) = message.split_once(": ") {
+            if !head.contains(' ') {
+                message = rest.to_string();
+            }
+        }
+        PolicyError {
+            origin: origin.to_string(),
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+            key: if key == "." { "(top level)".into() } else { key },
+            message,
+        }
+    })
+}
+
+impl Policy {
+    /// The embedded default.
+    pub fn default_policy() -> Self {
+        Self::from_str("(embedded default)", "").expect("the embedded default policy is valid")
+    }
+
+    pub fn from_path(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            origin: path.display().to_string(),
+            line: None,
+            column: None,
+            key: "(file)".into(),
+            message: e.to_string(),
+        })?;
+        Self::from_str(&path.display().to_string(), &text)
+    }
+
+    /// Parses `text` over the embedded default and validates the result. Nothing is applied
+    /// anywhere by this: callers swap in the returned policy only on success.
+    pub fn from_str(origin: &str, text: &str) -> Result<Self, PolicyError> {
+        let base = parse_file("(embedded default)", DEFAULT_POLICY)?;
+        let user = parse_file(origin, text)?;
+        let set = |v: Vec<String>| v.into_iter().collect::<BTreeSet<_>>();
+        let p = Policy {
+            mode: user.mode.or(base.mode).unwrap_or_default(),
+            discovery: user.discovery.or(base.discovery).unwrap_or_default(),
+            outputs: user.outputs.or(base.outputs).unwrap_or_default(),
+            python: user.python.or(base.python).unwrap_or_default(),
+            allowances: user.allowances.or(base.allowances).unwrap_or_default(),
+            helpers: user.helpers.or(base.helpers).unwrap_or_default(),
+            package_managers: set(user.package_managers.or(base.package_managers).unwrap_or_default()),
+            network_tools: set(user.network_tools.or(base.network_tools).unwrap_or_default()),
+            shells: set(user.shells.or(base.shells).unwrap_or_default()),
+            writable_paths: user.writable_paths.or(base.writable_paths).unwrap_or_default(),
+            loaders: user.loaders.or(base.loaders).unwrap_or_default(),
+            rules: user.rules.or(base.rules).unwrap_or_default(),
+            overrides: user.overrides.or(base.overrides).unwrap_or_default(),
+        };
+        p.validate(origin, text)?;
+        Ok(p)
+    }
+
+    fn validate(&self, origin: &str, text: &str) -> Result<(), PolicyError> {
+        let err = |key: String, needle: &str, message: String| {
+            // Semantic errors have no parser location: point at the first line naming the value.
+            let line = (!needle.is_empty())
+                .then(|| text.lines().position(|l| l.contains(needle)).map(|i| i + 1))
+                .flatten();
+            PolicyError { origin: origin.to_string(), line, column: None, key, message }
+        };
+        if self.python.interpreters.is_empty() {
+            return Err(err("python.interpreters".into(), "interpreters", "at least one interpreter path is needed".into()));
+        }
+        let globs = self
+            .python
+            .interpreters
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (format!("python.interpreters[{i}]"), g))
+            .chain(self.loaders.iter().enumerate().map(|(i, g)| (format!("loaders[{i}]"), g)))
+            .chain(self.helpers.iter().enumerate().flat_map(|(h, hp)| {
+                hp.paths.iter().enumerate().map(move |(i, g)| (format!("helpers[{h}].paths[{i}]"), g))
+            }));
+        for (key, g) in globs {
+            if !g.starts_with('/') {
+                return Err(err(key, g, format!("{g:?} is not an absolute path")));
+            }
+            glob::Pattern::new(g).map_err(|e| err(key, g, format!("bad glob {g:?}: {e}")))?;
+        }
+        let mut names = BTreeSet::new();
+        for (i, h) in self.helpers.iter().enumerate() {
+            if !names.insert(&h.name) {
+                return Err(err(format!("helpers[{i}].name"), &h.name, format!("duplicate helper name {:?}", h.name)));
+            }
+            if h.paths.is_empty() {
+                return Err(err(format!("helpers[{i}].paths"), &h.name, "a helper needs at least one path".into()));
+            }
+            for (a, alt) in h.args.iter().flatten().enumerate() {
+                for (j, g) in alt.iter().enumerate() {
+                    Glob::new(g).map_err(|e| err(format!("helpers[{i}].args[{a}][{j}]"), g, format!("bad glob: {e}")))?;
+                }
+            }
+        }
+        for (i, r) in self.rules.disabled.iter().enumerate() {
+            if !RULE_NAMES.contains(&r.as_str()) {
+                return Err(err(
+                    format!("rules.disabled[{i}]"),
+                    r,
+                    format!("unknown rule {r:?} (known: {})", RULE_NAMES.join(", ")),
+                ));
+            }
+        }
+        for (i, w) in self.writable_paths.iter().enumerate() {
+            if !w.starts_with('/') {
+                return Err(err(format!("writable_paths[{i}]"), w, format!("{w:?} is not an absolute path")));
+            }
+        }
+        for (i, o) in self.overrides.iter().enumerate() {
+            let m = &o.matches;
+            if m.namespaces.is_empty() && m.labels.is_empty() && m.users.is_empty() {
+                return Err(err(format!("overrides[{i}].match"), &o.name, "an override must match something".into()));
+            }
+        }
+        crate::discovery::kube::parse_selector(&self.discovery.kubernetes.notebook_selector).map_err(|e| {
+            err("discovery.kubernetes.notebook_selector".into(), &self.discovery.kubernetes.notebook_selector, e)
+        })?;
+        for (i, o) in self.outputs.iter().enumerate() {
+            crate::sinks::OutputSpec::parse(o).map_err(|e| err(format!("outputs[{i}]"), o, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Mode and allowances for one notebook: the first matching override, then `mode_flag`
+    /// (the command line's `--mode`) over everything.
+    pub fn effective(&self, who: Option<&Attribution>, mode_flag: Option<Mode>) -> Effective {
+        let mut eff = Effective { mode: self.mode, allowances: self.allowances };
+        if let Some(a) = who {
+            if let Some(o) = self.overrides.iter().find(|o| override_matches(&o.matches, a)) {
+                if let Some(m) = o.mode {
+                    eff.mode = m;
+                }
+                if let Some(t) = o.allowances.terminals {
+                    eff.allowances.terminals = t;
+                }
+                if let Some(p) = o.allowances.pip_magic {
+                    eff.allowances.pip_magic = p;
+                }
+            }
+        }
+        if let Some(m) = mode_flag {
+            eff.mode = m;
+        }
+        eff
+    }
+
+    /// The most permissive mode any notebook can get: decides whether enforcement is loaded.
+    pub fn any_enforce(&self, mode_flag: Option<Mode>) -> bool {
+        match mode_flag {
+            Some(m) => m == Mode::Enforce,
+            None => self.mode == Mode::Enforce || self.overrides.iter().any(|o| o.mode == Some(Mode::Enforce)),
+        }
+    }
+}
+
+fn override_matches(m: &OverrideMatch, a: &Attribution) -> bool {
+    (m.namespaces.is_empty() || a.namespace.as_ref().is_some_and(|n| m.namespaces.contains(n)))
+        && m.labels.iter().all(|(k, v)| a.labels.get(k) == Some(v))
+        && (m.users.is_empty() || a.user.as_ref().is_some_and(|u| m.users.contains(u)))
+}
+
+/// A helper's argument alternatives, compiled.
+#[derive(Clone, Debug)]
+pub struct ArgMatcher(Option<Vec<Vec<GlobMatcher>>>);
+
+impl ArgMatcher {
+    pub fn new(args: &Option<Vec<Vec<String>>>) -> Self {
+        Self(args.as_ref().map(|alts| {
+            alts.iter()
+                .map(|alt| alt.iter().filter_map(|g| Glob::new(g).ok().map(|g| g.compile_matcher())).collect())
+                .collect()
+        }))
+    }
+
+    /// `args` is argv[1..].
+    pub fn matches(&self, args: &[String]) -> bool {
+        match &self.0 {
+            None => true,
+            Some(alts) => alts
+                .iter()
+                .any(|alt| alt.len() == args.len() && alt.iter().zip(args).all(|(g, a)| g.is_match(a))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_complete() {
+        let p = Policy::default_policy();
+        assert_eq!(p.mode, Mode::Monitor);
+        assert!(p.helpers.iter().any(|h| h.name == "platform-uname"));
+        assert!(p.shells.contains("bash") && p.network_tools.contains("curl"));
+        assert!(!p.allowances.terminals && p.allowances.pip_magic);
+    }
+
+    #[test]
+    fn partial_file_overlays_the_default_by_section() {
+        let p = Policy::from_str("t.yaml", "mode: enforce\nallowances: {terminals: true}\n").unwrap();
+        assert_eq!(p.mode, Mode::Enforce);
+        assert!(p.allowances.terminals && p.allowances.pip_magic);
+        assert_eq!(p.helpers, Policy::default_policy().helpers);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_location_and_key() {
+        let e = Policy::from_str("p.yaml", "mode: monitor\nallowances:\n  terminal: true\n").unwrap_err();
+        assert_eq!((e.origin.as_str(), e.line, e.column), ("p.yaml", Some(3), Some(3)));
+        assert_eq!(e.key, "allowances.terminal");
+        assert!(e.message.contains("unknown field `terminal`"), "{e}");
+        assert!(e.to_string().starts_with("p.yaml:3:3: allowances.terminal: unknown field `terminal`"), "{e}");
+
+        let e = Policy::from_str("p.yaml", "modes: enforce\n").unwrap_err();
+        assert_eq!(e.line, Some(1));
+        assert!(e.message.contains("unknown field `modes`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Policy::from_str("p.yaml", "mode: enforcing\n").unwrap_err();
+        assert_eq!(e.key, "mode");
+        assert_eq!(e.line, Some(1));
+        let e = Policy::from_str("p.yaml", "helpers:\n  - name: x\n    paths: [/bin/x]\n    parent: kernel0\n").unwrap_err();
+        assert_eq!(e.key, "helpers[0].parent");
+        assert_eq!(e.line, Some(4));
+        let e = Policy::from_str("p.yaml", "rules:\n  disabled: [notebook.nope]\n").unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("rules.disabled[0]", Some(2)));
+        let e = Policy::from_str("p.yaml", "python:\n  interpreters: [python3]\n").unwrap_err();
+        assert_eq!(e.key, "python.interpreters[0]");
+        let e = Policy::from_str("p.yaml", "overrides:\n  - name: o\n    match: {}\n").unwrap_err();
+        assert_eq!(e.key, "overrides[0].match");
+        let e = Policy::from_str("p.yaml", "outputs: [\"carrier-pigeon://x\"]\n").unwrap_err();
+        assert_eq!(e.key, "outputs[0]");
+    }
+
+    #[test]
+    fn overrides_and_mode_flag() {
+        let p = Policy::from_str(
+            "p.yaml",
+            "overrides:\n  - name: prod\n    match: {namespaces: [prod], labels: {tier: gold}}\n    mode: enforce\n    allowances: {terminals: true}\n",
+        )
+        .unwrap();
+        let mut a = Attribution {
+            source: crate::discovery::attribution::Source::Kubernetes,
+            user: Some("alice".into()),
+            server: None,
+            namespace: Some("prod".into()),
+            pod: None,
+            pod_uid: None,
+            container_id: None,
+            container_name: None,
+            labels: [("tier".to_string(), "gold".to_string())].into(),
+            cgroup: "/".into(),
+        };
+        assert_eq!(p.effective(Some(&a), None), Effective { mode: Mode::Enforce, allowances: Allowances { terminals: true, pip_magic: true } });
+        assert_eq!(p.effective(Some(&a), Some(Mode::Monitor)).mode, Mode::Monitor);
+        a.labels.clear();
+        assert_eq!(p.effective(Some(&a), None).mode, Mode::Monitor);
+        assert!(p.any_enforce(None));
+        assert!(!p.any_enforce(Some(Mode::Monitor)));
+    }
+
+    #[test]
+    fn helper_argument_patterns() {
+        let m = ArgMatcher::new(&Some(vec![vec!["-p".into()], vec![]]));
+        assert!(m.matches(&["-p".into()]) && m.matches(&[]));
+        assert!(!m.matches(&["-p".into(), "x".into()]) && !m.matches(&["-a".into()]));
+        let m = ArgMatcher::new(&Some(vec![vec!["-Wl,-t".into(), "-o".into(), "*".into(), "-l*".into()]]));
+        assert!(m.matches(&["-Wl,-t".into(), "-o".into(), "/tmp/tmpab".into(), "-lc".into()]));
+        assert!(ArgMatcher::new(&None).matches(&["anything".into()]));
+    }
+}
