@@ -118,6 +118,8 @@ pub mod marks {
     pub const UNDER_PYTHON: u32 = 1 << 0;
     /// A Jupyter terminal and everything it starts.
     pub const EXEMPT: u32 = 1 << 1;
+    /// A `%pip` shell: it may exec only Python.
+    pub const PIP_SHELL: u32 = 1 << 2;
 }
 
 /// Key of the `ALLOWED` map: a file identity as the kernel sees it.

@@ -304,36 +304,49 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64) {
         }
     }
     (*ev).args_len = args_len;
-    (*ev).stdio_sockets = stdio_sockets(task);
-
-    if let Some(enf) = cgroup_lookup(&ENFORCED) {
-        if enf & enforce_flags::ON != 0 {
-            flags |= exec_flags::ENFORCED;
-            let key = FileKey { dev: (*ev).exe_dev, _pad: 0, ino: (*ev).exe_ino };
-            let tgid = (pid_tgid >> 32) as u32;
-            let (verdict, mark) = decide(enf, &key, tgid, (*ev).ppid, parent, ev, args_len);
-            if mark & marks::UNDER_PYTHON != 0 {
-                flags |= exec_flags::UNDER_PYTHON;
-            }
-            if !verdict {
-                // Before the new image's first instruction: it never runs.
-                bpf_send_signal(9);
-                flags |= exec_flags::KILLED;
-            }
-        }
-    }
     (*ev).flags = flags;
+    (*ev).stdio_sockets = stdio_sockets(task);
+    enforce(ev, task, pid_tgid);
 
+    // Read back from map memory: the verifier then sees one unknown size instead of one
+    // state per combination of flags computed above.
+    let args_len = core::ptr::read_volatile(&(*ev).args_len) & (2 * ARGS_LEN as u32 - 1);
     let size = (EXEC_FIXED_LEN as u32 + args_len) as u64;
-    let size = if size > size_of::<ExecEvent>() as u64 {
-        size_of::<ExecEvent>() as u64
-    } else {
-        size
-    };
+    let size = if size > size_of::<ExecEvent>() as u64 { size_of::<ExecEvent>() as u64 } else { size };
     let bytes = core::slice::from_raw_parts(ev.cast::<u8>(), size as usize);
     if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
         count_lost(EventKind::Exec);
     }
+}
+
+/// Enforcement for an exec in an enforced cgroup: decide, kill if forbidden, and record the
+/// outcome in the event's flags. Everything is re-read from the event in map memory, so the
+/// verifier walks this once rather than once per path through the field copying above.
+#[inline(always)]
+unsafe fn enforce(ev: *mut ExecEvent, task: *const u8, pid_tgid: u64) {
+    let Some(enf) = cgroup_lookup(&ENFORCED) else { return };
+    if enf & enforce_flags::ON == 0 {
+        return;
+    }
+    let mut flags = core::ptr::read_volatile(&(*ev).flags) | exec_flags::ENFORCED;
+    let key = FileKey {
+        dev: core::ptr::read_volatile(&(*ev).exe_dev),
+        _pad: 0,
+        ino: core::ptr::read_volatile(&(*ev).exe_ino),
+    };
+    let ppid = core::ptr::read_volatile(&(*ev).ppid);
+    let args_len = core::ptr::read_volatile(&(*ev).args_len);
+    let parent = read_ptr(task, conf!(offsets.task_real_parent));
+    let (verdict, mark) = decide(enf, &key, (pid_tgid >> 32) as u32, ppid, parent, ev, args_len);
+    if mark & marks::UNDER_PYTHON != 0 {
+        flags |= exec_flags::UNDER_PYTHON;
+    }
+    if !verdict {
+        // Before the new image's first instruction: it never runs.
+        bpf_send_signal(9);
+        flags |= exec_flags::KILLED;
+    }
+    core::ptr::write_volatile(&mut (*ev).flags, flags);
 }
 
 const S_IFMT: u16 = 0o170000;
@@ -371,39 +384,29 @@ fn class_of(key: &FileKey) -> u32 {
     unsafe { ALLOWED.get(key) }.copied().unwrap_or(0)
 }
 
-/// True when `-c` is argv[1] and argv[2] runs `-m pip` (the shape of IPython's %pip).
-/// Raw reads with explicit bounds: an indexing panic path would not pass the verifier.
+/// True when argv[1] is `-c` (the shape of IPython's `%pip`: `sh -c "<python> -m pip …"`).
+/// The command itself is checked by the agent; the kernel confines such a shell instead: it
+/// may exec only Python (`marks::PIP_SHELL`). Raw reads with explicit bounds, since an
+/// indexing panic path would not load.
 #[inline(always)]
-unsafe fn is_pip_shell(ev: *const ExecEvent, args_len: u32) -> bool {
+unsafe fn argv1_is_dash_c(ev: *const ExecEvent, args_len: u32) -> bool {
+    const SCAN: usize = 256;
     let args = (*ev).args.as_ptr();
-    let len = if (args_len as usize) < ARGS_LEN { args_len as usize } else { ARGS_LEN };
-    let at = |i: usize| -> u8 { if i < len { *args.add(i & (ARGS_LEN - 1)) } else { 0 } };
-    // Skip argv[0].
+    let len = if (args_len as usize) < SCAN { args_len as usize } else { SCAN };
     let mut i = 0usize;
-    while i < 256 && at(i) != 0 {
-        i += 1;
-    }
-    if at(i + 1) != b'-' || at(i + 2) != b'c' || at(i + 3) != 0 || i + 4 >= len {
-        return false;
-    }
-    let start = i + 4;
-    const PAT: [u8; 8] = *b" -m pip ";
-    let mut j = 0usize;
-    while j < 512 {
-        let p = start + j;
-        if at(p) == 0 {
+    while i < SCAN {
+        if i >= len {
             return false;
         }
-        let mut k = 0usize;
-        while k < 8 && at(p + k) == PAT[k & 7] {
-            k += 1;
+        if *args.add(i & (ARGS_LEN - 1)) == 0 {
+            break;
         }
-        if k == 8 {
-            return true;
-        }
-        j += 1;
+        i += 1;
     }
-    false
+    i + 3 < len
+        && *args.add((i + 1) & (ARGS_LEN - 1)) == b'-'
+        && *args.add((i + 2) & (ARGS_LEN - 1)) == b'c'
+        && *args.add((i + 3) & (ARGS_LEN - 1)) == 0
 }
 
 /// The enforcement decision for an exec in an enforced cgroup: (allowed, marks of the new
@@ -414,12 +417,15 @@ unsafe fn decide(enf: u32, key: &FileKey, tgid: u32, ppid: u32, parent: *const u
     let mut mark = MARKS.get(&tgid).copied().unwrap_or(0);
     let class = class_of(key);
     if class == allow_class::PYTHON {
-        mark |= marks::UNDER_PYTHON;
+        mark = (mark | marks::UNDER_PYTHON) & !marks::PIP_SHELL;
         let _ = MARKS.insert(&tgid, &mark, 0);
         return (true, mark);
     }
     if mark & marks::UNDER_PYTHON == 0 || mark & marks::EXEMPT != 0 {
         return (true, mark);
+    }
+    if mark & marks::PIP_SHELL != 0 {
+        return (false, mark);
     }
     let parent_mm = read_ptr(parent, conf!(offsets.task_mm));
     let parent_exe = read_ptr(parent_mm, conf!(offsets.mm_exe_file));
@@ -433,7 +439,9 @@ unsafe fn decide(enf: u32, key: &FileKey, tgid: u32, ppid: u32, parent: *const u
             let _ = MARKS.insert(&tgid, &mark, 0);
             return (true, mark);
         }
-        if enf & enforce_flags::PIP_MAGIC != 0 && parent_is_python && is_pip_shell(ev, args_len) {
+        if enf & enforce_flags::PIP_MAGIC != 0 && parent_is_python && argv1_is_dash_c(ev, args_len) {
+            mark |= marks::PIP_SHELL;
+            let _ = MARKS.insert(&tgid, &mark, 0);
             return (true, mark);
         }
     }

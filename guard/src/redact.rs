@@ -17,8 +17,10 @@ static SECRET_NAME: LazyLock<Regex> = LazyLock::new(|| {
 static ASSIGNMENT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b([A-Za-z_][A-Za-z0-9_]*)=([^\s'\x22;&|]+)").unwrap());
 /// `--password=…`, `--token …` style flags.
-static FLAG: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)^--?([a-z0-9_-]*(?:password|passwd|token|secret|api-key|apikey))(=.*)?$").unwrap());
+static FLAG: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^--?([a-z0-9_-]*(?:password|passwd|token|secret|api-key|apikey))(=.*)?$")
+        .unwrap()
+});
 /// `scheme://user:password@host`
 static URL_CREDS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*):([^/\s@]+)@").unwrap());
@@ -65,9 +67,16 @@ impl Redactor {
             }
         }
         if URL_CREDS.is_match(&out) {
-            out = Cow::Owned(URL_CREDS.replace_all(&out, format!("${{1}}:{MASK}@")).into_owned());
+            out = Cow::Owned(
+                URL_CREDS
+                    .replace_all(&out, format!("${{1}}:{MASK}@"))
+                    .into_owned(),
+            );
         }
-        if ASSIGNMENT.captures_iter(&out).any(|c| is_secret_name(&c[1])) {
+        if ASSIGNMENT
+            .captures_iter(&out)
+            .any(|c| is_secret_name(&c[1]))
+        {
             let replaced = ASSIGNMENT.replace_all(&out, |c: &regex::Captures| {
                 if is_secret_name(&c[1]) {
                     format!("{}={MASK}", &c[1])
@@ -118,7 +127,9 @@ mod tests {
     #[test]
     fn masks_flags_assignments_urls_and_known_values() {
         let mut r = Redactor::new();
-        r.learn_environ(b"JUPYTERHUB_API_TOKEN=abcdef0123456789\0HOME=/home/jovyan\0SHORT_TOKEN=x\0");
+        r.learn_environ(
+            b"JUPYTERHUB_API_TOKEN=abcdef0123456789\0HOME=/home/jovyan\0SHORT_TOKEN=x\0",
+        );
         let argv = v(&[
             "curl",
             "-H",
@@ -152,7 +163,15 @@ mod tests {
 
     #[test]
     fn secret_names() {
-        for n in ["JUPYTERHUB_API_TOKEN", "GITHUB_TOKEN", "DB_PASSWORD", "MYPASSWORDFILE", "AWS_SECRET_ACCESS_KEY", "CLIENT_SECRET", "OPENAI_API_KEY"] {
+        for n in [
+            "JUPYTERHUB_API_TOKEN",
+            "GITHUB_TOKEN",
+            "DB_PASSWORD",
+            "MYPASSWORDFILE",
+            "AWS_SECRET_ACCESS_KEY",
+            "CLIENT_SECRET",
+            "OPENAI_API_KEY",
+        ] {
             assert!(is_secret_name(n), "{n}");
         }
         for n in ["HOME", "PATH", "TOKENIZERS_PARALLELISM", "JPY_SESSION_NAME"] {

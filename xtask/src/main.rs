@@ -232,7 +232,6 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-
 fn build_ebpf() -> Result<()> {
     let root = workspace_root();
     let mut cmd = cargo();

@@ -24,7 +24,14 @@ use super::Policy;
 use crate::sensors::decode::FileId;
 
 /// Directories whose binaries are "system binaries" (masquerade and name lookups).
-pub const SYSTEM_DIRS: &[&str] = &["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+pub const SYSTEM_DIRS: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
 
 /// A root filesystem, by the identity of its `/`.
 pub type RootKey = FileId;
@@ -47,7 +54,13 @@ pub fn open_in_root(root_fd: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
     };
     // SAFETY: valid fd, C string and open_how of the size passed.
     let fd = unsafe {
-        libc::syscall(libc::SYS_openat2, root_fd.as_raw_fd(), c.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+        libc::syscall(
+            libc::SYS_openat2,
+            root_fd.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
@@ -70,14 +83,25 @@ impl Root {
     pub fn open(path: &Path) -> std::io::Result<(RootKey, Self)> {
         let c = CString::new(path.as_os_str().as_bytes())?;
         // SAFETY: valid C string; fd owned right away.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: fresh fd.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let key = FileId::of(&fstat(&fd)?);
-        Ok((key, Self { path: path.to_path_buf(), fd }))
+        Ok((
+            key,
+            Self {
+                path: path.to_path_buf(),
+                fd,
+            },
+        ))
     }
 
     /// Metadata of `rel` inside the root (symlinks followed inside the root).
@@ -88,10 +112,16 @@ impl Root {
     /// Paths (inside the root) matching an absolute glob.
     pub fn glob(&self, pattern: &str) -> Vec<PathBuf> {
         let full = format!("{}{}", self.path.display(), pattern);
-        let Ok(paths) = glob::glob(&full) else { return vec![] };
+        let Ok(paths) = glob::glob(&full) else {
+            return vec![];
+        };
         paths
             .flatten()
-            .filter_map(|p| p.strip_prefix(&self.path).ok().map(|r| Path::new("/").join(r)))
+            .filter_map(|p| {
+                p.strip_prefix(&self.path)
+                    .ok()
+                    .map(|r| Path::new("/").join(r))
+            })
             .collect()
     }
 
@@ -117,7 +147,9 @@ impl SystemIndex {
     fn build(root: &Root) -> Self {
         let mut idx = SystemIndex::default();
         for dir in SYSTEM_DIRS {
-            let Ok(entries) = fs::read_dir(format!("{}{}", root.path.display(), dir)) else { continue };
+            let Ok(entries) = fs::read_dir(format!("{}{}", root.path.display(), dir)) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let rel = Path::new(dir).join(&name);
@@ -144,7 +176,10 @@ impl SystemIndex {
         let want = Sha256::digest(content);
         candidates
             .iter()
-            .find(|(_, p)| root.read(p, content.len() as u64 + 1).is_ok_and(|c| Sha256::digest(&c) == want))
+            .find(|(_, p)| {
+                root.read(p, content.len() as u64 + 1)
+                    .is_ok_and(|c| Sha256::digest(&c) == want)
+            })
             .map(|(id, _)| *id)
     }
 }
@@ -182,7 +217,14 @@ impl RootIdentities {
                 helpers.entry(id).or_default().push(i);
             }
         }
-        Self { root, python, helpers, loaders, system: None, resolved_at: Instant::now() }
+        Self {
+            root,
+            python,
+            helpers,
+            loaders,
+            system: None,
+            resolved_at: Instant::now(),
+        }
     }
 
     fn system(&mut self) -> &SystemIndex {
@@ -223,15 +265,26 @@ pub const REFRESH_AFTER: Duration = Duration::from_secs(5);
 impl Identities {
     /// The identities of the root that processes of `cgroup_id` see, opening it through the
     /// first of `pids` still alive.
-    pub fn for_cgroup(&mut self, cgroup_id: u64, pids: &[u32], policy: &Policy, proc_root: &Path) -> Option<(RootKey, &mut RootIdentities)> {
+    pub fn for_cgroup(
+        &mut self,
+        cgroup_id: u64,
+        pids: &[u32],
+        policy: &Policy,
+        proc_root: &Path,
+    ) -> Option<(RootKey, &mut RootIdentities)> {
         if let Some(k) = self.root_of_cgroup.get(&cgroup_id).copied() {
             if self.roots.contains_key(&k) {
                 return self.roots.get_mut(&k).map(|r| (k, r));
             }
         }
-        let (key, root) = pids.iter().find_map(|p| Root::open(&proc_root.join(p.to_string()).join("root")).ok())?;
+        let (key, root) = pids
+            .iter()
+            .find_map(|p| Root::open(&proc_root.join(p.to_string()).join("root")).ok())?;
         self.root_of_cgroup.insert(cgroup_id, key);
-        let entry = self.roots.entry(key).or_insert_with(|| RootIdentities::resolve(root, policy));
+        let entry = self
+            .roots
+            .entry(key)
+            .or_insert_with(|| RootIdentities::resolve(root, policy));
         Some((key, entry))
     }
 
@@ -239,7 +292,8 @@ impl Identities {
     pub fn refresh(&mut self, key: RootKey, policy: &Policy) -> Option<&mut RootIdentities> {
         let old = self.roots.remove(&key)?;
         let (_, root) = Root::open(&old.root.path).ok()?;
-        self.roots.insert(key, RootIdentities::resolve(root, policy));
+        self.roots
+            .insert(key, RootIdentities::resolve(root, policy));
         self.roots.get_mut(&key)
     }
 
@@ -270,7 +324,8 @@ mod tests {
         fs::copy("/bin/true", dir.join("usr/bin/python3.12")).unwrap();
         // An absolute symlink: must resolve inside the root, not on the host.
         std::os::unix::fs::symlink("/usr/bin/python3.12", dir.join("usr/bin/python3")).unwrap();
-        std::os::unix::fs::symlink("/usr/bin/python3.12", dir.join("opt/conda/bin/python3")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3.12", dir.join("opt/conda/bin/python3"))
+            .unwrap();
         fs::copy("/bin/true", dir.join("usr/bin/bash")).unwrap();
         let (_, root) = Root::open(&dir).unwrap();
         let ids = RootIdentities::resolve(root, &Policy::default_policy());
@@ -282,7 +337,10 @@ mod tests {
         let content = fs::read(dir.join("usr/bin/bash")).unwrap();
         // Both files are copies of /bin/true: content lookup finds one of them.
         assert!(ids.system_same_content(&content).is_some());
-        assert!(ids.system_names(&py).unwrap().contains(&"python3".to_string()));
+        assert!(ids
+            .system_names(&py)
+            .unwrap()
+            .contains(&"python3".to_string()));
         fs::remove_dir_all(&dir).unwrap();
     }
 }
