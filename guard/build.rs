@@ -6,12 +6,10 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=GUARD_EBPF_OBJECT");
-    let object = env::var_os("GUARD_EBPF_OBJECT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap())
-                .join("../target/ebpf/bpfel-unknown-none/release/guard-ebpf")
-        });
+    let object = env::var_os("GUARD_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap())
+            .join("../target/ebpf/bpfel-unknown-none/release/guard-ebpf")
+    });
     println!("cargo:rerun-if-changed={}", object.display());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("guard-ebpf.o");
     match fs::read(&object) {

@@ -26,22 +26,14 @@ fn os(v: &[&str]) -> Vec<OsString> {
 }
 
 /// Runs one exec in a fresh cgroup and returns its single exec event.
-fn exec_one(
-    name: &str,
-    exec: Exec<'_>,
-    argv: &[&OsStr],
-) -> (guard::sensors::decode::Exec, Pid, TestCgroup) {
+fn exec_one(name: &str, exec: Exec<'_>, argv: &[&OsStr]) -> (guard::sensors::decode::Exec, Pid, TestCgroup) {
     let cg = TestCgroup::new(name).unwrap();
     let mut h = SensorHarness::start(1 << 20, &[&cg]).unwrap();
     let pid = spawn_in(&cg, exec, argv).unwrap();
     wait_ok(pid).unwrap();
     let events = h.collect_until(WAIT, |evs| !execs_of(evs, pid).is_empty());
     let execs = execs_of(&events, pid);
-    assert_eq!(
-        execs.len(),
-        1,
-        "exactly one exec event for {pid}: {events:#?}"
-    );
+    assert_eq!(execs.len(), 1, "exactly one exec event for {pid}: {events:#?}");
     assert_eq!(h.malformed, 0);
     (execs[0].clone(), pid, cg)
 }
@@ -101,24 +93,13 @@ fn shebang_script_reports_script_interpreter_and_loaded_binary() {
     let script = dir.0.join("hello.sh");
     fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    let (e, _, _) = exec_one(
-        "exec-script",
-        Exec::Path(&script),
-        &[OsStr::new("hello.sh"), OsStr::new("arg1")],
-    );
+    let (e, _, _) = exec_one("exec-script", Exec::Path(&script), &[OsStr::new("hello.sh"), OsStr::new("arg1")]);
     assert_eq!(e.filename, script);
     assert_eq!(e.interp, Some(PathBuf::from("/bin/sh")));
     // The loaded binary is the interpreter (through its symlinks), not the script.
     assert_eq!(e.exe, id_of(Path::new("/bin/sh")));
     // The kernel rewrites argv: interpreter, script path, then the original arguments.
-    assert_eq!(
-        e.argv,
-        vec![
-            OsString::from("/bin/sh"),
-            script.clone().into_os_string(),
-            "arg1".into()
-        ]
-    );
+    assert_eq!(e.argv, vec![OsString::from("/bin/sh"), script.clone().into_os_string(), "arg1".into()]);
 }
 
 #[test]
@@ -126,8 +107,7 @@ fn execveat_of_memfd_is_reported_as_fileless() {
     if !require_root("execveat_of_memfd_is_reported_as_fileless") {
         return;
     }
-    let fd =
-        nix::sys::memfd::memfd_create(c"guard-test", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    let fd = nix::sys::memfd::memfd_create(c"guard-test", nix::sys::memfd::MFdFlags::empty()).unwrap();
     let mut f = fs::File::from(fd);
     f.write_all(&fs::read("/bin/true").unwrap()).unwrap();
     let mem_id = FileId::of(&f.metadata().unwrap());
@@ -137,11 +117,7 @@ fn execveat_of_memfd_is_reported_as_fileless() {
     assert_eq!(e.filename, PathBuf::from(format!("/dev/fd/{raw}")));
     assert_eq!(e.exe, mem_id);
     assert_eq!(e.exe_nlink, 0, "a memfd has no links");
-    assert!(
-        e.exe_name.to_string_lossy().starts_with("memfd:guard-test"),
-        "{:?}",
-        e.exe_name
-    );
+    assert!(e.exe_name.to_string_lossy().starts_with("memfd:guard-test"), "{:?}", e.exe_name);
     assert_eq!(e.argv, os(&["sshd"]));
 }
 
@@ -151,12 +127,7 @@ fn argv_longer_than_the_bound_is_flagged_truncated() {
         return;
     }
     let long = "x".repeat(ARGS_LEN + 100);
-    let argv = [
-        OsStr::new("true"),
-        OsStr::new("first"),
-        OsStr::new(&long),
-        OsStr::new("last"),
-    ];
+    let argv = [OsStr::new("true"), OsStr::new("first"), OsStr::new(&long), OsStr::new("last")];
     let (e, _, _) = exec_one("exec-long", Exec::Path(Path::new("/bin/true")), &argv);
     assert!(e.argv_truncated);
     assert_eq!(e.argc, 4, "argc is the true count");
@@ -180,12 +151,7 @@ fn burst(cg: &TestCgroup, per_thread: usize) -> usize {
             .map(|_| {
                 s.spawn(|| {
                     for _ in 0..per_thread {
-                        let pid = spawn_in(
-                            cg,
-                            Exec::Path(Path::new("/bin/true")),
-                            &[OsStr::new("true")],
-                        )
-                        .unwrap();
+                        let pid = spawn_in(cg, Exec::Path(Path::new("/bin/true")), &[OsStr::new("true")]).unwrap();
                         wait_ok(pid).unwrap();
                     }
                 })
@@ -199,10 +165,7 @@ fn burst(cg: &TestCgroup, per_thread: usize) -> usize {
 }
 
 fn exec_count(events: &[Event], cg: &TestCgroup) -> u64 {
-    events
-        .iter()
-        .filter(|e| matches!(e, Event::Exec(x) if x.meta.cgroup_id == cg.id))
-        .count() as u64
+    events.iter().filter(|e| matches!(e, Event::Exec(x) if x.meta.cgroup_id == cg.id)).count() as u64
 }
 
 #[test]
@@ -236,10 +199,7 @@ fn burst_received_plus_lost_equals_performed() {
     let received = exec_count(&h.drain(), &cg);
     let lost = h.sensor.kernel_losses().unwrap().get(EventKind::Exec);
     eprintln!("small ring: performed {performed}, received {received}, lost {lost}");
-    assert!(
-        lost > 0,
-        "a 16 KiB ring cannot hold {performed} exec records"
-    );
+    assert!(lost > 0, "a 16 KiB ring cannot hold {performed} exec records");
     assert_eq!(received + lost, performed as u64);
     assert_eq!(h.malformed, 0);
 }
@@ -254,20 +214,13 @@ fn fork_and_exit_events_carry_lineage() {
     let pid = spawn_in(
         &cg,
         Exec::Path(Path::new("/bin/sh")),
-        &[
-            OsStr::new("sh"),
-            OsStr::new("-c"),
-            OsStr::new("/bin/true x; exit 3"),
-        ],
+        &[OsStr::new("sh"), OsStr::new("-c"), OsStr::new("/bin/true x; exit 3")],
     )
     .unwrap();
     let status = nix::sys::wait::waitpid(pid, None).unwrap();
     assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 3));
     let me = pid.as_raw() as u32;
-    let events = h.collect_until(WAIT, |evs| {
-        evs.iter()
-            .any(|e| matches!(e, Event::Exit(x) if x.meta.tgid == me))
-    });
+    let events = h.collect_until(WAIT, |evs| evs.iter().any(|e| matches!(e, Event::Exit(x) if x.meta.tgid == me)));
     let fork = events.iter().find_map(|e| match e {
         Event::Fork(f) if f.meta.tgid == me => Some(f.child_tgid),
         _ => None,
@@ -298,18 +251,8 @@ fn unwatched_cgroups_and_descendants() {
     let other = TestCgroup::new("other").unwrap();
     let mut h = SensorHarness::start(1 << 20, &[&parent]).unwrap();
     let child = TestCgroup::new_under(parent.rel.strip_prefix("/").unwrap(), "ctr").unwrap();
-    let a = spawn_in(
-        &child,
-        Exec::Path(Path::new("/bin/true")),
-        &[OsStr::new("true")],
-    )
-    .unwrap();
-    let b = spawn_in(
-        &other,
-        Exec::Path(Path::new("/bin/true")),
-        &[OsStr::new("true")],
-    )
-    .unwrap();
+    let a = spawn_in(&child, Exec::Path(Path::new("/bin/true")), &[OsStr::new("true")]).unwrap();
+    let b = spawn_in(&other, Exec::Path(Path::new("/bin/true")), &[OsStr::new("true")]).unwrap();
     wait_ok(a).unwrap();
     wait_ok(b).unwrap();
     let events = h.collect_until(WAIT, |evs| !execs_of(evs, a).is_empty());
@@ -317,9 +260,6 @@ fn unwatched_cgroups_and_descendants() {
     assert_eq!(execs_of(&events, a)[0].meta.cgroup_id, child.id);
     std::thread::sleep(Duration::from_millis(50));
     let late = h.drain();
-    assert!(
-        execs_of(&events, b).is_empty() && execs_of(&late, b).is_empty(),
-        "unwatched cgroup reported"
-    );
+    assert!(execs_of(&events, b).is_empty() && execs_of(&late, b).is_empty(), "unwatched cgroup reported");
     drop(child);
 }

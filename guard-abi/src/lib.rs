@@ -48,8 +48,7 @@ pub enum EventKind {
 pub const EVENT_KINDS: u32 = 3;
 
 impl EventKind {
-    pub const ALL: [EventKind; EVENT_KINDS as usize] =
-        [EventKind::Exec, EventKind::Fork, EventKind::Exit];
+    pub const ALL: [EventKind; EVENT_KINDS as usize] = [EventKind::Exec, EventKind::Fork, EventKind::Exit];
 
     pub fn from_u32(v: u32) -> Option<Self> {
         Self::ALL.get(v as usize).copied()

@@ -13,11 +13,11 @@ use core::{ffi::c_void, mem::size_of, ptr::addr_of_mut};
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_smp_processor_id,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_smp_processor_id,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_send_signal,
-            bpf_probe_read_kernel_str, bpf_probe_read_user,
+            bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+            bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_send_signal,
         },
     },
     macros::{map, raw_tracepoint},
@@ -25,8 +25,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use guard_abi::{
-    allow_class, enforce_flags, exec_flags, marks, Config, FileKey, MAX_ALLOWED, MAX_MARKED, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, ARGS_LEN,
-    EVENT_KINDS, EXEC_FIXED_LEN, MAX_CGROUP_DEPTH, MAX_WATCHED_CGROUPS, PATH_LEN,
+    allow_class, enforce_flags, exec_flags, marks, Config, EventHeader, EventKind, ExecEvent, ExitEvent, FileKey,
+    ForkEvent, ARGS_LEN, EVENT_KINDS, EXEC_FIXED_LEN, MAX_ALLOWED, MAX_CGROUP_DEPTH, MAX_MARKED, MAX_WATCHED_CGROUPS,
+    PATH_LEN,
 };
 
 /// Filled in by the agent before load (`.rodata`).
@@ -113,11 +114,7 @@ unsafe fn read<T: Copy + Default>(base: *const u8, off: u32) -> T {
     if base.is_null() {
         return v;
     }
-    bpf_probe_read_kernel(
-        addr_of_mut!(v).cast(),
-        size_of::<T>() as u32,
-        base.add(off as usize).cast(),
-    );
+    bpf_probe_read_kernel(addr_of_mut!(v).cast(), size_of::<T>() as u32, base.add(off as usize).cast());
     v
 }
 
@@ -244,18 +241,10 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64) {
     let mut flags = 0;
     let filename = read_ptr(bprm, conf!(offsets.bprm_filename));
     let interp = read_ptr(bprm, conf!(offsets.bprm_interp));
-    flags |= copy_kstr(
-        addr_of_mut!((*ev).filename),
-        filename,
-        exec_flags::FILENAME_TRUNCATED,
-    );
+    flags |= copy_kstr(addr_of_mut!((*ev).filename), filename, exec_flags::FILENAME_TRUNCATED);
     if !interp.is_null() && interp != filename {
         flags |= exec_flags::HAS_INTERP;
-        flags |= copy_kstr(
-            addr_of_mut!((*ev).interp),
-            interp,
-            exec_flags::INTERP_TRUNCATED,
-        );
+        flags |= copy_kstr(addr_of_mut!((*ev).interp), interp, exec_flags::INTERP_TRUNCATED);
     } else {
         (*ev).interp[0] = 0;
     }
@@ -271,11 +260,7 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64) {
     let dname = read_ptr(dentry, conf!(offsets.dentry_name));
     (*ev).exe_name[0] = 0;
     if !dname.is_null() {
-        bpf_probe_read_kernel_str(
-            addr_of_mut!((*ev).exe_name).cast(),
-            guard_abi::DNAME_LEN as u32,
-            dname.cast(),
-        );
+        bpf_probe_read_kernel_str(addr_of_mut!((*ev).exe_name).cast(), guard_abi::DNAME_LEN as u32, dname.cast());
     }
 
     // argv lives in the new image's stack, between mm->arg_start and mm->arg_end.
@@ -290,11 +275,7 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64) {
     }
     // Re-bound for the verifier, which cannot always see through the comparison above.
     let len = (len as u32) & (2 * ARGS_LEN as u32 - 1);
-    let len = if len > ARGS_LEN as u32 {
-        ARGS_LEN as u32
-    } else {
-        len
-    };
+    let len = if len > ARGS_LEN as u32 { ARGS_LEN as u32 } else { len };
     let mut args_len = 0;
     if len > 0 {
         if bpf_probe_read_user(addr_of_mut!((*ev).args).cast(), len, start as *const c_void) == 0 {
@@ -413,7 +394,15 @@ unsafe fn argv1_is_dash_c(ev: *const ExecEvent, args_len: u32) -> bool {
 /// image). Only processes that descend from the notebook's Python are judged; the container's
 /// own start-up (tini, start.sh) runs before any Python and is left alone.
 #[inline(always)]
-unsafe fn decide(enf: u32, key: &FileKey, tgid: u32, ppid: u32, parent: *const u8, ev: *const ExecEvent, args_len: u32) -> (bool, u32) {
+unsafe fn decide(
+    enf: u32,
+    key: &FileKey,
+    tgid: u32,
+    ppid: u32,
+    parent: *const u8,
+    ev: *const ExecEvent,
+    args_len: u32,
+) -> (bool, u32) {
     let mut mark = MARKS.get(&tgid).copied().unwrap_or(0);
     let class = class_of(key);
     if class == allow_class::PYTHON {
@@ -462,11 +451,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if child_pid != child_tgid {
         return 0;
     }
-    let ev = ForkEvent {
-        hdr: header(EventKind::Fork, pid_tgid),
-        child_pid,
-        child_tgid,
-    };
+    let ev = ForkEvent { hdr: header(EventKind::Fork, pid_tgid), child_pid, child_tgid };
     if EVENTS.output::<ForkEvent>(&ev, submit_flags()).is_err() {
         count_lost(EventKind::Fork);
     }
@@ -485,11 +470,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let _ = SERVERS.remove(&tgid);
     let task: *const u8 = ctx.arg::<*const c_void>(0).cast();
     let exit_code = unsafe { read::<u32>(task, conf!(offsets.task_exit_code)) };
-    let ev = ExitEvent {
-        hdr: header(EventKind::Exit, pid_tgid),
-        exit_code,
-        _pad: 0,
-    };
+    let ev = ExitEvent { hdr: header(EventKind::Exit, pid_tgid), exit_code, _pad: 0 };
     if EVENTS.output::<ExitEvent>(&ev, submit_flags()).is_err() {
         count_lost(EventKind::Exit);
     }

@@ -1,14 +1,16 @@
-//! `guard run`: wires the flow — process sensor → decode → enrich (cgroup, lineage) → output —
-//! and shuts it down cleanly: detach, drain what the kernel already queued, report losses.
+//! `guard run`: wires the flow — process sensor → decode → enrich (notebook, lineage) →
+//! detect / enforce → sinks — and shuts it down cleanly: detach, drain what the kernel already
+//! queued, report losses, flush the sinks.
 
 use std::{
+    collections::{HashMap, HashSet},
     io::Write,
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
@@ -16,32 +18,49 @@ use tokio::{
 
 use crate::{
     clock::BootClock,
-    discovery::cgroup::{find_cgroup2_mount, CgroupResolver},
-    process::table::{cmdline, ProcessTable},
+    detect::{aggregate::Aggregator, alert::Alert, engine::Detector, rules},
+    discovery::{
+        attribution::{Attribution, AttributionOptions, Attributor, Source},
+        cgroup::{cgroup_id, find_cgroup2_mount, CgroupResolver},
+        kube::{KubeOptions, PodCache, PodChange, PodInfo},
+        scan::{find_pod_cgroup, notebook_cgroups},
+        workload::Workload,
+    },
+    enforce::{flags_for, KernelEnforcer},
+    policy::{AutoBool, Mode, Policy},
+    process::table::{cmdline, ProcessTable, Role},
     sensors::{
-        decode::Event,
+        decode::{Event, Exec},
         process::{KernelLosses, ProcessSensor, SensorOptions},
         ring::{ReaderStats, RingReader},
     },
-    sinks::events::{ExecRecord, JsonLines, LostRecord},
+    sinks::{events::ExecRecord, events::JsonLines, events::LostRecord, OutputSpec, Sink},
 };
-use guard_abi::EventKind;
+use guard_abi::{exec_flags, EventKind};
 
 /// Events waiting between the ring reader and enrichment.
 const QUEUE_LEN: usize = 65536;
 const LOSS_CHECK: Duration = Duration::from_secs(1);
 const TABLE_SWEEP: Duration = Duration::from_secs(60);
+/// How often new notebook cgroups (units, scopes, pods' cgroups) are looked for.
+const SCAN: Duration = Duration::from_millis(250);
+const AGGREGATE_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub sensor: SensorOptions,
-    /// Print every exec as a JSON line on stdout.
+    /// Print every exec as a JSON line on stdout (the raw sensor feed).
     pub events_json: bool,
-    /// Restrict reporting to these cgroups (and below); empty: the whole node.
+    /// Extra cgroups to watch (and below).
     pub watch_cgroups: Vec<PathBuf>,
     /// How often the ring is drained when the kernel did not wake us.
     pub poll: Duration,
     pub proc_root: PathBuf,
+    pub policy: Policy,
+    /// `--mode`: wins over the policy's modes.
+    pub mode_flag: Option<Mode>,
+    /// Outputs from the command line (added to the policy's).
+    pub outputs: Vec<OutputSpec>,
 }
 
 impl Default for RunOptions {
@@ -52,82 +71,184 @@ impl Default for RunOptions {
             watch_cgroups: Vec::new(),
             poll: Duration::from_millis(5),
             proc_root: PathBuf::from("/proc"),
+            policy: Policy::default_policy(),
+            mode_flag: None,
+            outputs: Vec::new(),
         }
     }
 }
 
 struct Pipeline<W: Write> {
     table: ProcessTable,
-    cgroups: CgroupResolver,
+    attributor: Attributor,
+    detector: Detector,
+    enforcer: KernelEnforcer,
+    sensor: ProcessSensor,
+    sinks: Vec<Box<dyn Sink>>,
+    aggregator: Aggregator,
     clock: BootClock,
-    out: Option<JsonLines<W>>,
+    events: Option<JsonLines<W>>,
     reported_kernel: KernelLosses,
     reported_queue: u64,
+    /// Roots whose identities were pushed to the kernel allow-list.
+    synced_roots: HashSet<crate::policy::identity::RootKey>,
+    /// Watched cgroups (path → id) found by scanning.
+    watched: HashMap<PathBuf, u64>,
+    /// Notebook pods whose cgroup is not there yet.
+    pending_pods: HashMap<String, Arc<PodInfo>>,
+    /// Pod UID → its cgroup id (for un-enforcing on delete).
+    pod_cgroups: HashMap<String, u64>,
+    watch_all: bool,
+    mount: PathBuf,
+    pub alerts_sent: u64,
 }
 
 impl<W: Write> Pipeline<W> {
     fn handle(&mut self, ev: Event) -> Result<()> {
         match ev {
-            Event::Exec(e) => {
-                let lineage = self.table.on_exec(&e);
-                let cgroup = self.cgroups.resolve(e.meta.cgroup_id);
-                let time = self.clock.rfc3339(e.meta.ktime_ns);
-                if let Some(out) = &mut self.out {
-                    out.write(&ExecRecord::new(&e, &lineage, cgroup.as_ref(), time))?;
-                } else {
-                    tracing::info!(
-                        pid = e.meta.tgid,
-                        ppid = e.ppid,
-                        uid = e.uid,
-                        exe = %e.filename.display(),
-                        cmdline = %cmdline(&e.argv),
-                        parent_exe = %lineage.parent.as_ref().and_then(|p| p.exe.as_ref()).map(|p| p.display().to_string()).unwrap_or_default(),
-                        parent_cmdline = %lineage.parent.as_ref().map(|p| cmdline(&p.argv)).unwrap_or_default(),
-                        cgroup = %cgroup.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                        "exec"
-                    );
-                }
-            }
+            Event::Exec(e) => self.on_exec(&e)?,
             Event::Fork(f) => self.table.on_fork(&f),
             Event::Exit(x) => self.table.on_exit(&x),
         }
         Ok(())
     }
 
-    /// Reports losses since the last report: a JSON `lost` record and a warning. Never silent.
+    fn on_exec(&mut self, e: &Exec) -> Result<()> {
+        let who = self.attributor.attribute(e.meta.cgroup_id, e.meta.tgid);
+        if let Some(out) = &mut self.events {
+            let lineage = self.table.lineage(e.ppid);
+            let cgroup = self.attributor.cgroups.resolve(e.meta.cgroup_id);
+            let mut rec = ExecRecord::new(e, &lineage, cgroup.as_ref(), self.clock.rfc3339(e.meta.ktime_ns));
+            rec.argv = self.detector.redactor.argv(&rec.argv);
+            out.write(&rec)?;
+        }
+        let outcome = self.detector.on_exec(e, &mut self.table, who.as_ref());
+        if let (Some(who), Some(eff)) = (who.as_ref(), outcome.effective) {
+            if let Some(flags) = flags_for(&eff) {
+                self.enforce_notebook(e, who, flags, outcome.root)?;
+                if matches!(outcome.role, Role::Server | Role::Kernel | Role::Python)
+                    && e.kernel_flags & exec_flags::UNDER_PYTHON == 0
+                {
+                    // The kernel judged this exec before it knew the cgroup or the identity.
+                    self.enforcer.mark_under_python(e.meta.tgid)?;
+                }
+            }
+        }
+        if let Some(server) = outcome.server {
+            self.enforcer.add_server(server)?;
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) || (self.events.is_none() && self.sinks.is_empty()) {
+            tracing::debug!(pid = e.meta.tgid, exe = %e.filename.display(), cmdline = %cmdline(&e.argv), role = ?outcome.role, "exec");
+        }
+        for a in outcome.alerts {
+            self.emit(a)?;
+        }
+        Ok(())
+    }
+
+    /// Puts a notebook under kernel enforcement: its cgroup, its root's identities, and the
+    /// Python processes it already runs.
+    fn enforce_notebook(
+        &mut self,
+        e: &Exec,
+        who: &Attribution,
+        flags: u32,
+        root: Option<crate::policy::identity::RootKey>,
+    ) -> Result<()> {
+        let cg = e.meta.cgroup_id;
+        if !self.enforcer.is_enforced(cg) && !self.pod_enforced(who) {
+            self.enforcer.set_cgroup(cg, Some(flags))?;
+            self.backfill_marks(cg)?;
+        }
+        if let Some(root) = root {
+            if self.synced_roots.insert(root) {
+                self.sync_identities(cg, e.meta.tgid, e.ppid)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn pod_enforced(&self, who: &Attribution) -> bool {
+        who.pod_uid.as_ref().and_then(|u| self.pod_cgroups.get(u)).is_some_and(|id| self.enforcer.is_enforced(*id))
+    }
+
+    fn sync_identities(&mut self, cg: u64, tgid: u32, ppid: u32) -> Result<()> {
+        let shells = self.detector.policy.shells.clone();
+        let Some((_, ids)) = self.detector.root_identities(cg, &[tgid, ppid]) else { return Ok(()) };
+        let helpers: Vec<_> = ids.helpers.keys().copied().collect();
+        let shell_ids = ids.system_ids_named(&shells);
+        let python = ids.python.clone();
+        tracing::info!(
+            python = python.len(),
+            helpers = helpers.len(),
+            shells = shell_ids.len(),
+            "exec allow-list loaded for a notebook root"
+        );
+        self.enforcer.allow(&python, &helpers, &shell_ids)
+    }
+
+    /// Marks the Python processes (and their descendants) already running in `cg`.
+    fn backfill_marks(&mut self, cg: u64) -> Result<()> {
+        let in_cg: Vec<(u32, u32)> = self.table.iter().filter(|p| p.cgroup_id == cg).map(|p| (p.pid, p.ppid)).collect();
+        let mut marked = 0;
+        for (pid, ppid) in in_cg {
+            let chain: Vec<_> = self.table.chain(pid, 32).into_iter().map(|p| p.exe_id).collect();
+            let Some((_, ids)) = self.detector.root_identities(cg, &[pid, ppid]) else { continue };
+            if chain.iter().flatten().any(|id| ids.python.contains(id)) {
+                self.enforcer.mark_under_python(pid)?;
+                marked += 1;
+            }
+        }
+        tracing::info!(cgroup = cg, marked, "cgroup under enforcement");
+        Ok(())
+    }
+
+    fn emit(&mut self, alert: Alert) -> Result<()> {
+        if let Some(a) = self.aggregator.admit(alert, Instant::now()) {
+            self.send(&a);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, a: &Alert) {
+        self.alerts_sent += 1;
+        for s in &mut self.sinks {
+            if let Err(e) = s.send(a) {
+                tracing::error!(sink = %s.name(), error = %e, "sink failed");
+            }
+        }
+    }
+
+    /// Reports losses since the last report: a `guard.events_lost` alert (and a `lost` record
+    /// on the events feed). Never silent.
     fn report_losses(&mut self, kernel: KernelLosses, queue_full: u64) -> Result<()> {
         let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc());
+        let mut lost: Vec<(&'static str, &'static str, u64)> = Vec::new();
         for kind in EventKind::ALL {
             let new = kernel.get(kind) - self.reported_kernel.get(kind);
             if new > 0 {
-                tracing::warn!(
-                    event = kind.name(),
-                    count = new,
-                    "kernel ring buffer full: events lost"
-                );
-                if let Some(out) = &mut self.out {
-                    out.write(&LostRecord {
-                        kind: "lost",
-                        time: now.clone(),
-                        stage: "kernel",
-                        event: kind.name(),
-                        count: new,
-                    })?;
-                }
+                lost.push(("kernel", kind.name(), new));
             }
         }
         let q = queue_full - self.reported_queue;
         if q > 0 {
-            tracing::warn!(count = q, "user-space event queue full: events lost");
-            if let Some(out) = &mut self.out {
-                out.write(&LostRecord {
-                    kind: "lost",
-                    time: now,
-                    stage: "queue",
-                    event: "any",
-                    count: q,
-                })?;
+            lost.push(("queue", "any", q));
+        }
+        for (stage, event, count) in lost {
+            tracing::warn!(stage, event, count, "events lost");
+            if let Some(out) = &mut self.events {
+                out.write(&LostRecord { kind: "lost", time: now.clone(), stage, event, count })?;
             }
+            let a = self.detector.health_alert(
+                &rules::EVENTS_LOST,
+                &format!("notebook-guard lost {count} {event} events ({stage})"),
+                &[
+                    ("guard.lost.stage", stage.into()),
+                    ("guard.lost.event", event.into()),
+                    ("guard.count", count.into()),
+                ],
+            );
+            self.send(&a);
         }
         self.reported_kernel = kernel;
         self.reported_queue = queue_full;
@@ -135,41 +256,197 @@ impl<W: Write> Pipeline<W> {
     }
 
     fn flush(&mut self) -> Result<()> {
-        if let Some(out) = &mut self.out {
+        if let Some(out) = &mut self.events {
             out.flush().context("writing events")?;
         }
+        for s in &mut self.sinks {
+            if let Err(e) = s.flush() {
+                tracing::error!(sink = %s.name(), error = %e, "sink flush failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Watches new notebook cgroups and applies enforcement to those the policy enforces.
+    fn scan(&mut self, kube: bool) -> Result<()> {
+        let d = &self.detector.policy.discovery;
+        let found = notebook_cgroups(&self.mount, kube, d.tljh, d.docker);
+        for (path, workload) in found {
+            if self.watched.contains_key(&path) {
+                continue;
+            }
+            let Ok(id) = cgroup_id(&path) else { continue };
+            if !self.watch_all {
+                self.sensor.watch_cgroup(id)?;
+            }
+            self.watched.insert(path.clone(), id);
+            let user = match &workload {
+                Workload::Tljh { user } | Workload::SystemdSpawner { user } => Some(user.clone()),
+                _ => None,
+            };
+            if let Some(user) = user {
+                let who = Attribution {
+                    source: Source::Tljh,
+                    user: Some(user),
+                    server: None,
+                    namespace: None,
+                    pod: None,
+                    pod_uid: None,
+                    container_id: None,
+                    container_name: None,
+                    labels: Default::default(),
+                    cgroup: path.clone(),
+                };
+                let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
+                self.enforcer.set_cgroup(id, flags_for(&eff))?;
+            }
+            tracing::info!(cgroup = %path.display(), id, "watching notebook cgroup");
+        }
+        // Drop what disappeared.
+        self.watched.retain(|p, _| p.exists());
+        // Pods whose cgroup did not exist yet.
+        let pending: Vec<Arc<PodInfo>> = self.pending_pods.values().cloned().collect();
+        for pod in pending {
+            self.place_pod(pod)?;
+        }
+        Ok(())
+    }
+
+    fn on_pod(&mut self, change: PodChange) -> Result<()> {
+        self.attributor.invalidate();
+        match change {
+            PodChange::Upsert(pod) => self.place_pod(pod)?,
+            PodChange::Removed(uid) => {
+                self.pending_pods.remove(&uid);
+                if let Some(id) = self.pod_cgroups.remove(&uid) {
+                    self.enforcer.set_cgroup(id, None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Enforcement at the pod level, registered before the pod's containers start.
+    fn place_pod(&mut self, pod: Arc<PodInfo>) -> Result<()> {
+        let Some(path) = find_pod_cgroup(&self.mount, &pod.uid) else {
+            self.pending_pods.insert(pod.uid.clone(), pod);
+            return Ok(());
+        };
+        self.pending_pods.remove(&pod.uid);
+        let id = cgroup_id(&path)?;
+        let who = Attribution {
+            source: Source::Kubernetes,
+            user: pod.user.clone(),
+            server: pod.server.clone(),
+            namespace: Some(pod.namespace.clone()),
+            pod: Some(pod.name.clone()),
+            pod_uid: Some(pod.uid.clone()),
+            container_id: None,
+            container_name: None,
+            labels: pod.labels.clone(),
+            cgroup: path.clone(),
+        };
+        let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
+        self.enforcer.set_cgroup(id, flags_for(&eff))?;
+        self.pod_cgroups.insert(pod.uid.clone(), id);
+        tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), user = ?pod.user, mode = %eff.mode, "notebook pod on this node");
         Ok(())
     }
 }
 
+fn kube_enabled(policy: &Policy) -> Result<Option<KubeOptions>> {
+    let k = &policy.discovery.kubernetes;
+    let on = match k.enabled {
+        AutoBool::False => false,
+        AutoBool::True => true,
+        AutoBool::Auto => {
+            std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() || std::env::var_os("KUBECONFIG").is_some()
+        }
+    };
+    if !on {
+        return Ok(None);
+    }
+    let node = match k.node_name.clone().or_else(|| std::env::var("NODE_NAME").ok()) {
+        Some(n) if !n.is_empty() => n,
+        _ => bail!("kubernetes discovery needs the node name: set discovery.kubernetes.node_name or $NODE_NAME"),
+    };
+    Ok(Some(KubeOptions {
+        node_name: node,
+        label_selector: k.notebook_selector.clone(),
+        notebook_container: k.notebook_container.clone(),
+    }))
+}
+
 pub async fn run(opts: RunOptions) -> Result<()> {
+    let policy = Arc::new(opts.policy.clone());
+    let kube = kube_enabled(&policy)?;
     let mut sensor = ProcessSensor::load(&opts.sensor)?;
     let mount = find_cgroup2_mount()?;
     for cg in &opts.watch_cgroups {
-        let path = if cg.is_absolute() {
-            cg.clone()
-        } else {
-            mount.join(cg)
-        };
+        let path = if cg.is_absolute() { cg.clone() } else { mount.join(cg) };
         let id = sensor.watch_cgroup_path(&path)?;
         tracing::info!(cgroup = %path.display(), id, "watching cgroup");
     }
+    let enforcer = sensor.take_enforcer().context("enforcement maps already taken")?;
+
+    // Sinks: the policy's outputs and the command line's; stdout when neither names one.
+    let mut specs: Vec<OutputSpec> =
+        policy.outputs.iter().map(|o| OutputSpec::parse(o)).collect::<Result<_, _>>().context("policy outputs")?;
+    specs.extend(opts.outputs.iter().cloned());
+    if specs.is_empty() && !opts.events_json {
+        specs.push(OutputSpec::Stdout);
+    }
+    specs.dedup();
+    let mut sinks = Vec::new();
+    for s in &specs {
+        sinks.push(crate::sinks::open(s).with_context(|| format!("opening output {s:?}"))?);
+    }
+
+    // Kubernetes pod watch.
+    let pods = kube.as_ref().map(|_| Arc::new(PodCache::default()));
+    let (pod_tx, mut pod_rx) = mpsc::channel::<PodChange>(1024);
+    if let (Some(k), Some(cache)) = (kube.clone(), pods.clone()) {
+        let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+        tokio::spawn(crate::discovery::kube::watch_pods(client, k, cache, pod_tx));
+    } else {
+        drop(pod_tx);
+    }
+
     // Seed after attaching, so no process can slip between the snapshot and the first event.
     let mut table = ProcessTable::new();
     table.seed_from_proc(&opts.proc_root);
+    let attr_opts = AttributionOptions {
+        notebook_container: policy.discovery.kubernetes.notebook_container.clone(),
+        tljh: policy.discovery.tljh,
+        docker: policy.discovery.docker,
+        proc_root: opts.proc_root.clone(),
+    };
     let mut pipe = Pipeline {
         table,
-        cgroups: CgroupResolver::new(mount.clone())?,
+        attributor: Attributor::new(CgroupResolver::new(mount.clone())?, pods.clone(), attr_opts),
+        detector: Detector::new(policy.clone(), opts.mode_flag, opts.proc_root.clone()),
+        enforcer,
+        sensor,
+        sinks,
+        aggregator: Aggregator::new(AGGREGATE_WINDOW),
         clock: BootClock::new(),
-        out: opts.events_json.then(|| JsonLines::new(std::io::stdout())),
+        events: opts.events_json.then(|| JsonLines::new(std::io::stdout())),
         reported_kernel: KernelLosses::default(),
         reported_queue: 0,
+        synced_roots: HashSet::new(),
+        watched: HashMap::new(),
+        pending_pods: HashMap::new(),
+        pod_cgroups: HashMap::new(),
+        watch_all: opts.sensor.watch_all,
+        mount: mount.clone(),
+        alerts_sent: 0,
     };
+    pipe.scan(kube.is_some())?;
 
     let stats = Arc::new(ReaderStats::default());
     let (tx, mut rx) = mpsc::channel(QUEUE_LEN);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ring = sensor.take_ring().context("ring buffer already taken")?;
+    let ring = pipe.sensor.take_ring().context("ring buffer already taken")?;
     let reader = RingReader::new(ring, tx, stats.clone(), opts.poll)?;
     let reader = tokio::spawn(reader.run(stop_rx));
 
@@ -177,7 +454,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut loss_tick = tokio::time::interval(LOSS_CHECK);
     let mut sweep_tick = tokio::time::interval(TABLE_SWEEP);
-    tracing::info!(cgroup2 = %mount.display(), processes = pipe.table.len(), "guard running");
+    let mut scan_tick = tokio::time::interval(SCAN);
+    let mut pods_open = pods.is_some();
+    tracing::info!(
+        cgroup2 = %mount.display(),
+        processes = pipe.table.len(),
+        mode = %opts.mode_flag.unwrap_or(policy.mode),
+        kubernetes = kube.is_some(),
+        "guard running"
+    );
 
     loop {
         tokio::select! {
@@ -189,10 +474,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 pipe.flush()?;
             }
+            change = pod_rx.recv(), if pods_open => {
+                match change {
+                    Some(c) => pipe.on_pod(c)?,
+                    None => pods_open = false,
+                }
+            }
             _ = loss_tick.tick() => {
-                pipe.report_losses(sensor.kernel_losses()?, stats.queue_full.load(Ordering::Relaxed))?;
+                pipe.report_losses(pipe.sensor.kernel_losses()?, stats.queue_full.load(Ordering::Relaxed))?;
+                for a in pipe.aggregator.flush(Instant::now(), false) {
+                    pipe.send(&a);
+                }
                 pipe.flush()?;
             }
+            _ = scan_tick.tick() => pipe.scan(kube.is_some())?,
             _ = sweep_tick.tick() => {
                 let gone = pipe.table.sweep(&opts.proc_root);
                 tracing::debug!(gone, live = pipe.table.len(), "process table swept");
@@ -203,17 +498,21 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
 
     tracing::info!("stopping: detaching programs and draining the ring buffer");
-    sensor.detach();
+    pipe.sensor.detach();
     let _ = stop_tx.send(true);
     reader.await.context("ring reader task")?;
     while let Ok(ev) = rx.try_recv() {
         pipe.handle(ev)?;
     }
-    let kernel = sensor.kernel_losses()?;
+    let kernel = pipe.sensor.kernel_losses()?;
     pipe.report_losses(kernel, stats.queue_full.load(Ordering::Relaxed))?;
+    for a in pipe.aggregator.flush(Instant::now(), true) {
+        pipe.send(&a);
+    }
     pipe.flush()?;
     tracing::info!(
         received = stats.received.load(Ordering::Relaxed),
+        alerts = pipe.alerts_sent,
         lost_kernel = kernel.total(),
         lost_queue = stats.queue_full.load(Ordering::Relaxed),
         malformed = stats.malformed.load(Ordering::Relaxed),

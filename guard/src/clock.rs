@@ -10,18 +10,14 @@ pub struct BootClock {
 }
 
 fn ns(id: ClockId) -> i128 {
-    clock_gettime(id)
-        .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
-        .unwrap_or(0)
+    clock_gettime(id).map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128).unwrap_or(0)
 }
 
 impl BootClock {
     pub fn new() -> Self {
         let boot = ns(ClockId::CLOCK_BOOTTIME);
         let real = ns(ClockId::CLOCK_REALTIME);
-        Self {
-            offset_ns: real - boot,
-        }
+        Self { offset_ns: real - boot }
     }
 
     pub fn wall(&self, boot_ns: u64) -> OffsetDateTime {

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod clock;
 pub mod detect;
 pub mod discovery;
+pub mod enforce;
 pub mod policy;
 pub mod process;
 pub mod redact;

@@ -10,16 +10,14 @@ pub const MASK: &str = "***";
 
 /// Names whose values are secrets: `JUPYTERHUB_API_TOKEN`, `*_TOKEN`, `*_SECRET`, `*PASSWORD*`,
 /// `AWS_SECRET_ACCESS_KEY`, `*_API_KEY`, `*_PASSWD`.
-static SECRET_NAME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)^(?:.*_)?(?:TOKEN|SECRET|SECRET_ACCESS_KEY|API_KEY|PASSWD)$|PASSWORD").unwrap()
-});
+static SECRET_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)^(?:.*_)?(?:TOKEN|SECRET|SECRET_ACCESS_KEY|API_KEY|PASSWD)$|PASSWORD").unwrap());
 /// `NAME=value` anywhere in a string (also inside `sh -c "…"` bodies).
 static ASSIGNMENT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b([A-Za-z_][A-Za-z0-9_]*)=([^\s'\x22;&|]+)").unwrap());
 /// `--password=…`, `--token …` style flags.
 static FLAG: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)^--?([a-z0-9_-]*(?:password|passwd|token|secret|api-key|apikey))(=.*)?$")
-        .unwrap()
+    Regex::new(r"(?i)^--?([a-z0-9_-]*(?:password|passwd|token|secret|api-key|apikey))(=.*)?$").unwrap()
 });
 /// `scheme://user:password@host`
 static URL_CREDS: LazyLock<Regex> =
@@ -67,16 +65,9 @@ impl Redactor {
             }
         }
         if URL_CREDS.is_match(&out) {
-            out = Cow::Owned(
-                URL_CREDS
-                    .replace_all(&out, format!("${{1}}:{MASK}@"))
-                    .into_owned(),
-            );
+            out = Cow::Owned(URL_CREDS.replace_all(&out, format!("${{1}}:{MASK}@")).into_owned());
         }
-        if ASSIGNMENT
-            .captures_iter(&out)
-            .any(|c| is_secret_name(&c[1]))
-        {
+        if ASSIGNMENT.captures_iter(&out).any(|c| is_secret_name(&c[1])) {
             let replaced = ASSIGNMENT.replace_all(&out, |c: &regex::Captures| {
                 if is_secret_name(&c[1]) {
                     format!("{}={MASK}", &c[1])
@@ -127,9 +118,7 @@ mod tests {
     #[test]
     fn masks_flags_assignments_urls_and_known_values() {
         let mut r = Redactor::new();
-        r.learn_environ(
-            b"JUPYTERHUB_API_TOKEN=abcdef0123456789\0HOME=/home/jovyan\0SHORT_TOKEN=x\0",
-        );
+        r.learn_environ(b"JUPYTERHUB_API_TOKEN=abcdef0123456789\0HOME=/home/jovyan\0SHORT_TOKEN=x\0");
         let argv = v(&[
             "curl",
             "-H",

@@ -62,22 +62,12 @@ impl TestCgroup {
     pub fn new_under(parent: &Path, name: &str) -> Result<Self> {
         let mount = find_cgroup2_mount()?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let rel = Path::new("/")
-            .join(parent)
-            .join(format!("{name}-{}-{n}", std::process::id()));
+        let rel = Path::new("/").join(parent).join(format!("{name}-{}-{n}", std::process::id()));
         let path = mount.join(rel.strip_prefix("/").unwrap());
         fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         let id = cgroup_id(&path)?;
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(path.join("cgroup.procs"))?
-            .into();
-        Ok(Self {
-            path,
-            rel,
-            id,
-            procs,
-        })
+        let procs = fs::OpenOptions::new().write(true).open(path.join("cgroup.procs"))?.into();
+        Ok(Self { path, rel, id, procs })
     }
 
     pub fn procs_fd(&self) -> RawFd {
@@ -110,10 +100,7 @@ pub enum Exec<'a> {
 }
 
 fn cstrings<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(items: I) -> Result<Vec<CString>> {
-    items
-        .into_iter()
-        .map(|s| Ok(CString::new(s.as_ref().as_bytes())?))
-        .collect()
+    items.into_iter().map(|s| Ok(CString::new(s.as_ref().as_bytes())?)).collect()
 }
 
 /// Forks a child that moves itself into `cgroup` and then execs. Only async-signal-safe calls
@@ -182,21 +169,13 @@ pub struct SensorHarness {
 
 impl SensorHarness {
     pub fn start(ring_bytes: u32, cgroups: &[&TestCgroup]) -> Result<Self> {
-        let opts = SensorOptions {
-            ring_bytes,
-            watch_all: false,
-            ..SensorOptions::default()
-        };
+        let opts = SensorOptions { ring_bytes, watch_all: false, ..SensorOptions::default() };
         let mut sensor = ProcessSensor::load(&opts)?;
         for cg in cgroups {
             sensor.watch_cgroup(cg.id)?;
         }
         let ring = sensor.take_ring().context("ring")?;
-        Ok(Self {
-            sensor,
-            ring,
-            malformed: 0,
-        })
+        Ok(Self { sensor, ring, malformed: 0 })
     }
 
     /// Everything currently in the ring.
@@ -212,11 +191,7 @@ impl SensorHarness {
     }
 
     /// Reads until `done` says the collected events are enough, or the timeout passes.
-    pub fn collect_until(
-        &mut self,
-        timeout: Duration,
-        mut done: impl FnMut(&[Event]) -> bool,
-    ) -> Vec<Event> {
+    pub fn collect_until(&mut self, timeout: Duration, mut done: impl FnMut(&[Event]) -> bool) -> Vec<Event> {
         let deadline = Instant::now() + timeout;
         let mut all = Vec::new();
         loop {
@@ -265,8 +240,5 @@ pub fn guard_bin() -> PathBuf {
     }
     // target/debug/deps/<test> → target/debug/guard
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("guard"))
-        .expect("target dir")
+    exe.parent().and_then(Path::parent).map(|d| d.join("guard")).expect("target dir")
 }

@@ -79,10 +79,7 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -113,9 +110,7 @@ fn setup() -> Result<()> {
 }
 
 fn sysroot() -> Result<PathBuf> {
-    Ok(PathBuf::from(
-        output(Command::new("rustc").args(["--print", "sysroot"]))?.trim(),
-    ))
+    Ok(PathBuf::from(output(Command::new("rustc").args(["--print", "sysroot"]))?.trim()))
 }
 
 fn ensure_rust_src() -> Result<()> {
@@ -134,19 +129,11 @@ fn llvm_major() -> Result<u32> {
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .context("rustc -vV does not name its LLVM version")?;
-    line.split('.')
-        .next()
-        .unwrap_or("")
-        .parse()
-        .with_context(|| format!("LLVM version {line:?}"))
+    line.split('.').next().unwrap_or("").parse().with_context(|| format!("LLVM version {line:?}"))
 }
 
 fn bpf_linker_works() -> bool {
-    Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new("bpf-linker").arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// bpf-linker must use the very LLVM that rustc emits bitcode with, so it is built against the
@@ -162,43 +149,22 @@ fn ensure_bpf_linker() -> Result<()> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         // `libLLVM-NN-*.so` is a linker script; the real shared object is `libLLVM.so.NN.*`.
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libLLVM.so."))
-        })
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
         .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
     let prefix = workspace_root().join("target/llvm-prefix");
     fs::create_dir_all(prefix.join("lib"))?;
     let link = prefix.join("lib/libLLVM.so");
     let _ = fs::remove_file(&link);
-    std::os::unix::fs::symlink(&real, &link)
-        .with_context(|| format!("linking {}", link.display()))?;
+    std::os::unix::fs::symlink(&real, &link).with_context(|| format!("linking {}", link.display()))?;
 
     let major = llvm_major()?;
-    eprintln!(
-        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {}",
-        real.display()
-    );
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {}", real.display());
     let mut cmd = cargo();
-    cmd.args([
-        "install",
-        "bpf-linker",
-        "--locked",
-        "--version",
-        BPF_LINKER_VERSION,
-    ])
-    .args([
-        "--no-default-features",
-        "--features",
-        &format!("llvm-{major}"),
-    ])
-    .env("LLVM_PREFIX", &prefix)
-    .env(format!("LLVM_SYS_{major}1_PREFIX"), &prefix)
-    .env(
-        "RUSTFLAGS",
-        format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
-    );
+    cmd.args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .env("LLVM_PREFIX", &prefix)
+        .env(format!("LLVM_SYS_{major}1_PREFIX"), &prefix)
+        .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", lib.display()));
     run(&mut cmd)?;
     if !bpf_linker_works() {
         bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
@@ -212,10 +178,7 @@ fn mount_tracefs() {
     if t.join("events").is_dir() || !nix_is_root() {
         return;
     }
-    let status = Command::new("mount")
-        .args(["-t", "tracefs", "tracefs"])
-        .arg(t)
-        .status();
+    let status = Command::new("mount").args(["-t", "tracefs", "tracefs"]).arg(t).status();
     if !matches!(status, Ok(s) if s.success()) {
         eprintln!("xtask: warning: could not mount tracefs at {}", t.display());
     }
@@ -224,11 +187,7 @@ fn mount_tracefs() {
 fn nix_is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
 
@@ -236,24 +195,14 @@ fn build_ebpf() -> Result<()> {
     let root = workspace_root();
     let mut cmd = cargo();
     cmd.current_dir(root.join("guard-ebpf"))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            BPF_TARGET,
-            "-Z",
-            "build-std=core",
-        ])
+        .args(["build", "--release", "--target", BPF_TARGET, "-Z", "build-std=core"])
         // The workspace pins a stable toolchain; build-std is a nightly flag.
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_DIR", root.join("target/ebpf"))
         // Flags meant for the host must not leak into the BPF build.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env(
-            "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
-            "-C debuginfo=2 -C link-arg=--btf",
-        );
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
     run(&mut cmd).context("building guard-ebpf")
 }
 

@@ -4,7 +4,13 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use guard::{agent::RunOptions, sensors::process::SensorOptions};
+use anyhow::{Context, Result};
+use guard::{
+    agent::RunOptions,
+    policy::{Mode, Policy},
+    sensors::process::SensorOptions,
+    sinks::OutputSpec,
+};
 
 #[derive(Parser)]
 #[command(
@@ -29,15 +35,53 @@ pub enum Cmd {
     ///   guard run --events              # every exec as one JSON object per line
     ///   guard run --events --watch-cgroup /sys/fs/cgroup/kubepods.slice
     Run(RunArgs),
+    /// Policy tools.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Print version and build information.
     Version,
 }
 
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Validate a policy file: exit 0, or print FILE:LINE:COLUMN: KEY: error and exit 1.
+    ///
+    /// Example: guard policy check /etc/notebook-guard/policy.yaml
+    Check { file: PathBuf },
+    /// Print the embedded default policy.
+    Default,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "monitor" => Ok(Mode::Monitor),
+        "enforce" => Ok(Mode::Enforce),
+        _ => Err(format!("{s:?} is not a mode (monitor or enforce)")),
+    }
+}
+
+fn parse_output(s: &str) -> Result<OutputSpec, String> {
+    OutputSpec::parse(s).map_err(|e| e.to_string())
+}
+
 #[derive(Args)]
 pub struct RunArgs {
-    /// Print every exec event as one JSON object per line on stdout.
+    /// Policy file (policy, discovery, outputs). Default: the embedded policy.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// monitor or enforce: wins over every mode in the policy.
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<Mode>,
+    /// Where alerts go: stdout, file:PATH. Repeatable; adds to the policy's outputs.
+    #[arg(long = "output", value_name = "OUTPUT", value_parser = parse_output)]
+    pub output: Vec<OutputSpec>,
+    /// Also print every exec event as one JSON object per line on stdout (raw sensor feed).
+    /// Without --watch-cgroup this watches the whole node.
     #[arg(long)]
     pub events: bool,
+    /// Watch every cgroup on the node, not only notebook cgroups.
+    #[arg(long)]
+    pub watch_all: bool,
     /// Report only processes in this cgroup or below it (path, absolute or relative to the
     /// cgroup2 mount). Repeatable. Default: the whole node.
     #[arg(long = "watch-cgroup", value_name = "PATH")]
@@ -57,18 +101,25 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn options(&self) -> RunOptions {
-        RunOptions {
+    pub fn options(&self) -> Result<RunOptions> {
+        let policy = match &self.config {
+            Some(p) => Policy::from_path(p).context("loading the policy")?,
+            None => Policy::default_policy(),
+        };
+        Ok(RunOptions {
             sensor: SensorOptions {
                 ring_bytes: self.ring_bytes,
                 wakeup_bytes: self.wakeup_bytes,
-                watch_all: self.watch_cgroup.is_empty(),
+                watch_all: self.watch_all || (self.events && self.watch_cgroup.is_empty()),
                 btf_path: self.btf.clone(),
             },
             events_json: self.events,
             watch_cgroups: self.watch_cgroup.clone(),
             poll: Duration::from_millis(self.poll_ms),
+            policy,
+            mode_flag: self.mode,
+            outputs: self.output.clone(),
             ..RunOptions::default()
-        }
+        })
     }
 }

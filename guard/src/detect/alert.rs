@@ -59,10 +59,7 @@ pub struct Alert {
 impl Alert {
     /// An alert with every standard field present (null) and `guard.action` set.
     pub fn new(rule: &Rule, time: String, hostname: &str, action: Action) -> Self {
-        let mut output_fields: BTreeMap<String, Value> = FIELDS
-            .iter()
-            .map(|k| (k.to_string(), Value::Null))
-            .collect();
+        let mut output_fields: BTreeMap<String, Value> = FIELDS.iter().map(|k| (k.to_string(), Value::Null)).collect();
         output_fields.insert("guard.action".into(), Value::from(action.name()));
         Self {
             time,
@@ -82,8 +79,7 @@ impl Alert {
     }
 
     pub fn set_opt<T: Into<Value>>(&mut self, key: &str, v: Option<T>) -> &mut Self {
-        self.output_fields
-            .insert(key.to_string(), v.map(Into::into).unwrap_or(Value::Null));
+        self.output_fields.insert(key.to_string(), v.map(Into::into).unwrap_or(Value::Null));
         self
     }
 
@@ -139,12 +135,7 @@ mod tests {
 
     #[test]
     fn every_field_is_present_and_output_is_one_line() {
-        let mut a = Alert::new(
-            &NON_PYTHON_EXEC,
-            "2026-01-01T00:00:00.000000000Z".into(),
-            "node-1",
-            Action::Killed,
-        );
+        let mut a = Alert::new(&NON_PYTHON_EXEC, "2026-01-01T00:00:00.000000000Z".into(), "node-1", Action::Killed);
         for k in FIELDS {
             assert!(a.output_fields.contains_key(*k), "{k}");
         }

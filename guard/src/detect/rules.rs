@@ -27,50 +27,25 @@ pub struct Rule {
 pub const NON_PYTHON_EXEC: Rule = Rule {
     name: "notebook.non_python_exec",
     priority: Priority::Warning,
-    tags: &[
-        "notebook",
-        "process",
-        "shell_bypass",
-        "mitre_execution",
-        "T1059",
-    ],
+    tags: &["notebook", "process", "shell_bypass", "mitre_execution", "T1059"],
     summary: "Non-Python program executed from a notebook",
 };
 pub const TERMINAL_SHELL: Rule = Rule {
     name: "notebook.terminal_shell",
     priority: Priority::Notice,
-    tags: &[
-        "notebook",
-        "terminal",
-        "shell_bypass",
-        "mitre_execution",
-        "T1059.004",
-    ],
+    tags: &["notebook", "terminal", "shell_bypass", "mitre_execution", "T1059.004"],
     summary: "Shell started by the notebook server (Jupyter terminal)",
 };
 pub const WRITABLE_PATH: Rule = Rule {
     name: "notebook.exec_from_writable_path",
     priority: Priority::Error,
-    tags: &[
-        "notebook",
-        "process",
-        "drift",
-        "mitre_execution",
-        "T1204.002",
-        "T1105",
-    ],
+    tags: &["notebook", "process", "drift", "mitre_execution", "T1204.002", "T1105"],
     summary: "Binary executed from a user-writable location",
 };
 pub const FILELESS: Rule = Rule {
     name: "notebook.fileless_exec",
     priority: Priority::Critical,
-    tags: &[
-        "notebook",
-        "process",
-        "fileless",
-        "mitre_defense_evasion",
-        "T1620",
-    ],
+    tags: &["notebook", "process", "fileless", "mitre_defense_evasion", "T1620"],
     summary: "Fileless execution (memfd, deleted file or /proc fd)",
 };
 pub const LOADER: Rule = Rule {
@@ -88,39 +63,19 @@ pub const MASQUERADE: Rule = Rule {
 pub const PACKAGE_MANAGER: Rule = Rule {
     name: "notebook.package_manager",
     priority: Priority::Warning,
-    tags: &[
-        "notebook",
-        "process",
-        "software_mgmt",
-        "mitre_persistence",
-        "TA0003",
-    ],
+    tags: &["notebook", "process", "software_mgmt", "mitre_persistence", "TA0003"],
     summary: "Package manager executed from a notebook",
 };
 pub const NETWORK_TOOL: Rule = Rule {
     name: "notebook.network_tool",
     priority: Priority::Warning,
-    tags: &[
-        "notebook",
-        "process",
-        "network",
-        "mitre_command_and_control",
-        "T1105",
-    ],
+    tags: &["notebook", "process", "network", "mitre_command_and_control", "T1105"],
     summary: "Network tool executed from a notebook",
 };
 pub const REVERSE_SHELL: Rule = Rule {
     name: "notebook.reverse_shell",
     priority: Priority::Critical,
-    tags: &[
-        "notebook",
-        "process",
-        "network",
-        "mitre_execution",
-        "T1059.004",
-        "mitre_command_and_control",
-        "T1071",
-    ],
+    tags: &["notebook", "process", "network", "mitre_execution", "T1059.004", "mitre_command_and_control", "T1071"],
     summary: "Shell with a network socket on stdin/stdout/stderr (reverse shell)",
 };
 pub const UNKNOWN_LINEAGE: Rule = Rule {
@@ -176,11 +131,7 @@ mod tests {
         let set: std::collections::BTreeSet<_> = names.iter().collect();
         assert_eq!(set.len(), names.len());
         for r in ALL.iter().filter(|r| r.name.starts_with("notebook.")) {
-            assert!(
-                r.tags.iter().any(|t| t.starts_with('T')),
-                "{} has a MITRE id",
-                r.name
-            );
+            assert!(r.tags.iter().any(|t| t.starts_with('T')), "{} has a MITRE id", r.name);
         }
     }
 }

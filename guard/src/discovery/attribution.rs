@@ -57,12 +57,7 @@ pub struct AttributionOptions {
 
 impl Default for AttributionOptions {
     fn default() -> Self {
-        Self {
-            notebook_container: "notebook".into(),
-            tljh: true,
-            docker: true,
-            proc_root: "/proc".into(),
-        }
+        Self { notebook_container: "notebook".into(), tljh: true, docker: true, proc_root: "/proc".into() }
     }
 }
 
@@ -77,17 +72,8 @@ pub struct Attributor {
 const CACHE_MAX: usize = 65536;
 
 impl Attributor {
-    pub fn new(
-        cgroups: CgroupResolver,
-        pods: Option<Arc<PodCache>>,
-        opts: AttributionOptions,
-    ) -> Self {
-        Self {
-            cgroups,
-            pods,
-            opts,
-            cache: HashMap::new(),
-        }
+    pub fn new(cgroups: CgroupResolver, pods: Option<Arc<PodCache>>, opts: AttributionOptions) -> Self {
+        Self { cgroups, pods, opts, cache: HashMap::new() }
     }
 
     /// The notebook a process in cgroup `id` belongs to; `pid` is used to read a DockerSpawner
@@ -126,11 +112,7 @@ impl Attributor {
             cgroup: path.to_path_buf(),
         };
         match parse(path) {
-            Workload::KubePod {
-                pod_uid,
-                container_id,
-                ..
-            } => {
+            Workload::KubePod { pod_uid, container_id, .. } => {
                 let Some(pod) = self.pods.as_ref().and_then(|c| c.get(&pod_uid)) else {
                     // Not a notebook pod, or not known yet: decide again next time.
                     return (None, false);
@@ -160,23 +142,14 @@ impl Attributor {
                 }
                 (Some(Arc::new(a)), container.is_some())
             }
-            Workload::Tljh { user } if self.opts.tljh => (
-                Some(Arc::new(Attribution {
-                    user: Some(user),
-                    ..base(Source::Tljh)
-                })),
-                true,
-            ),
-            Workload::SystemdSpawner { user } if self.opts.tljh => (
-                Some(Arc::new(Attribution {
-                    user: Some(user),
-                    ..base(Source::SystemdSpawner)
-                })),
-                true,
-            ),
+            Workload::Tljh { user } if self.opts.tljh => {
+                (Some(Arc::new(Attribution { user: Some(user), ..base(Source::Tljh) })), true)
+            }
+            Workload::SystemdSpawner { user } if self.opts.tljh => {
+                (Some(Arc::new(Attribution { user: Some(user), ..base(Source::SystemdSpawner) })), true)
+            }
             Workload::Docker { container_id } if self.opts.docker => {
-                let environ =
-                    std::fs::read(self.opts.proc_root.join(pid.to_string()).join("environ"));
+                let environ = std::fs::read(self.opts.proc_root.join(pid.to_string()).join("environ"));
                 match environ {
                     Ok(env) => match env_var(&env, "JUPYTERHUB_USER") {
                         Some(user) => (

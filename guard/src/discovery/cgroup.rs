@@ -35,10 +35,7 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -51,16 +48,13 @@ fn unescape_octal(s: &str) -> String {
 
 /// The cgroup v2 mount of this mount namespace.
 pub fn find_cgroup2_mount() -> Result<PathBuf> {
-    let text =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let text = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     parse_mountinfo(&text).context("no cgroup2 filesystem is mounted (cgroup v2 is required)")
 }
 
 /// A cgroup's id: the inode number of its directory (the kernfs node id on 64-bit kernels).
 pub fn cgroup_id(path: &Path) -> Result<u64> {
-    Ok(fs::metadata(path)
-        .with_context(|| format!("stat {}", path.display()))?
-        .ino())
+    Ok(fs::metadata(path).with_context(|| format!("stat {}", path.display()))?.ino())
 }
 
 /// Maps cgroup ids to paths relative to the cgroup2 root (e.g. `/kubepods.slice/…`).
@@ -85,23 +79,13 @@ impl CgroupResolver {
     pub fn new(mount: PathBuf) -> Result<Self> {
         let c = CString::new(mount.as_os_str().as_bytes())?;
         // SAFETY: valid C string; the fd is owned right away.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
         if fd < 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("opening {}", mount.display()));
+            return Err(io::Error::last_os_error()).with_context(|| format!("opening {}", mount.display()));
         }
         // SAFETY: fd was just returned by open and is not owned elsewhere.
         let mount_fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self {
-            mount,
-            mount_fd,
-            cache: HashMap::new(),
-        })
+        Ok(Self { mount, mount_fd, cache: HashMap::new() })
     }
 
     pub fn mount(&self) -> &Path {
@@ -128,11 +112,7 @@ impl CgroupResolver {
     }
 
     fn lookup(&self, id: u64) -> Option<PathBuf> {
-        let handle = KernfsHandle {
-            handle_bytes: 8,
-            handle_type: FILEID_KERNFS,
-            id,
-        };
+        let handle = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
         // SAFETY: the handle is a valid struct file_handle of 8 payload bytes.
         let fd = unsafe {
             libc::syscall(
@@ -166,20 +146,11 @@ mod tests {
     fn finds_hybrid_and_unified_mounts() {
         let hybrid = "35 25 0:30 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate\n\
                       36 25 0:31 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n";
-        assert_eq!(
-            parse_mountinfo(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(parse_mountinfo(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         let unified = "30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            parse_mountinfo(unified),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
+        assert_eq!(parse_mountinfo(unified), Some(PathBuf::from("/sys/fs/cgroup")));
         let spaced = "30 23 0:26 / /mnt/cg\\040v2 rw - cgroup2 none rw\n";
         assert_eq!(parse_mountinfo(spaced), Some(PathBuf::from("/mnt/cg v2")));
-        assert_eq!(
-            parse_mountinfo("30 23 0:26 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"),
-            None
-        );
+        assert_eq!(parse_mountinfo("30 23 0:26 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"), None);
     }
 }

@@ -75,9 +75,7 @@ pub fn parse_selector(s: &str) -> Result<Vec<(String, String)>, String> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
-            let (k, v) = p
-                .split_once('=')
-                .ok_or_else(|| format!("selector term {p:?} is not key=value"))?;
+            let (k, v) = p.split_once('=').ok_or_else(|| format!("selector term {p:?} is not key=value"))?;
             let k = k.trim().trim_end_matches('=');
             if k.is_empty() || k.ends_with('!') {
                 return Err(format!("selector term {p:?}: only key=value is supported"));
@@ -95,34 +93,18 @@ pub fn pod_info(pod: &Pod, selector: &[(String, String)]) -> Option<PodInfo> {
         return None;
     }
     for key in ["component", "app.kubernetes.io/component"] {
-        if labels
-            .get(key)
-            .is_some_and(|c| NOT_NOTEBOOK_COMPONENTS.contains(&c.as_str()))
-        {
+        if labels.get(key).is_some_and(|c| NOT_NOTEBOOK_COMPONENTS.contains(&c.as_str())) {
             return None;
         }
     }
     let ann = meta.annotations.clone().unwrap_or_default();
     let mut containers = HashMap::new();
     if let Some(status) = &pod.status {
-        let lists = [
-            (status.container_statuses.as_ref(), false),
-            (status.init_container_statuses.as_ref(), true),
-        ];
+        let lists = [(status.container_statuses.as_ref(), false), (status.init_container_statuses.as_ref(), true)];
         for (list, init) in lists {
             for cs in list.into_iter().flatten() {
-                if let Some(id) = cs
-                    .container_id
-                    .as_deref()
-                    .and_then(|id| id.split_once("://").map(|(_, i)| i))
-                {
-                    containers.insert(
-                        id.to_string(),
-                        ContainerInfo {
-                            name: cs.name.clone(),
-                            init,
-                        },
-                    );
+                if let Some(id) = cs.container_id.as_deref().and_then(|id| id.split_once("://").map(|(_, i)| i)) {
+                    containers.insert(id.to_string(), ContainerInfo { name: cs.name.clone(), init });
                 }
             }
         }
@@ -161,11 +143,7 @@ impl PodCache {
     }
 
     pub fn snapshot(&self) -> Vec<Arc<PodInfo>> {
-        let mut v: Vec<_> = self
-            .pods
-            .read()
-            .map(|p| p.values().cloned().collect())
-            .unwrap_or_default();
+        let mut v: Vec<_> = self.pods.read().map(|p| p.values().cloned().collect()).unwrap_or_default();
         v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         v
     }
@@ -181,11 +159,7 @@ impl PodCache {
     }
 
     fn remove(&self, uid: &str) -> Option<PodChange> {
-        self.pods
-            .write()
-            .ok()?
-            .remove(uid)
-            .map(|_| PodChange::Removed(uid.to_string()))
+        self.pods.write().ok()?.remove(uid).map(|_| PodChange::Removed(uid.to_string()))
     }
 
     /// After a re-list: pods not listed again are gone.
@@ -193,11 +167,7 @@ impl PodCache {
         let Ok(mut pods) = self.pods.write() else {
             return vec![];
         };
-        let gone: Vec<String> = pods
-            .keys()
-            .filter(|k| !keep.contains(*k))
-            .cloned()
-            .collect();
+        let gone: Vec<String> = pods.keys().filter(|k| !keep.contains(*k)).cloned().collect();
         gone.into_iter()
             .map(|uid| {
                 pods.remove(&uid);
@@ -208,12 +178,7 @@ impl PodCache {
 }
 
 /// Runs the pod watch until the stream ends (never, normally). Changes go to `changes`.
-pub async fn watch_pods(
-    client: Client,
-    opts: KubeOptions,
-    cache: Arc<PodCache>,
-    changes: mpsc::Sender<PodChange>,
-) {
+pub async fn watch_pods(client: Client, opts: KubeOptions, cache: Arc<PodCache>, changes: mpsc::Sender<PodChange>) {
     let selector = match parse_selector(&opts.label_selector) {
         Ok(s) => s,
         Err(e) => {
@@ -222,9 +187,8 @@ pub async fn watch_pods(
         }
     };
     let api: Api<Pod> = Api::all(client);
-    let cfg = watcher::Config::default()
-        .fields(&format!("spec.nodeName={}", opts.node_name))
-        .labels(&opts.label_selector);
+    let cfg =
+        watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node_name)).labels(&opts.label_selector);
     let mut stream = watcher(api, cfg).default_backoff().boxed();
     let mut listed = std::collections::HashSet::new();
     while let Some(ev) = stream.next().await {
@@ -243,22 +207,12 @@ pub async fn watch_pods(
                         cache.upsert(info).into_iter().collect()
                     }
                     // A pod that stopped matching is gone for us.
-                    None => pod
-                        .metadata
-                        .uid
-                        .as_deref()
-                        .and_then(|u| cache.remove(u))
-                        .into_iter()
-                        .collect(),
+                    None => pod.metadata.uid.as_deref().and_then(|u| cache.remove(u)).into_iter().collect(),
                 }
             }
-            Ok(watcher::Event::Delete(pod)) => pod
-                .metadata
-                .uid
-                .as_deref()
-                .and_then(|u| cache.remove(u))
-                .into_iter()
-                .collect(),
+            Ok(watcher::Event::Delete(pod)) => {
+                pod.metadata.uid.as_deref().and_then(|u| cache.remove(u)).into_iter().collect()
+            }
             Ok(watcher::Event::InitDone) => {
                 let gone = cache.retain(&listed);
                 if !cache.synced.swap(true, Ordering::Relaxed) {
@@ -290,10 +244,7 @@ mod tests {
     fn selector_parsing() {
         assert_eq!(
             parse_selector("component=singleuser-server, app=jupyterhub").unwrap(),
-            vec![
-                ("component".into(), "singleuser-server".into()),
-                ("app".into(), "jupyterhub".into())
-            ]
+            vec![("component".into(), "singleuser-server".into()), ("app".into(), "jupyterhub".into())]
         );
         assert!(parse_selector("component!=hub").is_err());
         assert!(parse_selector("component").is_err());

@@ -3,4 +3,5 @@
 pub mod attribution;
 pub mod cgroup;
 pub mod kube;
+pub mod scan;
 pub mod workload;

@@ -62,41 +62,28 @@ pub fn parse(path: &Path) -> Workload {
             let unit = systemd_unescape(unit);
             if let Some(rest) = unit.strip_prefix("jupyter-") {
                 if let Some(user) = rest.strip_suffix("-singleuser") {
-                    return Workload::SystemdSpawner {
-                        user: user.to_string(),
-                    };
+                    return Workload::SystemdSpawner { user: user.to_string() };
                 }
-                return Workload::Tljh {
-                    user: rest.to_string(),
-                };
+                return Workload::Tljh { user: rest.to_string() };
             }
         }
-        if let Some(id) = c
-            .strip_prefix("docker-")
-            .and_then(|s| s.strip_suffix(".scope"))
-        {
+        if let Some(id) = c.strip_prefix("docker-").and_then(|s| s.strip_suffix(".scope")) {
             if is_container_id(id) {
-                return Workload::Docker {
-                    container_id: id.to_string(),
-                };
+                return Workload::Docker { container_id: id.to_string() };
             }
         }
     }
     // cgroupfs Docker: /docker/<id>
     if let Some(i) = comps.iter().position(|c| c == "docker") {
         if let Some(id) = comps.get(i + 1).filter(|id| is_container_id(id)) {
-            return Workload::Docker {
-                container_id: id.clone(),
-            };
+            return Workload::Docker { container_id: id.clone() };
         }
     }
     Workload::Other
 }
 
 fn parse_kube(comps: &[String]) -> Option<Workload> {
-    let start = comps
-        .iter()
-        .position(|c| c == "kubepods" || c == "kubepods.slice")?;
+    let start = comps.iter().position(|c| c == "kubepods" || c == "kubepods.slice")?;
     let mut qos = Qos::Guaranteed;
     for (i, c) in comps.iter().enumerate().skip(start + 1) {
         match c.as_str() {
@@ -120,23 +107,16 @@ fn parse_kube(comps: &[String]) -> Option<Workload> {
             },
             None => (None, None),
         };
-        return Some(Workload::KubePod {
-            pod_uid: uid,
-            qos,
-            container_id,
-            runtime,
-        });
+        return Some(Workload::KubePod { pod_uid: uid, qos, container_id, runtime });
     }
     None
 }
 
 fn parse_container(c: &str) -> Option<(String, Runtime)> {
     if let Some(s) = c.strip_suffix(".scope") {
-        for (prefix, rt) in [
-            ("cri-containerd-", Runtime::Containerd),
-            ("crio-", Runtime::CriO),
-            ("docker-", Runtime::Docker),
-        ] {
+        for (prefix, rt) in
+            [("cri-containerd-", Runtime::Containerd), ("crio-", Runtime::CriO), ("docker-", Runtime::Docker)]
+        {
             if let Some(id) = s.strip_prefix(prefix) {
                 // crio-conmon-<id>.scope is CRI-O's monitor process, not the container.
                 if is_container_id(id) {
@@ -164,10 +144,7 @@ pub fn systemd_unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') {
-            if let Some(v) = s
-                .get(i + 2..i + 4)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
+            if let Some(v) = s.get(i + 2..i + 4).and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 4;
                 continue;
@@ -198,21 +175,14 @@ mod tests {
     #[test]
     fn kubelet_systemd_driver_all_qos_and_runtimes() {
         let u = UID.replace('-', "_");
-        let p = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{ID}.scope");
-        assert_eq!(
-            parse(Path::new(&p)),
-            kube(Qos::Burstable, Some((ID, Runtime::Containerd)))
+        let p = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{ID}.scope"
         );
+        assert_eq!(parse(Path::new(&p)), kube(Qos::Burstable, Some((ID, Runtime::Containerd))));
         let p = format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/crio-{ID}.scope");
-        assert_eq!(
-            parse(Path::new(&p)),
-            kube(Qos::BestEffort, Some((ID, Runtime::CriO)))
-        );
+        assert_eq!(parse(Path::new(&p)), kube(Qos::BestEffort, Some((ID, Runtime::CriO))));
         let p = format!("/kubepods.slice/kubepods-pod{u}.slice/docker-{ID}.scope");
-        assert_eq!(
-            parse(Path::new(&p)),
-            kube(Qos::Guaranteed, Some((ID, Runtime::Docker)))
-        );
+        assert_eq!(parse(Path::new(&p)), kube(Qos::Guaranteed, Some((ID, Runtime::Docker))));
         let p = format!("/kubepods.slice/kubepods-pod{u}.slice");
         assert_eq!(parse(Path::new(&p)), kube(Qos::Guaranteed, None));
         let p = format!("/kubepods.slice/kubepods-pod{u}.slice/crio-conmon-{ID}.scope");
@@ -222,59 +192,31 @@ mod tests {
     #[test]
     fn kubelet_cgroupfs_driver() {
         let p = format!("/kubepods/burstable/pod{UID}/{ID}");
-        assert_eq!(
-            parse(Path::new(&p)),
-            kube(Qos::Burstable, Some((ID, Runtime::Unknown)))
-        );
+        assert_eq!(parse(Path::new(&p)), kube(Qos::Burstable, Some((ID, Runtime::Unknown))));
         let p = format!("/kubepods/pod{UID}/{ID}");
-        assert_eq!(
-            parse(Path::new(&p)),
-            kube(Qos::Guaranteed, Some((ID, Runtime::Unknown)))
-        );
+        assert_eq!(parse(Path::new(&p)), kube(Qos::Guaranteed, Some((ID, Runtime::Unknown))));
         let p = format!("/kubepods/besteffort/pod{UID}");
         assert_eq!(parse(Path::new(&p)), kube(Qos::BestEffort, None));
     }
 
     #[test]
     fn spawners_without_kubernetes() {
-        assert_eq!(
-            parse(Path::new("/system.slice/jupyter-alice.service")),
-            Workload::Tljh {
-                user: "alice".into()
-            }
-        );
+        assert_eq!(parse(Path::new("/system.slice/jupyter-alice.service")), Workload::Tljh { user: "alice".into() });
         assert_eq!(
             parse(Path::new("/system.slice/jupyter-bob\\x2dsmith.service")),
-            Workload::Tljh {
-                user: "bob-smith".into()
-            }
+            Workload::Tljh { user: "bob-smith".into() }
         );
         assert_eq!(
             parse(Path::new("/system.slice/jupyter-carol-singleuser.service")),
-            Workload::SystemdSpawner {
-                user: "carol".into()
-            }
+            Workload::SystemdSpawner { user: "carol".into() }
         );
         assert_eq!(
             parse(Path::new(&format!("/system.slice/docker-{ID}.scope"))),
-            Workload::Docker {
-                container_id: ID.into()
-            }
+            Workload::Docker { container_id: ID.into() }
         );
-        assert_eq!(
-            parse(Path::new(&format!("/docker/{ID}"))),
-            Workload::Docker {
-                container_id: ID.into()
-            }
-        );
-        assert_eq!(
-            parse(Path::new("/system.slice/jupyterhub.service")),
-            Workload::Other
-        );
-        assert_eq!(
-            parse(Path::new("/user.slice/user-0.slice/session-1.scope")),
-            Workload::Other
-        );
+        assert_eq!(parse(Path::new(&format!("/docker/{ID}"))), Workload::Docker { container_id: ID.into() });
+        assert_eq!(parse(Path::new("/system.slice/jupyterhub.service")), Workload::Other);
+        assert_eq!(parse(Path::new("/user.slice/user-0.slice/session-1.scope")), Workload::Other);
         assert_eq!(parse(Path::new("/")), Workload::Other);
     }
 }

@@ -24,14 +24,7 @@ use super::Policy;
 use crate::sensors::decode::FileId;
 
 /// Directories whose binaries are "system binaries" (masquerade and name lookups).
-pub const SYSTEM_DIRS: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
+pub const SYSTEM_DIRS: &[&str] = &["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 
 /// A root filesystem, by the identity of its `/`.
 pub type RootKey = FileId;
@@ -83,25 +76,14 @@ impl Root {
     pub fn open(path: &Path) -> std::io::Result<(RootKey, Self)> {
         let c = CString::new(path.as_os_str().as_bytes())?;
         // SAFETY: valid C string; fd owned right away.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: fresh fd.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let key = FileId::of(&fstat(&fd)?);
-        Ok((
-            key,
-            Self {
-                path: path.to_path_buf(),
-                fd,
-            },
-        ))
+        Ok((key, Self { path: path.to_path_buf(), fd }))
     }
 
     /// Metadata of `rel` inside the root (symlinks followed inside the root).
@@ -115,14 +97,7 @@ impl Root {
         let Ok(paths) = glob::glob(&full) else {
             return vec![];
         };
-        paths
-            .flatten()
-            .filter_map(|p| {
-                p.strip_prefix(&self.path)
-                    .ok()
-                    .map(|r| Path::new("/").join(r))
-            })
-            .collect()
+        paths.flatten().filter_map(|p| p.strip_prefix(&self.path).ok().map(|r| Path::new("/").join(r))).collect()
     }
 
     pub fn read(&self, rel: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
@@ -176,10 +151,7 @@ impl SystemIndex {
         let want = Sha256::digest(content);
         candidates
             .iter()
-            .find(|(_, p)| {
-                root.read(p, content.len() as u64 + 1)
-                    .is_ok_and(|c| Sha256::digest(&c) == want)
-            })
+            .find(|(_, p)| root.read(p, content.len() as u64 + 1).is_ok_and(|c| Sha256::digest(&c) == want))
             .map(|(id, _)| *id)
     }
 }
@@ -217,14 +189,7 @@ impl RootIdentities {
                 helpers.entry(id).or_default().push(i);
             }
         }
-        Self {
-            root,
-            python,
-            helpers,
-            loaders,
-            system: None,
-            resolved_at: Instant::now(),
-        }
+        Self { root, python, helpers, loaders, system: None, resolved_at: Instant::now() }
     }
 
     fn system(&mut self) -> &SystemIndex {
@@ -237,6 +202,12 @@ impl RootIdentities {
     /// Names of the system binary with this identity (`["dash", "sh"]`), if it is one.
     pub fn system_names(&mut self, id: &FileId) -> Option<Vec<String>> {
         self.system().names.get(id).cloned()
+    }
+
+    /// Identities of the system binaries reachable under one of `names` (shells, say).
+    pub fn system_ids_named(&mut self, names: &std::collections::BTreeSet<String>) -> Vec<FileId> {
+        let sys = self.system();
+        sys.names.iter().filter(|(_, n)| n.iter().any(|n| names.contains(n))).map(|(id, _)| *id).collect()
     }
 
     /// The system binary with the same content as `content`, if any.
@@ -277,14 +248,9 @@ impl Identities {
                 return self.roots.get_mut(&k).map(|r| (k, r));
             }
         }
-        let (key, root) = pids
-            .iter()
-            .find_map(|p| Root::open(&proc_root.join(p.to_string()).join("root")).ok())?;
+        let (key, root) = pids.iter().find_map(|p| Root::open(&proc_root.join(p.to_string()).join("root")).ok())?;
         self.root_of_cgroup.insert(cgroup_id, key);
-        let entry = self
-            .roots
-            .entry(key)
-            .or_insert_with(|| RootIdentities::resolve(root, policy));
+        let entry = self.roots.entry(key).or_insert_with(|| RootIdentities::resolve(root, policy));
         Some((key, entry))
     }
 
@@ -292,8 +258,7 @@ impl Identities {
     pub fn refresh(&mut self, key: RootKey, policy: &Policy) -> Option<&mut RootIdentities> {
         let old = self.roots.remove(&key)?;
         let (_, root) = Root::open(&old.root.path).ok()?;
-        self.roots
-            .insert(key, RootIdentities::resolve(root, policy));
+        self.roots.insert(key, RootIdentities::resolve(root, policy));
         self.roots.get_mut(&key)
     }
 
@@ -324,8 +289,7 @@ mod tests {
         fs::copy("/bin/true", dir.join("usr/bin/python3.12")).unwrap();
         // An absolute symlink: must resolve inside the root, not on the host.
         std::os::unix::fs::symlink("/usr/bin/python3.12", dir.join("usr/bin/python3")).unwrap();
-        std::os::unix::fs::symlink("/usr/bin/python3.12", dir.join("opt/conda/bin/python3"))
-            .unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3.12", dir.join("opt/conda/bin/python3")).unwrap();
         fs::copy("/bin/true", dir.join("usr/bin/bash")).unwrap();
         let (_, root) = Root::open(&dir).unwrap();
         let ids = RootIdentities::resolve(root, &Policy::default_policy());
@@ -337,10 +301,7 @@ mod tests {
         let content = fs::read(dir.join("usr/bin/bash")).unwrap();
         // Both files are copies of /bin/true: content lookup finds one of them.
         assert!(ids.system_same_content(&content).is_some());
-        assert!(ids
-            .system_names(&py)
-            .unwrap()
-            .contains(&"python3".to_string()));
+        assert!(ids.system_names(&py).unwrap().contains(&"python3".to_string()));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -73,11 +73,7 @@ pub struct Discovery {
 
 impl Default for Discovery {
     fn default() -> Self {
-        Self {
-            kubernetes: Kubernetes::default(),
-            tljh: true,
-            docker: true,
-        }
+        Self { kubernetes: Kubernetes::default(), tljh: true, docker: true }
     }
 }
 
@@ -96,10 +92,7 @@ pub struct Allowances {
 
 impl Default for Allowances {
     fn default() -> Self {
-        Self {
-            terminals: false,
-            pip_magic: true,
-        }
+        Self { terminals: false, pip_magic: true }
     }
 }
 
@@ -242,11 +235,7 @@ fn parse_file(origin: &str, text: &str) -> Result<PolicyFile, PolicyError> {
             origin: origin.to_string(),
             line: loc.as_ref().map(|l| l.line()),
             column: loc.as_ref().map(|l| l.column()),
-            key: if key == "." {
-                "(top level)".into()
-            } else {
-                key
-            },
+            key: if key == "." { "(top level)".into() } else { key },
             message,
         }
     })
@@ -282,19 +271,10 @@ impl Policy {
             python: user.python.or(base.python).unwrap_or_default(),
             allowances: user.allowances.or(base.allowances).unwrap_or_default(),
             helpers: user.helpers.or(base.helpers).unwrap_or_default(),
-            package_managers: set(user
-                .package_managers
-                .or(base.package_managers)
-                .unwrap_or_default()),
-            network_tools: set(user
-                .network_tools
-                .or(base.network_tools)
-                .unwrap_or_default()),
+            package_managers: set(user.package_managers.or(base.package_managers).unwrap_or_default()),
+            network_tools: set(user.network_tools.or(base.network_tools).unwrap_or_default()),
             shells: set(user.shells.or(base.shells).unwrap_or_default()),
-            writable_paths: user
-                .writable_paths
-                .or(base.writable_paths)
-                .unwrap_or_default(),
+            writable_paths: user.writable_paths.or(base.writable_paths).unwrap_or_default(),
             loaders: user.loaders.or(base.loaders).unwrap_or_default(),
             rules: user.rules.or(base.rules).unwrap_or_default(),
             overrides: user.overrides.or(base.overrides).unwrap_or_default(),
@@ -306,16 +286,9 @@ impl Policy {
     fn validate(&self, origin: &str, text: &str) -> Result<(), PolicyError> {
         let err = |key: String, needle: &str, message: String| {
             // Semantic errors have no parser location: point at the first line naming the value.
-            let line = (!needle.is_empty())
-                .then(|| text.lines().position(|l| l.contains(needle)).map(|i| i + 1))
-                .flatten();
-            PolicyError {
-                origin: origin.to_string(),
-                line,
-                column: None,
-                key,
-                message,
-            }
+            let line =
+                (!needle.is_empty()).then(|| text.lines().position(|l| l.contains(needle)).map(|i| i + 1)).flatten();
+            PolicyError { origin: origin.to_string(), line, column: None, key, message }
         };
         if self.python.interpreters.is_empty() {
             return Err(err(
@@ -330,17 +303,9 @@ impl Policy {
             .iter()
             .enumerate()
             .map(|(i, g)| (format!("python.interpreters[{i}]"), g))
-            .chain(
-                self.loaders
-                    .iter()
-                    .enumerate()
-                    .map(|(i, g)| (format!("loaders[{i}]"), g)),
-            )
+            .chain(self.loaders.iter().enumerate().map(|(i, g)| (format!("loaders[{i}]"), g)))
             .chain(self.helpers.iter().enumerate().flat_map(|(h, hp)| {
-                hp.paths
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, g)| (format!("helpers[{h}].paths[{i}]"), g))
+                hp.paths.iter().enumerate().map(move |(i, g)| (format!("helpers[{h}].paths[{i}]"), g))
             }));
         for (key, g) in globs {
             if !g.starts_with('/') {
@@ -351,28 +316,15 @@ impl Policy {
         let mut names = BTreeSet::new();
         for (i, h) in self.helpers.iter().enumerate() {
             if !names.insert(&h.name) {
-                return Err(err(
-                    format!("helpers[{i}].name"),
-                    &h.name,
-                    format!("duplicate helper name {:?}", h.name),
-                ));
+                return Err(err(format!("helpers[{i}].name"), &h.name, format!("duplicate helper name {:?}", h.name)));
             }
             if h.paths.is_empty() {
-                return Err(err(
-                    format!("helpers[{i}].paths"),
-                    &h.name,
-                    "a helper needs at least one path".into(),
-                ));
+                return Err(err(format!("helpers[{i}].paths"), &h.name, "a helper needs at least one path".into()));
             }
             for (a, alt) in h.args.iter().flatten().enumerate() {
                 for (j, g) in alt.iter().enumerate() {
-                    Glob::new(g).map_err(|e| {
-                        err(
-                            format!("helpers[{i}].args[{a}][{j}]"),
-                            g,
-                            format!("bad glob: {e}"),
-                        )
-                    })?;
+                    Glob::new(g)
+                        .map_err(|e| err(format!("helpers[{i}].args[{a}][{j}]"), g, format!("bad glob: {e}")))?;
                 }
             }
         }
@@ -387,34 +339,20 @@ impl Policy {
         }
         for (i, w) in self.writable_paths.iter().enumerate() {
             if !w.starts_with('/') {
-                return Err(err(
-                    format!("writable_paths[{i}]"),
-                    w,
-                    format!("{w:?} is not an absolute path"),
-                ));
+                return Err(err(format!("writable_paths[{i}]"), w, format!("{w:?} is not an absolute path")));
             }
         }
         for (i, o) in self.overrides.iter().enumerate() {
             let m = &o.matches;
             if m.namespaces.is_empty() && m.labels.is_empty() && m.users.is_empty() {
-                return Err(err(
-                    format!("overrides[{i}].match"),
-                    &o.name,
-                    "an override must match something".into(),
-                ));
+                return Err(err(format!("overrides[{i}].match"), &o.name, "an override must match something".into()));
             }
         }
-        crate::discovery::kube::parse_selector(&self.discovery.kubernetes.notebook_selector)
-            .map_err(|e| {
-                err(
-                    "discovery.kubernetes.notebook_selector".into(),
-                    &self.discovery.kubernetes.notebook_selector,
-                    e,
-                )
-            })?;
+        crate::discovery::kube::parse_selector(&self.discovery.kubernetes.notebook_selector).map_err(|e| {
+            err("discovery.kubernetes.notebook_selector".into(), &self.discovery.kubernetes.notebook_selector, e)
+        })?;
         for (i, o) in self.outputs.iter().enumerate() {
-            crate::sinks::OutputSpec::parse(o)
-                .map_err(|e| err(format!("outputs[{i}]"), o, e.to_string()))?;
+            crate::sinks::OutputSpec::parse(o).map_err(|e| err(format!("outputs[{i}]"), o, e.to_string()))?;
         }
         Ok(())
     }
@@ -422,16 +360,9 @@ impl Policy {
     /// Mode and allowances for one notebook: the first matching override, then `mode_flag`
     /// (the command line's `--mode`) over everything.
     pub fn effective(&self, who: Option<&Attribution>, mode_flag: Option<Mode>) -> Effective {
-        let mut eff = Effective {
-            mode: self.mode,
-            allowances: self.allowances,
-        };
+        let mut eff = Effective { mode: self.mode, allowances: self.allowances };
         if let Some(a) = who {
-            if let Some(o) = self
-                .overrides
-                .iter()
-                .find(|o| override_matches(&o.matches, a))
-            {
+            if let Some(o) = self.overrides.iter().find(|o| override_matches(&o.matches, a)) {
                 if let Some(m) = o.mode {
                     eff.mode = m;
                 }
@@ -453,19 +384,13 @@ impl Policy {
     pub fn any_enforce(&self, mode_flag: Option<Mode>) -> bool {
         match mode_flag {
             Some(m) => m == Mode::Enforce,
-            None => {
-                self.mode == Mode::Enforce
-                    || self.overrides.iter().any(|o| o.mode == Some(Mode::Enforce))
-            }
+            None => self.mode == Mode::Enforce || self.overrides.iter().any(|o| o.mode == Some(Mode::Enforce)),
         }
     }
 }
 
 fn override_matches(m: &OverrideMatch, a: &Attribution) -> bool {
-    (m.namespaces.is_empty()
-        || a.namespace
-            .as_ref()
-            .is_some_and(|n| m.namespaces.contains(n)))
+    (m.namespaces.is_empty() || a.namespace.as_ref().is_some_and(|n| m.namespaces.contains(n)))
         && m.labels.iter().all(|(k, v)| a.labels.get(k) == Some(v))
         && (m.users.is_empty() || a.user.as_ref().is_some_and(|u| m.users.contains(u)))
 }
@@ -478,11 +403,7 @@ impl ArgMatcher {
     pub fn new(args: &Option<Vec<Vec<String>>>) -> Self {
         Self(args.as_ref().map(|alts| {
             alts.iter()
-                .map(|alt| {
-                    alt.iter()
-                        .filter_map(|g| Glob::new(g).ok().map(|g| g.compile_matcher()))
-                        .collect()
-                })
+                .map(|alt| alt.iter().filter_map(|g| Glob::new(g).ok().map(|g| g.compile_matcher())).collect())
                 .collect()
         }))
     }
@@ -491,9 +412,9 @@ impl ArgMatcher {
     pub fn matches(&self, args: &[String]) -> bool {
         match &self.0 {
             None => true,
-            Some(alts) => alts.iter().any(|alt| {
-                alt.len() == args.len() && alt.iter().zip(args).all(|(g, a)| g.is_match(a))
-            }),
+            Some(alts) => {
+                alts.iter().any(|alt| alt.len() == args.len() && alt.iter().zip(args).all(|(g, a)| g.is_match(a)))
+            }
         }
     }
 }
@@ -513,8 +434,7 @@ mod tests {
 
     #[test]
     fn partial_file_overlays_the_default_by_section() {
-        let p =
-            Policy::from_str("t.yaml", "mode: enforce\nallowances: {terminals: true}\n").unwrap();
+        let p = Policy::from_str("t.yaml", "mode: enforce\nallowances: {terminals: true}\n").unwrap();
         assert_eq!(p.mode, Mode::Enforce);
         assert!(p.allowances.terminals && p.allowances.pip_magic);
         assert_eq!(p.helpers, Policy::default_policy().helpers);
@@ -522,19 +442,11 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error_with_location_and_key() {
-        let e = Policy::from_str("p.yaml", "mode: monitor\nallowances:\n  terminal: true\n")
-            .unwrap_err();
-        assert_eq!(
-            (e.origin.as_str(), e.line, e.column),
-            ("p.yaml", Some(3), Some(3))
-        );
+        let e = Policy::from_str("p.yaml", "mode: monitor\nallowances:\n  terminal: true\n").unwrap_err();
+        assert_eq!((e.origin.as_str(), e.line, e.column), ("p.yaml", Some(3), Some(3)));
         assert_eq!(e.key, "allowances.terminal");
         assert!(e.message.contains("unknown field `terminal`"), "{e}");
-        assert!(
-            e.to_string()
-                .starts_with("p.yaml:3:3: allowances.terminal: unknown field `terminal`"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("p.yaml:3:3: allowances.terminal: unknown field `terminal`"), "{e}");
 
         let e = Policy::from_str("p.yaml", "modes: enforce\n").unwrap_err();
         assert_eq!(e.line, Some(1));
@@ -546,11 +458,8 @@ mod tests {
         let e = Policy::from_str("p.yaml", "mode: enforcing\n").unwrap_err();
         assert_eq!(e.key, "mode");
         assert_eq!(e.line, Some(1));
-        let e = Policy::from_str(
-            "p.yaml",
-            "helpers:\n  - name: x\n    paths: [/bin/x]\n    parent: kernel0\n",
-        )
-        .unwrap_err();
+        let e = Policy::from_str("p.yaml", "helpers:\n  - name: x\n    paths: [/bin/x]\n    parent: kernel0\n")
+            .unwrap_err();
         assert_eq!(e.key, "helpers[0].parent");
         assert_eq!(e.line, Some(4));
         let e = Policy::from_str("p.yaml", "rules:\n  disabled: [notebook.nope]\n").unwrap_err();
@@ -584,18 +493,9 @@ mod tests {
         };
         assert_eq!(
             p.effective(Some(&a), None),
-            Effective {
-                mode: Mode::Enforce,
-                allowances: Allowances {
-                    terminals: true,
-                    pip_magic: true
-                }
-            }
+            Effective { mode: Mode::Enforce, allowances: Allowances { terminals: true, pip_magic: true } }
         );
-        assert_eq!(
-            p.effective(Some(&a), Some(Mode::Monitor)).mode,
-            Mode::Monitor
-        );
+        assert_eq!(p.effective(Some(&a), Some(Mode::Monitor)).mode, Mode::Monitor);
         a.labels.clear();
         assert_eq!(p.effective(Some(&a), None).mode, Mode::Monitor);
         assert!(p.any_enforce(None));
@@ -607,18 +507,8 @@ mod tests {
         let m = ArgMatcher::new(&Some(vec![vec!["-p".into()], vec![]]));
         assert!(m.matches(&["-p".into()]) && m.matches(&[]));
         assert!(!m.matches(&["-p".into(), "x".into()]) && !m.matches(&["-a".into()]));
-        let m = ArgMatcher::new(&Some(vec![vec![
-            "-Wl,-t".into(),
-            "-o".into(),
-            "*".into(),
-            "-l*".into(),
-        ]]));
-        assert!(m.matches(&[
-            "-Wl,-t".into(),
-            "-o".into(),
-            "/tmp/tmpab".into(),
-            "-lc".into()
-        ]));
+        let m = ArgMatcher::new(&Some(vec![vec!["-Wl,-t".into(), "-o".into(), "*".into(), "-l*".into()]]));
+        assert!(m.matches(&["-Wl,-t".into(), "-o".into(), "/tmp/tmpab".into(), "-lc".into()]));
         assert!(ArgMatcher::new(&None).matches(&["anything".into()]));
     }
 }

@@ -1,9 +1,38 @@
 //! The process table: one entry per live process, kept from fork/exec/exit events and seeded
 //! from /proc at start-up, so every exec can name its parent's executable and command line.
 
-use std::{collections::HashMap, ffi::OsString, fs, path::PathBuf};
+use std::{collections::HashMap, ffi::OsString, fs, path::PathBuf, sync::Arc};
 
-use crate::sensors::decode::{split_args, Exec, Exit, Fork};
+use crate::sensors::decode::{split_args, Exec, Exit, FileId, Fork};
+
+/// What a process is to its notebook, as detection decided at its exec.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    #[default]
+    Unknown,
+    /// The notebook server (jupyterhub-singleuser, jupyter-server/lab/notebook).
+    Server,
+    /// An IPython kernel.
+    Kernel,
+    /// Some other Python process.
+    Python,
+    /// An allowed helper (uname, ldconfig, git…).
+    Helper,
+    /// A Jupyter terminal's shell (allowed).
+    Terminal,
+    /// A `%pip` shell (allowed).
+    PipShell,
+    /// Anything else.
+    Other,
+}
+
+/// The notebook a kernel serves, read once from the kernel's environment and argv.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelCtx {
+    pub kernel_id: Option<String>,
+    /// `JPY_SESSION_NAME`: user-controlled, a hint.
+    pub notebook_path: Option<String>,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -11,8 +40,14 @@ pub struct ProcInfo {
     pub ppid: u32,
     /// What the process last executed (None when seeded from /proc without access to it).
     pub exe: Option<PathBuf>,
+    /// Identity of the loaded binary.
+    pub exe_id: Option<FileId>,
     pub argv: Vec<OsString>,
     pub comm: String,
+    pub cgroup_id: u64,
+    pub role: Role,
+    /// The nearest kernel's context (inherited by descendants).
+    pub kernel: Option<Arc<KernelCtx>>,
 }
 
 /// The parent chain of an exec, nearest first.
@@ -41,11 +76,7 @@ impl ProcessTable {
             return;
         };
         for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
             let p = entry.path();
@@ -56,25 +87,46 @@ impl ProcessTable {
             let Some((comm, ppid)) = parse_stat(&stat) else {
                 continue;
             };
-            let argv = fs::read(p.join("cmdline"))
-                .map(|b| split_args(&b))
-                .unwrap_or_default();
+            let argv = fs::read(p.join("cmdline")).map(|b| split_args(&b)).unwrap_or_default();
             let exe = fs::read_link(p.join("exe")).ok();
+            let exe_id = fs::metadata(p.join("exe")).ok().map(|m| FileId::of(&m));
             self.procs.insert(
                 pid,
-                ProcInfo {
-                    pid,
-                    ppid,
-                    exe,
-                    argv,
-                    comm,
-                },
+                ProcInfo { pid, ppid, exe, exe_id, argv, comm, cgroup_id: 0, role: Role::Unknown, kernel: None },
             );
         }
     }
 
     pub fn get(&self, pid: u32) -> Option<&ProcInfo> {
         self.procs.get(&pid)
+    }
+
+    pub fn get_mut(&mut self, pid: u32) -> Option<&mut ProcInfo> {
+        self.procs.get_mut(&pid)
+    }
+
+    /// The process and its ancestors, nearest first (bounded, loop-safe).
+    pub fn chain(&self, pid: u32, max: usize) -> Vec<&ProcInfo> {
+        let mut out = Vec::new();
+        let mut next = Some(pid);
+        while let Some(p) = next {
+            if out.len() >= max {
+                break;
+            }
+            match self.procs.get(&p) {
+                Some(info) => {
+                    out.push(info);
+                    next = (info.ppid != p && info.ppid != 0).then_some(info.ppid);
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Every process (for backfilling kernel state after a policy change).
+    pub fn iter(&self) -> impl Iterator<Item = &ProcInfo> {
+        self.procs.values()
     }
 
     pub fn len(&self) -> usize {
@@ -88,14 +140,20 @@ impl ProcessTable {
     /// Records the exec and returns its lineage (taken before the entry is replaced).
     pub fn on_exec(&mut self, e: &Exec) -> Lineage {
         let lineage = self.lineage(e.ppid);
+        // The kernel context survives exec (a shell started by a kernel still serves it).
+        let kernel = self.procs.get(&e.meta.tgid).and_then(|p| p.kernel.clone());
         self.procs.insert(
             e.meta.tgid,
             ProcInfo {
                 pid: e.meta.tgid,
                 ppid: e.ppid,
                 exe: Some(e.filename.clone()),
+                exe_id: Some(e.exe),
                 argv: e.argv.clone(),
                 comm: e.comm.clone(),
+                cgroup_id: e.meta.cgroup_id,
+                role: Role::Unknown,
+                kernel,
             },
         );
         lineage
@@ -105,17 +163,17 @@ impl ProcessTable {
     pub fn on_fork(&mut self, f: &Fork) {
         let parent = f.meta.tgid;
         let child = match self.procs.get(&parent) {
-            Some(p) => ProcInfo {
-                pid: f.child_tgid,
-                ppid: parent,
-                ..p.clone()
-            },
+            Some(p) => ProcInfo { pid: f.child_tgid, ppid: parent, cgroup_id: f.meta.cgroup_id, ..p.clone() },
             None => ProcInfo {
                 pid: f.child_tgid,
                 ppid: parent,
                 exe: None,
+                exe_id: None,
                 argv: vec![],
                 comm: String::new(),
+                cgroup_id: f.meta.cgroup_id,
+                role: Role::Unknown,
+                kernel: None,
             },
         };
         self.procs.insert(f.child_tgid, child);
@@ -148,8 +206,7 @@ impl ProcessTable {
     /// the agent). Cheap enough to run every minute: one stat per entry.
     pub fn sweep(&mut self, proc_root: &std::path::Path) -> usize {
         let before = self.procs.len();
-        self.procs
-            .retain(|pid, _| proc_root.join(pid.to_string()).exists());
+        self.procs.retain(|pid, _| proc_root.join(pid.to_string()).exists());
         before - self.procs.len()
     }
 }
@@ -167,10 +224,7 @@ fn parse_stat(stat: &str) -> Option<(String, u32)> {
 
 /// Joins argv for display the way `ps` does; lossy for non-UTF-8 bytes.
 pub fn cmdline(argv: &[OsString]) -> String {
-    argv.iter()
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
+    argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -179,13 +233,7 @@ mod tests {
     use crate::sensors::decode::{FileId, Meta};
 
     fn meta(tgid: u32) -> Meta {
-        Meta {
-            ktime_ns: 0,
-            cpu: 0,
-            pid: tgid,
-            tgid,
-            cgroup_id: 1,
-        }
+        Meta { ktime_ns: 0, cpu: 0, pid: tgid, tgid, cgroup_id: 1 }
     }
 
     fn exec(tgid: u32, ppid: u32, path: &str, argv: &[&str]) -> Exec {
@@ -207,37 +255,25 @@ mod tests {
             argv: argv.iter().map(OsString::from).collect(),
             argv_truncated: false,
             argv_unreadable: false,
+            kernel_flags: 0,
+            stdio_sockets: 0,
         }
     }
 
     #[test]
     fn lineage_follows_fork_and_exec() {
         let mut t = ProcessTable::new();
-        t.on_exec(&exec(
-            10,
-            1,
-            "/usr/bin/python3",
-            &["python3", "-m", "ipykernel_launcher"],
-        ));
-        t.on_fork(&Fork {
-            meta: meta(10),
-            child_tgid: 11,
-        });
+        t.on_exec(&exec(10, 1, "/usr/bin/python3", &["python3", "-m", "ipykernel_launcher"]));
+        t.on_fork(&Fork { meta: meta(10), child_tgid: 11 });
         let l = t.on_exec(&exec(11, 10, "/bin/sh", &["sh", "-c", "id"]));
         let parent = l.parent.unwrap();
         assert_eq!(parent.exe, Some("/usr/bin/python3".into()));
         assert_eq!(cmdline(&parent.argv), "python3 -m ipykernel_launcher");
-        t.on_fork(&Fork {
-            meta: meta(11),
-            child_tgid: 12,
-        });
+        t.on_fork(&Fork { meta: meta(11), child_tgid: 12 });
         let l = t.on_exec(&exec(12, 11, "/usr/bin/id", &["id"]));
         assert_eq!(l.parent.unwrap().exe, Some("/bin/sh".into()));
         assert_eq!(l.ancestors, vec![Some("/usr/bin/python3".into())]);
-        t.on_exit(&Exit {
-            meta: meta(12),
-            exit_code: 0,
-        });
+        t.on_exit(&Exit { meta: meta(12), exit_code: 0 });
         assert!(t.get(12).is_none());
     }
 
@@ -251,9 +287,7 @@ mod tests {
     fn seeds_from_proc_and_sweeps() {
         let mut t = ProcessTable::new();
         t.seed_from_proc(std::path::Path::new("/proc"));
-        let me = t
-            .get(std::process::id())
-            .expect("this test process is in /proc");
+        let me = t.get(std::process::id()).expect("this test process is in /proc");
         assert_eq!(me.ppid, std::os::unix::process::parent_id());
         t.procs.insert(u32::MAX - 1, me.clone());
         assert!(t.sweep(std::path::Path::new("/proc")) >= 1);

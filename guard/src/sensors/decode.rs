@@ -3,20 +3,14 @@
 
 use std::{ffi::OsString, os::unix::ffi::OsStringExt, path::PathBuf};
 
-use guard_abi::{
-    exec_flags, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, ARGS_LEN, EXEC_FIXED_LEN,
-};
+use guard_abi::{exec_flags, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, ARGS_LEN, EXEC_FIXED_LEN};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {0} bytes is shorter than its header")]
     Short(usize),
     #[error("record of kind {kind} has {len} bytes, needs {need}")]
-    Truncated {
-        kind: &'static str,
-        len: usize,
-        need: usize,
-    },
+    Truncated { kind: &'static str, len: usize, need: usize },
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
     #[error("exec record claims {0} argv bytes (max {ARGS_LEN})")]
@@ -50,10 +44,7 @@ impl FileId {
 
     pub fn of(meta: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
-        Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        }
+        Self { dev: meta.dev(), ino: meta.ino() }
     }
 }
 
@@ -79,6 +70,10 @@ pub struct Exec {
     pub argv: Vec<OsString>,
     pub argv_truncated: bool,
     pub argv_unreadable: bool,
+    /// Raw `exec_flags` (enforcement outcome among them).
+    pub kernel_flags: u32,
+    /// Bits 0..2: stdin, stdout, stderr are sockets.
+    pub stdio_sockets: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,11 +109,7 @@ impl Event {
 /// guaranteed to be aligned for `T` in the slice we get, hence the copy.
 fn read_record<T: Copy>(buf: &[u8], need: usize, kind: EventKind) -> Result<T, DecodeError> {
     if buf.len() < need {
-        return Err(DecodeError::Truncated {
-            kind: kind.name(),
-            len: buf.len(),
-            need,
-        });
+        return Err(DecodeError::Truncated { kind: kind.name(), len: buf.len(), need });
     }
     let mut v = std::mem::MaybeUninit::<T>::zeroed();
     let n = buf.len().min(std::mem::size_of::<T>());
@@ -131,13 +122,7 @@ fn read_record<T: Copy>(buf: &[u8], need: usize, kind: EventKind) -> Result<T, D
 }
 
 fn meta(h: &EventHeader) -> Meta {
-    Meta {
-        ktime_ns: h.ktime_ns,
-        cpu: h.cpu,
-        pid: h.pid,
-        tgid: h.tgid,
-        cgroup_id: h.cgroup_id,
-    }
+    Meta { ktime_ns: h.ktime_ns, cpu: h.cpu, pid: h.pid, tgid: h.tgid, cgroup_id: h.cgroup_id }
 }
 
 /// Bytes up to the first NUL.
@@ -152,9 +137,7 @@ pub fn split_args(block: &[u8]) -> Vec<OsString> {
         return Vec::new();
     }
     let body = block.strip_suffix(&[0]).unwrap_or(block);
-    body.split(|&c| c == 0)
-        .map(|a| OsString::from_vec(a.to_vec()))
-        .collect()
+    body.split(|&c| c == 0).map(|a| OsString::from_vec(a.to_vec())).collect()
 }
 
 pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
@@ -170,11 +153,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
             }
             let need = EXEC_FIXED_LEN + ev.args_len as usize;
             if buf.len() < need {
-                return Err(DecodeError::Truncated {
-                    kind: "exec",
-                    len: buf.len(),
-                    need,
-                });
+                return Err(DecodeError::Truncated { kind: "exec", len: buf.len(), need });
             }
             let f = ev.flags;
             let path = |b: &[u8]| PathBuf::from(OsString::from_vec(cstr(b).to_vec()));
@@ -196,23 +175,17 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 argv: split_args(&ev.args[..ev.args_len as usize]),
                 argv_truncated: f & exec_flags::ARGS_TRUNCATED != 0,
                 argv_unreadable: f & exec_flags::ARGS_UNREADABLE != 0,
+                kernel_flags: f,
+                stdio_sockets: ev.stdio_sockets,
             })))
         }
         Some(EventKind::Fork) => {
-            let ev: ForkEvent =
-                read_record(buf, std::mem::size_of::<ForkEvent>(), EventKind::Fork)?;
-            Ok(Event::Fork(Fork {
-                meta: meta(&ev.hdr),
-                child_tgid: ev.child_tgid,
-            }))
+            let ev: ForkEvent = read_record(buf, std::mem::size_of::<ForkEvent>(), EventKind::Fork)?;
+            Ok(Event::Fork(Fork { meta: meta(&ev.hdr), child_tgid: ev.child_tgid }))
         }
         Some(EventKind::Exit) => {
-            let ev: ExitEvent =
-                read_record(buf, std::mem::size_of::<ExitEvent>(), EventKind::Exit)?;
-            Ok(Event::Exit(Exit {
-                meta: meta(&ev.hdr),
-                exit_code: ev.exit_code,
-            }))
+            let ev: ExitEvent = read_record(buf, std::mem::size_of::<ExitEvent>(), EventKind::Exit)?;
+            Ok(Event::Exit(Exit { meta: meta(&ev.hdr), exit_code: ev.exit_code }))
         }
         None => Err(DecodeError::UnknownKind(h.kind)),
     }
@@ -244,27 +217,17 @@ mod tests {
     #[test]
     fn exec_record_is_variable_length() {
         let rec = exec_with_args(b"sh\0-c\0\0echo hi\0", 0);
-        let Event::Exec(e) = decode(&rec).unwrap() else {
-            panic!()
-        };
+        let Event::Exec(e) = decode(&rec).unwrap() else { panic!() };
         assert_eq!(e.argv, ["sh", "-c", "", "echo hi"].map(OsString::from));
         assert_eq!(e.filename, PathBuf::from("/bin/sh"));
-        assert_eq!(
-            e.exe,
-            FileId {
-                dev: libc::makedev(8, 1),
-                ino: 99
-            }
-        );
+        assert_eq!(e.exe, FileId { dev: libc::makedev(8, 1), ino: 99 });
         assert!(e.interp.is_none() && !e.argv_truncated);
     }
 
     #[test]
     fn truncated_argv_keeps_partial_last_argument() {
         let rec = exec_with_args(b"a\0bcd", exec_flags::ARGS_TRUNCATED);
-        let Event::Exec(e) = decode(&rec).unwrap() else {
-            panic!()
-        };
+        let Event::Exec(e) = decode(&rec).unwrap() else { panic!() };
         assert_eq!(e.argv, ["a", "bcd"].map(OsString::from));
         assert!(e.argv_truncated);
     }
@@ -274,19 +237,13 @@ mod tests {
         assert_eq!(decode(&[0u8; 3]), Err(DecodeError::Short(3)));
         let mut rec = exec_with_args(b"abc\0", 0);
         rec.truncate(EXEC_FIXED_LEN + 2);
-        assert!(matches!(
-            decode(&rec),
-            Err(DecodeError::Truncated { kind: "exec", .. })
-        ));
+        assert!(matches!(decode(&rec), Err(DecodeError::Truncated { kind: "exec", .. })));
         let mut bad = exec_with_args(b"", 0);
         bad[0] = 77;
         assert_eq!(decode(&bad), Err(DecodeError::UnknownKind(77)));
         let mut huge = exec_with_args(b"", 0);
         let off = std::mem::offset_of!(ExecEvent, args_len);
         huge[off..off + 4].copy_from_slice(&(ARGS_LEN as u32 + 1).to_ne_bytes());
-        assert_eq!(
-            decode(&huge),
-            Err(DecodeError::ArgsLen(ARGS_LEN as u32 + 1))
-        );
+        assert_eq!(decode(&huge), Err(DecodeError::ArgsLen(ARGS_LEN as u32 + 1)));
     }
 }

@@ -9,5 +9,4 @@ pub mod process;
 pub mod ring;
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
-pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf.o"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf.o"));

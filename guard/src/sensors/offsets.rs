@@ -19,20 +19,13 @@ pub enum OffsetError {
     #[error("kernel BTF: struct {strukt} has no member {member}")]
     NoMember { strukt: String, member: String },
     #[error("kernel BTF: {field} is {found} bytes, expected {expected}")]
-    Size {
-        field: String,
-        found: usize,
-        expected: usize,
-    },
+    Size { field: String, found: usize, expected: usize },
     #[error("kernel BTF: {0} is a bitfield or not byte-aligned")]
     Bitfield(String),
     #[error("kernel BTF: {0} is not a struct or union")]
     NotComposite(String),
     #[error("kernel BTF: resolving {field}: {source}")]
-    Resolve {
-        field: String,
-        source: btf_rs::Error,
-    },
+    Resolve { field: String, source: btf_rs::Error },
 }
 
 pub struct OffsetResolver {
@@ -41,10 +34,8 @@ pub struct OffsetResolver {
 
 impl OffsetResolver {
     pub fn from_file(path: &Path) -> Result<Self, OffsetError> {
-        let btf = Btf::from_file(path).map_err(|source| OffsetError::Btf {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let btf =
+            Btf::from_file(path).map_err(|source| OffsetError::Btf { path: path.display().to_string(), source })?;
         Ok(Self { btf })
     }
 
@@ -86,12 +77,9 @@ impl OffsetResolver {
         let mut bits = 0u32;
         let mut last_type = 0u32;
         for (i, member) in path.iter().enumerate() {
-            let (off, type_id) =
-                self.find_member(&ty, member)?
-                    .ok_or_else(|| OffsetError::NoMember {
-                        strukt: strukt.to_string(),
-                        member: path[..=i].join("."),
-                    })?;
+            let (off, type_id) = self
+                .find_member(&ty, member)?
+                .ok_or_else(|| OffsetError::NoMember { strukt: strukt.to_string(), member: path[..=i].join(".") })?;
             bits += off;
             last_type = type_id;
             if i + 1 < path.len() {
@@ -106,20 +94,13 @@ impl OffsetResolver {
         }
         let found = self.size_of(last_type, &name)?;
         if found != size {
-            return Err(OffsetError::Size {
-                field: name,
-                found,
-                expected: size,
-            });
+            return Err(OffsetError::Size { field: name, found, expected: size });
         }
         Ok(bits / 8)
     }
 
     fn named_struct(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {
-        let types = self
-            .btf
-            .resolve_types_by_name(name)
-            .map_err(|_| OffsetError::NoStruct(name.into()))?;
+        let types = self.btf.resolve_types_by_name(name).map_err(|_| OffsetError::NoStruct(name.into()))?;
         types
             .into_iter()
             .find_map(|t| match t {
@@ -130,11 +111,7 @@ impl OffsetResolver {
     }
 
     /// (bit offset, type id) of `name` in `s`, descending into anonymous members.
-    fn find_member(
-        &self,
-        s: &btf_rs::Struct,
-        name: &str,
-    ) -> Result<Option<(u32, u32)>, OffsetError> {
+    fn find_member(&self, s: &btf_rs::Struct, name: &str) -> Result<Option<(u32, u32)>, OffsetError> {
         for m in &s.members {
             if m.bitfield_size().is_some_and(|b| b != 0) {
                 continue;
@@ -163,16 +140,9 @@ impl OffsetResolver {
             let t = self
                 .btf
                 .resolve_type_by_id(id)
-                .map_err(|source| OffsetError::Resolve {
-                    field: field.into(),
-                    source,
-                })?;
+                .map_err(|source| OffsetError::Resolve { field: field.into(), source })?;
             match &t {
-                Type::Typedef(_)
-                | Type::Const(_)
-                | Type::Volatile(_)
-                | Type::Restrict(_)
-                | Type::TypeTag(_) => {
+                Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {
                     id = t.as_btf_type().and_then(|b| b.get_type_id()).unwrap_or(0);
                 }
                 _ => return Ok(t),
@@ -211,17 +181,11 @@ mod tests {
     #[test]
     fn missing_member_and_wrong_size_are_named() {
         let r = OffsetResolver::from_file(Path::new(VMLINUX)).unwrap();
-        let e = r
-            .field("task_struct", &["no_such_field"], 4)
-            .unwrap_err()
-            .to_string();
+        let e = r.field("task_struct", &["no_such_field"], 4).unwrap_err().to_string();
         assert!(e.contains("task_struct has no member no_such_field"), "{e}");
         let e = r.field("task_struct", &["pid"], 8).unwrap_err().to_string();
         assert!(e.contains("task_struct.pid is 4 bytes, expected 8"), "{e}");
-        let e = r
-            .field("no_such_struct_xyz", &["a"], 4)
-            .unwrap_err()
-            .to_string();
+        let e = r.field("no_such_struct_xyz", &["a"], 4).unwrap_err().to_string();
         assert!(e.contains("no struct no_such_struct_xyz"), "{e}");
     }
 

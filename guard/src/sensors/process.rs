@@ -43,6 +43,7 @@ pub struct ProcessSensor {
     lost: PerCpuArray<MapData, u64>,
     watched: HashMap<MapData, u64, u32>,
     ring: Option<RingBuf<MapData>>,
+    enforcement: Option<crate::enforce::KernelEnforcer>,
     links: Vec<(&'static str, RawTracePointLinkId)>,
 }
 
@@ -62,21 +63,14 @@ impl KernelLosses {
 impl ProcessSensor {
     pub fn load(opts: &SensorOptions) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
-            bail!(
-                "this guard was built without its eBPF object: build it with `cargo xtask build`"
-            );
+            bail!("this guard was built without its eBPF object: build it with `cargo xtask build`");
         }
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
-            bail!(
-                "ring buffer size {} is not a power of two of at least 4096 bytes",
-                opts.ring_bytes
-            );
+            bail!("ring buffer size {} is not a power of two of at least 4096 bytes", opts.ring_bytes);
         }
         let offsets = OffsetResolver::from_file(&opts.btf_path)
             .and_then(|r| r.kernel_offsets())
-            .context(
-                "resolving kernel struct offsets from BTF (kernel needs CONFIG_DEBUG_INFO_BTF)",
-            )?;
+            .context("resolving kernel struct offsets from BTF (kernel needs CONFIG_DEBUG_INFO_BTF)")?;
         let config = Config {
             agent_tgid: std::process::id(),
             watch_all: opts.watch_all as u32,
@@ -96,22 +90,18 @@ impl ProcessSensor {
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
-            links.push((
-                name,
-                prog.attach(name)
-                    .with_context(|| format!("attaching raw tracepoint {name}"))?,
-            ));
+            links.push((name, prog.attach(name).with_context(|| format!("attaching raw tracepoint {name}"))?));
         }
         let lost = PerCpuArray::try_from(take(&mut ebpf, names::LOST)?)?;
         let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED)?)?;
         let ring = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
-        Ok(Self {
-            ebpf,
-            lost,
-            watched,
-            ring: Some(ring),
-            links,
-        })
+        let enforcement = crate::enforce::KernelEnforcer::new(
+            HashMap::try_from(take(&mut ebpf, names::ENFORCED)?)?,
+            HashMap::try_from(take(&mut ebpf, names::ALLOWED)?)?,
+            HashMap::try_from(take(&mut ebpf, names::MARKS)?)?,
+            HashMap::try_from(take(&mut ebpf, names::SERVERS)?)?,
+        );
+        Ok(Self { ebpf, lost, watched, ring: Some(ring), enforcement: Some(enforcement), links })
     }
 
     /// The ring buffer, handed to the reader once.
@@ -119,17 +109,18 @@ impl ProcessSensor {
         self.ring.take()
     }
 
+    /// The enforcement maps, handed to the enforcer once.
+    pub fn take_enforcer(&mut self) -> Option<crate::enforce::KernelEnforcer> {
+        self.enforcement.take()
+    }
+
     /// Report processes in this cgroup and every cgroup below it.
     pub fn watch_cgroup(&mut self, id: u64) -> Result<()> {
-        self.watched
-            .insert(id, 1, 0)
-            .with_context(|| format!("watching cgroup id {id}"))
+        self.watched.insert(id, 1, 0).with_context(|| format!("watching cgroup id {id}"))
     }
 
     pub fn unwatch_cgroup(&mut self, id: u64) -> Result<()> {
-        self.watched
-            .remove(&id)
-            .with_context(|| format!("unwatching cgroup id {id}"))
+        self.watched.remove(&id).with_context(|| format!("unwatching cgroup id {id}"))
     }
 
     pub fn watch_cgroup_path(&mut self, path: &Path) -> Result<u64> {
@@ -151,8 +142,7 @@ impl ProcessSensor {
     /// Detaches every program; events already in the ring stay readable.
     pub fn detach(&mut self) {
         for (name, link) in self.links.drain(..) {
-            let prog: Option<&mut RawTracePoint> =
-                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+            let prog: Option<&mut RawTracePoint> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
             if let Some(Err(e)) = prog.map(|p| p.detach(link)) {
                 tracing::warn!(program = name, error = %e, "detaching");
             }
@@ -161,16 +151,12 @@ impl ProcessSensor {
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
-    ebpf.take_map(name)
-        .with_context(|| format!("map {name} missing from the object"))
+    ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
 fn raise_memlock() {
-    let r = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall with a valid pointer; failure only matters on old kernels.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) };
 }

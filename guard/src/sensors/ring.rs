@@ -45,12 +45,7 @@ impl RingReader {
         // which is the lifetime of this AsyncFd.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
-        Ok(Self {
-            ring,
-            tx,
-            stats,
-            poll,
-        })
+        Ok(Self { ring, tx, stats, poll })
     }
 
     /// Runs until `stop` turns true, then drains once more so nothing already in the ring is

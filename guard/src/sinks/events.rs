@@ -95,11 +95,7 @@ impl ExecRecord {
                 exe: p.exe.as_deref().map(lossy),
                 cmdline: cmdline(&p.argv),
             }),
-            ancestors: lineage
-                .ancestors
-                .iter()
-                .map(|a| a.as_deref().map(lossy))
-                .collect(),
+            ancestors: lineage.ancestors.iter().map(|a| a.as_deref().map(lossy)).collect(),
         }
     }
 }
@@ -123,9 +119,7 @@ pub struct JsonLines<W: Write> {
 
 impl<W: Write> JsonLines<W> {
     pub fn new(w: W) -> Self {
-        Self {
-            w: BufWriter::new(w),
-        }
+        Self { w: BufWriter::new(w) }
     }
 
     pub fn write<T: Serialize>(&mut self, record: &T) -> io::Result<()> {

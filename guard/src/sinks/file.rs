@@ -22,11 +22,7 @@ impl FileSink {
             std::fs::create_dir_all(dir)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            line: Vec::with_capacity(4096),
-        })
+        Ok(Self { path: path.to_path_buf(), file, line: Vec::with_capacity(4096) })
     }
 }
 

@@ -1,0 +1,95 @@
+//! Bursts of identical alerts are aggregated, never dropped silently: the first goes out at
+//! once, repeats within the window are counted, and one summary alert with `guard.count`
+//! follows when the window closes.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use super::alert::Alert;
+
+pub struct Aggregator {
+    window: Duration,
+    open: HashMap<String, (Instant, u64, Alert)>,
+}
+
+fn key(a: &Alert) -> String {
+    let f = |k: &str| a.output_fields.get(k).map(Value::to_string).unwrap_or_default();
+    [a.rule.as_str(), &f("container.cgroup"), &f("proc.exepath"), &f("proc.cmdline"), &f("fd.name"), &f("guard.action")]
+        .join("\u{1f}")
+}
+
+impl Aggregator {
+    pub fn new(window: Duration) -> Self {
+        Self { window, open: HashMap::new() }
+    }
+
+    /// Some(alert) to send now, or None when it is a repeat being counted.
+    pub fn admit(&mut self, alert: Alert, now: Instant) -> Option<Alert> {
+        let k = key(&alert);
+        if let Some((_, count, last)) = self.open.get_mut(&k) {
+            *count += 1;
+            *last = alert;
+            return None;
+        }
+        self.open.insert(k, (now, 0, alert.clone()));
+        Some(alert)
+    }
+
+    /// Summaries for windows that closed (only those that saw repeats).
+    pub fn flush(&mut self, now: Instant, all: bool) -> Vec<Alert> {
+        let mut out = Vec::new();
+        self.open.retain(|_, (start, count, last)| {
+            if !all && now.duration_since(*start) < self.window {
+                return true;
+            }
+            if *count > 0 {
+                let mut a = last.clone();
+                a.set("guard.count", *count);
+                let summary = a.output.split(" user=").next().unwrap_or("").to_string();
+                let base = summary.trim_end();
+                a.output = a.output.replacen(base, &format!("{base} [repeated {count} more times]"), 1);
+                out.push(a);
+            }
+            false
+        });
+        out
+    }
+
+    pub fn pending(&self) -> usize {
+        self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{alert::Action, rules::NON_PYTHON_EXEC};
+
+    fn alert(cmd: &str) -> Alert {
+        let mut a = Alert::new(&NON_PYTHON_EXEC, "t".into(), "h", Action::Alert);
+        a.set("proc.cmdline", cmd);
+        a.finish_output(NON_PYTHON_EXEC.summary);
+        a
+    }
+
+    #[test]
+    fn repeats_are_counted_and_summarised() {
+        let mut g = Aggregator::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(g.admit(alert("id"), t0).is_some());
+        for _ in 0..4 {
+            assert!(g.admit(alert("id"), t0).is_none());
+        }
+        assert!(g.admit(alert("whoami"), t0).is_some());
+        assert!(g.flush(t0 + Duration::from_secs(1), false).is_empty());
+        let out = g.flush(t0 + Duration::from_secs(11), false);
+        assert_eq!(out.len(), 1, "only the repeated alert is summarised");
+        assert_eq!(out[0].output_fields["guard.count"], 4);
+        assert!(out[0].output.contains("[repeated 4 more times]"), "{}", out[0].output);
+        assert_eq!(g.pending(), 0);
+    }
+}

@@ -1,0 +1,491 @@
+//! The detection engine: one exec, enriched with its notebook and lineage, against the policy.
+//!
+//! Python is decided by identity (the loaded file's device + inode), never by name. Benign
+//! helpers are allowed by identity + parent + arguments. What is left is judged by the rules;
+//! a generic "non-Python exec" fires only when no more specific rule did.
+
+use std::{
+    collections::HashMap,
+    path::{Component, Path, PathBuf},
+    sync::Arc,
+};
+
+use super::{
+    alert::{Action, Alert},
+    rules::{self, Rule},
+};
+use crate::{
+    clock::BootClock,
+    discovery::attribution::{env_var, Attribution},
+    policy::{
+        identity::{Identities, RootIdentities, RootKey, REFRESH_AFTER, SYSTEM_DIRS},
+        ArgMatcher, Effective, HelperParent, Mode, Policy,
+    },
+    process::table::{cmdline, KernelCtx, ProcInfo, ProcessTable, Role},
+    redact::Redactor,
+    sensors::decode::{Exec, FileId},
+};
+use guard_abi::exec_flags;
+
+/// Ancestors walked for lineage questions (is there Python above? a terminal?).
+const MAX_CHAIN: usize = 32;
+/// Largest binary read to look for a copy of a system binary.
+const MAX_HASHED: u64 = 64 << 20;
+
+/// What one exec led to.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub alerts: Vec<Alert>,
+    pub role: Role,
+    /// A notebook server started (its tgid): terminals are shells whose parent is this.
+    pub server: Option<u32>,
+    /// The root whose identities the exec was judged against (for the kernel's allow-list).
+    pub root: Option<RootKey>,
+    pub effective: Option<Effective>,
+}
+
+pub struct Detector {
+    pub policy: Arc<Policy>,
+    pub mode_flag: Option<Mode>,
+    pub identities: Identities,
+    helper_args: Vec<ArgMatcher>,
+    hostname: String,
+    clock: BootClock,
+    proc_root: PathBuf,
+    pub redactor: Redactor,
+    /// exe identity → the system binary it is a copy of (None: not a copy).
+    copies: HashMap<FileId, Option<FileId>>,
+}
+
+/// Facts about an exec gathered once, used by every rule.
+struct Facts<'a> {
+    e: &'a Exec,
+    who: &'a Attribution,
+    exe_path: PathBuf,
+    parent: Option<ProcInfo>,
+    parent_is_python: bool,
+    parent_role: Role,
+    python_ancestor: bool,
+    in_terminal: bool,
+    kernel: Option<Arc<KernelCtx>>,
+    argv: Vec<String>,
+}
+
+fn is_kernel_argv(argv: &[String]) -> bool {
+    argv.iter().any(|a| a.ends_with("ipykernel_launcher") || a == "ipykernel_launcher")
+        || argv.windows(2).any(|w| w[0] == "-m" && (w[1] == "ipykernel" || w[1] == "ipykernel_launcher"))
+}
+
+fn is_server_argv(argv: &[String]) -> bool {
+    const SERVERS: &[&str] = &[
+        "jupyterhub-singleuser",
+        "jupyter-lab",
+        "jupyter-labhub",
+        "jupyter-notebook",
+        "jupyter-server",
+        "jupyter-nbclassic",
+    ];
+    argv.iter().take(3).any(|a| {
+        let base = a.rsplit('/').next().unwrap_or(a);
+        SERVERS.contains(&base)
+    }) || argv.windows(2).any(|w| {
+        w[0] == "-m" && matches!(w[1].as_str(), "jupyter_server" | "jupyterlab" | "notebook" | "jupyterhub.singleuser")
+    })
+}
+
+/// The kernel's id from its `-f …/kernel-<id>.json` connection file.
+fn kernel_id(argv: &[String]) -> Option<String> {
+    let f = argv.windows(2).find(|w| w[0] == "-f").map(|w| w[1].clone())?;
+    let name = Path::new(&f).file_name()?.to_string_lossy().into_owned();
+    Some(name.strip_prefix("kernel-").unwrap_or(&name).trim_end_matches(".json").to_string())
+}
+
+fn under(path: &Path, prefix: &str) -> bool {
+    let prefix = Path::new(prefix);
+    path.starts_with(prefix) && path.components().all(|c| c != Component::ParentDir)
+}
+
+pub fn is_fileless(e: &Exec) -> bool {
+    let f = e.filename.to_string_lossy();
+    e.exe_nlink == 0
+        || f.starts_with("/dev/fd/")
+        || (f.starts_with("/proc/") && f.contains("/fd/"))
+        || e.exe_name.to_string_lossy().starts_with("memfd:")
+}
+
+impl Detector {
+    pub fn new(policy: Arc<Policy>, mode_flag: Option<Mode>, proc_root: PathBuf) -> Self {
+        let helper_args = policy.helpers.iter().map(|h| ArgMatcher::new(&h.args)).collect();
+        let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        Self {
+            policy,
+            mode_flag,
+            identities: Identities::default(),
+            helper_args,
+            hostname,
+            clock: BootClock::new(),
+            proc_root,
+            redactor: Redactor::new(),
+            copies: HashMap::new(),
+        }
+    }
+
+    /// Swaps the policy (reload). Identities are re-resolved lazily against it.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        self.helper_args = policy.helpers.iter().map(|h| ArgMatcher::new(&h.args)).collect();
+        self.policy = policy;
+        self.identities.clear();
+        self.copies.clear();
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    pub fn root_identities(&mut self, cgroup_id: u64, pids: &[u32]) -> Option<(RootKey, &mut RootIdentities)> {
+        self.identities.for_cgroup(cgroup_id, pids, &self.policy, &self.proc_root)
+    }
+
+    pub fn on_exec(&mut self, e: &Exec, table: &mut ProcessTable, who: Option<&Arc<Attribution>>) -> Outcome {
+        let lineage_known = table.get(e.ppid).is_some();
+        table.on_exec(e);
+        let Some(who) = who else { return Outcome::default() };
+        let eff = self.policy.effective(Some(who), self.mode_flag);
+        let tgid = e.meta.tgid;
+        let policy = self.policy.clone();
+
+        // Identities of the notebook's root, refreshed once if an interpreter-looking binary
+        // is unknown (a new conda env or venv).
+        let pids = [tgid, e.ppid];
+        let Some((root, ids)) = self.identities.for_cgroup(e.meta.cgroup_id, &pids, &policy, &self.proc_root) else {
+            tracing::debug!(pid = tgid, "notebook root not readable; exec not judged");
+            return Outcome { effective: Some(eff), ..Default::default() };
+        };
+        let mut is_python = ids.python.contains(&e.exe);
+        if !is_python && ids.age() > REFRESH_AFTER && looks_like_interpreter(&policy, &e.filename) {
+            if let Some(fresh) = self.identities.refresh(root, &policy) {
+                is_python = fresh.python.contains(&e.exe);
+            }
+        }
+        let Some((_, ids)) = self.identities.for_cgroup(e.meta.cgroup_id, &pids, &policy, &self.proc_root) else {
+            return Outcome::default();
+        };
+
+        let chain: Vec<ProcInfo> = table.chain(e.ppid, MAX_CHAIN).into_iter().cloned().collect();
+        let py = |p: &ProcInfo| p.exe_id.is_some_and(|id| ids.python.contains(&id));
+        let parent = chain.first().cloned();
+        let parent_is_python = parent.as_ref().is_some_and(py);
+        let parent_role = parent.as_ref().map(|p| role_of(p, py(p))).unwrap_or_default();
+        let python_ancestor = chain.iter().any(py);
+        let in_terminal = chain.iter().any(|p| p.role == Role::Terminal);
+        let kernel = chain.iter().find_map(|p| p.kernel.clone());
+        let argv: Vec<String> = e.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let exe_path = if e.filename.is_absolute() {
+            e.filename.clone()
+        } else {
+            std::fs::read_link(self.proc_root.join(tgid.to_string()).join("exe")).unwrap_or(e.filename.clone())
+        };
+        let f = Facts {
+            e,
+            who,
+            exe_path,
+            parent,
+            parent_is_python,
+            parent_role,
+            python_ancestor,
+            in_terminal,
+            kernel: kernel.clone(),
+            argv,
+        };
+
+        let mut out = Outcome { root: Some(root), effective: Some(eff), ..Default::default() };
+        let (role, matched) = self.judge(&f, is_python, &eff);
+        out.role = role;
+
+        // Remember what this process is for its descendants.
+        if let Some(p) = table.get_mut(tgid) {
+            p.role = role;
+            if role == Role::Kernel {
+                p.kernel = Some(Arc::new(self.read_kernel_ctx(tgid, &f.argv)));
+            }
+        }
+        if role == Role::Server {
+            out.server = Some(tgid);
+        }
+        if !lineage_known && !matches!(role, Role::Server | Role::Kernel) {
+            // Seeded processes and the container's own start-up have known parents; an exec
+            // whose parent the agent never saw is worth a look.
+            let mut m = matched;
+            m.push((rules::UNKNOWN_LINEAGE, String::new()));
+            out.alerts = self.alerts(&f, &m, &eff);
+        } else {
+            out.alerts = self.alerts(&f, &matched, &eff);
+        }
+        out
+    }
+
+    /// (role, rules that fired with a detail each).
+    fn judge(&mut self, f: &Facts<'_>, is_python: bool, eff: &Effective) -> (Role, Vec<(Rule, String)>) {
+        let e = f.e;
+        let policy = self.policy.clone();
+        if is_python {
+            let role = if is_server_argv(&f.argv) {
+                Role::Server
+            } else if is_kernel_argv(&f.argv) {
+                Role::Kernel
+            } else {
+                Role::Python
+            };
+            return (role, vec![]);
+        }
+        // A sanctioned terminal session runs what its user types.
+        if f.in_terminal && eff.allowances.terminals {
+            return (Role::Other, vec![]);
+        }
+        let Some((_, ids)) =
+            self.identities.for_cgroup(e.meta.cgroup_id, &[e.meta.tgid, e.ppid], &policy, &self.proc_root)
+        else {
+            return (Role::Other, vec![]);
+        };
+        let base = f.exe_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let in_system_dir = f.exe_path.parent().is_some_and(|d| SYSTEM_DIRS.iter().any(|s| Path::new(s) == d));
+        let sys_names = ids.system_names(&e.exe);
+        let is_loader = ids.loaders.contains(&e.exe);
+        let helper_ids = ids.helpers.get(&e.exe).cloned().unwrap_or_default();
+
+        // A copy of a system binary elsewhere (content equal, inode not).
+        let mut copy_of = None;
+        if sys_names.is_none() && !in_system_dir && !is_fileless(e) {
+            copy_of = match self.copies.get(&e.exe) {
+                Some(c) => *c,
+                None => {
+                    let content = std::fs::File::open(self.proc_root.join(e.meta.tgid.to_string()).join("exe"))
+                        .and_then(|mut fh| {
+                            use std::io::Read;
+                            let mut b = Vec::new();
+                            (&mut fh).take(MAX_HASHED).read_to_end(&mut b).map(|_| b)
+                        })
+                        .ok();
+                    let found = content.and_then(|c| {
+                        let (_, ids) = self.identities.for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)?;
+                        ids.system_same_content(&c)
+                    });
+                    self.copies.insert(e.exe, found);
+                    found
+                }
+            };
+        }
+        let (_, ids) = match self.identities.for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root) {
+            Some(x) => x,
+            None => return (Role::Other, vec![]),
+        };
+        let real_names: Vec<String> = match (&sys_names, copy_of) {
+            (Some(n), _) => n.clone(),
+            (None, Some(orig)) => ids.system_names(&orig).unwrap_or_default(),
+            _ => vec![e.exe_name.to_string_lossy().into_owned()],
+        };
+        let named = |set: &std::collections::BTreeSet<String>| real_names.iter().find(|n| set.contains(*n)).cloned();
+        let shell = named(&policy.shells);
+
+        // Jupyter terminal: a shell whose parent is the notebook server.
+        if shell.is_some() && f.parent_role == Role::Server {
+            if eff.allowances.terminals {
+                return (Role::Terminal, vec![]);
+            }
+            return (Role::Terminal, vec![(rules::TERMINAL_SHELL, String::new())]);
+        }
+        // Helpers: identity, parent and arguments.
+        for &h in &helper_ids {
+            let spec = &policy.helpers[h];
+            let parent_ok = match spec.parent {
+                HelperParent::Python => f.parent_is_python,
+                HelperParent::Helper => f.parent_is_python || f.parent_role == Role::Helper,
+            };
+            if parent_ok && self.helper_args[h].matches(f.argv.get(1..).unwrap_or(&[])) {
+                return (Role::Helper, vec![]);
+            }
+        }
+        // %pip: sh -c "<python> -m pip …" from a Python process.
+        if shell.is_some()
+            && eff.allowances.pip_magic
+            && f.parent_is_python
+            && f.argv.len() == 3
+            && f.argv[1] == "-c"
+            && f.argv[2].contains(" -m pip ")
+        {
+            return (Role::PipShell, vec![]);
+        }
+
+        let mut fired: Vec<(Rule, String)> = Vec::new();
+        if is_fileless(e) {
+            fired.push((rules::FILELESS, format!("loaded={}", e.exe_name.to_string_lossy())));
+        }
+        if is_loader {
+            fired.push((rules::LOADER, format!("target={}", f.argv.get(1).cloned().unwrap_or_default())));
+        }
+        if let Some(w) = policy.writable_paths.iter().find(|w| under(&f.exe_path, w)) {
+            fired.push((rules::WRITABLE_PATH, format!("under={w}")));
+        }
+        if !in_system_dir
+            && !real_names.is_empty()
+            && (sys_names.is_some() || copy_of.is_some())
+            && !real_names.contains(&base)
+        {
+            fired.push((rules::MASQUERADE, format!("real={}", real_names.join("|"))));
+        }
+        if let Some(n) = named(&policy.package_managers) {
+            fired.push((rules::PACKAGE_MANAGER, format!("tool={n}")));
+        }
+        if let Some(n) = named(&policy.network_tools) {
+            fired.push((rules::NETWORK_TOOL, format!("tool={n}")));
+        }
+        if shell.is_some() && e.meta.cgroup_id != 0 && stdio_is_network(e) {
+            fired.push((rules::REVERSE_SHELL, String::new()));
+        }
+        if fired.is_empty() && (f.python_ancestor || e.flags_killed()) {
+            fired.push((rules::NON_PYTHON_EXEC, String::new()));
+        }
+        (Role::Other, fired)
+    }
+
+    fn read_kernel_ctx(&mut self, tgid: u32, argv: &[String]) -> KernelCtx {
+        let environ = std::fs::read(self.proc_root.join(tgid.to_string()).join("environ")).unwrap_or_default();
+        // The kernel's own secrets (its API token) are masked wherever they show up later.
+        self.redactor.learn_environ(&environ);
+        KernelCtx { kernel_id: kernel_id(argv), notebook_path: env_var(&environ, "JPY_SESSION_NAME") }
+    }
+
+    fn alerts(&self, f: &Facts<'_>, fired: &[(Rule, String)], eff: &Effective) -> Vec<Alert> {
+        let disabled = &self.policy.rules.disabled;
+        let action = if f.e.flags_killed() { Action::Killed } else { Action::Alert };
+        let _ = eff;
+        fired
+            .iter()
+            .filter(|(r, _)| !disabled.iter().any(|d| d == r.name))
+            .map(|(rule, detail)| self.alert(rule, detail, f, action))
+            .collect()
+    }
+
+    fn alert(&self, rule: &Rule, detail: &str, f: &Facts<'_>, action: Action) -> Alert {
+        let e = f.e;
+        let r = &self.redactor;
+        let mut a = Alert::new(rule, self.clock.rfc3339(e.meta.ktime_ns), &self.hostname, action);
+        let argv = r.argv(&f.argv);
+        a.set("evt.type", "execve")
+            .set("proc.pid", e.meta.tgid)
+            .set("proc.ppid", e.ppid)
+            .set("proc.name", e.comm.clone())
+            .set("proc.exepath", r.text(&f.exe_path.to_string_lossy()).into_owned())
+            .set("proc.cmdline", argv.join(" "))
+            .set("proc.args", argv)
+            .set("user.uid", e.uid)
+            .set("proc.exe.dev", format!("{}:{}", libc::major(e.exe.dev), libc::minor(e.exe.dev)))
+            .set("proc.exe.ino", e.exe.ino)
+            .set_opt(
+                "proc.pexepath",
+                f.parent.as_ref().and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()),
+            )
+            .set_opt("proc.pcmdline", f.parent.as_ref().map(|p| r.text(&cmdline(&p.argv)).into_owned()))
+            .set_opt("container.id", f.who.container_id.clone())
+            .set_opt("k8s.ns.name", f.who.namespace.clone())
+            .set_opt("k8s.pod.name", f.who.pod.clone())
+            .set_opt("jupyterhub.user", f.who.user.clone())
+            .set_opt("jupyterhub.server", f.who.server.clone())
+            .set("jupyterhub.source", f.who.source.name())
+            .set_opt("notebook.path", f.kernel.as_ref().and_then(|k| k.notebook_path.clone()))
+            .set_opt("notebook.kernel_id", f.kernel.as_ref().and_then(|k| k.kernel_id.clone()))
+            .set("container.cgroup", f.who.cgroup.to_string_lossy().into_owned());
+        if !detail.is_empty() {
+            a.set("guard.detail", detail);
+        }
+        if e.argv_truncated {
+            a.set("proc.args_truncated", true);
+        }
+        let mut summary = rule.summary.to_string();
+        if !detail.is_empty() {
+            summary.push_str(&format!(" ({detail})"));
+        }
+        a.finish_output(&summary);
+        a
+    }
+
+    /// An alert not tied to an exec (agent health).
+    pub fn health_alert(&self, rule: &Rule, summary: &str, fields: &[(&str, serde_json::Value)]) -> Alert {
+        let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc());
+        let mut a = Alert::new(rule, now, &self.hostname, Action::Alert);
+        a.set("evt.type", "guard");
+        for (k, v) in fields {
+            a.set(k, v.clone());
+        }
+        a.finish_output(summary);
+        a
+    }
+}
+
+/// stdin and stdout are both sockets: the classic `bash -i >& /dev/tcp/…` / `socat exec:` shape.
+fn stdio_is_network(e: &Exec) -> bool {
+    e.stdio_sockets & 0b011 == 0b011
+}
+
+fn role_of(p: &ProcInfo, is_python: bool) -> Role {
+    if p.role != Role::Unknown {
+        return p.role;
+    }
+    // Seeded from /proc: decide from what it runs.
+    let argv: Vec<String> = p.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    match is_python {
+        true if is_server_argv(&argv) => Role::Server,
+        true if is_kernel_argv(&argv) => Role::Kernel,
+        true => Role::Python,
+        false => Role::Other,
+    }
+}
+
+fn looks_like_interpreter(policy: &Policy, path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name.starts_with("python")
+        || policy.python.interpreters.iter().any(|g| glob::Pattern::new(g).is_ok_and(|p| p.matches_path(path)))
+}
+
+trait ExecExt {
+    fn flags_killed(&self) -> bool;
+}
+
+impl ExecExt for Exec {
+    fn flags_killed(&self) -> bool {
+        self.kernel_flags & exec_flags::KILLED != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn recognises_kernels_and_servers() {
+        assert!(is_kernel_argv(&v(&["/opt/conda/bin/python3", "-m", "ipykernel_launcher", "-f", "/x/kernel-ab.json"])));
+        assert!(is_kernel_argv(&v(&["python", "/usr/lib/python3/dist-packages/ipykernel_launcher.py"])) == false);
+        assert!(is_server_argv(&v(&[
+            "/opt/conda/bin/python3.11",
+            "/opt/conda/bin/jupyterhub-singleuser",
+            "--ip=0.0.0.0"
+        ])));
+        assert!(is_server_argv(&v(&["python", "-m", "jupyter_server"])));
+        assert!(!is_server_argv(&v(&["python", "-c", "print('jupyter-lab')"])));
+        assert_eq!(
+            kernel_id(&v(&["p", "-m", "ipykernel_launcher", "-f", "/r/kernel-1234-ab.json"])).as_deref(),
+            Some("1234-ab")
+        );
+    }
+
+    #[test]
+    fn writable_prefixes_are_component_wise() {
+        assert!(under(Path::new("/tmp/x"), "/tmp"));
+        assert!(!under(Path::new("/tmpfoo/x"), "/tmp"));
+        assert!(!under(Path::new("/tmp/../usr/bin/x"), "/tmp"));
+    }
+}

@@ -1,0 +1,133 @@
+//! Programs the kernel's enforcement maps: which cgroups are enforced (with which
+//! allowances), which file identities may run, which processes are notebook servers.
+//!
+//! The decision itself is made in BPF at `sched_process_exec`, before the new image's first
+//! instruction; this module only keeps the maps in step with policy and discovery.
+//!
+//! If the agent stops, the maps go with the programs (they are not pinned yet): enforcement
+//! ends with the agent and exec is no longer judged. That choice is tested; pinning so that
+//! enforcement outlives an agent restart belongs to the deployment work.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap as BpfHash, MapData};
+use guard_abi::{allow_class, enforce_flags, marks, FileKey};
+
+use crate::{policy::Effective, policy::Mode, sensors::decode::FileId};
+
+pub struct KernelEnforcer {
+    enforced: BpfHash<MapData, u64, u32>,
+    allowed: BpfHash<MapData, FileKey, u32>,
+    marks: BpfHash<MapData, u32, u32>,
+    servers: BpfHash<MapData, u32, u32>,
+    /// What we wrote, to avoid rewriting it per event.
+    enforced_now: HashMap<u64, u32>,
+    allowed_now: HashMap<FileKey, u32>,
+}
+
+/// A user-space identity as the kernel keys it (kernel dev_t encoding).
+pub fn file_key(id: &FileId) -> FileKey {
+    let (maj, min) = (libc::major(id.dev), libc::minor(id.dev));
+    FileKey { dev: (maj << 20) | (min & 0xfffff), _pad: 0, ino: id.ino }
+}
+
+/// `ENFORCED` flags for an effective policy (None: not enforced).
+pub fn flags_for(eff: &Effective) -> Option<u32> {
+    if eff.mode != Mode::Enforce {
+        return None;
+    }
+    let mut f = enforce_flags::ON;
+    if eff.allowances.terminals {
+        f |= enforce_flags::TERMINALS;
+    }
+    if eff.allowances.pip_magic {
+        f |= enforce_flags::PIP_MAGIC;
+    }
+    Some(f)
+}
+
+impl KernelEnforcer {
+    pub fn new(
+        enforced: BpfHash<MapData, u64, u32>,
+        allowed: BpfHash<MapData, FileKey, u32>,
+        marks: BpfHash<MapData, u32, u32>,
+        servers: BpfHash<MapData, u32, u32>,
+    ) -> Self {
+        Self { enforced, allowed, marks, servers, enforced_now: HashMap::new(), allowed_now: HashMap::new() }
+    }
+
+    /// Sets (or clears, with None) enforcement for a cgroup and everything below it.
+    pub fn set_cgroup(&mut self, cgroup_id: u64, flags: Option<u32>) -> Result<()> {
+        match flags {
+            Some(f) if self.enforced_now.get(&cgroup_id) != Some(&f) => {
+                self.enforced.insert(cgroup_id, f, 0).with_context(|| format!("enforcing cgroup {cgroup_id}"))?;
+                self.enforced_now.insert(cgroup_id, f);
+            }
+            None if self.enforced_now.remove(&cgroup_id).is_some() => {
+                let _ = self.enforced.remove(&cgroup_id);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn is_enforced(&self, cgroup_id: u64) -> bool {
+        self.enforced_now.contains_key(&cgroup_id)
+    }
+
+    /// Adds identities to the allow-list (Python first: a Python identity is never demoted).
+    pub fn allow(&mut self, python: &HashSet<FileId>, helpers: &[FileId], shells: &[FileId]) -> Result<()> {
+        let entries = python
+            .iter()
+            .map(|id| (id, allow_class::PYTHON))
+            .chain(helpers.iter().map(|id| (id, allow_class::HELPER)))
+            .chain(shells.iter().map(|id| (id, allow_class::SHELL)));
+        for (id, class) in entries {
+            let key = file_key(id);
+            match self.allowed_now.get(&key) {
+                Some(&c) if c == class || c == allow_class::PYTHON => continue,
+                _ => {}
+            }
+            self.allowed.insert(key, class, 0).context("updating the exec allow-list")?;
+            self.allowed_now.insert(key, class);
+        }
+        Ok(())
+    }
+
+    /// Marks a process as running under the notebook's Python (for processes that started
+    /// before their cgroup was enforced or their identities were known).
+    pub fn mark_under_python(&mut self, tgid: u32) -> Result<()> {
+        let m = self.marks.get(&tgid, 0).unwrap_or(0) | marks::UNDER_PYTHON;
+        self.marks.insert(tgid, m, 0).context("marking a process")
+    }
+
+    pub fn add_server(&mut self, tgid: u32) -> Result<()> {
+        self.servers.insert(tgid, 1, 0).context("registering a notebook server")
+    }
+
+    pub fn enforced_cgroups(&self) -> usize {
+        self.enforced_now.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Allowances;
+
+    #[test]
+    fn kernel_dev_encoding() {
+        let k = file_key(&FileId { dev: libc::makedev(254, 3), ino: 7 });
+        assert_eq!(k.dev, (254 << 20) | 3);
+        assert_eq!(k.ino, 7);
+    }
+
+    #[test]
+    fn flags_follow_mode_and_allowances() {
+        let eff = Effective { mode: Mode::Monitor, allowances: Allowances::default() };
+        assert_eq!(flags_for(&eff), None);
+        let eff = Effective { mode: Mode::Enforce, allowances: Allowances { terminals: true, pip_magic: false } };
+        assert_eq!(flags_for(&eff), Some(enforce_flags::ON | enforce_flags::TERMINALS));
+    }
+}
