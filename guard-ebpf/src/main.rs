@@ -93,6 +93,10 @@ static MARKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MARKED, 0);
 #[map]
 static SERVERS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
+/// One per-CPU word for `forget_precision`.
+#[map]
+static SCAN_TMP: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU space to assemble an exec record (too big for the 512-byte stack); only
 /// `EXEC_FIXED_LEN + args_len` bytes of it go to the ring.
 #[map]
@@ -365,29 +369,72 @@ fn class_of(key: &FileKey) -> u32 {
     unsafe { ALLOWED.get(key) }.copied().unwrap_or(0)
 }
 
-/// True when argv[1] is `-c` (the shape of IPython's `%pip`: `sh -c "<python> -m pip …"`).
-/// The command itself is checked by the agent; the kernel confines such a shell instead: it
-/// may exec only Python (`marks::PIP_SHELL`). Raw reads with explicit bounds, since an
-/// indexing panic path would not load.
+/// Parks a loop's result in map memory and reads it back: the verifier then sees one
+/// unknown (bounded) value instead of one state per loop exit, which keeps two loops in a row
+/// from multiplying their states.
 #[inline(always)]
-unsafe fn argv1_is_dash_c(ev: *const ExecEvent, args_len: u32) -> bool {
-    const SCAN: usize = 256;
+fn forget_precision(v: u32) -> u32 {
+    match SCAN_TMP.get_ptr_mut(0) {
+        Some(p) => unsafe {
+            core::ptr::write_volatile(p, v);
+            core::ptr::read_volatile(p)
+        },
+        None => v,
+    }
+}
+
+/// True for the shape of IPython's `%pip`: `sh -c "<python> -m pip …"` — argv[1] is `-c` and
+/// the command's first word is followed by `-m pip `. Such a shell is then confined: it may
+/// exec only Python (`marks::PIP_SHELL`); its builtins are the residual risk. Raw reads with
+/// explicit bounds, since an indexing panic path would not load.
+#[inline(always)]
+unsafe fn is_pip_shell(ev: *const ExecEvent, args_len: u32) -> bool {
+    // argv[0] is the shell (`/bin/sh`); argv[2] starts with the interpreter's path.
+    const SHELL_SCAN: usize = 48;
+    const CMD_SCAN: usize = 160;
     let args = (*ev).args.as_ptr();
-    let len = if (args_len as usize) < SCAN { args_len as usize } else { SCAN };
-    let mut i = 0usize;
-    while i < SCAN {
-        if i >= len {
-            return false;
+    let len = if (args_len as usize) < ARGS_LEN { args_len as usize } else { ARGS_LEN };
+    // A constant bound the verifier can see, with slack for the `+ k` reads below.
+    let at = |i: usize| -> u8 {
+        if i >= len || i >= ARGS_LEN - 16 {
+            0
+        } else {
+            *args.add(i)
         }
-        if *args.add(i & (ARGS_LEN - 1)) == 0 {
+    };
+    // End of argv[0].
+    let mut i = 0usize;
+    while i < SHELL_SCAN {
+        if at(i) == 0 {
             break;
         }
         i += 1;
     }
-    i + 3 < len
-        && *args.add((i + 1) & (ARGS_LEN - 1)) == b'-'
-        && *args.add((i + 2) & (ARGS_LEN - 1)) == b'c'
-        && *args.add((i + 3) & (ARGS_LEN - 1)) == 0
+    if at(i + 1) != b'-' || at(i + 2) != b'c' || at(i + 3) != 0 {
+        return false;
+    }
+    // Masked small: the compiler may add the loop index to a pointer built from `start`.
+    let start = forget_precision((i + 4) as u32) as usize & 511;
+    // First space of argv[2], then "-m pip ".
+    let mut j = 0usize;
+    while j < CMD_SCAN {
+        let b = at(start + j);
+        if b == 0 {
+            return false;
+        }
+        if b == b' ' {
+            break;
+        }
+        j += 1;
+    }
+    let p = start + j;
+    at(p + 1) == b'-'
+        && at(p + 2) == b'm'
+        && at(p + 3) == b' '
+        && at(p + 4) == b'p'
+        && at(p + 5) == b'i'
+        && at(p + 6) == b'p'
+        && (at(p + 7) == b' ' || at(p + 7) == 0)
 }
 
 /// The enforcement decision for an exec in an enforced cgroup: (allowed, marks of the new
@@ -428,7 +475,7 @@ unsafe fn decide(
             let _ = MARKS.insert(&tgid, &mark, 0);
             return (true, mark);
         }
-        if enf & enforce_flags::PIP_MAGIC != 0 && parent_is_python && argv1_is_dash_c(ev, args_len) {
+        if enf & enforce_flags::PIP_MAGIC != 0 && parent_is_python && is_pip_shell(ev, args_len) {
             mark |= marks::PIP_SHELL;
             let _ = MARKS.insert(&tgid, &mark, 0);
             return (true, mark);
@@ -450,6 +497,10 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     // A new thread joins its creator's process: lineage only needs processes.
     if child_pid != child_tgid {
         return 0;
+    }
+    // The child runs its parent's image until it execs: it inherits the parent's marks.
+    if let Some(m) = unsafe { MARKS.get(&((pid_tgid >> 32) as u32)) }.copied() {
+        let _ = MARKS.insert(&child_tgid, &m, 0);
     }
     let ev = ForkEvent { hdr: header(EventKind::Fork, pid_tgid), child_pid, child_tgid };
     if EVENTS.output::<ForkEvent>(&ev, submit_flags()).is_err() {

@@ -100,6 +100,7 @@ struct Pipeline<W: Write> {
     pod_cgroups: HashMap<String, u64>,
     watch_all: bool,
     mount: PathBuf,
+    proc_root: PathBuf,
     pub alerts_sent: u64,
 }
 
@@ -116,6 +117,7 @@ impl<W: Write> Pipeline<W> {
     fn on_exec(&mut self, e: &Exec) -> Result<()> {
         let who = self.attributor.attribute(e.meta.cgroup_id, e.meta.tgid);
         if let Some(out) = &mut self.events {
+            self.table.ensure(&self.proc_root, e.ppid);
             let lineage = self.table.lineage(e.ppid);
             let cgroup = self.attributor.cgroups.resolve(e.meta.cgroup_id);
             let mut rec = ExecRecord::new(e, &lineage, cgroup.as_ref(), self.clock.rfc3339(e.meta.ktime_ns));
@@ -413,7 +415,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
 
     // Seed after attaching, so no process can slip between the snapshot and the first event.
-    let mut table = ProcessTable::new();
+    let mut table = ProcessTable::with_cgroup_mount(mount.clone());
     table.seed_from_proc(&opts.proc_root);
     let attr_opts = AttributionOptions {
         notebook_container: policy.discovery.kubernetes.notebook_container.clone(),
@@ -439,6 +441,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         pod_cgroups: HashMap::new(),
         watch_all: opts.sensor.watch_all,
         mount: mount.clone(),
+        proc_root: opts.proc_root.clone(),
         alerts_sent: 0,
     };
     pipe.scan(kube.is_some())?;

@@ -60,9 +60,20 @@ impl TestCgroup {
 
     /// A cgroup at `parent/name` below the cgroup2 root (`parent` is created too).
     pub fn new_under(parent: &Path, name: &str) -> Result<Self> {
-        let mount = find_cgroup2_mount()?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let rel = Path::new("/").join(parent).join(format!("{name}-{}-{n}", std::process::id()));
+        Self::exact(parent, &format!("{name}-{}-{n}", std::process::id()))
+    }
+
+    /// A TLJH-shaped unit cgroup, `system.slice/jupyter-<user>.service`, for a fresh user name.
+    pub fn tljh() -> Result<(Self, String)> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let user = format!("nbtest{}x{n}", std::process::id());
+        Ok((Self::exact(Path::new("system.slice"), &format!("jupyter-{user}.service"))?, user))
+    }
+
+    pub fn exact(parent: &Path, name: &str) -> Result<Self> {
+        let mount = find_cgroup2_mount()?;
+        let rel = Path::new("/").join(parent).join(name);
         let path = mount.join(rel.strip_prefix("/").unwrap());
         fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         let id = cgroup_id(&path)?;
@@ -77,6 +88,13 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
+        // Processes a failed test left behind would keep the cgroup busy.
+        if let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         // Children first (a test may nest cgroups), then this one.
         let _ = remove_tree(&self.path);
     }
@@ -241,4 +259,110 @@ pub fn guard_bin() -> PathBuf {
     // target/debug/deps/<test> → target/debug/guard
     let exe = std::env::current_exe().expect("test executable path");
     exe.parent().and_then(Path::parent).map(|d| d.join("guard")).expect("target dir")
+}
+
+/// A running `guard run` with a test policy, writing alerts to a file.
+pub struct GuardProcess {
+    child: std::process::Child,
+    pub alerts_path: PathBuf,
+    pub stderr_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl GuardProcess {
+    /// Starts guard with `policy` (YAML, over the embedded default) plus `args`, and waits
+    /// until it reports that it is running.
+    pub fn start(policy: &str, args: &[&str]) -> Result<Self> {
+        let dir = TempDir::new("guard")?;
+        let cfg = dir.0.join("policy.yaml");
+        fs::write(&cfg, policy)?;
+        let alerts_path = dir.0.join("alerts.json");
+        let stderr_path = dir.0.join("guard.log");
+        let child = std::process::Command::new(guard_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--output")
+            .arg(format!("file:{}", alerts_path.display()))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&stderr_path)?)
+            .spawn()
+            .context("starting guard (built by cargo xtask test)")?;
+        let g = Self { child, alerts_path, stderr_path, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = fs::read_to_string(&g.stderr_path).unwrap_or_default();
+            if log.contains("guard running") {
+                return Ok(g);
+            }
+            if Instant::now() > deadline || log.contains("error") {
+                bail!("guard did not start:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Alerts written so far.
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.alerts_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every alert line is one JSON object"))
+            .collect()
+    }
+
+    /// SIGTERM, wait, and return every alert (the file is flushed on shutdown).
+    pub fn stop(mut self) -> Result<Vec<serde_json::Value>> {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("guard exited with {status}:\n{}", self.log());
+        }
+        Ok(self.alerts())
+    }
+}
+
+/// The venv Python with ipykernel and jupyter_client (made by `cargo xtask test`).
+pub fn test_python() -> PathBuf {
+    std::env::var_os("GUARD_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python"))
+}
+
+/// Outcome of one cell.
+#[derive(Debug, serde::Deserialize)]
+pub struct CellResult {
+    pub cell: usize,
+    pub status: String,
+    pub stdout: String,
+    pub ename: Option<String>,
+}
+
+/// Runs `cells` in a real IPython kernel started inside `cgroup` (as a spawner would), with
+/// `notebook` as its session name and `token` as its JUPYTERHUB_API_TOKEN.
+pub fn run_notebook(cgroup: &TestCgroup, notebook: &str, token: &str, cells: &[&str]) -> Result<Vec<CellResult>> {
+    let dir = TempDir::new("cells")?;
+    let spec = dir.0.join("cells.json");
+    let results = dir.0.join("results.json");
+    fs::write(&spec, serde_json::to_vec(&serde_json::json!({"notebook": notebook, "cells": cells}))?)?;
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/run_cells.py");
+    let out = std::process::Command::new(test_python())
+        .arg(&driver)
+        .arg(&spec)
+        .arg(&results)
+        .env("GUARD_CGROUP", &cgroup.path)
+        .env("GUARD_TEST_TOKEN", token)
+        .current_dir(&dir.0)
+        .output()
+        .context("running the kernel driver (cargo xtask test creates target/pyenv)")?;
+    if !out.status.success() {
+        bail!("kernel driver failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&fs::read(&results)?)?)
 }

@@ -62,9 +62,11 @@ fn main() -> Result<()> {
             setup()?;
             build_ebpf()?;
             build_agent(false)?;
+            let python = ensure_python_env()?;
             let mut cmd = cargo();
             cmd.args(["test", "--workspace"]).args(&args);
             cmd.env("GUARD_BIN", workspace_root().join("target/debug/guard"));
+            cmd.env("GUARD_TEST_PYTHON", python);
             run(&mut cmd)
         }
         Cmd::Run { args } => {
@@ -170,6 +172,29 @@ fn ensure_bpf_linker() -> Result<()> {
         bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
     }
     Ok(())
+}
+
+/// Python packages the notebook tests need (a real kernel via jupyter_client), in a venv
+/// under target/ so nothing on the machine changes. Fast when already there.
+const PY_PACKAGES: &[&str] = &["ipykernel", "jupyter_client"];
+
+fn ensure_python_env() -> Result<PathBuf> {
+    let venv = workspace_root().join("target/pyenv");
+    let python = venv.join("bin/python");
+    let ready = Command::new(&python)
+        .args(["-c", "import ipykernel, jupyter_client"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ready {
+        return Ok(python);
+    }
+    eprintln!("xtask: creating {} with {}", venv.display(), PY_PACKAGES.join(", "));
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PY_PACKAGES))?;
+    Ok(python)
 }
 
 /// Classic tracepoints need tracefs; raw tracepoints do not, but tools and later sensors do.

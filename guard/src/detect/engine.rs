@@ -147,7 +147,19 @@ impl Detector {
     }
 
     pub fn on_exec(&mut self, e: &Exec, table: &mut ProcessTable, who: Option<&Arc<Attribution>>) -> Outcome {
-        let lineage_known = table.get(e.ppid).is_some();
+        table.ensure(&self.proc_root, e.ppid);
+        // Known lineage: the parent runs in the same cgroup, or is init or a container runtime
+        // starting the notebook. A process that entered from elsewhere (kubectl exec, nsenter)
+        // is not.
+        let lineage_known = table.get(e.ppid).is_some_and(|p| {
+            p.pid == 1
+                || p.cgroup_id == e.meta.cgroup_id
+                || p.exe
+                    .as_ref()
+                    .and_then(|x| x.file_name())
+                    .is_some_and(|n| self.policy.launchers.contains(&*n.to_string_lossy()))
+                || self.policy.launchers.contains(&p.comm)
+        });
         table.on_exec(e);
         let Some(who) = who else { return Outcome::default() };
         let eff = self.policy.effective(Some(who), self.mode_flag);
@@ -212,9 +224,7 @@ impl Detector {
         if role == Role::Server {
             out.server = Some(tgid);
         }
-        if !lineage_known && !matches!(role, Role::Server | Role::Kernel) {
-            // Seeded processes and the container's own start-up have known parents; an exec
-            // whose parent the agent never saw is worth a look.
+        if !lineage_known {
             let mut m = matched;
             m.push((rules::UNKNOWN_LINEAGE, String::new()));
             out.alerts = self.alerts(&f, &m, &eff);
@@ -259,19 +269,32 @@ impl Detector {
             copy_of = match self.copies.get(&e.exe) {
                 Some(c) => *c,
                 None => {
+                    // The running image if the process is still there, else the file by path
+                    // inside the notebook's root (short-lived processes are gone by now).
                     let content = std::fs::File::open(self.proc_root.join(e.meta.tgid.to_string()).join("exe"))
                         .and_then(|mut fh| {
                             use std::io::Read;
                             let mut b = Vec::new();
                             (&mut fh).take(MAX_HASHED).read_to_end(&mut b).map(|_| b)
                         })
-                        .ok();
-                    let found = content.and_then(|c| {
-                        let (_, ids) = self.identities.for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)?;
-                        ids.system_same_content(&c)
-                    });
-                    self.copies.insert(e.exe, found);
-                    found
+                        .ok()
+                        .or_else(|| {
+                            let (_, ids) =
+                                self.identities.for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)?;
+                            let md = ids.root.stat(&f.exe_path).ok()?;
+                            (FileId::of(&md) == e.exe).then(|| ids.root.read(&f.exe_path, MAX_HASHED).ok()).flatten()
+                        });
+                    match content {
+                        Some(c) => {
+                            let found = self
+                                .identities
+                                .for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)
+                                .and_then(|(_, ids)| ids.system_same_content(&c));
+                            self.copies.insert(e.exe, found);
+                            found
+                        }
+                        None => None,
+                    }
                 }
             };
         }

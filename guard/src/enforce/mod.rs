@@ -62,6 +62,7 @@ impl KernelEnforcer {
         match flags {
             Some(f) if self.enforced_now.get(&cgroup_id) != Some(&f) => {
                 self.enforced.insert(cgroup_id, f, 0).with_context(|| format!("enforcing cgroup {cgroup_id}"))?;
+                tracing::debug!(cgroup_id, flags = f, "cgroup enforced");
                 self.enforced_now.insert(cgroup_id, f);
             }
             None if self.enforced_now.remove(&cgroup_id).is_some() => {
@@ -99,6 +100,7 @@ impl KernelEnforcer {
     /// before their cgroup was enforced or their identities were known).
     pub fn mark_under_python(&mut self, tgid: u32) -> Result<()> {
         let m = self.marks.get(&tgid, 0).unwrap_or(0) | marks::UNDER_PYTHON;
+        tracing::debug!(tgid, marks = m, "marking process under Python");
         self.marks.insert(tgid, m, 0).context("marking a process")
     }
 

@@ -172,6 +172,7 @@ struct PolicyFile {
     shells: Option<Vec<String>>,
     writable_paths: Option<Vec<String>>,
     loaders: Option<Vec<String>>,
+    launchers: Option<Vec<String>>,
     rules: Option<RulesSpec>,
     overrides: Option<Vec<Override>>,
 }
@@ -189,6 +190,7 @@ pub struct Policy {
     pub shells: BTreeSet<String>,
     pub writable_paths: Vec<String>,
     pub loaders: Vec<String>,
+    pub launchers: BTreeSet<String>,
     pub rules: RulesSpec,
     pub overrides: Vec<Override>,
 }
@@ -276,6 +278,7 @@ impl Policy {
             shells: set(user.shells.or(base.shells).unwrap_or_default()),
             writable_paths: user.writable_paths.or(base.writable_paths).unwrap_or_default(),
             loaders: user.loaders.or(base.loaders).unwrap_or_default(),
+            launchers: set(user.launchers.or(base.launchers).unwrap_or_default()),
             rules: user.rules.or(base.rules).unwrap_or_default(),
             overrides: user.overrides.or(base.overrides).unwrap_or_default(),
         };

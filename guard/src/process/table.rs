@@ -63,6 +63,8 @@ pub const MAX_ANCESTORS: usize = 8;
 #[derive(Default)]
 pub struct ProcessTable {
     procs: HashMap<u32, ProcInfo>,
+    /// cgroup2 mount, to give processes read from /proc their cgroup id.
+    cgroup_mount: Option<PathBuf>,
 }
 
 impl ProcessTable {
@@ -70,31 +72,42 @@ impl ProcessTable {
         Self::default()
     }
 
+    /// A table that records the cgroup of processes it reads from /proc.
+    pub fn with_cgroup_mount(mount: PathBuf) -> Self {
+        Self { procs: HashMap::new(), cgroup_mount: Some(mount) }
+    }
+
     /// Fills the table from `/proc` (`proc_root`), for processes that started before the agent.
     pub fn seed_from_proc(&mut self, proc_root: &std::path::Path) {
-        let Ok(dir) = fs::read_dir(proc_root) else {
-            return;
-        };
+        let Ok(dir) = fs::read_dir(proc_root) else { return };
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let p = entry.path();
-            // Races with exits are normal here: a vanished process is skipped.
-            let Ok(stat) = fs::read_to_string(p.join("stat")) else {
-                continue;
-            };
-            let Some((comm, ppid)) = parse_stat(&stat) else {
-                continue;
-            };
-            let argv = fs::read(p.join("cmdline")).map(|b| split_args(&b)).unwrap_or_default();
-            let exe = fs::read_link(p.join("exe")).ok();
-            let exe_id = fs::metadata(p.join("exe")).ok().map(|m| FileId::of(&m));
-            self.procs.insert(
-                pid,
-                ProcInfo { pid, ppid, exe, exe_id, argv, comm, cgroup_id: 0, role: Role::Unknown, kernel: None },
-            );
+            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                self.seed_one(proc_root, pid);
+            }
         }
+    }
+
+    /// Makes sure `pid` is known, reading it from /proc if the table never saw it (its fork
+    /// happened outside the watched cgroups, e.g. a container runtime's shim). True if known.
+    pub fn ensure(&mut self, proc_root: &std::path::Path, pid: u32) -> bool {
+        if self.procs.contains_key(&pid) {
+            return true;
+        }
+        self.seed_one(proc_root, pid);
+        self.procs.contains_key(&pid)
+    }
+
+    fn seed_one(&mut self, proc_root: &std::path::Path, pid: u32) {
+        let p = proc_root.join(pid.to_string());
+        // Races with exits are normal here: a vanished process is skipped.
+        let Ok(stat) = fs::read_to_string(p.join("stat")) else { return };
+        let Some((comm, ppid)) = parse_stat(&stat) else { return };
+        let argv = fs::read(p.join("cmdline")).map(|b| split_args(&b)).unwrap_or_default();
+        let exe = fs::read_link(p.join("exe")).ok();
+        let exe_id = fs::metadata(p.join("exe")).ok().map(|m| FileId::of(&m));
+        let cgroup_id = self.cgroup_mount.as_ref().and_then(|m| proc_cgroup_id(m, &p)).unwrap_or(0);
+        self.procs
+            .insert(pid, ProcInfo { pid, ppid, exe, exe_id, argv, comm, cgroup_id, role: Role::Unknown, kernel: None });
     }
 
     pub fn get(&self, pid: u32) -> Option<&ProcInfo> {
@@ -209,6 +222,14 @@ impl ProcessTable {
         self.procs.retain(|pid, _| proc_root.join(pid.to_string()).exists());
         before - self.procs.len()
     }
+}
+
+/// The cgroup v2 id of a /proc/PID directory's process (`0::/path` → inode of the path).
+fn proc_cgroup_id(mount: &std::path::Path, proc_dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let text = fs::read_to_string(proc_dir.join("cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(fs::metadata(mount.join(rel.trim_start_matches('/'))).ok()?.ino())
 }
 
 /// (comm, ppid) from `/proc/PID/stat`; comm may contain spaces and parentheses.

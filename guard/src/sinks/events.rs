@@ -52,6 +52,10 @@ pub struct ExecRecord {
     pub argv: Vec<String>,
     pub argv_truncated: bool,
     pub argv_unreadable: bool,
+    /// Kernel verdict: the cgroup is enforced / the exec was killed.
+    pub enforced: bool,
+    pub killed: bool,
+    pub stdio_sockets: u32,
     pub parent: Option<ParentRecord>,
     pub ancestors: Vec<Option<String>>,
 }
@@ -90,6 +94,9 @@ impl ExecRecord {
             argv: e.argv.iter().map(lossy_os).collect(),
             argv_truncated: e.argv_truncated,
             argv_unreadable: e.argv_unreadable,
+            enforced: e.kernel_flags & guard_abi::exec_flags::ENFORCED != 0,
+            killed: e.kernel_flags & guard_abi::exec_flags::KILLED != 0,
+            stdio_sockets: e.stdio_sockets,
             parent: lineage.parent.as_ref().map(|p| ParentRecord {
                 pid: p.pid,
                 exe: p.exe.as_deref().map(lossy),

@@ -1,0 +1,230 @@
+//! Shell-bypass detection and enforcement on a real IPython kernel (jupyter_client), started
+//! inside a TLJH-shaped cgroup (`system.slice/jupyter-<user>.service`) with the real agent.
+
+use std::collections::BTreeMap;
+
+use guard_tests::*;
+use serde_json::Value;
+
+const NOTEBOOK: &str = "projects/secret-analysis.ipynb";
+const TOKEN: &str = "tok-3f9a8c7e5d1b2a4f6e8d0c9b7a5f3e1d";
+
+/// The test policy: the embedded default plus this venv's interpreter and this test binary as
+/// a launcher (it starts the kernel driver the way a spawner would).
+/// `enforce_user`: put only this user's notebook under enforcement (tests run in parallel and
+/// each guard sees every test's notebook).
+fn policy(enforce_user: Option<&str>) -> String {
+    let venv_bin = test_python().parent().unwrap().to_path_buf();
+    let me = std::env::current_exe().unwrap();
+    let me = me.file_name().unwrap().to_string_lossy();
+    let default = guard::policy::Policy::default_policy();
+    let mut interpreters: Vec<String> = default.python.interpreters.clone();
+    interpreters.push(format!("{}/python*", venv_bin.display()));
+    let mut launchers: Vec<String> = default.launchers.iter().cloned().collect();
+    launchers.push(me.into_owned());
+    let overrides = match enforce_user {
+        Some(u) => format!("overrides:\n  - name: under-test\n    match: {{users: [{u}]}}\n    mode: enforce\n"),
+        None => String::new(),
+    };
+    format!(
+        "mode: monitor\npython:\n  interpreters: {}\nlaunchers: {}\n{overrides}",
+        serde_json::to_string(&interpreters).unwrap(),
+        serde_json::to_string(&launchers).unwrap()
+    )
+}
+
+/// (cell, rule it must raise, a substring of the offending exe path)
+const ATTACKS: &[(&str, &str, &str)] = &[
+    ("import os\nos.system('id > /dev/null')", "notebook.non_python_exec", "sh"),
+    ("import subprocess\nsubprocess.run(['ls', '/'], capture_output=True)", "notebook.non_python_exec", "/ls"),
+    ("get_ipython().system('whoami')", "notebook.non_python_exec", "sh"),
+    ("get_ipython().run_cell_magic('bash', '', 'echo from-bash\\n')", "notebook.non_python_exec", "bash"),
+    ("import os\npid = os.posix_spawn('/usr/bin/hostname', ['hostname'], os.environ)\nos.waitpid(pid, 0)", "notebook.non_python_exec", "hostname"),
+    (
+        "import ctypes, os\npid = os.fork()\nif pid == 0:\n    libc = ctypes.CDLL(None)\n    argv = (ctypes.c_char_p * 2)(b'date', None)\n    envp = (ctypes.c_char_p * 1)(None)\n    libc.execve(b'/usr/bin/date', argv, envp)\n    os._exit(1)\nos.waitpid(pid, 0)",
+        "notebook.non_python_exec",
+        "date",
+    ),
+    (
+        "import shutil, os, subprocess\nshutil.copy('/usr/bin/true', '/tmp/nbg-dropped')\nos.chmod('/tmp/nbg-dropped', 0o755)\nsubprocess.run(['/tmp/nbg-dropped'])",
+        "notebook.exec_from_writable_path",
+        "/tmp/nbg-dropped",
+    ),
+    ("", "notebook.masqueraded_binary", "/tmp/nbg-dropped"),
+    (
+        "import os, subprocess\nfd = os.memfd_create('payload')\nos.write(fd, open('/usr/bin/true', 'rb').read())\nsubprocess.run([f'/proc/self/fd/{fd}'], pass_fds=(fd,))",
+        "notebook.fileless_exec",
+        "/proc/self/fd/",
+    ),
+    ("import subprocess\nsubprocess.run(['/lib64/ld-linux-x86-64.so.2', '/usr/bin/true'])", "notebook.loader_invocation", "ld-linux"),
+    (
+        "import os, subprocess\nos.path.lexists('/tmp/nbg-link') and os.unlink('/tmp/nbg-link')\nos.symlink('/usr/bin/true', '/tmp/nbg-link')\nsubprocess.run(['/tmp/nbg-link'])",
+        "notebook.masqueraded_binary",
+        "/tmp/nbg-link",
+    ),
+    ("import subprocess\nsubprocess.run(['apt-get', '--version'], capture_output=True)", "notebook.package_manager", "apt-get"),
+    ("import subprocess\nsubprocess.run(['curl', '--version'], capture_output=True)", "notebook.network_tool", "curl"),
+    (
+        "import socket, subprocess\na, b = socket.socketpair()\nsubprocess.run(['/bin/sh', '-c', 'true'], stdin=a, stdout=a)",
+        "notebook.reverse_shell",
+        "sh",
+    ),
+];
+
+const BENIGN: &[&str] = &[
+    "import platform\nplatform.platform(); platform.processor(); platform.machine()",
+    "import ctypes.util\nctypes.util.find_library('c'); ctypes.util.find_library('m')",
+    "import uuid\nuuid.uuid1(); uuid.getnode()",
+    "import multiprocessing as mp\nwith mp.get_context('spawn').Pool(2) as p:\n    print(p.map(abs, [-1, -2]))",
+    "import multiprocessing as mp\nwith mp.get_context('forkserver').Pool(2) as p:\n    print(p.map(abs, [-3, -4]))",
+    "import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'print(1)'], check=True)",
+    "get_ipython().run_line_magic('pip', '--version')",
+    "import locale, socket, getpass, shutil\nlocale.getpreferredencoding(); socket.gethostname(); getpass.getuser(); shutil.which('git')",
+    "import json, csv, sqlite3\nsqlite3.connect(':memory:').execute('select 1').fetchall()",
+];
+
+fn field<'a>(a: &'a Value, k: &str) -> &'a Value {
+    &a["output_fields"][k]
+}
+
+#[test]
+fn attack_cells_raise_their_rules_with_user_notebook_and_lineage() {
+    if !require_root("attack_cells_raise_their_rules_with_user_notebook_and_lineage") {
+        return;
+    }
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let guard = GuardProcess::start(&policy(None), &[]).unwrap();
+    let cells: Vec<&str> = ATTACKS.iter().map(|a| a.0).filter(|c| !c.is_empty()).collect();
+    let results = run_notebook(&cg, NOTEBOOK, TOKEN, &cells).unwrap();
+    assert!(results.iter().all(|r| r.status == "ok"), "monitor mode changes nothing: {results:?}");
+
+    // A process entering the notebook from outside (like kubectl exec or nsenter): a shell
+    // outside the notebook starts one that joins its cgroup and execs.
+    let procs = cg.path.join("cgroup.procs");
+    let st = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("/bin/sh -c 'echo 0 > {}; exec /usr/bin/true intruder-marker'; true", procs.display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let log = guard.log();
+    let alerts = mine(guard.stop().unwrap(), &user);
+
+    let mut detected = 0;
+    for (cell, rule, exe) in ATTACKS {
+        let hit =
+            alerts.iter().find(|a| a["rule"] == *rule && field(a, "proc.exepath").as_str().unwrap_or("").contains(exe));
+        let Some(a) = hit else {
+            panic!("no {rule} alert for {exe} (cell {cell:?}); alerts:\n{}\nlog:\n{log}", summary(&alerts));
+        };
+        detected += 1;
+        assert_eq!(field(a, "jupyterhub.user"), user.as_str());
+        assert_eq!(field(a, "notebook.path"), NOTEBOOK, "{a}");
+        assert_eq!(field(a, "guard.action"), "alert");
+        assert!(field(a, "proc.pexepath").is_string(), "lineage: {a}");
+        assert!(a["tags"].as_array().unwrap().iter().any(|t| t.as_str().unwrap().starts_with('T')), "MITRE tag");
+    }
+    let intruder_alert = alerts
+        .iter()
+        .find(|a| {
+            a["rule"] == "notebook.unknown_lineage"
+                && field(a, "proc.cmdline").as_str().is_some_and(|c| c.contains("intruder-marker"))
+        })
+        .unwrap_or_else(|| panic!("no unknown_lineage alert for the intruder:\n{}", summary(&alerts)));
+    assert_eq!(field(intruder_alert, "jupyterhub.user"), user.as_str());
+    detected += 1;
+
+    // Lineage on the shell spawned by os.system: its parent is the kernel.
+    let sh = alerts
+        .iter()
+        .find(|a| field(a, "proc.cmdline").as_str().is_some_and(|c| c.contains("id > /dev/null")))
+        .expect("os.system shell alert");
+    assert!(field(sh, "proc.pcmdline").as_str().unwrap().contains("ipykernel_launcher"), "{sh}");
+
+    // Every alert has the contract's fields; the kernel's API token never appears.
+    for a in &alerts {
+        for k in guard::detect::alert::FIELDS {
+            assert!(a["output_fields"].get(*k).is_some(), "{k} missing in {a}");
+        }
+        assert!(!a.to_string().contains(TOKEN));
+    }
+    eprintln!("detection: {detected}/{} attack behaviours alerted", ATTACKS.len() + 1);
+}
+
+#[test]
+fn benign_session_raises_no_alert() {
+    if !require_root("benign_session_raises_no_alert") {
+        return;
+    }
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let guard = GuardProcess::start(&policy(None), &[]).unwrap();
+    let results = run_notebook(&cg, NOTEBOOK, TOKEN, BENIGN).unwrap();
+    assert!(results.iter().all(|r| r.status == "ok"), "{results:?}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = guard.log();
+    let alerts = mine(guard.stop().unwrap(), &user);
+    assert!(alerts.is_empty(), "false positives:\n{}\nlog:\n{log}", summary(&alerts));
+    assert!(log.contains("watching notebook cgroup"), "the notebook was watched:\n{log}");
+    eprintln!("false positives: 0 in {} benign cells (plus kernel start-up)", BENIGN.len());
+}
+
+#[test]
+fn enforce_mode_kills_forbidden_execs_and_the_kernel_answers() {
+    if !require_root("enforce_mode_kills_forbidden_execs_and_the_kernel_answers") {
+        return;
+    }
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let guard = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let cells = [
+        "import os\nprint('rc', os.system('echo FORBIDDEN-1'))",
+        "import subprocess\nr = subprocess.run(['/bin/echo', 'FORBIDDEN-2'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout)",
+        "get_ipython().run_cell_magic('bash', '', 'echo FORBIDDEN-3\\n')",
+        "import os\npid = os.posix_spawn('/bin/echo', ['echo', 'FORBIDDEN-4'], os.environ)\nprint('status', os.waitpid(pid, 0)[1])",
+        // Benign work still runs under enforcement: helpers, Python children, %pip.
+        "import platform, subprocess, sys\nplatform.processor()\nprint(subprocess.run([sys.executable, '-c', 'print(21*2)'], capture_output=True, text=True).stdout)",
+        "get_ipython().run_line_magic('pip', '--version')",
+        // A %pip-shaped shell may run only Python: anything else it execs dies.
+        "import subprocess\nr = subprocess.run(['/bin/sh', '-c', '/bin/echo -m pip FORBIDDEN-5'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout)",
+        "print('still', 'alive', 1 + 1)",
+    ];
+    let results = run_notebook(&cg, NOTEBOOK, TOKEN, &cells).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = guard.log();
+    let alerts = mine(guard.stop().unwrap(), &user);
+
+    let all_out: String = results.iter().map(|r| r.stdout.clone()).collect::<Vec<_>>().join("\n");
+    for n in 1..=5 {
+        assert!(!all_out.contains(&format!("FORBIDDEN-{n}")), "FORBIDDEN-{n} ran: {results:?}\nlog:\n{log}");
+    }
+    assert!(results[0].stdout.contains("rc "), "os.system returned: {results:?}");
+    assert!(results[4].stdout.contains("42"), "Python children still run: {results:?}");
+    assert!(results[5].stdout.contains("pip "), "%pip still works: {results:?}");
+    assert_eq!(results.last().unwrap().stdout.trim(), "still alive 2", "the kernel answers: {results:?}");
+
+    let killed: Vec<&Value> = alerts.iter().filter(|a| field(a, "guard.action") == "killed").collect();
+    assert!(killed.len() >= 4, "killed alerts:\n{}\nlog:\n{log}", summary(&alerts));
+    for a in &killed {
+        assert_eq!(field(a, "jupyterhub.user"), user.as_str());
+        assert_eq!(field(a, "notebook.path"), NOTEBOOK);
+    }
+    let by_exe: BTreeMap<String, usize> = killed.iter().fold(BTreeMap::new(), |mut m, a| {
+        *m.entry(field(a, "proc.exepath").as_str().unwrap_or("").to_string()).or_default() += 1;
+        m
+    });
+    assert!(by_exe.keys().any(|k| k.ends_with("echo")), "{by_exe:?}");
+    assert!(by_exe.keys().any(|k| k.ends_with("bash")), "{by_exe:?}");
+}
+
+/// This test's alerts (each guard sees every test's notebooks).
+fn mine(alerts: Vec<Value>, user: &str) -> Vec<Value> {
+    alerts.into_iter().filter(|a| field(a, "jupyterhub.user") == user).collect()
+}
+
+fn summary(alerts: &[Value]) -> String {
+    alerts
+        .iter()
+        .map(|a| format!("  {} {} {}", a["rule"], field(a, "guard.action"), a["output"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,52 @@
+"""Runs notebook cells in a real IPython kernel, the way a notebook server does.
+
+Usage: run_cells.py CELLS.json RESULTS.json
+CELLS.json: {"notebook": "path/of/notebook.ipynb", "cells": ["code", ...]}
+Before starting the kernel this process moves itself into the cgroup named by $GUARD_CGROUP
+(so the kernel starts inside it, as under a spawner). One JSON object per cell is written to
+RESULTS.json: {"cell": i, "status": "ok"|"error"|"dead", "stdout": ..., "ename": ...}.
+"""
+import json
+import os
+import sys
+
+from jupyter_client.manager import KernelManager
+
+
+def main():
+    cells_path, results_path = sys.argv[1], sys.argv[2]
+    spec = json.load(open(cells_path))
+    cgroup = os.environ.get("GUARD_CGROUP")
+    if cgroup:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    env = dict(os.environ)
+    env["JPY_SESSION_NAME"] = spec["notebook"]
+    env["JUPYTERHUB_API_TOKEN"] = env.get("GUARD_TEST_TOKEN", "")
+    km = KernelManager(kernel_name="python3")
+    km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    km.start_kernel(env=env)
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    results = []
+    for i, code in enumerate(spec["cells"]):
+        out = []
+
+        def hook(msg):
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+
+        try:
+            reply = kc.execute_interactive(code, timeout=60, output_hook=hook, allow_stdin=False)
+            c = reply["content"]
+            results.append({"cell": i, "status": c["status"], "stdout": "".join(out), "ename": c.get("ename")})
+        except Exception as e:  # the kernel died or timed out
+            results.append({"cell": i, "status": "dead", "stdout": "".join(out), "ename": type(e).__name__})
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+    json.dump(results, open(results_path, "w"))
+
+
+if __name__ == "__main__":
+    main()
