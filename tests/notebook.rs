@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use guard_tests::*;
 use serde_json::Value;
+#[allow(unused_imports)]
+use std::path::Path;
 
 const NOTEBOOK: &str = "projects/secret-analysis.ipynb";
 const TOKEN: &str = "tok-3f9a8c7e5d1b2a4f6e8d0c9b7a5f3e1d";
@@ -227,4 +229,66 @@ fn summary(alerts: &[Value]) -> String {
         .map(|a| format!("  {} {} {}", a["rule"], field(a, "guard.action"), a["output"]))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[test]
+fn exec_in_a_cgroup_created_a_moment_ago_is_attributed() {
+    if !require_root("exec_in_a_cgroup_created_a_moment_ago_is_attributed") {
+        return;
+    }
+    let guard = GuardProcess::start(&policy(None), &[]).unwrap();
+    // Created after the guard started, used at once: no scan has seen it yet.
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let pid = spawn_in(
+        &cg,
+        Exec::Path(std::path::Path::new("/usr/bin/curl")),
+        &[std::ffi::OsStr::new("curl"), std::ffi::OsStr::new("--version")],
+    )
+    .unwrap();
+    wait_ok(pid).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let alerts = mine(guard.stop().unwrap(), &user);
+    let a =
+        alerts.iter().find(|a| a["rule"] == "notebook.network_tool").unwrap_or_else(|| panic!("{}", summary(&alerts)));
+    assert_eq!(field(a, "proc.pid"), pid.as_raw());
+    assert_eq!(field(a, "jupyterhub.source"), "tljh");
+}
+
+#[test]
+fn enforcement_ends_with_the_agent() {
+    if !require_root("enforcement_ends_with_the_agent") {
+        return;
+    }
+    // The documented choice: maps and programs are not pinned, so when the agent stops,
+    // exec is no longer judged (fail open) — a stopped agent never wedges notebooks.
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let code = "import subprocess, sys, time\nfor _ in range(100):\n    if sys.stdin.readline().strip() != 'go': break\n    r = subprocess.run(['/bin/echo', 'ran'], capture_output=True, text=True)\n    print(r.returncode, flush=True)\n";
+    let mut child = std::process::Command::new(test_python())
+        .args(["-c", code])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::write(cg.path.join("cgroup.procs"), child.id().to_string()).unwrap();
+    let guard = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    // Python started before the guard and moved in: the agent marks it on its first exec.
+    use std::io::{BufRead, Write};
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ask = |stdin: &mut std::process::ChildStdin| {
+        writeln!(stdin, "go").unwrap();
+        out.next().unwrap().unwrap()
+    };
+    // Wait until the guard knows the process (its first exec after the scan).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut got = ask(&mut stdin);
+    while got.trim() != "-9" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        got = ask(&mut stdin);
+    }
+    assert_eq!(got.trim(), "-9", "under the running agent, /bin/echo is killed:\n{}", guard.log());
+    guard.stop().unwrap();
+    assert_eq!(ask(&mut stdin).trim(), "0", "after the agent stopped, exec is not judged");
+    drop(stdin);
+    let _ = child.wait();
 }

@@ -159,13 +159,22 @@ impl<W: Write> Pipeline<W> {
     ) -> Result<()> {
         let cg = e.meta.cgroup_id;
         if !self.enforcer.is_enforced(cg) && !self.pod_enforced(who) {
-            self.enforcer.set_cgroup(cg, Some(flags))?;
-            self.backfill_marks(cg)?;
+            self.enforce_cgroup(cg, Some(flags))?;
         }
         if let Some(root) = root {
             if self.synced_roots.insert(root) {
                 self.sync_identities(cg, e.meta.tgid, e.ppid)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Sets a cgroup's enforcement; a newly enforced one gets its running Python marked.
+    fn enforce_cgroup(&mut self, id: u64, flags: Option<u32>) -> Result<()> {
+        let was = self.enforcer.is_enforced(id);
+        self.enforcer.set_cgroup(id, flags)?;
+        if flags.is_some() && !was {
+            self.backfill_marks(id)?;
         }
         Ok(())
     }
@@ -189,13 +198,25 @@ impl<W: Write> Pipeline<W> {
         self.enforcer.allow(&python, &helpers, &shell_ids)
     }
 
-    /// Marks the Python processes (and their descendants) already running in `cg`.
+    /// Marks the Python processes (and their descendants) already running in `cg` or below
+    /// it: they started before the kernel could judge them (agent restart, policy change).
     fn backfill_marks(&mut self, cg: u64) -> Result<()> {
-        let in_cg: Vec<(u32, u32)> = self.table.iter().filter(|p| p.cgroup_id == cg).map(|p| (p.pid, p.ppid)).collect();
+        let Some(base) = self.attributor.cgroups.resolve(cg) else { return Ok(()) };
+        let candidates: Vec<(u32, u32, u64)> =
+            self.table.iter().filter(|p| p.cgroup_id != 0).map(|p| (p.pid, p.ppid, p.cgroup_id)).collect();
         let mut marked = 0;
-        for (pid, ppid) in in_cg {
+        for (pid, ppid, pcg) in candidates {
+            if pcg != cg && !self.attributor.cgroups.resolve(pcg).is_some_and(|p| p.starts_with(&base)) {
+                continue;
+            }
             let chain: Vec<_> = self.table.chain(pid, 32).into_iter().map(|p| p.exe_id).collect();
-            let Some((_, ids)) = self.detector.root_identities(cg, &[pid, ppid]) else { continue };
+            // The allow-list first, so helpers are not killed before the first exec event.
+            if let Some((root, _)) = self.detector.root_identities(pcg, &[pid, ppid]) {
+                if self.synced_roots.insert(root) {
+                    self.sync_identities(pcg, pid, ppid)?;
+                }
+            }
+            let Some((_, ids)) = self.detector.root_identities(pcg, &[pid, ppid]) else { continue };
             if chain.iter().flatten().any(|id| ids.python.contains(id)) {
                 self.enforcer.mark_under_python(pid)?;
                 marked += 1;
@@ -300,7 +321,7 @@ impl<W: Write> Pipeline<W> {
                     cgroup: path.clone(),
                 };
                 let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
-                self.enforcer.set_cgroup(id, flags_for(&eff))?;
+                self.enforce_cgroup(id, flags_for(&eff))?;
             }
             tracing::info!(cgroup = %path.display(), id, "watching notebook cgroup");
         }
@@ -349,7 +370,7 @@ impl<W: Write> Pipeline<W> {
             cgroup: path.clone(),
         };
         let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
-        self.enforcer.set_cgroup(id, flags_for(&eff))?;
+        self.enforce_cgroup(id, flags_for(&eff))?;
         self.pod_cgroups.insert(pod.uid.clone(), id);
         tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), user = ?pod.user, mode = %eff.mode, "notebook pod on this node");
         Ok(())

@@ -24,6 +24,14 @@ pub fn notebook_cgroups(mount: &Path, kube: bool, tljh: bool, docker: bool) -> V
         }
     }
     if tljh || docker {
+        // The slice itself is watched too: a unit created a moment ago is covered from its
+        // first exec, before a scan finds it (attribution filters out other services).
+        for slice in ["system.slice"] {
+            let p = mount.join(slice);
+            if p.is_dir() {
+                out.push((p, Workload::Other));
+            }
+        }
         for slice in ["system.slice", "docker"] {
             let Ok(entries) = fs::read_dir(mount.join(slice)) else { continue };
             for e in entries.flatten() {
@@ -90,10 +98,13 @@ mod tests {
         let found = notebook_cgroups(&m, true, true, true);
         let names: Vec<String> = found.iter().map(|(p, _)| p.strip_prefix(&m).unwrap().display().to_string()).collect();
         assert!(names.contains(&"kubepods.slice".to_string()));
+        assert!(names.contains(&"system.slice".to_string()));
         assert!(names.contains(&"system.slice/jupyter-alice.service".to_string()));
         assert!(names.contains(&format!("system.slice/docker-{id}.scope")));
         assert!(!names.iter().any(|n| n.contains("sshd")));
-        assert!(notebook_cgroups(&m, false, true, false).iter().all(|(_, w)| matches!(w, Workload::Tljh { .. })));
+        assert!(notebook_cgroups(&m, false, true, false)
+            .iter()
+            .all(|(p, w)| matches!(w, Workload::Tljh { .. }) || p.ends_with("system.slice")));
         let pod = find_pod_cgroup(&m, uid).unwrap();
         assert!(pod.ends_with(format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_"))));
         assert_eq!(find_pod_cgroup(&m, "00000000-0000-0000-0000-000000000000"), None);
