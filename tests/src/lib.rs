@@ -3,6 +3,8 @@
 //! Tests that need root call [`require_root`]. Outside CI a non-root run skips them with a
 //! message; in CI (`CI` or `GUARD_REQUIRE_PRIVILEGED` set) a skip is a failure.
 
+pub mod fake_kube;
+
 use std::{
     ffi::{CString, OsStr},
     fs,
@@ -273,6 +275,11 @@ impl GuardProcess {
     /// Starts guard with `policy` (YAML, over the embedded default) plus `args`, and waits
     /// until it reports that it is running.
     pub fn start(policy: &str, args: &[&str]) -> Result<Self> {
+        Self::start_env(policy, args, &[])
+    }
+
+    /// As `start`, with extra environment for the agent only.
+    pub fn start_env(policy: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<Self> {
         let dir = TempDir::new("guard")?;
         let cfg = dir.0.join("policy.yaml");
         fs::write(&cfg, policy)?;
@@ -286,6 +293,7 @@ impl GuardProcess {
             .arg(format!("file:{}", alerts_path.display()))
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(std::process::Stdio::null())
             .stderr(fs::File::create(&stderr_path)?)
             .spawn()
