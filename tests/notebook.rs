@@ -292,3 +292,47 @@ fn enforcement_ends_with_the_agent() {
     drop(stdin);
     let _ = child.wait();
 }
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+#[test]
+fn health_readiness_and_metrics_are_served() {
+    if !require_root("health_readiness_and_metrics_are_served") {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let guard = GuardProcess::start(&policy(None), &["--listen", &addr]).unwrap();
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while http_get(&addr, "/readyz").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = spawn_in(
+        &cg,
+        Exec::Path(Path::new("/usr/bin/curl")),
+        &[std::ffi::OsStr::new("curl"), std::ffi::OsStr::new("--version")],
+    )
+    .unwrap();
+    wait_ok(pid).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, text) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    assert!(text.contains("guard_events_total{type=\"exec\"}"), "{text}");
+    assert!(text.contains("guard_alerts_total{rule=\"notebook.network_tool\",action=\"alert\"}"), "{text}");
+    assert!(text.contains("guard_notebook_cgroups_watched"), "{text}");
+    assert!(text.contains("guard_build_info{"), "{text}");
+    assert_eq!(http_get(&addr, "/nope").0, 404);
+    let alerts = mine(guard.stop().unwrap(), &user);
+    assert!(alerts.iter().any(|a| a["rule"] == "notebook.network_tool"));
+}

@@ -34,6 +34,7 @@ use crate::{
         process::{KernelLosses, ProcessSensor, SensorOptions},
         ring::{ReaderStats, RingReader},
     },
+    server::metrics::{AlertLabels, LossLabels, Metrics, SinkLabels, TypeLabel},
     sinks::{events::ExecRecord, events::JsonLines, events::LostRecord, OutputSpec, Sink},
 };
 use guard_abi::{exec_flags, EventKind};
@@ -61,6 +62,8 @@ pub struct RunOptions {
     pub mode_flag: Option<Mode>,
     /// Outputs from the command line (added to the policy's).
     pub outputs: Vec<OutputSpec>,
+    /// Serve /healthz, /readyz and /metrics here.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for RunOptions {
@@ -74,6 +77,7 @@ impl Default for RunOptions {
             policy: Policy::default_policy(),
             mode_flag: None,
             outputs: Vec::new(),
+            listen: None,
         }
     }
 }
@@ -101,11 +105,18 @@ struct Pipeline<W: Write> {
     watch_all: bool,
     mount: PathBuf,
     proc_root: PathBuf,
+    metrics: Arc<Metrics>,
     pub alerts_sent: u64,
 }
 
 impl<W: Write> Pipeline<W> {
     fn handle(&mut self, ev: Event) -> Result<()> {
+        let kind = match &ev {
+            Event::Exec(_) => "exec",
+            Event::Fork(_) => "fork",
+            Event::Exit(_) => "exit",
+        };
+        self.metrics.events.get_or_create(&TypeLabel { r#type: kind.into() }).inc();
         match ev {
             Event::Exec(e) => self.on_exec(&e)?,
             Event::Fork(f) => self.table.on_fork(&f),
@@ -235,11 +246,35 @@ impl<W: Write> Pipeline<W> {
 
     fn send(&mut self, a: &Alert) {
         self.alerts_sent += 1;
+        let action = a.field_str("guard.action").unwrap_or("alert").to_string();
+        self.metrics.alerts.get_or_create(&AlertLabels { rule: a.rule.clone(), action }).inc();
         for s in &mut self.sinks {
             if let Err(e) = s.send(a) {
+                self.metrics.sink_errors.get_or_create(&SinkLabels { sink: s.name() }).inc();
                 tracing::error!(sink = %s.name(), error = %e, "sink failed");
             }
         }
+    }
+
+    /// Gauges that are cheaper to read than to keep in step.
+    fn update_gauges(&self, pods: Option<&PodCache>) {
+        let m = &self.metrics;
+        m.notebooks_watched.set(self.watched.len() as i64 + self.pod_cgroups.len() as i64);
+        m.enforced_cgroups.set(self.enforcer.enforced_cgroups() as i64);
+        m.processes.set(self.table.len() as i64);
+        match pods {
+            Some(p) => {
+                m.discovery_synced.store(p.synced.load(Ordering::Relaxed), Ordering::Relaxed);
+                m.kube_degraded.set(p.degraded.load(Ordering::Relaxed) as i64);
+                let errs = p.errors.load(Ordering::Relaxed);
+                let seen = m.kube_errors.get();
+                if errs > seen {
+                    m.kube_errors.inc_by(errs - seen);
+                }
+            }
+            None => m.discovery_synced.store(true, Ordering::Relaxed),
+        }
+        m.tick();
     }
 
     /// Reports losses since the last report: a `guard.events_lost` alert (and a `lost` record
@@ -259,6 +294,7 @@ impl<W: Write> Pipeline<W> {
         }
         for (stage, event, count) in lost {
             tracing::warn!(stage, event, count, "events lost");
+            self.metrics.lost.get_or_create(&LossLabels { stage: stage.into(), r#type: event.into() }).inc_by(count);
             if let Some(out) = &mut self.events {
                 out.write(&LostRecord { kind: "lost", time: now.clone(), stage, event, count })?;
             }
@@ -403,6 +439,11 @@ fn kube_enabled(policy: &Policy) -> Result<Option<KubeOptions>> {
 pub async fn run(opts: RunOptions) -> Result<()> {
     let policy = Arc::new(opts.policy.clone());
     let kube = kube_enabled(&policy)?;
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = opts.listen {
+        let bound = crate::server::serve(addr, metrics.clone()).await?;
+        tracing::info!(%bound, "serving /healthz /readyz /metrics");
+    }
     let mut sensor = ProcessSensor::load(&opts.sensor)?;
     let mount = find_cgroup2_mount()?;
     for cg in &opts.watch_cgroups {
@@ -463,8 +504,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         watch_all: opts.sensor.watch_all,
         mount: mount.clone(),
         proc_root: opts.proc_root.clone(),
+        metrics: metrics.clone(),
         alerts_sent: 0,
     };
+    metrics.sensors_attached.store(true, Ordering::Relaxed);
     pipe.scan(kube.is_some())?;
 
     let stats = Arc::new(ReaderStats::default());
@@ -505,6 +548,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
             }
             _ = loss_tick.tick() => {
+                pipe.update_gauges(pods.as_deref());
                 pipe.report_losses(pipe.sensor.kernel_losses()?, stats.queue_full.load(Ordering::Relaxed))?;
                 for a in pipe.aggregator.flush(Instant::now(), false) {
                     pipe.send(&a);

@@ -12,4 +12,5 @@ pub mod policy;
 pub mod process;
 pub mod redact;
 pub mod sensors;
+pub mod server;
 pub mod sinks;

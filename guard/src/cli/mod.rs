@@ -79,6 +79,9 @@ pub struct RunArgs {
     /// Without --watch-cgroup this watches the whole node.
     #[arg(long)]
     pub events: bool,
+    /// Serve /healthz, /readyz and /metrics on this address (e.g. 0.0.0.0:9402).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
     /// Watch every cgroup on the node, not only notebook cgroups.
     #[arg(long)]
     pub watch_all: bool,
@@ -119,6 +122,7 @@ impl RunArgs {
             policy,
             mode_flag: self.mode,
             outputs: self.output.clone(),
+            listen: self.listen,
             ..RunOptions::default()
         })
     }

@@ -1,0 +1,152 @@
+//! The agent's metrics, registered once with prometheus-client and updated by the pipeline.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    pub rule: String,
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LossLabels {
+    pub stage: String,
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub kernel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub events: Family<TypeLabel, Counter>,
+    pub alerts: Family<AlertLabels, Counter>,
+    pub lost: Family<LossLabels, Counter>,
+    pub notebooks_watched: Gauge,
+    pub enforced_cgroups: Gauge,
+    pub processes: Gauge,
+    pub kube_errors: Counter,
+    pub kube_degraded: Gauge,
+    pub policy_generation: Gauge,
+    pub sink_errors: Family<SinkLabels, Counter>,
+    pub sensors_attached: AtomicBool,
+    pub discovery_synced: AtomicBool,
+    /// Unix seconds of the pipeline's last tick (liveness).
+    pub last_tick: AtomicU64,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("guard");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            events: Family::default(),
+            alerts: Family::default(),
+            lost: Family::default(),
+            notebooks_watched: Gauge::default(),
+            enforced_cgroups: Gauge::default(),
+            processes: Gauge::default(),
+            kube_errors: Counter::default(),
+            kube_degraded: Gauge::default(),
+            policy_generation: Gauge::default(),
+            sink_errors: Family::default(),
+            sensors_attached: AtomicBool::new(false),
+            discovery_synced: AtomicBool::new(false),
+            last_tick: AtomicU64::new(now()),
+        };
+        r.register("events", "Kernel events received, by type", m.events.clone());
+        r.register("alerts", "Alerts raised, by rule and action", m.alerts.clone());
+        r.register("events_lost", "Events lost, by stage (kernel ring, user queue) and type", m.lost.clone());
+        r.register("notebook_cgroups_watched", "Notebook cgroups watched", m.notebooks_watched.clone());
+        r.register("enforced_cgroups", "cgroups under kernel enforcement", m.enforced_cgroups.clone());
+        r.register("processes_tracked", "Processes in the lineage table", m.processes.clone());
+        r.register("kube_watch_errors", "Kubernetes pod watch errors", m.kube_errors.clone());
+        r.register(
+            "kube_watch_degraded",
+            "1 while the pod watch is failing (last state kept)",
+            m.kube_degraded.clone(),
+        );
+        r.register(
+            "policy_generation",
+            "Policy generation in force (1 at start, +1 per reload)",
+            m.policy_generation.clone(),
+        );
+        r.register("sink_errors", "Delivery errors, by sink", m.sink_errors.clone());
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+        build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into(), kernel }).set(1);
+        r.register("build_info", "Build information", build);
+        *m.registry.lock().expect("fresh mutex") = r;
+        m.policy_generation.set(1);
+        m
+    }
+
+    pub fn tick(&self) {
+        self.last_tick.store(now(), Ordering::Relaxed);
+    }
+
+    /// The pipeline ticked within the last 10 seconds.
+    pub fn healthy(&self) -> bool {
+        now().saturating_sub(self.last_tick.load(Ordering::Relaxed)) <= 10
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = encode(&mut out, &r);
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_families_with_labels() {
+        let m = Metrics::new();
+        m.events.get_or_create(&TypeLabel { r#type: "exec".into() }).inc();
+        m.alerts.get_or_create(&AlertLabels { rule: "notebook.fileless_exec".into(), action: "killed".into() }).inc();
+        let text = m.encode();
+        assert!(text.contains("guard_events_total{type=\"exec\"} 1"), "{text}");
+        assert!(text.contains("guard_alerts_total{rule=\"notebook.fileless_exec\",action=\"killed\"} 1"), "{text}");
+        assert!(text.contains("guard_build_info{"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
