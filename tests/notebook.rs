@@ -336,3 +336,100 @@ fn health_readiness_and_metrics_are_served() {
     let alerts = mine(guard.stop().unwrap(), &user);
     assert!(alerts.iter().any(|a| a["rule"] == "notebook.network_tool"));
 }
+
+/// Runs a Python script named `name` (with `#!` to the test venv) inside `cg`: a shell moves
+/// itself into the cgroup and execs it, as a spawner would. Returns (exit status, stdout).
+fn run_server_script(cg: &TestCgroup, name: &str, body: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = TempDir::new("server").unwrap();
+    let script = dir.0.join(name);
+    std::fs::write(&script, format!("#!{}\n{body}", test_python().display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {}; exec {}", cg.path.join("cgroup.procs").display(), script.display()))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A "server" that opens a terminal the way jupyter_server does: `bash -l` as its child.
+const SERVER: &str = "import subprocess, time\ntime.sleep(0.7)\nr = subprocess.run(['/bin/bash', '-lc', 'echo TERMINAL-RAN; /usr/bin/id -u'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout.replace(chr(10), ' '))\n";
+
+#[test]
+fn terminals_are_a_named_allowance() {
+    if !require_root("terminals_are_a_named_allowance") {
+        return;
+    }
+    // Monitor, terminals off: the shell is reported as a terminal.
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let guard = GuardProcess::start(&policy(None), &[]).unwrap();
+    let (_, out) = run_server_script(&cg, "jupyterhub-singleuser", SERVER, &[]);
+    assert!(out.contains("TERMINAL-RAN"), "monitor changes nothing: {out}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let alerts = mine(guard.stop().unwrap(), &user);
+    assert!(
+        alerts.iter().any(|a| a["rule"] == "notebook.terminal_shell" && field(a, "guard.action") == "alert"),
+        "{}",
+        summary(&alerts)
+    );
+
+    // Enforce, terminals off: the terminal's shell is killed before it runs.
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let guard = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let (_, out) = run_server_script(&cg, "jupyterhub-singleuser", SERVER, &[]);
+    assert!(!out.contains("TERMINAL-RAN") && out.contains("rc -9"), "{out}\n{}", guard.log());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let alerts = mine(guard.stop().unwrap(), &user);
+    assert!(
+        alerts.iter().any(|a| a["rule"] == "notebook.terminal_shell" && field(a, "guard.action") == "killed"),
+        "{}",
+        summary(&alerts)
+    );
+
+    // Enforce, terminals on: the terminal and what it runs are allowed, silently.
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let p =
+        policy(Some(&user)).replace("    mode: enforce\n", "    mode: enforce\n    allowances: {terminals: true}\n");
+    let guard = GuardProcess::start(&p, &[]).unwrap();
+    let (_, out) = run_server_script(&cg, "jupyterhub-singleuser", SERVER, &[]);
+    assert!(out.contains("TERMINAL-RAN") && out.contains("rc 0"), "{out}\n{}", guard.log());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let alerts = mine(guard.stop().unwrap(), &user);
+    assert!(alerts.is_empty(), "{}", summary(&alerts));
+}
+
+#[test]
+fn local_process_and_docker_spawners_are_attributed() {
+    if !require_root("local_process_and_docker_spawners_are_attributed") {
+        return;
+    }
+    let guard = GuardProcess::start(&policy(None), &[]).unwrap();
+    // LocalProcessSpawner: the server runs in the hub's cgroup; its environment names the user.
+    let hub = TestCgroup::new_under(Path::new("system.slice"), "jupyterhub-test").unwrap();
+    let server =
+        "import subprocess, time\ntime.sleep(0.3)\nsubprocess.run(['curl', '--version'], capture_output=True)\n";
+    let (code, _) = run_server_script(&hub, "jupyterhub-singleuser", server, &[("JUPYTERHUB_USER", "carol")]);
+    assert_eq!(code, 0);
+    // DockerSpawner: a container scope whose processes carry JUPYTERHUB_USER.
+    let id = "d0".repeat(32);
+    let ctr = TestCgroup::exact(Path::new("system.slice"), &format!("docker-{id}.scope")).unwrap();
+    let body = "import subprocess, time\ntime.sleep(0.3)\nsubprocess.run(['curl', '--version'], capture_output=True)\n";
+    let (code, _) = run_server_script(&ctr, "start-notebook", body, &[("JUPYTERHUB_USER", "dave")]);
+    assert_eq!(code, 0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = guard.log();
+    let alerts = guard.stop().unwrap();
+    let carol = alerts
+        .iter()
+        .find(|a| field(a, "jupyterhub.user") == "carol" && a["rule"] == "notebook.network_tool")
+        .unwrap_or_else(|| panic!("no LocalProcessSpawner alert:\n{}\n{log}", summary(&alerts)));
+    assert_eq!(field(carol, "jupyterhub.source"), "localprocessspawner");
+    let dave = alerts
+        .iter()
+        .find(|a| field(a, "jupyterhub.user") == "dave" && a["rule"] == "notebook.network_tool")
+        .unwrap_or_else(|| panic!("no DockerSpawner alert:\n{}", summary(&alerts)));
+    assert_eq!(field(dave, "jupyterhub.source"), "dockerspawner");
+    assert_eq!(field(dave, "container.id"), id.as_str());
+}

@@ -126,7 +126,10 @@ impl<W: Write> Pipeline<W> {
     }
 
     fn on_exec(&mut self, e: &Exec) -> Result<()> {
-        let who = self.attributor.attribute(e.meta.cgroup_id, e.meta.tgid);
+        let mut who = self.attributor.attribute(e.meta.cgroup_id, e.meta.tgid);
+        if who.is_none() && self.detector.policy.discovery.local_process {
+            who = self.local_notebook(e);
+        }
         if let Some(out) = &mut self.events {
             self.table.ensure(&self.proc_root, e.ppid);
             let lineage = self.table.lineage(e.ppid);
@@ -136,7 +139,15 @@ impl<W: Write> Pipeline<W> {
             out.write(&rec)?;
         }
         let outcome = self.detector.on_exec(e, &mut self.table, who.as_ref());
-        if let (Some(who), Some(eff)) = (who.as_ref(), outcome.effective) {
+        if let Some(w) = who.as_ref().filter(|w| w.source == Source::LocalProcessSpawner) {
+            if let Some(p) = self.table.get_mut(e.meta.tgid) {
+                p.notebook = Some(w.clone());
+            }
+        }
+        // A LocalProcessSpawner server shares the hub's cgroup: enforcing it would judge the
+        // hub's own children, so those notebooks are monitored only.
+        let enforceable = who.as_ref().filter(|w| w.source != Source::LocalProcessSpawner);
+        if let (Some(who), Some(eff)) = (enforceable, outcome.effective) {
             if let Some(flags) = flags_for(&eff) {
                 self.enforce_notebook(e, who, flags, outcome.root)?;
                 if matches!(outcome.role, Role::Server | Role::Kernel | Role::Python)
@@ -157,6 +168,25 @@ impl<W: Write> Pipeline<W> {
             self.emit(a)?;
         }
         Ok(())
+    }
+
+    /// LocalProcessSpawner: the notebook inherited from an ancestor server, or this exec is
+    /// such a server (Python running jupyterhub-singleuser with JUPYTERHUB_USER set).
+    fn local_notebook(&mut self, e: &Exec) -> Option<Arc<Attribution>> {
+        let inherited = self.table.get(e.meta.tgid).and_then(|p| p.notebook.clone());
+        if inherited.is_some() {
+            return inherited;
+        }
+        let argv: Vec<String> = e.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        if !argv.iter().take(3).any(|a| a.ends_with("jupyterhub-singleuser")) {
+            return None;
+        }
+        let environ = std::fs::read(self.proc_root.join(e.meta.tgid.to_string()).join("environ")).ok()?;
+        let cgroup = self.attributor.cgroups.resolve(e.meta.cgroup_id).unwrap_or_default();
+        let who = Arc::new(crate::discovery::attribution::local_server(&environ, cgroup)?);
+        self.detector.redactor.learn_environ(&environ);
+        tracing::info!(user = ?who.user, pid = e.meta.tgid, "local notebook server");
+        Some(who)
     }
 
     /// Puts a notebook under kernel enforcement: its cgroup, its root's identities, and the

@@ -160,6 +160,9 @@ impl Detector {
                     .is_some_and(|n| self.policy.launchers.contains(&*n.to_string_lossy()))
                 || self.policy.launchers.contains(&p.comm)
         });
+        // What this process was before the exec: a shell that execs its last command in place
+        // (`bash -c "a; b"`) hands its role to that command.
+        let prev_role = table.get(e.meta.tgid).map(|p| p.role).unwrap_or_default();
         table.on_exec(e);
         let Some(who) = who else { return Outcome::default() };
         let eff = self.policy.effective(Some(who), self.mode_flag);
@@ -189,7 +192,7 @@ impl Detector {
         let parent_is_python = parent.as_ref().is_some_and(py);
         let parent_role = parent.as_ref().map(|p| role_of(p, py(p))).unwrap_or_default();
         let python_ancestor = chain.iter().any(py);
-        let in_terminal = chain.iter().any(|p| p.role == Role::Terminal);
+        let in_terminal = prev_role == Role::Terminal || chain.iter().any(|p| p.role == Role::Terminal);
         let kernel = chain.iter().find_map(|p| p.kernel.clone());
         let argv: Vec<String> = e.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let exe_path = if e.filename.is_absolute() {
@@ -250,7 +253,7 @@ impl Detector {
         }
         // A sanctioned terminal session runs what its user types.
         if f.in_terminal && eff.allowances.terminals {
-            return (Role::Other, vec![]);
+            return (Role::Terminal, vec![]);
         }
         let Some((_, ids)) =
             self.identities.for_cgroup(e.meta.cgroup_id, &[e.meta.tgid, e.ppid], &policy, &self.proc_root)

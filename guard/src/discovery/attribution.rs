@@ -19,6 +19,7 @@ pub enum Source {
     Tljh,
     SystemdSpawner,
     DockerSpawner,
+    LocalProcessSpawner,
 }
 
 impl Source {
@@ -28,6 +29,7 @@ impl Source {
             Source::Tljh => "tljh",
             Source::SystemdSpawner => "systemdspawner",
             Source::DockerSpawner => "dockerspawner",
+            Source::LocalProcessSpawner => "localprocessspawner",
         }
     }
 }
@@ -169,6 +171,24 @@ impl Attributor {
             _ => (None, true),
         }
     }
+}
+
+/// LocalProcessSpawner: a notebook server started by the hub itself, in the hub's cgroup, as
+/// the user's uid; its environment names the user.
+pub fn local_server(environ: &[u8], cgroup: PathBuf) -> Option<Attribution> {
+    let user = env_var(environ, "JUPYTERHUB_USER")?;
+    Some(Attribution {
+        source: Source::LocalProcessSpawner,
+        user: Some(user),
+        server: env_var(environ, "JUPYTERHUB_SERVER_NAME"),
+        namespace: None,
+        pod: None,
+        pod_uid: None,
+        container_id: None,
+        container_name: None,
+        labels: BTreeMap::new(),
+        cgroup,
+    })
 }
 
 /// One variable of a `KEY=VALUE\0…` environment block.

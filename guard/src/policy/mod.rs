@@ -69,11 +69,13 @@ pub struct Discovery {
     pub kubernetes: Kubernetes,
     pub tljh: bool,
     pub docker: bool,
+    /// LocalProcessSpawner: servers whose environment has JUPYTERHUB_USER, in any watched cgroup.
+    pub local_process: bool,
 }
 
 impl Default for Discovery {
     fn default() -> Self {
-        Self { kubernetes: Kubernetes::default(), tljh: true, docker: true }
+        Self { kubernetes: Kubernetes::default(), tljh: true, docker: true, local_process: true }
     }
 }
 

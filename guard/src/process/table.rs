@@ -48,6 +48,9 @@ pub struct ProcInfo {
     pub role: Role,
     /// The nearest kernel's context (inherited by descendants).
     pub kernel: Option<Arc<KernelCtx>>,
+    /// The notebook this process serves when its cgroup does not say (LocalProcessSpawner:
+    /// set on the server from its environment, inherited by descendants).
+    pub notebook: Option<Arc<crate::discovery::attribution::Attribution>>,
 }
 
 /// The parent chain of an exec, nearest first.
@@ -106,8 +109,21 @@ impl ProcessTable {
         let exe = fs::read_link(p.join("exe")).ok();
         let exe_id = fs::metadata(p.join("exe")).ok().map(|m| FileId::of(&m));
         let cgroup_id = self.cgroup_mount.as_ref().and_then(|m| proc_cgroup_id(m, &p)).unwrap_or(0);
-        self.procs
-            .insert(pid, ProcInfo { pid, ppid, exe, exe_id, argv, comm, cgroup_id, role: Role::Unknown, kernel: None });
+        self.procs.insert(
+            pid,
+            ProcInfo {
+                pid,
+                ppid,
+                exe,
+                exe_id,
+                argv,
+                comm,
+                cgroup_id,
+                role: Role::Unknown,
+                kernel: None,
+                notebook: None,
+            },
+        );
     }
 
     pub fn get(&self, pid: u32) -> Option<&ProcInfo> {
@@ -155,6 +171,7 @@ impl ProcessTable {
         let lineage = self.lineage(e.ppid);
         // The kernel context survives exec (a shell started by a kernel still serves it).
         let kernel = self.procs.get(&e.meta.tgid).and_then(|p| p.kernel.clone());
+        let notebook = self.procs.get(&e.meta.tgid).and_then(|p| p.notebook.clone());
         self.procs.insert(
             e.meta.tgid,
             ProcInfo {
@@ -167,6 +184,7 @@ impl ProcessTable {
                 cgroup_id: e.meta.cgroup_id,
                 role: Role::Unknown,
                 kernel,
+                notebook,
             },
         );
         lineage
@@ -187,6 +205,7 @@ impl ProcessTable {
                 cgroup_id: f.meta.cgroup_id,
                 role: Role::Unknown,
                 kernel: None,
+                notebook: None,
             },
         };
         self.procs.insert(f.child_tgid, child);
