@@ -16,6 +16,9 @@ pub struct FakeKube {
     pub addr: SocketAddr,
     events: broadcast::Sender<String>,
     pods: Arc<Mutex<Vec<Value>>>,
+    /// Every event pushed, replayed to each new watch: a push must not be lost because the
+    /// client's watch request had not arrived yet (replays are idempotent for the client).
+    history: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeKube {
@@ -24,18 +27,19 @@ impl FakeKube {
         let addr = listener.local_addr().unwrap();
         let (events, _) = broadcast::channel(64);
         let pods = Arc::new(Mutex::new(pods));
-        let (ev, pd) = (events.clone(), pods.clone());
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let (ev, pd, hi) = (events.clone(), pods.clone(), history.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (ev, pd) = (ev.clone(), pd.clone());
+                let (ev, pd, hi) = (ev.clone(), pd.clone(), hi.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, ev.clone(), pd.clone()));
+                    let svc = service_fn(move |req| handle(req, ev.clone(), pd.clone(), hi.clone()));
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
-        Self { addr, events, pods }
+        Self { addr, events, pods, history }
     }
 
     /// Sends a watch event (`ADDED`, `MODIFIED`, `DELETED`) and keeps the list in step.
@@ -48,7 +52,9 @@ impl FakeKube {
                 pods.push(pod.clone());
             }
         }
-        let _ = self.events.send(json!({"type": kind, "object": pod}).to_string());
+        let line = json!({"type": kind, "object": pod}).to_string();
+        self.history.lock().await.push(line.clone());
+        let _ = self.events.send(line);
     }
 
     /// A kubeconfig pointing at this server.
@@ -64,6 +70,7 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
     events: broadcast::Sender<String>,
     pods: Arc<Mutex<Vec<Value>>>,
+    history: Arc<Mutex<Vec<String>>>,
 ) -> Result<Response<UnsyncBoxBody<Bytes, Infallible>>, Infallible> {
     let query = req.uri().query().unwrap_or("").to_string();
     if req.uri().path() != "/api/v1/pods" {
@@ -72,7 +79,9 @@ async fn handle(
     }
     if query.contains("watch=true") {
         let rx = events.subscribe();
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let replay: Vec<Result<Frame<Bytes>, Infallible>> =
+            history.lock().await.iter().map(|l| Ok(Frame::data(Bytes::from(format!("{l}\n"))))).collect();
+        let live = futures::stream::unfold(rx, |mut rx| async move {
             loop {
                 match rx.recv().await {
                     Ok(line) => return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line + "\n"))), rx)),
@@ -81,6 +90,7 @@ async fn handle(
                 }
             }
         });
+        let stream = futures::stream::iter(replay).chain(live);
         return Ok(Response::builder()
             .header("content-type", "application/json")
             .body(BodyExt::boxed_unsync(StreamBody::new(stream.boxed())))
