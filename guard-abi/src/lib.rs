@@ -33,6 +33,13 @@ pub mod names {
     pub const PROG_EXEC: &str = "sched_process_exec";
     pub const PROG_FORK: &str = "sched_process_fork";
     pub const PROG_EXIT: &str = "sched_process_exit";
+    pub const EGRESS_CG: &str = "EGRESS_CG";
+    pub const EGRESS_RULES: &str = "EGRESS_RULES";
+    pub const PROG_CONNECT4: &str = "connect4";
+    pub const PROG_CONNECT6: &str = "connect6";
+    pub const PROG_SENDMSG4: &str = "sendmsg4";
+    pub const PROG_SENDMSG6: &str = "sendmsg6";
+    pub const PROG_SOCKET: &str = "sys_enter_socket";
 }
 
 /// Event kinds; also the index into the per-CPU `LOST` counters.
@@ -42,13 +49,16 @@ pub enum EventKind {
     Exec = 0,
     Fork = 1,
     Exit = 2,
+    Egress = 3,
+    Socket = 4,
 }
 
 /// Number of slots in `LOST` (one per [`EventKind`]).
-pub const EVENT_KINDS: u32 = 3;
+pub const EVENT_KINDS: u32 = 5;
 
 impl EventKind {
-    pub const ALL: [EventKind; EVENT_KINDS as usize] = [EventKind::Exec, EventKind::Fork, EventKind::Exit];
+    pub const ALL: [EventKind; EVENT_KINDS as usize] =
+        [EventKind::Exec, EventKind::Fork, EventKind::Exit, EventKind::Egress, EventKind::Socket];
 
     pub fn from_u32(v: u32) -> Option<Self> {
         Self::ALL.get(v as usize).copied()
@@ -59,6 +69,8 @@ impl EventKind {
             EventKind::Exec => "exec",
             EventKind::Fork => "fork",
             EventKind::Exit => "exit",
+            EventKind::Egress => "egress",
+            EventKind::Socket => "socket",
         }
     }
 }
@@ -190,6 +202,84 @@ pub struct ExitEvent {
     pub _pad: u32,
 }
 
+/// `EgressEvent::verdict`
+pub mod egress_verdict {
+    /// Refused in the kernel (EPERM), enforce mode.
+    pub const DENIED: u32 = 1;
+    /// Would be refused; monitor mode lets it through.
+    pub const WOULD_DENY: u32 = 2;
+}
+
+/// `EGRESS_CG` values: the egress policy id in the low bits, enforcement in the top bit.
+pub const EGRESS_ENFORCE: u32 = 1 << 31;
+
+/// Emitted by the cgroup `connect4/6` and `sendmsg4/6` hooks for a destination the notebook's
+/// egress policy does not allow. Allowed traffic produces no event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EgressEvent {
+    pub hdr: EventHeader,
+    /// AF_INET or AF_INET6 as the socket was opened (a v4-mapped v6 address is reported as v4).
+    pub family: u32,
+    /// IPPROTO_TCP / IPPROTO_UDP.
+    pub protocol: u32,
+    pub verdict: u32,
+    /// Host byte order.
+    pub port: u16,
+    /// 1 when the hook was sendmsg (UDP send without connect).
+    pub sendmsg: u8,
+    pub v4: u8,
+    /// IPv4 in the first 4 bytes when `v4`, else IPv6.
+    pub addr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Emitted at `socket()` of a packet socket (AF_PACKET) or a raw IP socket in a notebook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketEvent {
+    pub hdr: EventHeader,
+    pub family: u32,
+    pub sock_type: u32,
+    pub protocol: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Key of the `EGRESS_RULES` LPM trie (after the trie's own prefix length): policy, protocol and
+/// port are matched in full (64 bits of prefix), then the address bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EgressKey {
+    /// Network byte order, so the LPM trie compares the policy id byte-wise first.
+    pub policy: u32,
+    /// 0 = any, else IPPROTO_TCP / IPPROTO_UDP.
+    pub protocol: u8,
+    /// 4 or 6 (v4 addresses are matched in v4 tries of the key space).
+    pub family: u8,
+    /// 0 = any port; network byte order.
+    pub port: u16,
+    pub addr: [u8; 16],
+}
+
+/// Bits of `EgressKey` before the address: policy (32) + protocol (8) + family (8) + port (16).
+pub const EGRESS_KEY_FIXED_BITS: u32 = 64;
+
+/// `EGRESS_RULES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressRule {
+    /// 1 allow, 2 deny.
+    pub action: u32,
+    /// Precedence when several rules match: address prefix length × 4, + 2 for a specific
+    /// port, + 1 for a specific protocol. The highest wins; on a tie, deny wins.
+    pub rank: u32,
+}
+
+pub const EGRESS_ALLOW: u32 = 1;
+pub const EGRESS_DENY: u32 = 2;
+pub const MAX_EGRESS_RULES: u32 = 16384;
+
 /// Byte offsets of the kernel struct fields the programs read, resolved by the agent from the
 /// running kernel's BTF at start-up. Rust eBPF has no CO-RE; this is how the same object
 /// survives other kernels' layouts.
@@ -244,4 +334,6 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::FileKey {}
+    unsafe impl aya::Pod for super::EgressKey {}
+    unsafe impl aya::Pod for super::EgressRule {}
 }

@@ -112,6 +112,8 @@ macro_rules! conf {
     }};
 }
 
+mod egress;
+
 #[inline(always)]
 unsafe fn read<T: Copy + Default>(base: *const u8, off: u32) -> T {
     let mut v = T::default();

@@ -64,6 +64,8 @@ pub struct RunOptions {
     pub outputs: Vec<OutputSpec>,
     /// Serve /healthz, /readyz and /metrics here.
     pub listen: Option<std::net::SocketAddr>,
+    /// Attach the egress hooks.
+    pub egress: bool,
 }
 
 impl Default for RunOptions {
@@ -78,6 +80,7 @@ impl Default for RunOptions {
             mode_flag: None,
             outputs: Vec::new(),
             listen: None,
+            egress: true,
         }
     }
 }
@@ -106,6 +109,9 @@ struct Pipeline<W: Write> {
     mount: PathBuf,
     proc_root: PathBuf,
     metrics: Arc<Metrics>,
+    /// Egress maps (None when the egress hooks are off).
+    egress: Option<crate::sensors::process::EgressMaps>,
+    egress_now: HashMap<u64, u32>,
     pub alerts_sent: u64,
 }
 
@@ -115,13 +121,51 @@ impl<W: Write> Pipeline<W> {
             Event::Exec(_) => "exec",
             Event::Fork(_) => "fork",
             Event::Exit(_) => "exit",
+            Event::Egress(_) => "egress",
+            Event::Socket(_) => "socket",
         };
         self.metrics.events.get_or_create(&TypeLabel { r#type: kind.into() }).inc();
         match ev {
             Event::Exec(e) => self.on_exec(&e)?,
             Event::Fork(f) => self.table.on_fork(&f),
             Event::Exit(x) => self.table.on_exit(&x),
+            Event::Egress(g) => {
+                if let Some(who) = self.who(g.meta.cgroup_id, g.meta.tgid) {
+                    for a in self.detector.on_egress(&g, &mut self.table, &who) {
+                        self.emit(a)?;
+                    }
+                }
+            }
+            Event::Socket(k) => {
+                if let Some(who) = self.who(k.meta.cgroup_id, k.meta.tgid) {
+                    for a in self.detector.on_socket(&k, &mut self.table, &who) {
+                        self.emit(a)?;
+                    }
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// The notebook of a process: by its cgroup, else inherited from a local server.
+    fn who(&mut self, cgroup_id: u64, tgid: u32) -> Option<Arc<Attribution>> {
+        self.attributor
+            .attribute(cgroup_id, tgid)
+            .or_else(|| self.table.get(tgid).and_then(|p| p.notebook.clone()))
+    }
+
+    /// Puts a notebook cgroup under its egress policy (monitor or enforce).
+    fn set_egress(&mut self, cgroup_id: u64, eff: &crate::policy::Effective) -> Result<()> {
+        let Some(maps) = self.egress.as_mut() else { return Ok(()) };
+        let mut v = eff.egress_policy;
+        if eff.mode == Mode::Enforce {
+            v |= guard_abi::EGRESS_ENFORCE;
+        }
+        if self.egress_now.get(&cgroup_id) == Some(&v) {
+            return Ok(());
+        }
+        maps.cgroups.insert(cgroup_id, v, 0).with_context(|| format!("egress policy for cgroup {cgroup_id}"))?;
+        self.egress_now.insert(cgroup_id, v);
         Ok(())
     }
 
@@ -147,6 +191,9 @@ impl<W: Write> Pipeline<W> {
         // A LocalProcessSpawner server shares the hub's cgroup: enforcing it would judge the
         // hub's own children, so those notebooks are monitored only.
         let enforceable = who.as_ref().filter(|w| w.source != Source::LocalProcessSpawner);
+        if let (Some(_), Some(eff)) = (enforceable, outcome.effective) {
+            self.set_egress(e.meta.cgroup_id, &eff)?;
+        }
         if let (Some(who), Some(eff)) = (enforceable, outcome.effective) {
             if let Some(flags) = flags_for(&eff) {
                 self.enforce_notebook(e, who, flags, outcome.root)?;
@@ -388,6 +435,7 @@ impl<W: Write> Pipeline<W> {
                 };
                 let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
                 self.enforce_cgroup(id, flags_for(&eff))?;
+                self.set_egress(id, &eff)?;
             }
             tracing::info!(cgroup = %path.display(), id, "watching notebook cgroup");
         }
@@ -409,6 +457,10 @@ impl<W: Write> Pipeline<W> {
                 self.pending_pods.remove(&uid);
                 if let Some(id) = self.pod_cgroups.remove(&uid) {
                     self.enforcer.set_cgroup(id, None)?;
+                    if let Some(m) = self.egress.as_mut() {
+                        let _ = m.cgroups.remove(&id);
+                    }
+                    self.egress_now.remove(&id);
                 }
             }
         }
@@ -437,10 +489,25 @@ impl<W: Write> Pipeline<W> {
         };
         let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
         self.enforce_cgroup(id, flags_for(&eff))?;
+        self.set_egress(id, &eff)?;
         self.pod_cgroups.insert(pod.uid.clone(), id);
         tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), user = ?pod.user, mode = %eff.mode, "notebook pod on this node");
         Ok(())
     }
+}
+
+/// Writes every egress policy's rules into the kernel's LPM trie.
+fn load_egress_rules(maps: &mut crate::sensors::process::EgressMaps, policy: &Policy) -> Result<()> {
+    let mut n = 0;
+    for (id, spec) in policy.egress_policies() {
+        for (key, prefix, rule) in spec.compile(id) {
+            let k = aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key);
+            maps.rules.insert(&k, rule, 0).context("loading egress rules")?;
+            n += 1;
+        }
+    }
+    tracing::info!(rules = n, "egress policy loaded");
+    Ok(())
 }
 
 fn kube_enabled(policy: &Policy) -> Result<Option<KubeOptions>> {
@@ -482,6 +549,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tracing::info!(cgroup = %path.display(), id, "watching cgroup");
     }
     let enforcer = sensor.take_enforcer().context("enforcement maps already taken")?;
+    let egress = match opts.egress {
+        true => {
+            let mut maps = sensor.attach_egress(&mount).context("attaching the egress hooks")?;
+            load_egress_rules(&mut maps, &policy)?;
+            Some(maps)
+        }
+        false => None,
+    };
 
     // Sinks: the policy's outputs and the command line's; stdout when neither names one.
     let mut specs: Vec<OutputSpec> =
@@ -535,6 +610,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         mount: mount.clone(),
         proc_root: opts.proc_root.clone(),
         metrics: metrics.clone(),
+        egress,
+        egress_now: HashMap::new(),
         alerts_sent: 0,
     };
     metrics.sensors_attached.store(true, Ordering::Relaxed);

@@ -82,6 +82,9 @@ pub struct RunArgs {
     /// Serve /healthz, /readyz and /metrics on this address (e.g. 0.0.0.0:9402).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Do not attach the egress hooks (connect/sendmsg policy, packet sockets).
+    #[arg(long)]
+    pub no_egress: bool,
     /// Watch every cgroup on the node, not only notebook cgroups.
     #[arg(long)]
     pub watch_all: bool,
@@ -123,6 +126,7 @@ impl RunArgs {
             mode_flag: self.mode,
             outputs: self.output.clone(),
             listen: self.listen,
+            egress: !self.no_egress,
             ..RunOptions::default()
         })
     }

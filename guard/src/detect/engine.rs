@@ -23,7 +23,7 @@ use crate::{
     },
     process::table::{cmdline, KernelCtx, ProcInfo, ProcessTable, Role},
     redact::Redactor,
-    sensors::decode::{Exec, FileId},
+    sensors::decode::{Egress, Exec, FileId, Socket},
 };
 use guard_abi::exec_flags;
 
@@ -352,10 +352,18 @@ impl Detector {
         if let Some(w) = policy.writable_paths.iter().find(|w| under(&f.exe_path, w)) {
             fired.push((rules::WRITABLE_PATH, format!("under={w}")));
         }
-        if !in_system_dir
+        // For a `#!` script the loaded binary is its interpreter: compare the interpreter's name.
+        let (shown, shown_in_system_dir) = match &e.interp {
+            Some(i) => (
+                i.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                i.parent().is_some_and(|d| SYSTEM_DIRS.iter().any(|s| Path::new(s) == d)),
+            ),
+            None => (base.clone(), in_system_dir),
+        };
+        if !shown_in_system_dir
             && !real_names.is_empty()
             && (sys_names.is_some() || copy_of.is_some())
-            && !real_names.contains(&base)
+            && !real_names.contains(&shown)
         {
             fired.push((rules::MASQUERADE, format!("real={}", real_names.join("|"))));
         }
@@ -432,6 +440,73 @@ impl Detector {
             summary.push_str(&format!(" ({detail})"));
         }
         a.finish_output(&summary);
+        a
+    }
+
+    /// A connect or send the notebook's egress policy refused (enforce) or would refuse.
+    pub fn on_egress(&mut self, g: &Egress, table: &mut ProcessTable, who: &Attribution) -> Vec<Alert> {
+        let metadata = crate::policy::egress::is_metadata(&g.addr);
+        let rule = if metadata { rules::METADATA_ACCESS } else { rules::UNEXPECTED_EGRESS };
+        let action = if g.denied { Action::Denied } else { Action::Alert };
+        let mut a = self.net_alert(&rule, &g.meta, &g.comm, table, who, action);
+        let name = match g.addr {
+            std::net::IpAddr::V6(_) => format!("[{}]:{}", g.addr, g.port),
+            _ => format!("{}:{}", g.addr, g.port),
+        };
+        a.set("evt.type", if g.sendmsg { "sendmsg" } else { "connect" })
+            .set("fd.sip", g.addr.to_string())
+            .set("fd.sport", g.port)
+            .set("fd.l4proto", g.protocol.clone())
+            .set("fd.name", name);
+        a.finish_output(rule.summary);
+        vec![a]
+    }
+
+    /// A packet (AF_PACKET) or raw IP socket opened in a notebook.
+    pub fn on_socket(&mut self, k: &Socket, table: &mut ProcessTable, who: &Attribution) -> Vec<Alert> {
+        let mut a = self.net_alert(&rules::PACKET_SOCKET, &k.meta, &k.comm, table, who, Action::Alert);
+        let family = match k.family {
+            17 => "AF_PACKET".to_string(),
+            2 => "AF_INET".to_string(),
+            10 => "AF_INET6".to_string(),
+            f => f.to_string(),
+        };
+        a.set("evt.type", "socket").set("fd.family", family).set("fd.socket_type", k.sock_type).set("fd.protocol", k.protocol);
+        a.finish_output(rules::PACKET_SOCKET.summary);
+        vec![a]
+    }
+
+    fn net_alert(
+        &mut self,
+        rule: &Rule,
+        meta: &crate::sensors::decode::Meta,
+        comm: &str,
+        table: &mut ProcessTable,
+        who: &Attribution,
+        action: Action,
+    ) -> Alert {
+        let r = &self.redactor;
+        table.ensure(&self.proc_root, meta.tgid);
+        let chain: Vec<ProcInfo> = table.chain(meta.tgid, MAX_CHAIN).into_iter().cloned().collect();
+        let me = chain.first();
+        let parent = chain.get(1);
+        let kernel = chain.iter().find_map(|p| p.kernel.clone());
+        let mut a = Alert::new(rule, self.clock.rfc3339(meta.ktime_ns), &self.hostname, action);
+        a.set("proc.pid", meta.tgid)
+            .set("proc.name", comm.to_string())
+            .set_opt("proc.exepath", me.and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()))
+            .set_opt("proc.cmdline", me.map(|p| r.text(&cmdline(&p.argv)).into_owned()))
+            .set_opt("proc.pexepath", parent.and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()))
+            .set_opt("proc.pcmdline", parent.map(|p| r.text(&cmdline(&p.argv)).into_owned()))
+            .set_opt("container.id", who.container_id.clone())
+            .set_opt("k8s.ns.name", who.namespace.clone())
+            .set_opt("k8s.pod.name", who.pod.clone())
+            .set_opt("jupyterhub.user", who.user.clone())
+            .set_opt("jupyterhub.server", who.server.clone())
+            .set("jupyterhub.source", who.source.name())
+            .set_opt("notebook.path", kernel.as_ref().and_then(|k| k.notebook_path.clone()))
+            .set_opt("notebook.kernel_id", kernel.as_ref().and_then(|k| k.kernel_id.clone()))
+            .set("container.cgroup", who.cgroup.to_string_lossy().into_owned());
         a
     }
 

@@ -84,6 +84,24 @@ pub const UNKNOWN_LINEAGE: Rule = Rule {
     tags: &["notebook", "process", "mitre_execution", "T1059"],
     summary: "Process executed in a notebook container with unknown lineage",
 };
+pub const UNEXPECTED_EGRESS: Rule = Rule {
+    name: "notebook.unexpected_egress",
+    priority: Priority::Warning,
+    tags: &["notebook", "network", "egress", "mitre_exfiltration", "T1041", "mitre_command_and_control", "T1071"],
+    summary: "Notebook connection to a destination its egress policy does not allow",
+};
+pub const METADATA_ACCESS: Rule = Rule {
+    name: "notebook.cloud_metadata_access",
+    priority: Priority::Critical,
+    tags: &["notebook", "network", "egress", "mitre_credential_access", "T1552.005"],
+    summary: "Notebook connection to a cloud metadata endpoint",
+};
+pub const PACKET_SOCKET: Rule = Rule {
+    name: "notebook.packet_socket",
+    priority: Priority::Error,
+    tags: &["notebook", "network", "sniffing", "mitre_credential_access", "T1040"],
+    summary: "Packet or raw socket opened in a notebook (sniffing)",
+};
 /// Agent health: events were lost between the kernel and the agent.
 pub const EVENTS_LOST: Rule = Rule {
     name: "guard.events_lost",
@@ -103,6 +121,9 @@ pub const ALL: &[Rule] = &[
     NETWORK_TOOL,
     REVERSE_SHELL,
     UNKNOWN_LINEAGE,
+    UNEXPECTED_EGRESS,
+    METADATA_ACCESS,
+    PACKET_SOCKET,
     EVENTS_LOST,
 ];
 
@@ -117,6 +138,9 @@ pub const RULE_NAMES: &[&str] = &[
     "notebook.network_tool",
     "notebook.reverse_shell",
     "notebook.unknown_lineage",
+    "notebook.unexpected_egress",
+    "notebook.cloud_metadata_access",
+    "notebook.packet_socket",
     "guard.events_lost",
 ];
 

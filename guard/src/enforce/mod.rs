@@ -127,9 +127,10 @@ mod tests {
 
     #[test]
     fn flags_follow_mode_and_allowances() {
-        let eff = Effective { mode: Mode::Monitor, allowances: Allowances::default() };
+        let eff = Effective { mode: Mode::Monitor, allowances: Allowances::default(), egress_policy: 1 };
         assert_eq!(flags_for(&eff), None);
-        let eff = Effective { mode: Mode::Enforce, allowances: Allowances { terminals: true, pip_magic: false } };
+        let eff =
+            Effective { mode: Mode::Enforce, allowances: Allowances { terminals: true, pip_magic: false }, egress_policy: 1 };
         assert_eq!(flags_for(&eff), Some(enforce_flags::ON | enforce_flags::TERMINALS));
     }
 }

@@ -2,6 +2,7 @@
 //! alerts go, and per-namespace / per-label overrides. One YAML file, an embedded default, and
 //! strict parsing: unknown keys and bad values are errors naming file:line:column and the key.
 
+pub mod egress;
 pub mod identity;
 
 use std::{
@@ -156,6 +157,9 @@ pub struct Override {
     pub mode: Option<Mode>,
     #[serde(default)]
     pub allowances: AllowancesPatch,
+    /// Replaces the global egress policy for these notebooks.
+    #[serde(default)]
+    pub egress: Option<egress::EgressSpec>,
 }
 
 /// The file as written: every top-level key optional; what is missing comes from the
@@ -175,6 +179,7 @@ struct PolicyFile {
     writable_paths: Option<Vec<String>>,
     loaders: Option<Vec<String>>,
     launchers: Option<Vec<String>>,
+    egress: Option<egress::EgressSpec>,
     rules: Option<RulesSpec>,
     overrides: Option<Vec<Override>>,
 }
@@ -193,6 +198,7 @@ pub struct Policy {
     pub writable_paths: Vec<String>,
     pub loaders: Vec<String>,
     pub launchers: BTreeSet<String>,
+    pub egress: egress::EgressSpec,
     pub rules: RulesSpec,
     pub overrides: Vec<Override>,
 }
@@ -213,6 +219,8 @@ pub struct PolicyError {
 pub struct Effective {
     pub mode: Mode,
     pub allowances: Allowances,
+    /// Egress policy id: 1 the global one, 2 + i the one of override i.
+    pub egress_policy: u32,
 }
 
 fn parse_file(origin: &str, text: &str) -> Result<PolicyFile, PolicyError> {
@@ -281,6 +289,7 @@ impl Policy {
             writable_paths: user.writable_paths.or(base.writable_paths).unwrap_or_default(),
             loaders: user.loaders.or(base.loaders).unwrap_or_default(),
             launchers: set(user.launchers.or(base.launchers).unwrap_or_default()),
+            egress: user.egress.or(base.egress).unwrap_or_default(),
             rules: user.rules.or(base.rules).unwrap_or_default(),
             overrides: user.overrides.or(base.overrides).unwrap_or_default(),
         };
@@ -365,9 +374,12 @@ impl Policy {
     /// Mode and allowances for one notebook: the first matching override, then `mode_flag`
     /// (the command line's `--mode`) over everything.
     pub fn effective(&self, who: Option<&Attribution>, mode_flag: Option<Mode>) -> Effective {
-        let mut eff = Effective { mode: self.mode, allowances: self.allowances };
+        let mut eff = Effective { mode: self.mode, allowances: self.allowances, egress_policy: 1 };
         if let Some(a) = who {
-            if let Some(o) = self.overrides.iter().find(|o| override_matches(&o.matches, a)) {
+            if let Some((i, o)) = self.overrides.iter().enumerate().find(|(_, o)| override_matches(&o.matches, a)) {
+                if o.egress.is_some() {
+                    eff.egress_policy = 2 + i as u32;
+                }
                 if let Some(m) = o.mode {
                     eff.mode = m;
                 }
@@ -383,6 +395,17 @@ impl Policy {
             eff.mode = m;
         }
         eff
+    }
+
+    /// Every egress policy with its id (see `Effective::egress_policy`).
+    pub fn egress_policies(&self) -> Vec<(u32, &egress::EgressSpec)> {
+        let mut v = vec![(1, &self.egress)];
+        for (i, o) in self.overrides.iter().enumerate() {
+            if let Some(e) = &o.egress {
+                v.push((2 + i as u32, e));
+            }
+        }
+        v
     }
 
     /// The most permissive mode any notebook can get: decides whether enforcement is loaded.

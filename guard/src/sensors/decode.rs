@@ -3,7 +3,10 @@
 
 use std::{ffi::OsString, os::unix::ffi::OsStringExt, path::PathBuf};
 
-use guard_abi::{exec_flags, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, ARGS_LEN, EXEC_FIXED_LEN};
+use guard_abi::{
+    egress_verdict, exec_flags, EgressEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, SocketEvent,
+    ARGS_LEN, EXEC_FIXED_LEN,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -88,11 +91,38 @@ pub struct Exit {
     pub exit_code: u32,
 }
 
+/// A connect or send the notebook's egress policy does not allow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Egress {
+    pub meta: Meta,
+    pub addr: std::net::IpAddr,
+    pub port: u16,
+    /// "tcp", "udp" or the protocol number.
+    pub protocol: String,
+    /// Refused in the kernel (enforce) rather than let through (monitor).
+    pub denied: bool,
+    /// sendmsg without connect (UDP `sendto`).
+    pub sendmsg: bool,
+    pub comm: String,
+}
+
+/// A packet or raw socket opened in a notebook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Socket {
+    pub meta: Meta,
+    pub family: u32,
+    pub sock_type: u32,
+    pub protocol: u32,
+    pub comm: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Exec(Box<Exec>),
     Fork(Fork),
     Exit(Exit),
+    Egress(Egress),
+    Socket(Socket),
 }
 
 impl Event {
@@ -101,6 +131,8 @@ impl Event {
             Event::Exec(e) => &e.meta,
             Event::Fork(f) => &f.meta,
             Event::Exit(x) => &x.meta,
+            Event::Egress(g) => &g.meta,
+            Event::Socket(k) => &k.meta,
         }
     }
 }
@@ -186,6 +218,38 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         Some(EventKind::Exit) => {
             let ev: ExitEvent = read_record(buf, std::mem::size_of::<ExitEvent>(), EventKind::Exit)?;
             Ok(Event::Exit(Exit { meta: meta(&ev.hdr), exit_code: ev.exit_code }))
+        }
+        Some(EventKind::Egress) => {
+            let ev: EgressEvent = read_record(buf, std::mem::size_of::<EgressEvent>(), EventKind::Egress)?;
+            let addr = if ev.v4 != 0 {
+                std::net::IpAddr::from([ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]])
+            } else {
+                std::net::IpAddr::from(ev.addr)
+            };
+            let protocol = match ev.protocol {
+                6 => "tcp".to_string(),
+                17 => "udp".to_string(),
+                n => n.to_string(),
+            };
+            Ok(Event::Egress(Egress {
+                meta: meta(&ev.hdr),
+                addr,
+                port: ev.port,
+                protocol,
+                denied: ev.verdict == egress_verdict::DENIED,
+                sendmsg: ev.sendmsg != 0,
+                comm: String::from_utf8_lossy(cstr(&ev.comm)).into_owned(),
+            }))
+        }
+        Some(EventKind::Socket) => {
+            let ev: SocketEvent = read_record(buf, std::mem::size_of::<SocketEvent>(), EventKind::Socket)?;
+            Ok(Event::Socket(Socket {
+                meta: meta(&ev.hdr),
+                family: ev.family,
+                sock_type: ev.sock_type,
+                protocol: ev.protocol,
+                comm: String::from_utf8_lossy(cstr(&ev.comm)).into_owned(),
+            }))
         }
         None => Err(DecodeError::UnknownKind(h.kind)),
     }

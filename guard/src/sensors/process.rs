@@ -45,6 +45,13 @@ pub struct ProcessSensor {
     ring: Option<RingBuf<MapData>>,
     enforcement: Option<crate::enforce::KernelEnforcer>,
     links: Vec<(&'static str, RawTracePointLinkId)>,
+    sock_links: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
+}
+
+/// The egress maps: notebook cgroup → policy, and the policies' LPM rules.
+pub struct EgressMaps {
+    pub cgroups: HashMap<MapData, u64, u32>,
+    pub rules: aya::maps::LpmTrie<MapData, guard_abi::EgressKey, guard_abi::EgressRule>,
 }
 
 /// Kernel-side losses, by event kind.
@@ -101,12 +108,48 @@ impl ProcessSensor {
             HashMap::try_from(take(&mut ebpf, names::MARKS)?)?,
             HashMap::try_from(take(&mut ebpf, names::SERVERS)?)?,
         );
-        Ok(Self { ebpf, lost, watched, ring: Some(ring), enforcement: Some(enforcement), links })
+        Ok(Self { ebpf, lost, watched, ring: Some(ring), enforcement: Some(enforcement), links, sock_links: Vec::new() })
     }
 
     /// The ring buffer, handed to the reader once.
     pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
         self.ring.take()
+    }
+
+    /// Loads and attaches the egress hooks (cgroup `connect4/6`, `sendmsg4/6` on the cgroup2
+    /// root, and the `socket()` tracepoint for packet/raw sockets). The socket tracepoint needs
+    /// tracefs; without it that one check is off and the agent says so.
+    pub fn attach_egress(&mut self, cgroup_root: &Path) -> Result<EgressMaps> {
+        use aya::programs::{links::CgroupAttachMode, CgroupSockAddr, TracePoint};
+        let root = std::fs::File::open(cgroup_root).with_context(|| format!("opening {}", cgroup_root.display()))?;
+        for name in [names::PROG_CONNECT4, names::PROG_CONNECT6, names::PROG_SENDMSG4, names::PROG_SENDMSG6] {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+            let link = prog
+                // Links coexist with other programs on the cgroup whatever the mode; the kernel
+                // refuses flags on cgroup link creation, so Single (no flags) it is.
+                .attach(&root, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", cgroup_root.display()))?;
+            self.sock_links.push((name, link));
+        }
+        let socket_check = (|| -> Result<()> {
+            let prog: &mut TracePoint =
+                self.ebpf.program_mut(names::PROG_SOCKET).context("socket program missing")?.try_into()?;
+            prog.load()?;
+            prog.attach("syscalls", "sys_enter_socket")?;
+            Ok(())
+        })();
+        if let Err(e) = socket_check {
+            tracing::warn!(error = %format!("{e:#}"), "packet/raw socket detection is off (needs tracefs)");
+        }
+        Ok(EgressMaps {
+            cgroups: HashMap::try_from(take(&mut self.ebpf, names::EGRESS_CG)?)?,
+            rules: aya::maps::LpmTrie::try_from(take(&mut self.ebpf, names::EGRESS_RULES)?)?,
+        })
     }
 
     /// The enforcement maps, handed to the enforcer once.
@@ -141,6 +184,13 @@ impl ProcessSensor {
 
     /// Detaches every program; events already in the ring stay readable.
     pub fn detach(&mut self) {
+        for (name, link) in self.sock_links.drain(..) {
+            let prog: Option<&mut aya::programs::CgroupSockAddr> =
+                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+            if let Some(Err(e)) = prog.map(|p| p.detach(link)) {
+                tracing::warn!(program = name, error = %e, "detaching");
+            }
+        }
         for (name, link) in self.links.drain(..) {
             let prog: Option<&mut RawTracePoint> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
             if let Some(Err(e)) = prog.map(|p| p.detach(link)) {

@@ -1,0 +1,186 @@
+//! Egress: cgroup socket-address hooks (`connect4/6`, `sendmsg4/6`) judge each destination a
+//! notebook's process connects or sends to against its egress policy, in LPM tries, with no
+//! user-space round trip. These hooks sit below io_uring: its connects pass through them too.
+//! Plus `socket()` of packet and raw sockets (sniffing).
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::bpf_get_current_comm,
+    macros::{cgroup_sock_addr, map, tracepoint},
+    maps::{lpm_trie::Key, HashMap, LpmTrie},
+    programs::{SockAddrContext, TracePointContext},
+    EbpfContext,
+};
+use guard_abi::{
+    egress_verdict, EgressEvent, EgressKey, EgressRule, EventKind, SocketEvent, EGRESS_DENY, EGRESS_ENFORCE,
+    EGRESS_KEY_FIXED_BITS, MAX_EGRESS_RULES, MAX_WATCHED_CGROUPS,
+};
+
+use crate::{cgroup_lookup, count_lost, header, submit_flags, EVENTS};
+
+/// Notebook cgroups with an egress policy: policy id | `EGRESS_ENFORCE`.
+#[map]
+static EGRESS_CG: HashMap<u64, u32> = HashMap::with_max_entries(MAX_WATCHED_CGROUPS, 0);
+
+/// (policy, protocol, family, port, address prefix) → allow / deny.
+#[map]
+static EGRESS_RULES: LpmTrie<EgressKey, EgressRule> = LpmTrie::with_max_entries(MAX_EGRESS_RULES, BPF_F_NO_PREALLOC);
+
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const AF_PACKET: u32 = 17;
+const SOCK_RAW: u32 = 3;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    unsafe { judge(&ctx, false, false) }
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    unsafe { judge(&ctx, true, false) }
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    unsafe { judge(&ctx, false, true) }
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    unsafe { judge(&ctx, true, true) }
+}
+
+#[inline(always)]
+fn lookup(key: &EgressKey, addr_bits: u32) -> Option<EgressRule> {
+    let k = Key::new(EGRESS_KEY_FIXED_BITS + addr_bits, *key);
+    EGRESS_RULES.get(&k).copied()
+}
+
+/// The most specific rule among exact/any protocol and exact/any port; deny wins a tie.
+#[inline(always)]
+fn verdict(policy: u32, proto: u8, family: u8, port_be: u16, addr: [u8; 16]) -> u32 {
+    let bits = if family == 4 { 32 } else { 128 };
+    let mut best: Option<EgressRule> = None;
+    let combos = [(proto, port_be), (proto, 0), (0, port_be), (0, 0)];
+    let mut i = 0;
+    while i < 4 {
+        let (p, port) = combos[i];
+        let key = EgressKey { policy, protocol: p, family, port, addr };
+        if let Some(r) = lookup(&key, bits) {
+            best = match best {
+                None => Some(r),
+                Some(b) if r.rank > b.rank || (r.rank == b.rank && r.action == EGRESS_DENY) => Some(r),
+                keep => keep,
+            };
+        }
+        i += 1;
+    }
+    // Nothing matched: the policy's switches did not allow it.
+    best.map(|b| b.action).unwrap_or(EGRESS_DENY)
+}
+
+unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
+    let Some(pol) = cgroup_lookup(&EGRESS_CG) else { return ALLOW };
+    let sa = ctx.sock_addr;
+    let proto = (*sa).protocol as u8;
+    // user_port holds the port in network byte order in its low 16 bits.
+    let port_be = (*sa).user_port as u16;
+    let mut addr = [0u8; 16];
+    let mut family = 4u8;
+    if v6 {
+        let w = [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]];
+        let mut i = 0;
+        while i < 4 {
+            let b = w[i].to_ne_bytes();
+            addr[i * 4] = b[0];
+            addr[i * 4 + 1] = b[1];
+            addr[i * 4 + 2] = b[2];
+            addr[i * 4 + 3] = b[3];
+            i += 1;
+        }
+        let mapped = w[0] == 0 && w[1] == 0 && w[2].to_ne_bytes() == [0, 0, 0xff, 0xff];
+        if mapped {
+            // ::ffff:a.b.c.d is IPv4: judge it as such (no v4 policy bypass through v6).
+            addr = [0; 16];
+            let b = w[3].to_ne_bytes();
+            addr[0] = b[0];
+            addr[1] = b[1];
+            addr[2] = b[2];
+            addr[3] = b[3];
+        } else {
+            family = 6;
+        }
+    } else {
+        let b = (*sa).user_ip4.to_ne_bytes();
+        addr[0] = b[0];
+        addr[1] = b[1];
+        addr[2] = b[2];
+        addr[3] = b[3];
+    }
+    // Loopback is always allowed: kernels talk to their server over ZeroMQ on it.
+    if family == 4 && addr[0] == 127 {
+        return ALLOW;
+    }
+    if family == 6 && addr[..15].iter().all(|b| *b == 0) && addr[15] == 1 {
+        return ALLOW;
+    }
+    let policy = pol & !EGRESS_ENFORCE;
+    if verdict(policy, proto, family, port_be, addr) != EGRESS_DENY {
+        return ALLOW;
+    }
+    let enforce = pol & EGRESS_ENFORCE != 0;
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let ev = EgressEvent {
+        hdr: header(EventKind::Egress, pid_tgid),
+        family: if family == 4 { AF_INET } else { AF_INET6 },
+        protocol: proto as u32,
+        verdict: if enforce { egress_verdict::DENIED } else { egress_verdict::WOULD_DENY },
+        port: u16::from_be(port_be),
+        sendmsg: sendmsg as u8,
+        v4: (family == 4) as u8,
+        addr,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    if EVENTS.output::<EgressEvent>(&ev, submit_flags()).is_err() {
+        count_lost(EventKind::Egress);
+    }
+    let _ = ctx.as_ptr();
+    if enforce {
+        REFUSE
+    } else {
+        ALLOW
+    }
+}
+
+// syscalls/sys_enter_socket: __syscall_nr at 8, then family, type, protocol as longs.
+#[tracepoint(category = "syscalls", name = "sys_enter_socket")]
+pub fn sys_enter_socket(ctx: TracePointContext) -> i32 {
+    if cgroup_lookup(&EGRESS_CG).is_none() {
+        return 0;
+    }
+    let family = unsafe { ctx.read_at::<u64>(16) }.unwrap_or(0) as u32;
+    let sock_type = unsafe { ctx.read_at::<u64>(24) }.unwrap_or(0) as u32;
+    let protocol = unsafe { ctx.read_at::<u64>(32) }.unwrap_or(0) as u32;
+    let raw_ip = (family == AF_INET || family == AF_INET6) && sock_type & 0xf == SOCK_RAW;
+    if family != AF_PACKET && !raw_ip {
+        return 0;
+    }
+    let ev = SocketEvent {
+        hdr: header(EventKind::Socket, aya_ebpf::helpers::bpf_get_current_pid_tgid()),
+        family,
+        sock_type,
+        protocol,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    if EVENTS.output::<SocketEvent>(&ev, submit_flags()).is_err() {
+        count_lost(EventKind::Socket);
+    }
+    let _ = size_of::<SocketEvent>();
+    0
+}

@@ -1,0 +1,207 @@
+//! Egress policy in the concepts Zero to JupyterHub operators already use
+//! (`singleuser.networkPolicy.egressAllowRules`): `dns`, `privateIPs`, `nonPrivateIPs`,
+//! `cloudMetadataServer`, plus explicit CIDR + port + protocol allow and deny lists. Compiled to
+//! LPM-trie rules the kernel evaluates on every connect and UDP send.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use guard_abi::{EgressKey, EgressRule, EGRESS_ALLOW, EGRESS_DENY};
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn numbers(self) -> &'static [u8] {
+        match self {
+            Protocol::Any => &[0],
+            Protocol::Tcp => &[6],
+            Protocol::Udp => &[17],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CidrRule {
+    pub cidr: IpNet,
+    /// Empty: every port.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressSpec {
+    /// Port 53 (UDP and TCP) to any address but the metadata endpoints.
+    pub dns: bool,
+    /// 10/8, 172.16/12, 192.168/16, fc00::/7 — other users' pods, cluster services.
+    #[serde(rename = "privateIPs")]
+    pub private_ips: bool,
+    /// Everything else, but link-local and the metadata endpoints.
+    #[serde(rename = "nonPrivateIPs")]
+    pub non_private_ips: bool,
+    /// 169.254.169.254, fd00:ec2::254, 100.100.100.200.
+    #[serde(rename = "cloudMetadataServer")]
+    pub cloud_metadata_server: bool,
+    pub allow: Vec<CidrRule>,
+    pub deny: Vec<CidrRule>,
+}
+
+impl Default for EgressSpec {
+    fn default() -> Self {
+        Self {
+            dns: true,
+            private_ips: false,
+            non_private_ips: true,
+            cloud_metadata_server: false,
+            allow: vec![],
+            deny: vec![],
+        }
+    }
+}
+
+pub const PRIVATE: &[&str] = &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"];
+pub const METADATA: &[&str] = &["169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32"];
+pub const LINK_LOCAL: &[&str] = &["169.254.0.0/16", "fe80::/10"];
+pub const EVERYTHING: &[&str] = &["0.0.0.0/0", "::/0"];
+
+/// Is this address a cloud metadata endpoint?
+pub fn is_metadata(ip: &std::net::IpAddr) -> bool {
+    METADATA.iter().filter_map(|c| c.parse::<IpNet>().ok()).any(|n| n.contains(ip))
+}
+
+/// One LPM entry: key, address prefix length, value.
+pub type Entry = (EgressKey, u32, EgressRule);
+
+fn entry(policy: u32, net: &IpNet, proto: u8, port: u16, action: u32) -> Entry {
+    let (family, prefix, addr) = match net.trunc() {
+        IpNet::V4(n) => {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&n.network().octets());
+            (4u8, n.prefix_len() as u32, a)
+        }
+        IpNet::V6(n) => (6u8, n.prefix_len() as u32, n.network().octets()),
+    };
+    let rank = prefix * 4 + if port != 0 { 2 } else { 0 } + if proto != 0 { 1 } else { 0 };
+    (EgressKey { policy, protocol: proto, family, port: port.to_be(), addr }, prefix, EgressRule { action, rank })
+}
+
+fn nets(list: &[&str]) -> Vec<IpNet> {
+    list.iter().filter_map(|c| c.parse().ok()).collect()
+}
+
+impl EgressSpec {
+    /// The kernel rules for policy id `policy`. Later entries with the same key replace
+    /// earlier ones, so explicit lists come last and deny after allow.
+    pub fn compile(&self, policy: u32) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let act = |b: bool| if b { EGRESS_ALLOW } else { EGRESS_DENY };
+        for n in nets(EVERYTHING) {
+            out.push(entry(policy, &n, 0, 0, act(self.non_private_ips)));
+        }
+        for n in nets(PRIVATE) {
+            out.push(entry(policy, &n, 0, 0, act(self.private_ips)));
+        }
+        for n in nets(LINK_LOCAL) {
+            out.push(entry(policy, &n, 0, 0, EGRESS_DENY));
+        }
+        for n in nets(METADATA) {
+            out.push(entry(policy, &n, 0, 0, act(self.cloud_metadata_server)));
+        }
+        if self.dns {
+            // Port-specific, so it outranks the any-port entries of the same prefix (a cluster
+            // DNS service sits in a private range); the metadata /32s still outrank it.
+            for n in nets(EVERYTHING).iter().chain(nets(PRIVATE).iter()) {
+                for proto in [6u8, 17] {
+                    out.push(entry(policy, n, proto, 53, EGRESS_ALLOW));
+                }
+            }
+        }
+        for (rules, action) in [(&self.allow, EGRESS_ALLOW), (&self.deny, EGRESS_DENY)] {
+            for r in rules {
+                for &proto in r.protocol.numbers() {
+                    if r.ports.is_empty() {
+                        out.push(entry(policy, &r.cidr, proto, 0, action));
+                    }
+                    for &port in &r.ports {
+                        out.push(entry(policy, &r.cidr, proto, port, action));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The kernel's decision, in user space: the same ranking over the same entries. Used to test
+/// the compiled policy and to explain a verdict.
+pub fn evaluate(entries: &[Entry], ip: std::net::IpAddr, proto: u8, port: u16) -> u32 {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    let mut best: Option<EgressRule> = None;
+    for (k, prefix, rule) in entries {
+        let port_ok = k.port == 0 || u16::from_be(k.port) == port;
+        let proto_ok = k.protocol == 0 || k.protocol == proto;
+        let net = match k.family {
+            4 => IpNet::new([k.addr[0], k.addr[1], k.addr[2], k.addr[3]].into(), *prefix as u8).ok(),
+            _ => IpNet::new(k.addr.into(), *prefix as u8).ok(),
+        };
+        if port_ok && proto_ok && net.is_some_and(|n| n.contains(&ip)) {
+            best = match best {
+                Some(b) if !(rule.rank > b.rank || (rule.rank == b.rank && rule.action == EGRESS_DENY)) => Some(b),
+                _ => Some(*rule),
+            };
+        }
+    }
+    best.map(|b| b.action).unwrap_or(EGRESS_DENY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(spec: &EgressSpec, ip: &str, proto: u8, port: u16) -> u32 {
+        evaluate(&spec.compile(1), ip.parse().unwrap(), proto, port)
+    }
+
+    #[test]
+    fn z2jh_defaults() {
+        let s = EgressSpec::default();
+        assert_eq!(ev(&s, "203.0.113.10", 6, 443), EGRESS_ALLOW, "public");
+        assert_eq!(ev(&s, "10.0.0.5", 6, 5432), EGRESS_DENY, "private: other pods");
+        assert_eq!(ev(&s, "10.96.0.10", 17, 53), EGRESS_ALLOW, "cluster DNS");
+        assert_eq!(ev(&s, "169.254.169.254", 6, 80), EGRESS_DENY, "metadata");
+        assert_eq!(ev(&s, "169.254.169.254", 17, 53), EGRESS_DENY, "metadata even on 53");
+        assert_eq!(ev(&s, "100.100.100.200", 6, 80), EGRESS_DENY);
+        assert_eq!(ev(&s, "fd00:ec2::254", 6, 80), EGRESS_DENY);
+        assert_eq!(ev(&s, "::ffff:169.254.169.254", 6, 80), EGRESS_DENY, "v4-mapped");
+        assert_eq!(ev(&s, "2001:db8::10", 6, 443), EGRESS_ALLOW);
+        assert_eq!(ev(&s, "fd12::1", 6, 443), EGRESS_DENY, "ULA is private");
+    }
+
+    #[test]
+    fn explicit_lists_and_switches() {
+        let s: EgressSpec = serde_yaml_ng::from_str(
+            "nonPrivateIPs: false\nallow:\n  - {cidr: 10.1.2.0/24, ports: [5432], protocol: tcp}\n  - {cidr: 203.0.113.0/24}\ndeny:\n  - {cidr: 203.0.113.66/32, ports: [443]}\n",
+        )
+        .unwrap();
+        assert_eq!(ev(&s, "10.1.2.3", 6, 5432), EGRESS_ALLOW);
+        assert_eq!(ev(&s, "10.1.2.3", 17, 5432), EGRESS_DENY, "tcp only");
+        assert_eq!(ev(&s, "10.1.2.3", 6, 22), EGRESS_DENY);
+        assert_eq!(ev(&s, "203.0.113.9", 6, 443), EGRESS_ALLOW);
+        assert_eq!(ev(&s, "203.0.113.66", 6, 443), EGRESS_DENY, "deny list");
+        assert_eq!(ev(&s, "198.51.100.1", 6, 443), EGRESS_DENY, "nonPrivateIPs off");
+        assert!(serde_yaml_ng::from_str::<EgressSpec>("privateIps: true\n").is_err(), "Z2JH spelling only");
+    }
+}
