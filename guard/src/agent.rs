@@ -149,9 +149,7 @@ impl<W: Write> Pipeline<W> {
 
     /// The notebook of a process: by its cgroup, else inherited from a local server.
     fn who(&mut self, cgroup_id: u64, tgid: u32) -> Option<Arc<Attribution>> {
-        self.attributor
-            .attribute(cgroup_id, tgid)
-            .or_else(|| self.table.get(tgid).and_then(|p| p.notebook.clone()))
+        self.attributor.attribute(cgroup_id, tgid).or_else(|| self.table.get(tgid).and_then(|p| p.notebook.clone()))
     }
 
     /// Puts a notebook cgroup under its egress policy (monitor or enforce).

@@ -355,16 +355,43 @@ pub struct CellResult {
 /// Runs `cells` in a real IPython kernel started inside `cgroup` (as a spawner would), with
 /// `notebook` as its session name and `token` as its JUPYTERHUB_API_TOKEN.
 pub fn run_notebook(cgroup: &TestCgroup, notebook: &str, token: &str, cells: &[&str]) -> Result<Vec<CellResult>> {
+    run_notebook_in(cgroup, None, notebook, token, cells)
+}
+
+/// As `run_notebook`, in the network namespace `netns` when given.
+pub fn run_notebook_in(
+    cgroup: &TestCgroup,
+    netns: Option<&str>,
+    notebook: &str,
+    token: &str,
+    cells: &[&str],
+) -> Result<Vec<CellResult>> {
     let dir = TempDir::new("cells")?;
     let spec = dir.0.join("cells.json");
     let results = dir.0.join("results.json");
     fs::write(&spec, serde_json::to_vec(&serde_json::json!({"notebook": notebook, "cells": cells}))?)?;
     let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/run_cells.py");
-    let out = std::process::Command::new(test_python())
-        .arg(&driver)
-        .arg(&spec)
-        .arg(&results)
-        .env("GUARD_CGROUP", &cgroup.path)
+    // `ip netns exec` mounts a fresh /sys, so the cgroup is joined before entering it.
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("/bin/sh");
+            c.arg("-c").arg(format!(
+                "echo $$ > {}; exec ip netns exec {ns} {} {} {} {}",
+                cgroup.path.join("cgroup.procs").display(),
+                test_python().display(),
+                driver.display(),
+                spec.display(),
+                results.display()
+            ));
+            c
+        }
+        None => {
+            let mut c = std::process::Command::new(test_python());
+            c.arg(&driver).arg(&spec).arg(&results).env("GUARD_CGROUP", &cgroup.path);
+            c
+        }
+    };
+    let out = cmd
         .env("GUARD_TEST_TOKEN", token)
         .current_dir(&dir.0)
         .output()
@@ -373,4 +400,87 @@ pub fn run_notebook(cgroup: &TestCgroup, notebook: &str, token: &str, cells: &[&
         bail!("kernel driver failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(serde_json::from_slice(&fs::read(&results)?)?)
+}
+
+/// Two network namespaces made by the test and wired by a veth pair: `notebook` (where the
+/// process under test runs) and `world`, which owns every destination address the tests use
+/// (a metadata address, private and public-looking addresses, IPv6 ones). Nothing is routed
+/// out of them: no packet leaves the test's namespaces.
+pub struct TestNet {
+    pub notebook: String,
+    pub world: String,
+}
+
+/// Addresses owned by the `world` namespace.
+pub const WORLD_ADDRS: &[&str] = &[
+    "169.254.169.254/32",
+    "100.100.100.200/32",
+    "10.0.0.5/32",
+    "10.0.0.53/32",
+    "203.0.113.10/32",
+    "fd00:ec2::254/128",
+    "2001:db8::10/128",
+];
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+impl TestNet {
+    pub fn new() -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}x{n}", std::process::id());
+        let (a, b) = (format!("nbg-nb-{tag}"), format!("nbg-world-{tag}"));
+        let (va, vb) = (format!("nbga{tag}"), format!("nbgb{tag}"));
+        let net = Self { notebook: a.clone(), world: b.clone() };
+        ip(&["netns", "add", &a])?;
+        ip(&["netns", "add", &b])?;
+        ip(&["link", "add", &va, "netns", &a, "type", "veth", "peer", "name", &vb, "netns", &b])?;
+        for (ns, dev, v4, v6) in
+            [(&a, &va, "10.200.0.2/24", "fd00:200::2/64"), (&b, &vb, "10.200.0.1/24", "fd00:200::1/64")]
+        {
+            ip(&["-n", ns, "addr", "add", v4, "dev", dev])?;
+            ip(&["-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&["-n", &a, "route", "add", "default", "via", "10.200.0.1"])?;
+        ip(&["-n", &a, "-6", "route", "add", "default", "via", "fd00:200::1"])?;
+        for addr in WORLD_ADDRS {
+            let mut args = vec!["-n", b.as_str(), "addr", "add", addr, "dev", "lo"];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ip(&args)?;
+        }
+        Ok(net)
+    }
+
+    /// Runs `cmd` in the notebook namespace, inside `cgroup`: a shell joins the cgroup, then
+    /// `ip netns exec` enters the namespace and execs the command.
+    pub fn run_in(&self, cgroup: &TestCgroup, cmd: &[&str]) -> Result<String> {
+        let quoted: Vec<String> = cmd.iter().map(|c| format!("'{c}'")).collect();
+        let script = format!(
+            "echo $$ > {}; exec ip netns exec {} {}",
+            cgroup.path.join("cgroup.procs").display(),
+            self.notebook,
+            quoted.join(" ")
+        );
+        let out = std::process::Command::new("/bin/sh").arg("-c").arg(script).output()?;
+        if !out.status.success() {
+            bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.notebook]);
+        let _ = ip(&["netns", "del", &self.world]);
+    }
 }

@@ -471,7 +471,10 @@ impl Detector {
             10 => "AF_INET6".to_string(),
             f => f.to_string(),
         };
-        a.set("evt.type", "socket").set("fd.family", family).set("fd.socket_type", k.sock_type).set("fd.protocol", k.protocol);
+        a.set("evt.type", "socket")
+            .set("fd.family", family)
+            .set("fd.socket_type", k.sock_type)
+            .set("fd.protocol", k.protocol);
         a.finish_output(rules::PACKET_SOCKET.summary);
         vec![a]
     }

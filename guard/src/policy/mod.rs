@@ -521,13 +521,45 @@ mod tests {
         };
         assert_eq!(
             p.effective(Some(&a), None),
-            Effective { mode: Mode::Enforce, allowances: Allowances { terminals: true, pip_magic: true } }
+            Effective {
+                mode: Mode::Enforce,
+                allowances: Allowances { terminals: true, pip_magic: true },
+                egress_policy: 1
+            }
         );
         assert_eq!(p.effective(Some(&a), Some(Mode::Monitor)).mode, Mode::Monitor);
         a.labels.clear();
         assert_eq!(p.effective(Some(&a), None).mode, Mode::Monitor);
         assert!(p.any_enforce(None));
         assert!(!p.any_enforce(Some(Mode::Monitor)));
+    }
+
+    #[test]
+    fn overrides_can_carry_their_own_egress_policy() {
+        let p = Policy::from_str(
+            "p.yaml",
+            "overrides:\n  - name: db\n    match: {labels: {team: data}}\n    egress: {privateIPs: true}\n  - name: other\n    match: {users: [bob]}\n    mode: enforce\n",
+        )
+        .unwrap();
+        let ids: Vec<u32> = p.egress_policies().iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![1, 2]);
+        let mut a = Attribution {
+            source: crate::discovery::attribution::Source::Kubernetes,
+            user: Some("bob".into()),
+            server: None,
+            namespace: Some("ns".into()),
+            pod: None,
+            pod_uid: None,
+            container_id: None,
+            container_name: None,
+            labels: [("team".to_string(), "data".to_string())].into(),
+            cgroup: "/".into(),
+        };
+        assert_eq!(p.effective(Some(&a), None).egress_policy, 2);
+        a.labels.clear();
+        assert_eq!(p.effective(Some(&a), None).egress_policy, 1, "bob's override has no egress section");
+        let e = Policy::from_str("p.yaml", "egress:\n  privateIps: true\n").unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("egress.privateIps", Some(2)));
     }
 
     #[test]

@@ -108,7 +108,15 @@ impl ProcessSensor {
             HashMap::try_from(take(&mut ebpf, names::MARKS)?)?,
             HashMap::try_from(take(&mut ebpf, names::SERVERS)?)?,
         );
-        Ok(Self { ebpf, lost, watched, ring: Some(ring), enforcement: Some(enforcement), links, sock_links: Vec::new() })
+        Ok(Self {
+            ebpf,
+            lost,
+            watched,
+            ring: Some(ring),
+            enforcement: Some(enforcement),
+            links,
+            sock_links: Vec::new(),
+        })
     }
 
     /// The ring buffer, handed to the reader once.

@@ -1,0 +1,168 @@
+//! Egress policy in the kernel, tested in network namespaces made by the test: the notebook
+//! process runs in one, every destination address belongs to the other, nothing leaves them.
+
+use std::collections::BTreeMap;
+
+use guard_tests::*;
+use serde_json::{json, Value};
+
+fn targets() -> Value {
+    json!([
+        {"name": "metadata-tcp4", "kind": "tcp", "host": "169.254.169.254", "port": 80},
+        {"name": "alibaba-metadata", "kind": "tcp", "host": "100.100.100.200", "port": 80},
+        {"name": "private-tcp4", "kind": "tcp", "host": "10.0.0.5", "port": 5432},
+        {"name": "public-tcp4", "kind": "tcp", "host": "203.0.113.10", "port": 443},
+        {"name": "metadata-tcp6", "kind": "tcp", "host": "fd00:ec2::254", "port": 80},
+        {"name": "public-tcp6", "kind": "tcp", "host": "2001:db8::10", "port": 443},
+        {"name": "metadata-v4mapped", "kind": "tcp", "host": "::ffff:169.254.169.254", "port": 80},
+        {"name": "private-udp-sendto", "kind": "udp-sendto", "host": "10.0.0.5", "port": 9999},
+        {"name": "private-udp-connect", "kind": "udp-connect", "host": "10.0.0.5", "port": 9999},
+        {"name": "dns-udp", "kind": "udp-sendto", "host": "10.0.0.53", "port": 53},
+        {"name": "loopback", "kind": "tcp", "host": "127.0.0.1", "port": 9},
+        {"name": "sniffer", "kind": "packet", "host": "", "port": 0}
+    ])
+}
+
+/// (target, result) from the client, run in the notebook namespace and cgroup.
+fn run_client(net: &TestNet, cg: &TestCgroup) -> BTreeMap<String, String> {
+    let dir = TempDir::new("targets").unwrap();
+    let file = dir.0.join("targets.json");
+    std::fs::write(&file, targets().to_string()).unwrap();
+    let client = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/net_client.py");
+    let out =
+        net.run_in(cg, &[test_python().to_str().unwrap(), client.to_str().unwrap(), file.to_str().unwrap()]).unwrap();
+    out.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["name"].as_str().unwrap().to_string(), v["result"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn uring(net: &TestNet, cg: &TestCgroup, target: &str) -> String {
+    net.run_in(cg, &[env!("CARGO_BIN_EXE_uring-connect"), target]).unwrap().trim().to_string()
+}
+
+fn policy(enforce_user: Option<&str>) -> String {
+    match enforce_user {
+        Some(u) => format!("overrides:\n  - name: under-test\n    match: {{users: [{u}]}}\n    mode: enforce\n"),
+        None => String::new(),
+    }
+}
+
+fn alert_for<'a>(alerts: &'a [Value], rule: &str, dest: &str) -> Option<&'a Value> {
+    alerts.iter().find(|a| a["rule"] == rule && a["output_fields"]["fd.name"] == dest)
+}
+
+#[test]
+fn monitor_mode_alerts_on_forbidden_destinations_and_changes_nothing() {
+    if !require_root("monitor_mode_alerts_on_forbidden_destinations_and_changes_nothing") {
+        return;
+    }
+    let net = TestNet::new().unwrap();
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let guard = GuardProcess::start(&policy(None), &[]).unwrap();
+    let results = run_client(&net, &cg);
+    let ur = uring(&net, &cg, "10.0.0.5:80");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let log = guard.log();
+    let alerts: Vec<Value> =
+        guard.stop().unwrap().into_iter().filter(|a| a["output_fields"]["jupyterhub.user"] == user.as_str()).collect();
+    for (name, r) in &results {
+        assert_eq!(r, "ok", "monitor mode changes nothing: {name} → {r}");
+    }
+    assert_eq!(ur, "ok", "io_uring connect reached the destination");
+    let show = || {
+        alerts.iter().map(|a| format!("{} {}", a["rule"], a["output_fields"]["fd.name"])).collect::<Vec<_>>().join("\n")
+    };
+    for (rule, dest) in [
+        ("notebook.cloud_metadata_access", "169.254.169.254:80"),
+        ("notebook.cloud_metadata_access", "100.100.100.200:80"),
+        ("notebook.unexpected_egress", "10.0.0.5:5432"),
+        ("notebook.cloud_metadata_access", "[fd00:ec2::254]:80"),
+        ("notebook.unexpected_egress", "10.0.0.5:9999"),
+        ("notebook.unexpected_egress", "10.0.0.5:80"),
+    ] {
+        let a = alert_for(&alerts, rule, dest).unwrap_or_else(|| panic!("no {rule} for {dest}:\n{}\n{log}", show()));
+        assert_eq!(a["output_fields"]["guard.action"], "alert");
+        assert!(a["output_fields"]["fd.l4proto"].is_string());
+    }
+    // The v4-mapped address is judged as IPv4: the same metadata alert, once more aggregated.
+    let md = alert_for(&alerts, "notebook.cloud_metadata_access", "169.254.169.254:80").unwrap();
+    assert_eq!(md["output_fields"]["fd.sip"], "169.254.169.254");
+    for allowed in ["203.0.113.10:443", "[2001:db8::10]:443", "10.0.0.53:53", "127.0.0.1:9"] {
+        assert!(alerts.iter().all(|a| a["output_fields"]["fd.name"] != allowed), "{allowed} is allowed:\n{}", show());
+    }
+    assert!(alerts.iter().any(|a| a["rule"] == "notebook.packet_socket"), "sniffing socket:\n{}", show());
+}
+
+#[test]
+fn enforce_mode_refuses_in_the_kernel() {
+    if !require_root("enforce_mode_refuses_in_the_kernel") {
+        return;
+    }
+    let net = TestNet::new().unwrap();
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let guard = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let results = run_client(&net, &cg);
+    let ur = uring(&net, &cg, "10.0.0.5:80");
+    let ur_ok = uring(&net, &cg, "203.0.113.10:443");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let alerts: Vec<Value> =
+        guard.stop().unwrap().into_iter().filter(|a| a["output_fields"]["jupyterhub.user"] == user.as_str()).collect();
+    let want = |name: &str| results.get(name).map(String::as_str).unwrap_or("missing");
+    for denied in [
+        "metadata-tcp4",
+        "alibaba-metadata",
+        "private-tcp4",
+        "metadata-tcp6",
+        "metadata-v4mapped",
+        "private-udp-sendto",
+        "private-udp-connect",
+    ] {
+        assert_eq!(want(denied), "EPERM", "{denied}: {results:?}");
+    }
+    for allowed in ["public-tcp4", "public-tcp6", "dns-udp", "loopback"] {
+        assert_eq!(want(allowed), "ok", "{allowed}: {results:?}");
+    }
+    assert!(ur.contains("not permitted"), "io_uring connect is refused too: {ur}");
+    assert_eq!(ur_ok, "ok");
+    let denied: Vec<&Value> = alerts.iter().filter(|a| a["output_fields"]["guard.action"] == "denied").collect();
+    assert!(denied.len() >= 5, "{alerts:#?}");
+    assert!(alert_for(&alerts, "notebook.cloud_metadata_access", "169.254.169.254:80").is_some());
+}
+
+#[test]
+fn a_real_kernel_is_refused_and_repeats_aggregate() {
+    if !require_root("a_real_kernel_is_refused_and_repeats_aggregate") {
+        return;
+    }
+    let net = TestNet::new().unwrap();
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let venv = test_python().parent().unwrap().display().to_string();
+    let p = format!("{}python:\n  interpreters: [\"{venv}/python*\"]\n", policy(Some(&user)));
+    let guard = GuardProcess::start(&p, &[]).unwrap();
+    let cells = [
+        "import urllib.request\ntry:\n    urllib.request.urlopen('http://169.254.169.254/latest/meta-data/', timeout=2)\nexcept Exception as e:\n    print('urllib', type(e).__name__, getattr(e, 'reason', e))",
+        "import http.client\ntry:\n    c = http.client.HTTPConnection('10.0.0.5', 80, timeout=2)\n    c.request('GET', '/')\nexcept Exception as e:\n    print('http.client', type(e).__name__)",
+        "import socket\nfor _ in range(5):\n    try:\n        socket.create_connection(('10.0.0.5', 8080), timeout=2)\n    except OSError as e:\n        print('repeat', e.errno)",
+        "import socket\ntry:\n    socket.create_connection(('203.0.113.10', 443), timeout=2)\nexcept ConnectionRefusedError:\n    print('public reached')",
+        "print('alive', 1 + 1)",
+    ];
+    let results = run_notebook_in(&cg, Some(&net.notebook), "egress.ipynb", "tok-abcdef0123456789", &cells).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let alerts: Vec<Value> =
+        guard.stop().unwrap().into_iter().filter(|a| a["output_fields"]["jupyterhub.user"] == user.as_str()).collect();
+    let out: Vec<&str> = results.iter().map(|r| r.stdout.as_str()).collect();
+    assert!(out[0].contains("Operation not permitted") || out[0].contains("PermissionError"), "{results:?}");
+    assert!(out[1].contains("PermissionError"), "{results:?}");
+    assert_eq!(out[2].matches("repeat 1").count(), 5, "EPERM five times: {results:?}");
+    assert!(out[3].contains("public reached"), "{results:?}");
+    assert_eq!(out[4].trim(), "alive 2");
+    let md = alert_for(&alerts, "notebook.cloud_metadata_access", "169.254.169.254:80").expect("metadata alert");
+    assert_eq!(md["output_fields"]["guard.action"], "denied");
+    assert_eq!(md["output_fields"]["notebook.path"], "egress.ipynb");
+    assert!(md["output_fields"]["proc.cmdline"].as_str().unwrap().contains("ipykernel_launcher"));
+    // Five refused attempts to one destination: the first alert at once, then one summary.
+    let repeats: Vec<&Value> = alerts.iter().filter(|a| a["output_fields"]["fd.name"] == "10.0.0.5:8080").collect();
+    assert_eq!(repeats.len(), 2, "{repeats:#?}");
+    assert_eq!(repeats[1]["output_fields"]["guard.count"], 4);
+}

@@ -1,0 +1,49 @@
+"""Tries each destination of a JSON list and prints one JSON result per line.
+
+Each target: {"name", "kind": "tcp"|"udp-sendto"|"udp-connect"|"packet", "host", "port"}.
+Results: "ok", "EPERM", "timeout", or "error:<text>". A refused connect means the packet reached
+the other end (the destination namespace), so it counts as "ok" for policy purposes.
+"""
+import errno
+import json
+import socket
+import sys
+
+
+def attempt(t):
+    kind = t["kind"]
+    try:
+        if kind == "packet":
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            s.close()
+            return "ok"
+        fam = socket.AF_INET6 if ":" in t["host"] else socket.AF_INET
+        if kind == "tcp":
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.settimeout(1.5)
+            s.connect((t["host"], t["port"]))
+            s.close()
+            return "ok"
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.settimeout(1.5)
+        if kind == "udp-connect":
+            s.connect((t["host"], t["port"]))
+            s.send(b"ping")
+        else:
+            s.sendto(b"ping", (t["host"], t["port"]))
+        s.close()
+        return "ok"
+    except ConnectionRefusedError:
+        return "ok"
+    except PermissionError:
+        return "EPERM"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        if e.errno == errno.EPERM:
+            return "EPERM"
+        return "error:" + str(e)
+
+
+for t in json.load(open(sys.argv[1])):
+    print(json.dumps({"name": t["name"], "result": attempt(t)}), flush=True)
