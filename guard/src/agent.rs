@@ -66,6 +66,9 @@ pub struct RunOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// Attach the egress hooks.
     pub egress: bool,
+    /// Where network sinks spool undelivered alerts.
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
 }
 
 impl Default for RunOptions {
@@ -81,6 +84,8 @@ impl Default for RunOptions {
             outputs: Vec::new(),
             listen: None,
             egress: true,
+            spool_dir: PathBuf::from("/var/lib/notebook-guard/spool"),
+            spool_max_bytes: 64 << 20,
         }
     }
 }
@@ -564,9 +569,29 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         specs.push(OutputSpec::Stdout);
     }
     specs.dedup();
-    let mut sinks = Vec::new();
+    let (sink_stop_tx, sink_stop_rx) = watch::channel(false);
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let mut sink_workers = Vec::new();
     for s in &specs {
-        sinks.push(crate::sinks::open(s).with_context(|| format!("opening output {s:?}"))?);
+        match s {
+            OutputSpec::Stdout => sinks.push(Box::new(crate::sinks::StdoutSink::new())),
+            OutputSpec::File { path, max_bytes, keep } => sinks.push(Box::new(
+                crate::sinks::file::FileSink::open(path, *max_bytes, *keep)
+                    .with_context(|| format!("opening output file {}", path.display()))?,
+            )),
+            OutputSpec::Net { name, target } => {
+                let (sink, worker) = crate::sinks::net::start(
+                    name,
+                    target,
+                    &opts.spool_dir,
+                    opts.spool_max_bytes,
+                    metrics.clone(),
+                    sink_stop_rx.clone(),
+                )?;
+                sinks.push(sink);
+                sink_workers.push(worker);
+            }
+        }
     }
 
     // Kubernetes pod watch.
@@ -624,6 +649,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let hb = policy.heartbeat_seconds;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(if hb == 0 { 3600 * 24 * 365 } else { hb }));
+    heartbeat.tick().await;
+    let started = pipe.detector.health_alert(
+        &rules::GUARD_STARTED,
+        &format!(
+            "notebook-guard {} started (mode {})",
+            env!("CARGO_PKG_VERSION"),
+            opts.mode_flag.unwrap_or(policy.mode)
+        ),
+        &[("guard.version", env!("CARGO_PKG_VERSION").into())],
+    );
+    pipe.send(&started);
+    pipe.flush()?;
     let mut loss_tick = tokio::time::interval(LOSS_CHECK);
     let mut sweep_tick = tokio::time::interval(TABLE_SWEEP);
     let mut scan_tick = tokio::time::interval(SCAN);
@@ -661,6 +700,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 pipe.flush()?;
             }
             _ = scan_tick.tick() => pipe.scan(kube.is_some())?,
+            _ = heartbeat.tick(), if hb > 0 => {
+                let a = pipe.detector.health_alert(
+                    &rules::GUARD_HEARTBEAT,
+                    "notebook-guard heartbeat",
+                    &[("guard.notebook_cgroups", (pipe.watched.len() + pipe.pod_cgroups.len()).into()), ("guard.alerts_sent", pipe.alerts_sent.into())],
+                );
+                pipe.send(&a);
+                pipe.flush()?;
+            }
             _ = sweep_tick.tick() => {
                 let gone = pipe.table.sweep(&opts.proc_root);
                 tracing::debug!(gone, live = pipe.table.len(), "process table swept");
@@ -682,7 +730,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     for a in pipe.aggregator.flush(Instant::now(), true) {
         pipe.send(&a);
     }
+    let stopped = pipe.detector.health_alert(&rules::GUARD_STOPPED, "notebook-guard stopped", &[]);
+    pipe.send(&stopped);
     pipe.flush()?;
+    // Network sinks get a few seconds to deliver what is spooled; the rest waits on disk.
+    let _ = sink_stop_tx.send(true);
+    for w in sink_workers {
+        let _ = w.await;
+    }
     tracing::info!(
         received = stats.received.load(Ordering::Relaxed),
         alerts = pipe.alerts_sent,

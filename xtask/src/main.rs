@@ -62,6 +62,7 @@ fn main() -> Result<()> {
             setup()?;
             build_ebpf()?;
             build_agent(false)?;
+            ensure_test_packages()?;
             let python = ensure_python_env()?;
             let mut cmd = cargo();
             cmd.args(["test", "--workspace"]).args(&args);
@@ -172,6 +173,32 @@ fn ensure_bpf_linker() -> Result<()> {
         bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
     }
     Ok(())
+}
+
+/// Debian packages the integration tests drive for real: rsyslog (the syslog sink's receiver)
+/// and iproute2 (network namespaces for the egress tests).
+const TEST_PACKAGES: &[(&str, &str)] = &[("rsyslogd", "rsyslog"), ("ip", "iproute2")];
+
+fn on_path(bin: &str) -> bool {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).any(|d| d.join(bin).is_file())
+}
+
+fn ensure_test_packages() -> Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES.iter().filter(|(bin, _)| !on_path(bin)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        eprintln!("xtask: warning: {} missing and not root: the tests that need them will fail", missing.join(", "));
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(", "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Python packages the notebook tests need (a real kernel via jupyter_client), in a venv

@@ -72,7 +72,8 @@ pub struct RunArgs {
     /// monitor or enforce: wins over every mode in the policy.
     #[arg(long, value_parser = parse_mode)]
     pub mode: Option<Mode>,
-    /// Where alerts go: stdout, file:PATH. Repeatable; adds to the policy's outputs.
+    /// Where alerts go: stdout, file:PATH, syslog+tcp|tls|udp://HOST:PORT, http(s)://URL,
+    /// splunk-hec+https://HOST:PORT?token_env=VAR. Repeatable; adds to the policy's outputs.
     #[arg(long = "output", value_name = "OUTPUT", value_parser = parse_output)]
     pub output: Vec<OutputSpec>,
     /// Also print every exec event as one JSON object per line on stdout (raw sensor feed).
@@ -82,6 +83,12 @@ pub struct RunArgs {
     /// Serve /healthz, /readyz and /metrics on this address (e.g. 0.0.0.0:9402).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Where network outputs spool alerts until delivered (survives restarts).
+    #[arg(long, default_value = "/var/lib/notebook-guard/spool")]
+    pub spool_dir: PathBuf,
+    /// Cap of each network output's spool; past it the oldest alerts are dropped and counted.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub spool_max_bytes: u64,
     /// Do not attach the egress hooks (connect/sendmsg policy, packet sockets).
     #[arg(long)]
     pub no_egress: bool,
@@ -127,6 +134,8 @@ impl RunArgs {
             outputs: self.output.clone(),
             listen: self.listen,
             egress: !self.no_egress,
+            spool_dir: self.spool_dir.clone(),
+            spool_max_bytes: self.spool_max_bytes,
             ..RunOptions::default()
         })
     }

@@ -132,6 +132,21 @@ pub fn one_line(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::detect::rules::NON_PYTHON_EXEC;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn hostile_values_stay_one_json_line_and_round_trip(cmd in any::<String>(), exe in any::<String>(), user in any::<String>()) {
+            let mut a = Alert::new(&NON_PYTHON_EXEC, "t".into(), "h", Action::Alert);
+            a.set("proc.cmdline", cmd.clone()).set("proc.exepath", exe).set("jupyterhub.user", user);
+            a.finish_output(NON_PYTHON_EXEC.summary);
+            prop_assert!(!a.output.chars().any(|c| c.is_control()));
+            let line = serde_json::to_string(&a).unwrap();
+            prop_assert!(!line.contains('\n') && !line.contains('\r') && !line.contains('\u{1b}'));
+            let back: Value = serde_json::from_str(&line).unwrap();
+            prop_assert_eq!(back["output_fields"]["proc.cmdline"].as_str().unwrap(), cmd.as_str());
+        }
+    }
 
     #[test]
     fn every_field_is_present_and_output_is_one_line() {

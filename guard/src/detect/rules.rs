@@ -110,6 +110,26 @@ pub const EVENTS_LOST: Rule = Rule {
     summary: "notebook-guard lost events",
 };
 
+/// Agent lifecycle and liveness, so a SIEM can notice a silent node.
+pub const GUARD_STARTED: Rule = Rule {
+    name: "guard.started",
+    priority: Priority::Informational,
+    tags: &["guard", "health"],
+    summary: "notebook-guard started",
+};
+pub const GUARD_STOPPED: Rule = Rule {
+    name: "guard.stopped",
+    priority: Priority::Notice,
+    tags: &["guard", "health"],
+    summary: "notebook-guard stopped",
+};
+pub const GUARD_HEARTBEAT: Rule = Rule {
+    name: "guard.heartbeat",
+    priority: Priority::Informational,
+    tags: &["guard", "health"],
+    summary: "notebook-guard heartbeat",
+};
+
 pub const ALL: &[Rule] = &[
     NON_PYTHON_EXEC,
     TERMINAL_SHELL,
@@ -125,6 +145,9 @@ pub const ALL: &[Rule] = &[
     METADATA_ACCESS,
     PACKET_SOCKET,
     EVENTS_LOST,
+    GUARD_STARTED,
+    GUARD_STOPPED,
+    GUARD_HEARTBEAT,
 ];
 
 pub const RULE_NAMES: &[&str] = &[
@@ -142,6 +165,9 @@ pub const RULE_NAMES: &[&str] = &[
     "notebook.cloud_metadata_access",
     "notebook.packet_socket",
     "guard.events_lost",
+    "guard.started",
+    "guard.stopped",
+    "guard.heartbeat",
 ];
 
 #[cfg(test)]

@@ -180,6 +180,7 @@ struct PolicyFile {
     loaders: Option<Vec<String>>,
     launchers: Option<Vec<String>>,
     egress: Option<egress::EgressSpec>,
+    heartbeat_seconds: Option<u64>,
     rules: Option<RulesSpec>,
     overrides: Option<Vec<Override>>,
 }
@@ -199,6 +200,8 @@ pub struct Policy {
     pub loaders: Vec<String>,
     pub launchers: BTreeSet<String>,
     pub egress: egress::EgressSpec,
+    /// Interval of `guard.heartbeat` alerts (0: none).
+    pub heartbeat_seconds: u64,
     pub rules: RulesSpec,
     pub overrides: Vec<Override>,
 }
@@ -290,6 +293,7 @@ impl Policy {
             loaders: user.loaders.or(base.loaders).unwrap_or_default(),
             launchers: set(user.launchers.or(base.launchers).unwrap_or_default()),
             egress: user.egress.or(base.egress).unwrap_or_default(),
+            heartbeat_seconds: user.heartbeat_seconds.or(base.heartbeat_seconds).unwrap_or(60),
             rules: user.rules.or(base.rules).unwrap_or_default(),
             overrides: user.overrides.or(base.overrides).unwrap_or_default(),
         };

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub kube_degraded: Gauge,
     pub policy_generation: Gauge,
     pub sink_errors: Family<SinkLabels, Counter>,
+    pub sink_delivered: Family<SinkLabels, Counter>,
+    pub sink_retries: Family<SinkLabels, Counter>,
+    pub sink_pending: Family<SinkLabels, Gauge>,
     pub sensors_attached: AtomicBool,
     pub discovery_synced: AtomicBool,
     /// Unix seconds of the pipeline's last tick (liveness).
@@ -79,6 +82,9 @@ impl Metrics {
             kube_degraded: Gauge::default(),
             policy_generation: Gauge::default(),
             sink_errors: Family::default(),
+            sink_delivered: Family::default(),
+            sink_retries: Family::default(),
+            sink_pending: Family::default(),
             sensors_attached: AtomicBool::new(false),
             discovery_synced: AtomicBool::new(false),
             last_tick: AtomicU64::new(now()),
@@ -100,7 +106,14 @@ impl Metrics {
             "Policy generation in force (1 at start, +1 per reload)",
             m.policy_generation.clone(),
         );
-        r.register("sink_errors", "Delivery errors, by sink", m.sink_errors.clone());
+        r.register("sink_errors", "Delivery errors (alerts rejected or failed writes), by sink", m.sink_errors.clone());
+        r.register("sink_delivered", "Alerts delivered, by sink", m.sink_delivered.clone());
+        r.register(
+            "sink_retries",
+            "Delivery attempts that failed and will be retried, by sink",
+            m.sink_retries.clone(),
+        );
+        r.register("sink_spool_bytes", "Bytes spooled on disk awaiting delivery, by sink", m.sink_pending.clone());
         let build: Family<BuildLabels, Gauge> = Family::default();
         let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into(), kernel }).set(1);
