@@ -142,7 +142,8 @@ mod tests {
             a.finish_output(NON_PYTHON_EXEC.summary);
             prop_assert!(!a.output.chars().any(|c| c.is_control()));
             let line = serde_json::to_string(&a).unwrap();
-            prop_assert!(!line.contains('\n') && !line.contains('\r') && !line.contains('\u{1b}'));
+            let clean = !line.contains('\n') && !line.contains('\r') && !line.contains('\x1b');
+            prop_assert!(clean);
             let back: Value = serde_json::from_str(&line).unwrap();
             prop_assert_eq!(back["output_fields"]["proc.cmdline"].as_str().unwrap(), cmd.as_str());
         }
