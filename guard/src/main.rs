@@ -41,10 +41,23 @@ fn main() -> ExitCode {
             Ok(())
         }
         Cmd::Version => {
+            let f = guard::sensors::features::Features::detect();
             println!("guard {}", env!("CARGO_PKG_VERSION"));
+            println!("kernel {}", f.kernel);
             println!(
-                "kernel {}",
-                nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+                "btf {}",
+                if f.btf {
+                    "yes (/sys/kernel/btf/vmlinux): struct offsets resolved at start-up"
+                } else {
+                    "NO: the guard cannot run"
+                }
+            );
+            println!("ring buffer {}", if f.ring_buffer { "yes" } else { "no" });
+            println!("cgroup v2 {}", f.cgroup2_mount.as_deref().unwrap_or("NOT MOUNTED"));
+            println!("tracefs {}", if f.tracefs { "yes" } else { "no: packet-socket detection off" });
+            println!(
+                "bpf lsm {}; fentry/LSM programs are not used (raw tracepoints and cgroup hooks only)",
+                if f.bpf_lsm_listed { "listed" } else { "not listed" }
             );
             Ok(())
         }

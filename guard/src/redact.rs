@@ -10,18 +10,19 @@ pub const MASK: &str = "***";
 
 /// Names whose values are secrets: `JUPYTERHUB_API_TOKEN`, `*_TOKEN`, `*_SECRET`, `*PASSWORD*`,
 /// `AWS_SECRET_ACCESS_KEY`, `*_API_KEY`, `*_PASSWD`.
-static SECRET_NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)^(?:.*_)?(?:TOKEN|SECRET|SECRET_ACCESS_KEY|API_KEY|PASSWD)$|PASSWORD").unwrap());
+static SECRET_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^(?:.*_)?(?:TOKEN|SECRET|SECRET_ACCESS_KEY|API_KEY|PASSWD)$|PASSWORD").expect("constant regex")
+});
 /// `NAME=value` anywhere in a string (also inside `sh -c "…"` bodies).
 static ASSIGNMENT: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b([A-Za-z_][A-Za-z0-9_]*)=([^\s'\x22;&|]+)").unwrap());
+    LazyLock::new(|| Regex::new(r"\b([A-Za-z_][A-Za-z0-9_]*)=([^\s'\x22;&|]+)").expect("constant regex"));
 /// `--password=…`, `--token …` style flags.
 static FLAG: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)^--?([a-z0-9_-]*(?:password|passwd|token|secret|api-key|apikey))(=.*)?$").unwrap()
+    Regex::new(r"(?i)^--?([a-z0-9_-]*(?:password|passwd|token|secret|api-key|apikey))(=.*)?$").expect("constant regex")
 });
 /// `scheme://user:password@host`
 static URL_CREDS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*):([^/\s@]+)@").unwrap());
+    LazyLock::new(|| Regex::new(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*):([^/\s@]+)@").expect("constant regex"));
 
 pub fn is_secret_name(name: &str) -> bool {
     SECRET_NAME.is_match(name)

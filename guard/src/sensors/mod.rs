@@ -4,6 +4,7 @@
 //! into the agent; `decode` turns records into events; `offsets` makes the object portable.
 
 pub mod decode;
+pub mod features;
 pub mod offsets;
 pub mod process;
 pub mod ring;
