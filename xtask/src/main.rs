@@ -203,13 +203,13 @@ fn ensure_test_packages() -> Result<()> {
 
 /// Python packages the notebook tests need (a real kernel via jupyter_client), in a venv
 /// under target/ so nothing on the machine changes. Fast when already there.
-const PY_PACKAGES: &[&str] = &["ipykernel", "jupyter_client"];
+const PY_PACKAGES: &[&str] = &["ipykernel", "jupyter_client", "kubernetes-validate"];
 
 fn ensure_python_env() -> Result<PathBuf> {
     let venv = workspace_root().join("target/pyenv");
     let python = venv.join("bin/python");
     let ready = Command::new(&python)
-        .args(["-c", "import ipykernel, jupyter_client"])
+        .args(["-c", "import ipykernel, jupyter_client, kubernetes_validate"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
