@@ -433,3 +433,76 @@ fn local_process_and_docker_spawners_are_attributed() {
     assert_eq!(field(dave, "jupyterhub.source"), "dockerspawner");
     assert_eq!(field(dave, "container.id"), id.as_str());
 }
+
+#[test]
+fn policy_reloads_atomically_and_bad_policies_are_rejected() {
+    if !require_root("policy_reloads_atomically_and_bad_policies_are_rejected") {
+        return;
+    }
+    use std::io::{BufRead, Write};
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let guard = GuardProcess::start(&policy(None), &[]).unwrap();
+    let curl = |marker: &str| {
+        let argv = [std::ffi::OsStr::new("curl"), std::ffi::OsStr::new("--version"), std::ffi::OsStr::new(marker)];
+        let pid = spawn_in(&cg, Exec::Path(Path::new("/usr/bin/curl")), &argv).unwrap();
+        wait_ok(pid).unwrap();
+    };
+    // A Python process of the notebook that runs /bin/echo on demand.
+    let code = "import subprocess, sys\nfor line in sys.stdin:\n    print(subprocess.run(['/bin/echo', 'x'], capture_output=True).returncode, flush=True)\n";
+    let mut py = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}; exec {} -c \"{code}\"",
+            cg.path.join("cgroup.procs").display(),
+            test_python().display()
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = py.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(py.stdout.take().unwrap()).lines();
+    let mut echo = || {
+        writeln!(stdin, "go").unwrap();
+        out.next().unwrap().unwrap()
+    };
+    assert_eq!(echo().trim(), "0", "monitor: echo runs");
+    curl("before-reload");
+
+    // A policy with a typo: rejected with an alert, the old one stays.
+    std::fs::write(&guard.config, format!("{}allowances:\n  terminal: true\n", policy(None))).unwrap();
+    guard.signal(nix::sys::signal::Signal::SIGHUP);
+    let wait_log = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !guard.log().contains(what) {
+            assert!(std::time::Instant::now() < deadline, "no {what:?} in:\n{}", guard.log());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_log("policy rejected");
+    curl("after-rejected");
+    assert_eq!(echo().trim(), "0");
+
+    // A good policy, picked up by the file watch (no signal): enforce this user, silence a rule.
+    std::fs::write(&guard.config, format!("{}rules:\n  disabled: [notebook.network_tool]\n", policy(Some(&user))))
+        .unwrap();
+    wait_log("policy reloaded");
+    curl("after-reload");
+    assert_eq!(echo().trim(), "-9", "enforced after the reload:\n{}", guard.log());
+    drop(stdin);
+    let _ = py.wait();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let all = guard.stop().unwrap();
+    let alerts = mine(all.clone(), &user);
+    let tool = |m: &str| {
+        alerts.iter().any(|a| {
+            a["rule"] == "notebook.network_tool" && field(a, "proc.cmdline").as_str().is_some_and(|c| c.contains(m))
+        })
+    };
+    assert!(tool("before-reload") && tool("after-rejected"), "{}", summary(&alerts));
+    assert!(!tool("after-reload"), "the rule is disabled by the new policy");
+    let rejected = all.iter().find(|a| a["rule"] == "guard.policy_rejected").expect("a rejection alert");
+    assert!(rejected["output"].as_str().unwrap().contains("allowances.terminal"), "{rejected}");
+    assert!(all.iter().any(|a| a["rule"] == "guard.policy_reloaded"));
+    assert!(alerts.iter().any(|a| field(a, "guard.action") == "killed"));
+}

@@ -66,6 +66,8 @@ pub struct RunOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// Attach the egress hooks.
     pub egress: bool,
+    /// The policy file, reloaded on SIGHUP and when it changes (ConfigMap updates).
+    pub config_path: Option<PathBuf>,
     /// Where network sinks spool undelivered alerts.
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
@@ -84,6 +86,7 @@ impl Default for RunOptions {
             outputs: Vec::new(),
             listen: None,
             egress: true,
+            config_path: None,
             spool_dir: PathBuf::from("/var/lib/notebook-guard/spool"),
             spool_max_bytes: 64 << 20,
         }
@@ -110,6 +113,12 @@ struct Pipeline<W: Write> {
     pending_pods: HashMap<String, Arc<PodInfo>>,
     /// Pod UID → its cgroup id (for un-enforcing on delete).
     pod_cgroups: HashMap<String, u64>,
+    /// Pods placed, for re-evaluation on policy reload.
+    pods_placed: HashMap<String, Arc<PodInfo>>,
+    /// Policy generation: egress policy ids are offset by it, so a reload writes its rules
+    /// next to the old ones and switches cgroups over only once all are in place.
+    generation: u32,
+    kube_on: bool,
     watch_all: bool,
     mount: PathBuf,
     proc_root: PathBuf,
@@ -157,10 +166,89 @@ impl<W: Write> Pipeline<W> {
         self.attributor.attribute(cgroup_id, tgid).or_else(|| self.table.get(tgid).and_then(|p| p.notebook.clone()))
     }
 
+    /// Swaps in a new policy without a gap: new egress rules are written beside the old ones,
+    /// every known notebook is re-evaluated (mode, allowances, egress) and switched over, and
+    /// only then are the old rules removed. A policy that does not parse changes nothing.
+    fn reload(&mut self, path: &std::path::Path) -> Result<()> {
+        let new = match Policy::from_path(path) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                tracing::error!(error = %e, "policy rejected; the previous one stays in force");
+                let a = self.detector.health_alert(
+                    &rules::POLICY_REJECTED,
+                    &format!("policy rejected, previous one kept: {e}"),
+                    &[("guard.error", e.to_string().into())],
+                );
+                self.send(&a);
+                return Ok(());
+            }
+        };
+        let old_gen = self.generation;
+        let new_gen = old_gen + 1;
+        if let Some(maps) = self.egress.as_mut() {
+            load_egress_rules(maps, &new, new_gen)?;
+        }
+        let old_policy = self.detector.policy.clone();
+        self.detector.set_policy(new.clone());
+        self.generation = new_gen;
+        self.synced_roots.clear();
+        self.attributor.invalidate();
+        // Re-evaluate every notebook we know of under the new policy: units and scopes are
+        // found again by a scan, pods are placed again, the rest by their cached attribution.
+        self.watched.clear();
+        self.scan(self.kube_on)?;
+        let pods: Vec<Arc<PodInfo>> = self.pods_placed.values().cloned().collect();
+        for pod in pods {
+            self.place_pod(pod)?;
+        }
+        let lazily: Vec<u64> = self.egress_now.keys().chain(self.enforcer_cgroups().iter()).copied().collect();
+        for id in lazily {
+            if let Some(who) = self.attributor.attribute(id, 0) {
+                let eff = new.effective(Some(&who), self.detector.mode_flag);
+                self.enforce_cgroup(id, flags_for(&eff))?;
+                self.set_egress(id, &eff)?;
+            }
+        }
+        // Cgroups still on the old generation have no notebook any more: drop them.
+        let stale: Vec<u64> = self
+            .egress_now
+            .iter()
+            .filter(|(_, v)| (**v & !guard_abi::EGRESS_ENFORCE) / 1024 == old_gen % 1024)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in stale {
+            if let Some(m) = self.egress.as_mut() {
+                let _ = m.cgroups.remove(&id);
+            }
+            self.egress_now.remove(&id);
+        }
+        if let Some(maps) = self.egress.as_mut() {
+            for (id, spec) in old_policy.egress_policies() {
+                for (key, prefix, _) in spec.compile(egress_id(old_gen, id)) {
+                    let k = aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key);
+                    let _ = maps.rules.remove(&k);
+                }
+            }
+        }
+        self.metrics.policy_generation.set(new_gen as i64);
+        tracing::info!(generation = new_gen, path = %path.display(), "policy reloaded");
+        let a = self.detector.health_alert(
+            &rules::POLICY_RELOADED,
+            &format!("policy reloaded from {} (generation {new_gen})", path.display()),
+            &[("guard.policy_generation", new_gen.into())],
+        );
+        self.send(&a);
+        Ok(())
+    }
+
+    fn enforcer_cgroups(&self) -> Vec<u64> {
+        self.enforcer.cgroups()
+    }
+
     /// Puts a notebook cgroup under its egress policy (monitor or enforce).
     fn set_egress(&mut self, cgroup_id: u64, eff: &crate::policy::Effective) -> Result<()> {
         let Some(maps) = self.egress.as_mut() else { return Ok(()) };
-        let mut v = eff.egress_policy;
+        let mut v = egress_id(self.generation, eff.egress_policy);
         if eff.mode == Mode::Enforce {
             v |= guard_abi::EGRESS_ENFORCE;
         }
@@ -458,6 +546,7 @@ impl<W: Write> Pipeline<W> {
             PodChange::Upsert(pod) => self.place_pod(pod)?,
             PodChange::Removed(uid) => {
                 self.pending_pods.remove(&uid);
+                self.pods_placed.remove(&uid);
                 if let Some(id) = self.pod_cgroups.remove(&uid) {
                     self.enforcer.set_cgroup(id, None)?;
                     if let Some(m) = self.egress.as_mut() {
@@ -494,16 +583,22 @@ impl<W: Write> Pipeline<W> {
         self.enforce_cgroup(id, flags_for(&eff))?;
         self.set_egress(id, &eff)?;
         self.pod_cgroups.insert(pod.uid.clone(), id);
+        self.pods_placed.insert(pod.uid.clone(), pod.clone());
         tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), user = ?pod.user, mode = %eff.mode, "notebook pod on this node");
         Ok(())
     }
 }
 
-/// Writes every egress policy's rules into the kernel's LPM trie.
-fn load_egress_rules(maps: &mut crate::sensors::process::EgressMaps, policy: &Policy) -> Result<()> {
+/// Kernel egress policy id of policy `id` in generation `generation`.
+fn egress_id(generation: u32, id: u32) -> u32 {
+    (generation % 1024) * 1024 + id
+}
+
+/// Writes every egress policy's rules into the kernel's LPM trie, under `generation`.
+fn load_egress_rules(maps: &mut crate::sensors::process::EgressMaps, policy: &Policy, generation: u32) -> Result<()> {
     let mut n = 0;
     for (id, spec) in policy.egress_policies() {
-        for (key, prefix, rule) in spec.compile(id) {
+        for (key, prefix, rule) in spec.compile(egress_id(generation, id)) {
             let k = aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key);
             maps.rules.insert(&k, rule, 0).context("loading egress rules")?;
             n += 1;
@@ -555,7 +650,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let egress = match opts.egress {
         true => {
             let mut maps = sensor.attach_egress(&mount).context("attaching the egress hooks")?;
-            load_egress_rules(&mut maps, &policy)?;
+            load_egress_rules(&mut maps, &policy, 1)?;
             Some(maps)
         }
         false => None,
@@ -629,6 +724,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         watched: HashMap::new(),
         pending_pods: HashMap::new(),
         pod_cgroups: HashMap::new(),
+        pods_placed: HashMap::new(),
+        generation: 1,
+        kube_on: kube.is_some(),
         watch_all: opts.sensor.watch_all,
         mount: mount.clone(),
         proc_root: opts.proc_root.clone(),
@@ -649,6 +747,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    // ConfigMap updates swap a symlink: watch what the path resolves to.
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.ino(), m.mtime(), m.mtime_nsec(), m.len())
+        })
+    };
+    let mut config_stamp = opts.config_path.as_deref().and_then(stamp);
+    let mut config_tick = tokio::time::interval(Duration::from_secs(2));
     let hb = policy.heartbeat_seconds;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(if hb == 0 { 3600 * 24 * 365 } else { hb }));
     heartbeat.tick().await;
@@ -712,6 +820,23 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = sweep_tick.tick() => {
                 let gone = pipe.table.sweep(&opts.proc_root);
                 tracing::debug!(gone, live = pipe.table.len(), "process table swept");
+            }
+            _ = sighup.recv() => {
+                match &opts.config_path {
+                    Some(p) => { pipe.reload(p)?; config_stamp = stamp(p); }
+                    None => tracing::warn!("SIGHUP: no --config file to reload (the embedded policy is in force)"),
+                }
+                pipe.flush()?;
+            }
+            _ = config_tick.tick(), if opts.config_path.is_some() => {
+                if let Some(p) = &opts.config_path {
+                    let now = stamp(p);
+                    if now.is_some() && now != config_stamp {
+                        config_stamp = now;
+                        pipe.reload(p)?;
+                        pipe.flush()?;
+                    }
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

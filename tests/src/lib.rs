@@ -266,6 +266,8 @@ pub fn guard_bin() -> PathBuf {
 /// A running `guard run` with a test policy, writing alerts to a file.
 pub struct GuardProcess {
     child: std::process::Child,
+    /// The policy file it runs with (rewrite it to test reloads).
+    pub config: PathBuf,
     pub alerts_path: PathBuf,
     pub stderr_path: PathBuf,
     _dir: TempDir,
@@ -298,7 +300,7 @@ impl GuardProcess {
             .stderr(fs::File::create(&stderr_path)?)
             .spawn()
             .context("starting guard (built by cargo xtask test)")?;
-        let g = Self { child, alerts_path, stderr_path, _dir: dir };
+        let g = Self { child, config: cfg, alerts_path, stderr_path, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = fs::read_to_string(&g.stderr_path).unwrap_or_default();
@@ -310,6 +312,10 @@ impl GuardProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), sig);
     }
 
     pub fn log(&self) -> String {

@@ -133,6 +133,7 @@ impl RunArgs {
             mode_flag: self.mode,
             outputs: self.output.clone(),
             listen: self.listen,
+            config_path: self.config.clone(),
             egress: !self.no_egress,
             spool_dir: self.spool_dir.clone(),
             spool_max_bytes: self.spool_max_bytes,

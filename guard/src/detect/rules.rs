@@ -130,6 +130,19 @@ pub const GUARD_HEARTBEAT: Rule = Rule {
     summary: "notebook-guard heartbeat",
 };
 
+pub const POLICY_RELOADED: Rule = Rule {
+    name: "guard.policy_reloaded",
+    priority: Priority::Notice,
+    tags: &["guard", "policy"],
+    summary: "notebook-guard policy reloaded",
+};
+pub const POLICY_REJECTED: Rule = Rule {
+    name: "guard.policy_rejected",
+    priority: Priority::Error,
+    tags: &["guard", "policy"],
+    summary: "notebook-guard rejected a new policy; the previous one stays in force",
+};
+
 pub const ALL: &[Rule] = &[
     NON_PYTHON_EXEC,
     TERMINAL_SHELL,
@@ -148,6 +161,8 @@ pub const ALL: &[Rule] = &[
     GUARD_STARTED,
     GUARD_STOPPED,
     GUARD_HEARTBEAT,
+    POLICY_RELOADED,
+    POLICY_REJECTED,
 ];
 
 pub const RULE_NAMES: &[&str] = &[
@@ -168,6 +183,8 @@ pub const RULE_NAMES: &[&str] = &[
     "guard.started",
     "guard.stopped",
     "guard.heartbeat",
+    "guard.policy_reloaded",
+    "guard.policy_rejected",
 ];
 
 #[cfg(test)]

@@ -108,6 +108,10 @@ impl KernelEnforcer {
         self.servers.insert(tgid, 1, 0).context("registering a notebook server")
     }
 
+    pub fn cgroups(&self) -> Vec<u64> {
+        self.enforced_now.keys().copied().collect()
+    }
+
     pub fn enforced_cgroups(&self) -> usize {
         self.enforced_now.len()
     }
