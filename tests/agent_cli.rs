@@ -17,7 +17,7 @@ fn guard_run_events_prints_exec_with_lineage_and_stops_cleanly() {
     }
     let cg = TestCgroup::new("agent").unwrap();
     let mut guard = Command::new(guard_bin())
-        .args(["run", "--events", "--watch-cgroup"])
+        .args(["run", "--no-pin", "--events", "--watch-cgroup"])
         .arg(&cg.path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -255,14 +255,14 @@ fn exec_in_a_cgroup_created_a_moment_ago_is_attributed() {
 }
 
 #[test]
-fn enforcement_ends_with_the_agent() {
-    if !require_root("enforcement_ends_with_the_agent") {
+fn enforcement_survives_an_agent_restart_and_is_adopted() {
+    if !require_root("enforcement_survives_an_agent_restart_and_is_adopted") {
         return;
     }
-    // The documented choice: maps and programs are not pinned, so when the agent stops,
-    // exec is no longer judged (fail open) — a stopped agent never wedges notebooks.
+    // Programs and maps are pinned in bpffs: when the agent stops, exec is still judged; the
+    // next agent replaces the pinned programs with its own instead of adding a second set.
     let (cg, user) = TestCgroup::tljh().unwrap();
-    let code = "import subprocess, sys, time\nfor _ in range(100):\n    if sys.stdin.readline().strip() != 'go': break\n    r = subprocess.run(['/bin/echo', 'ran'], capture_output=True, text=True)\n    print(r.returncode, flush=True)\n";
+    let code = "import subprocess, sys\nfor line in sys.stdin:\n    print(subprocess.run(['/bin/echo', 'x'], capture_output=True).returncode, flush=True)\n";
     let mut child = std::process::Command::new(test_python())
         .args(["-c", code])
         .stdin(std::process::Stdio::piped())
@@ -270,8 +270,8 @@ fn enforcement_ends_with_the_agent() {
         .spawn()
         .unwrap();
     std::fs::write(cg.path.join("cgroup.procs"), child.id().to_string()).unwrap();
-    let guard = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
-    // Python started before the guard and moved in: the agent marks it on its first exec.
+    let a = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let pins = a.pin_dir.clone();
     use std::io::{BufRead, Write};
     let mut stdin = child.stdin.take().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
@@ -279,16 +279,29 @@ fn enforcement_ends_with_the_agent() {
         writeln!(stdin, "go").unwrap();
         out.next().unwrap().unwrap()
     };
-    // Wait until the guard knows the process (its first exec after the scan).
+    // Python started before the guard: marked once its cgroup is enforced.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut got = ask(&mut stdin);
     while got.trim() != "-9" && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
         got = ask(&mut stdin);
     }
-    assert_eq!(got.trim(), "-9", "under the running agent, /bin/echo is killed:\n{}", guard.log());
-    guard.stop().unwrap();
-    assert_eq!(ask(&mut stdin).trim(), "0", "after the agent stopped, exec is not judged");
+    assert_eq!(got.trim(), "-9", "under the agent, /bin/echo is killed:\n{}", a.log());
+    let a_ids = a.program_ids();
+    assert!(a_ids.len() >= 7, "programs: {a_ids:?}");
+    a.stop_keep_pins().unwrap();
+    assert_eq!(ask(&mut stdin).trim(), "-9", "the agent is gone, enforcement is not");
+
+    let b = GuardProcess::start_pinned(&policy(Some(&user)), &[], &[], pins.clone()).unwrap();
+    assert!(b.log().contains("adopting"), "{}", b.log());
+    let loaded: std::collections::HashSet<u32> =
+        aya::programs::loaded_programs().filter_map(|p| p.ok()).map(|p| p.id()).collect();
+    let b_ids = b.program_ids();
+    assert!(b_ids.iter().all(|id| loaded.contains(id)), "the new agent's programs run");
+    assert!(a_ids.iter().all(|id| !loaded.contains(id)), "the old agent's programs are gone, not duplicated");
+    assert_eq!(ask(&mut stdin).trim(), "-9", "still enforced by the adopting agent");
+    b.stop().unwrap();
+    assert_eq!(ask(&mut stdin).trim(), "0", "after cleanup, exec is not judged");
     drop(stdin);
     let _ = child.wait();
 }

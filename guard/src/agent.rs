@@ -655,6 +655,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
         false => None,
     };
+    tracing::info!(programs = ?sensor.program_ids(), pinned = sensor.is_pinned(), "kernel programs attached");
 
     // Sinks: the policy's outputs and the command line's; stdout when neither names one.
     let mut specs: Vec<OutputSpec> =
@@ -775,6 +776,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut sweep_tick = tokio::time::interval(TABLE_SWEEP);
     let mut scan_tick = tokio::time::interval(SCAN);
     let mut pods_open = pods.is_some();
+    let mut tampered: HashSet<String> = HashSet::new();
     tracing::info!(
         cgroup2 = %mount.display(),
         processes = pipe.table.len(),
@@ -801,6 +803,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             _ = loss_tick.tick() => {
                 pipe.update_gauges(pods.as_deref());
+                for name in pipe.sensor.missing_pins() {
+                    if tampered.insert(name.clone()) {
+                        tracing::error!(program = %name, "pinned link removed by someone else");
+                        let a = pipe.detector.health_alert(
+                            &rules::GUARD_TAMPERED,
+                            &format!("notebook-guard program {name} was detached (its pin was removed)"),
+                            &[("guard.program", name.clone().into())],
+                        );
+                        pipe.send(&a);
+                    }
+                }
                 pipe.report_losses(pipe.sensor.kernel_losses()?, stats.queue_full.load(Ordering::Relaxed))?;
                 for a in pipe.aggregator.flush(Instant::now(), false) {
                     pipe.send(&a);
@@ -843,7 +856,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     }
 
-    tracing::info!("stopping: detaching programs and draining the ring buffer");
+    if pipe.sensor.is_pinned() {
+        tracing::info!("stopping: programs stay pinned and keep enforcing; the next agent adopts them");
+    } else {
+        tracing::info!("stopping: detaching programs and draining the ring buffer");
+    }
     pipe.sensor.detach();
     let _ = stop_tx.send(true);
     reader.await.context("ring reader task")?;

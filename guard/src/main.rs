@@ -12,6 +12,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never in collected logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.cmd {
         Cmd::Run(args) => args.options().and_then(|opts| {
@@ -36,6 +38,9 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        Cmd::Cleanup { pin_dir } => guard::sensors::process::remove_pins(&pin_dir).map(|n| {
+            println!("{}: removed {n} pins", pin_dir.display());
+        }),
         Cmd::Policy(PolicyCmd::Default) => {
             print!("{}", guard::policy::DEFAULT_POLICY);
             Ok(())

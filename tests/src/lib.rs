@@ -268,6 +268,8 @@ pub struct GuardProcess {
     child: std::process::Child,
     /// The policy file it runs with (rewrite it to test reloads).
     pub config: PathBuf,
+    /// Its own bpffs pin directory (tests run side by side).
+    pub pin_dir: PathBuf,
     pub alerts_path: PathBuf,
     pub stderr_path: PathBuf,
     _dir: TempDir,
@@ -282,6 +284,18 @@ impl GuardProcess {
 
     /// As `start`, with extra environment for the agent only.
     pub fn start_env(policy: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/nbg-test-{}-{n}", std::process::id()));
+        Self::start_pinned(policy, args, env, pin_dir)
+    }
+
+    /// As `start_env`, pinning in `pin_dir` (a second agent on the same directory adopts).
+    pub fn start_pinned(
+        policy: &str,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        pin_dir: PathBuf,
+    ) -> Result<Self> {
         let dir = TempDir::new("guard")?;
         let cfg = dir.0.join("policy.yaml");
         fs::write(&cfg, policy)?;
@@ -293,6 +307,8 @@ impl GuardProcess {
             .arg(&cfg)
             .arg("--output")
             .arg(format!("file:{}", alerts_path.display()))
+            .arg("--pin-dir")
+            .arg(&pin_dir)
             .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().map(|(k, v)| (*k, *v)))
@@ -300,7 +316,7 @@ impl GuardProcess {
             .stderr(fs::File::create(&stderr_path)?)
             .spawn()
             .context("starting guard (built by cargo xtask test)")?;
-        let g = Self { child, config: cfg, alerts_path, stderr_path, _dir: dir };
+        let g = Self { child, config: cfg, pin_dir, alerts_path, stderr_path, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = fs::read_to_string(&g.stderr_path).unwrap_or_default();
@@ -331,14 +347,31 @@ impl GuardProcess {
             .collect()
     }
 
-    /// SIGTERM, wait, and return every alert (the file is flushed on shutdown).
-    pub fn stop(mut self) -> Result<Vec<serde_json::Value>> {
+    /// SIGTERM, wait, remove its pins (ending its enforcement) and return every alert.
+    pub fn stop(self) -> Result<Vec<serde_json::Value>> {
+        let pins = self.pin_dir.clone();
+        let alerts = self.stop_keep_pins()?;
+        guard::sensors::process::remove_pins(&pins)?;
+        Ok(alerts)
+    }
+
+    /// SIGTERM and wait, leaving the pinned programs running (as after a crash or upgrade).
+    pub fn stop_keep_pins(mut self) -> Result<Vec<serde_json::Value>> {
         nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
         let status = self.child.wait()?;
         if !status.success() {
             bail!("guard exited with {status}:\n{}", self.log());
         }
         Ok(self.alerts())
+    }
+
+    /// Program ids it logged at start-up.
+    pub fn program_ids(&self) -> Vec<u32> {
+        let log = self.log();
+        let Some(line) = log.lines().find(|l| l.contains("kernel programs attached")) else { return vec![] };
+        let Some(start) = line.find("programs=[").map(|i| i + "programs=".len()) else { return vec![] };
+        let end = line[start..].find(']').map(|e| start + e).unwrap_or(line.len());
+        line[start + 1..end].split(',').filter_map(|x| x.trim().parse().ok()).collect()
     }
 }
 

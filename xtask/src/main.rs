@@ -109,6 +109,7 @@ fn setup() -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     mount_tracefs();
+    mount_bpffs();
     Ok(())
 }
 
@@ -233,6 +234,22 @@ fn mount_tracefs() {
     let status = Command::new("mount").args(["-t", "tracefs", "tracefs"]).arg(t).status();
     if !matches!(status, Ok(s) if s.success()) {
         eprintln!("xtask: warning: could not mount tracefs at {}", t.display());
+    }
+}
+
+/// Pinned programs and maps (enforcement that outlives an agent restart) live on bpffs.
+fn mount_bpffs() {
+    let b = Path::new("/sys/fs/bpf");
+    let mounted = fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")))
+        .unwrap_or(false);
+    if mounted || !nix_is_root() {
+        return;
+    }
+    let _ = fs::create_dir_all(b);
+    let status = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(b).status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("xtask: warning: could not mount bpffs at {}", b.display());
     }
 }
 

@@ -38,6 +38,13 @@ pub enum Cmd {
     /// Policy tools.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Remove pinned programs and maps (ends enforcement left running by a stopped agent).
+    ///
+    /// Example: guard cleanup --pin-dir /sys/fs/bpf/notebook-guard
+    Cleanup {
+        #[arg(long, default_value = "/sys/fs/bpf/notebook-guard")]
+        pin_dir: PathBuf,
+    },
     /// Print version and build information.
     Version,
 }
@@ -89,6 +96,13 @@ pub struct RunArgs {
     /// Cap of each network output's spool; past it the oldest alerts are dropped and counted.
     #[arg(long, default_value_t = 64 << 20)]
     pub spool_max_bytes: u64,
+    /// bpffs directory for pinned programs and maps: enforcement keeps running across an agent
+    /// restart or upgrade, and the next agent adopts it.
+    #[arg(long, default_value = "/sys/fs/bpf/notebook-guard")]
+    pub pin_dir: PathBuf,
+    /// Do not pin: everything is detached when the agent stops.
+    #[arg(long)]
+    pub no_pin: bool,
     /// Do not attach the egress hooks (connect/sendmsg policy, packet sockets).
     #[arg(long)]
     pub no_egress: bool,
@@ -125,6 +139,7 @@ impl RunArgs {
                 wakeup_bytes: self.wakeup_bytes,
                 watch_all: self.watch_all || (self.events && self.watch_cgroup.is_empty()),
                 btf_path: self.btf.clone(),
+                pin_dir: (!self.no_pin).then(|| self.pin_dir.clone()),
             },
             events_json: self.events,
             watch_cgroups: self.watch_cgroup.clone(),

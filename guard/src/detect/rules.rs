@@ -143,6 +143,13 @@ pub const POLICY_REJECTED: Rule = Rule {
     summary: "notebook-guard rejected a new policy; the previous one stays in force",
 };
 
+pub const GUARD_TAMPERED: Rule = Rule {
+    name: "guard.tampered",
+    priority: Priority::Critical,
+    tags: &["guard", "tamper", "mitre_defense_evasion", "T1562.001"],
+    summary: "notebook-guard's kernel programs were detached by someone else",
+};
+
 pub const ALL: &[Rule] = &[
     NON_PYTHON_EXEC,
     TERMINAL_SHELL,
@@ -163,6 +170,7 @@ pub const ALL: &[Rule] = &[
     GUARD_HEARTBEAT,
     POLICY_RELOADED,
     POLICY_REJECTED,
+    GUARD_TAMPERED,
 ];
 
 pub const RULE_NAMES: &[&str] = &[
@@ -185,6 +193,7 @@ pub const RULE_NAMES: &[&str] = &[
     "guard.heartbeat",
     "guard.policy_reloaded",
     "guard.policy_rejected",
+    "guard.tampered",
 ];
 
 #[cfg(test)]

@@ -4,9 +4,8 @@
 //! The decision itself is made in BPF at `sched_process_exec`, before the new image's first
 //! instruction; this module only keeps the maps in step with policy and discovery.
 //!
-//! If the agent stops, the maps go with the programs (they are not pinned yet): enforcement
-//! ends with the agent and exec is no longer judged. That choice is tested; pinning so that
-//! enforcement outlives an agent restart belongs to the deployment work.
+//! With pinning (the default for `guard run`) the maps and programs outlive the agent, so
+//! enforcement continues across a restart and the next agent adopts these maps as they are.
 
 use std::collections::{HashMap, HashSet};
 

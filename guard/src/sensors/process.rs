@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
@@ -24,6 +25,9 @@ pub struct SensorOptions {
     pub watch_all: bool,
     /// Kernel BTF used to resolve struct offsets.
     pub btf_path: PathBuf,
+    /// bpffs directory where maps and links are pinned, so enforcement outlives the agent and
+    /// the next agent adopts it (None: everything goes with the agent).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for SensorOptions {
@@ -33,6 +37,7 @@ impl Default for SensorOptions {
             wakeup_bytes: 256 << 10,
             watch_all: true,
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
+            pin_dir: None,
         }
     }
 }
@@ -46,6 +51,75 @@ pub struct ProcessSensor {
     enforcement: Option<crate::enforce::KernelEnforcer>,
     links: Vec<(&'static str, RawTracePointLinkId)>,
     sock_links: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
+    /// Links pinned in bpffs: they stay attached when the agent exits.
+    pinned: Vec<aya::programs::links::PinnedLink>,
+    pin_dir: Option<PathBuf>,
+}
+
+/// Maps pinned by name (everything but the per-load `.rodata`).
+const PINNED_MAPS: &[&str] = &[
+    names::EVENTS,
+    names::LOST,
+    names::WATCHED,
+    names::ENFORCED,
+    names::ALLOWED,
+    names::MARKS,
+    names::SERVERS,
+    names::EGRESS_CG,
+    names::EGRESS_RULES,
+];
+
+/// bpffs's magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn check_bpffs(dir: &Path) -> Result<()> {
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let st = nix::sys::statfs::statfs(&probe).with_context(|| format!("statfs {}", probe.display()))?;
+    if st.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        bail!("{} is not on a bpf filesystem: mount -t bpf bpf /sys/fs/bpf (or run with --no-pin)", dir.display());
+    }
+    Ok(())
+}
+
+/// Pins `link` at `path`, replacing a previous agent's link there without a gap: the new one
+/// is attached and pinned beside it first, then the old one is unpinned (which detaches it).
+fn pin_link(link: aya::programs::links::FdLink, path: &Path) -> Result<aya::programs::links::PinnedLink> {
+    // bpffs refuses dots in names (reserved for the kernel).
+    let fresh =
+        path.with_file_name(format!("{}_new", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let _ = std::fs::remove_file(&fresh);
+    let pinned = link.pin(&fresh).with_context(|| format!("pinning {}", fresh.display()))?;
+    if path.exists() {
+        if let Ok(old) = aya::programs::links::PinnedLink::from_pin(path) {
+            tracing::info!(link = %path.display(), "adopting: replacing the previous agent's link");
+            drop(old.unpin());
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    std::fs::rename(&fresh, path).with_context(|| format!("renaming {}", fresh.display()))?;
+    // The PinnedLink remembers the old name; reopen it at the final one.
+    drop(pinned);
+    aya::programs::links::PinnedLink::from_pin(path).with_context(|| format!("reopening {}", path.display()))
+}
+
+/// Unpins everything under `dir` (detaching the programs, dropping the state): `guard cleanup`.
+pub fn remove_pins(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    for sub in ["links", "maps"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+        for e in entries.flatten() {
+            std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            n += 1;
+        }
+        let _ = std::fs::remove_dir(dir.join(sub));
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(n)
 }
 
 /// The egress maps: notebook cgroup → policy, and the policies' LPM rules.
@@ -85,19 +159,39 @@ impl ProcessSensor {
             offsets,
         };
         raise_memlock();
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::CONFIG, &config, true)
-            .map_max_entries(names::EVENTS, opts.ring_bytes)
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF object (needs root or CAP_BPF+CAP_PERFMON)")?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global(names::CONFIG, &config, true).map_max_entries(names::EVENTS, opts.ring_bytes);
+        let map_paths: Vec<(&str, PathBuf)> = match &opts.pin_dir {
+            Some(dir) => {
+                check_bpffs(dir)?;
+                std::fs::create_dir_all(dir.join("maps")).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir.join("links"))?;
+                PINNED_MAPS.iter().map(|m| (*m, dir.join("maps").join(m))).collect()
+            }
+            None => vec![],
+        };
+        // A map already pinned there (a previous agent's) is reused: its state carries over.
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf =
+            loader.load(EBPF_OBJECT).context("loading the eBPF object (needs root or CAP_BPF+CAP_PERFMON)")?;
         let mut links = Vec::new();
+        let mut pinned = Vec::new();
         for name in [names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT] {
             let prog: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
-            links.push((name, prog.attach(name).with_context(|| format!("attaching raw tracepoint {name}"))?));
+            let id = prog.attach(name).with_context(|| format!("attaching raw tracepoint {name}"))?;
+            match &opts.pin_dir {
+                Some(dir) => {
+                    let link: aya::programs::links::FdLink = prog.take_link(id)?.try_into()?;
+                    pinned.push(pin_link(link, &dir.join("links").join(name))?);
+                }
+                None => links.push((name, id)),
+            }
         }
         let lost = PerCpuArray::try_from(take(&mut ebpf, names::LOST)?)?;
         let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED)?)?;
@@ -116,6 +210,8 @@ impl ProcessSensor {
             enforcement: Some(enforcement),
             links,
             sock_links: Vec::new(),
+            pinned,
+            pin_dir: opts.pin_dir.clone(),
         })
     }
 
@@ -190,7 +286,28 @@ impl ProcessSensor {
         Ok(out)
     }
 
-    /// Detaches every program; events already in the ring stay readable.
+    /// Pinned links whose pin someone removed (tampering): the programs behind them are no
+    /// longer attached once the last reference goes.
+    pub fn missing_pins(&self) -> Vec<String> {
+        let Some(dir) = &self.pin_dir else { return vec![] };
+        let mut names = vec![names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT];
+        if !self.pinned.is_empty() && self.pinned.len() > 3 {
+            names.extend([names::PROG_CONNECT4, names::PROG_CONNECT6, names::PROG_SENDMSG4, names::PROG_SENDMSG6]);
+        }
+        names.into_iter().filter(|n| !dir.join("links").join(n).exists()).map(str::to_string).collect()
+    }
+
+    /// Kernel ids of the loaded programs.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.ebpf.programs().filter_map(|(_, p)| p.info().ok().map(|i| i.id())).collect()
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.pin_dir.is_some()
+    }
+
+    /// Detaches every program; events already in the ring stay readable. Pinned links stay:
+    /// with pinning, enforcement continues after the agent and the next one adopts it.
     pub fn detach(&mut self) {
         for (name, link) in self.sock_links.drain(..) {
             let prog: Option<&mut aya::programs::CgroupSockAddr> =
