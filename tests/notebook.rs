@@ -345,6 +345,7 @@ fn health_readiness_and_metrics_are_served() {
     assert!(text.contains("guard_alerts_total{rule=\"notebook.network_tool\",action=\"alert\"}"), "{text}");
     assert!(text.contains("guard_notebook_cgroups_watched"), "{text}");
     assert!(text.contains("guard_build_info{"), "{text}");
+    assert!(text.contains("guard_ring_buffer_fill_ratio "), "{text}");
     assert_eq!(http_get(&addr, "/nope").0, 404);
     let alerts = mine(guard.stop().unwrap(), &user);
     assert!(alerts.iter().any(|a| a["rule"] == "notebook.network_tool"));

@@ -22,6 +22,7 @@ pub const MAX_WATCHED_CGROUPS: u32 = 16384;
 /// Names of the maps and programs, shared so the loader and the object cannot drift apart.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
+    pub const RING_FILL: &str = "RING_FILL";
     pub const ENFORCED: &str = "ENFORCED";
     pub const ALLOWED: &str = "ALLOWED";
     pub const MARKS: &str = "MARKS";

@@ -21,7 +21,7 @@ use aya_ebpf::{
         },
     },
     macros::{map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use guard_abi::{
@@ -173,15 +173,23 @@ fn count_lost(kind: EventKind) {
     }
 }
 
+/// Bytes waiting in `EVENTS` at the last submit (the agent's ring-fill gauge).
+#[map]
+static RING_FILL: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Submit flags implementing wake-up batching: no wake-up until `wakeup_bytes` are waiting;
 /// the agent's poll timer drains anything below that.
 #[inline(always)]
 fn submit_flags() -> u64 {
     let threshold = conf!(wakeup_bytes);
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if let Some(slot) = RING_FILL.get_ptr_mut(0) {
+        unsafe { *slot = avail };
+    }
     if threshold == 0 {
         return 0;
     }
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+    if avail >= threshold {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

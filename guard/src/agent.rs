@@ -430,6 +430,7 @@ impl<W: Write> Pipeline<W> {
         m.notebooks_watched.set(self.watched.len() as i64 + self.pod_cgroups.len() as i64);
         m.enforced_cgroups.set(self.enforcer.enforced_cgroups() as i64);
         m.processes.set(self.table.len() as i64);
+        m.ring_fill.set(self.sensor.ring_fill());
         match pods {
             Some(p) => {
                 m.discovery_synced.store(p.synced.load(Ordering::Relaxed), Ordering::Relaxed);

@@ -54,6 +54,8 @@ pub struct ProcessSensor {
     /// Links pinned in bpffs: they stay attached when the agent exits.
     pinned: Vec<aya::programs::links::PinnedLink>,
     pin_dir: Option<PathBuf>,
+    ring_fill: aya::maps::Array<MapData, u64>,
+    ring_bytes: u32,
 }
 
 /// Maps pinned by name (everything but the per-load `.rodata`).
@@ -67,6 +69,7 @@ const PINNED_MAPS: &[&str] = &[
     names::SERVERS,
     names::EGRESS_CG,
     names::EGRESS_RULES,
+    names::RING_FILL,
 ];
 
 /// bpffs's magic number (statfs f_type).
@@ -196,6 +199,7 @@ impl ProcessSensor {
         let lost = PerCpuArray::try_from(take(&mut ebpf, names::LOST)?)?;
         let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED)?)?;
         let ring = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
+        let ring_fill = aya::maps::Array::try_from(take(&mut ebpf, names::RING_FILL)?)?;
         let enforcement = crate::enforce::KernelEnforcer::new(
             HashMap::try_from(take(&mut ebpf, names::ENFORCED)?)?,
             HashMap::try_from(take(&mut ebpf, names::ALLOWED)?)?,
@@ -212,6 +216,8 @@ impl ProcessSensor {
             sock_links: Vec::new(),
             pinned,
             pin_dir: opts.pin_dir.clone(),
+            ring_fill,
+            ring_bytes: opts.ring_bytes,
         })
     }
 
@@ -295,6 +301,11 @@ impl ProcessSensor {
             names.extend([names::PROG_CONNECT4, names::PROG_CONNECT6, names::PROG_SENDMSG4, names::PROG_SENDMSG6]);
         }
         names.into_iter().filter(|n| !dir.join("links").join(n).exists()).map(str::to_string).collect()
+    }
+
+    /// Share of the ring buffer waiting to be read at the last submit (0..1).
+    pub fn ring_fill(&self) -> f64 {
+        self.ring_fill.get(&0, 0).map(|b| b as f64 / self.ring_bytes as f64).unwrap_or(0.0)
     }
 
     /// Kernel ids of the loaded programs.

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub notebooks_watched: Gauge,
     pub enforced_cgroups: Gauge,
     pub processes: Gauge,
+    pub ring_fill: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub kube_errors: Counter,
     pub kube_degraded: Gauge,
     pub policy_generation: Gauge,
@@ -78,6 +79,7 @@ impl Metrics {
             notebooks_watched: Gauge::default(),
             enforced_cgroups: Gauge::default(),
             processes: Gauge::default(),
+            ring_fill: Gauge::default(),
             kube_errors: Counter::default(),
             kube_degraded: Gauge::default(),
             policy_generation: Gauge::default(),
@@ -95,6 +97,7 @@ impl Metrics {
         r.register("notebook_cgroups_watched", "Notebook cgroups watched", m.notebooks_watched.clone());
         r.register("enforced_cgroups", "cgroups under kernel enforcement", m.enforced_cgroups.clone());
         r.register("processes_tracked", "Processes in the lineage table", m.processes.clone());
+        r.register("ring_buffer_fill_ratio", "Share of the kernel ring buffer waiting to be read", m.ring_fill.clone());
         r.register("kube_watch_errors", "Kubernetes pod watch errors", m.kube_errors.clone());
         r.register(
             "kube_watch_degraded",
