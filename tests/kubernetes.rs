@@ -99,6 +99,18 @@ async fn pod_watch_view_matches_the_notebook_pods_exactly() {
     }
     assert!(changes.contains(&"+jupyter-bob---c0ffee00".to_string()), "{changes:?}");
     assert!(changes.contains(&format!("-{ALICE}")), "{changes:?}");
+
+    // API outage: the last known pods stay, the watch says it is degraded and keeps retrying.
+    api.stop().await;
+    for _ in 0..200 {
+        if cache.degraded.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cache.degraded.load(std::sync::atomic::Ordering::Relaxed), "outage noticed");
+    assert!(cache.errors.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert_eq!(view(&cache), want, "last known state kept");
 }
 
 /// Starts the agent against the fake API server with kubelet-shaped cgroups.

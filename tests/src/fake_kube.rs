@@ -15,6 +15,8 @@ use tokio::sync::{broadcast, Mutex};
 pub struct FakeKube {
     pub addr: SocketAddr,
     events: broadcast::Sender<String>,
+    accept: tokio::task::JoinHandle<()>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     pods: Arc<Mutex<Vec<Value>>>,
     /// Every event pushed, replayed to each new watch: a push must not be lost because the
     /// client's watch request had not arrived yet (replays are idempotent for the client).
@@ -29,17 +31,22 @@ impl FakeKube {
         let pods = Arc::new(Mutex::new(pods));
         let history = Arc::new(Mutex::new(Vec::new()));
         let (ev, pd, hi) = (events.clone(), pods.clone(), history.clone());
-        tokio::spawn(async move {
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let cs = conns.clone();
+        let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let (ev, pd, hi) = (ev.clone(), pd.clone(), hi.clone());
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(req, ev.clone(), pd.clone(), hi.clone()));
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
+                if let Ok(mut c) = cs.lock() {
+                    c.push(task.abort_handle());
+                }
             }
         });
-        Self { addr, events, pods, history }
+        Self { addr, events, accept, conns, pods, history }
     }
 
     /// Sends a watch event (`ADDED`, `MODIFIED`, `DELETED`) and keeps the list in step.
@@ -55,6 +62,15 @@ impl FakeKube {
         let line = json!({"type": kind, "object": pod}).to_string();
         self.history.lock().await.push(line.clone());
         let _ = self.events.send(line);
+    }
+
+    /// An API outage: stop listening and end every open watch.
+    pub async fn stop(self) {
+        self.accept.abort();
+        let _ = self.accept.await;
+        for c in self.conns.lock().map(|c| c.clone()).unwrap_or_default() {
+            c.abort();
+        }
     }
 
     /// A kubeconfig pointing at this server.
