@@ -513,18 +513,7 @@ impl<W: Write> Pipeline<W> {
                 _ => None,
             };
             if let Some(user) = user {
-                let who = Attribution {
-                    source: Source::Tljh,
-                    user: Some(user),
-                    server: None,
-                    namespace: None,
-                    pod: None,
-                    pod_uid: None,
-                    container_id: None,
-                    container_name: None,
-                    labels: Default::default(),
-                    cgroup: path.clone(),
-                };
+                let who = Attribution { user: Some(user), ..Attribution::new(Source::Tljh, path.clone()) };
                 let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
                 self.enforce_cgroup(id, flags_for(&eff))?;
                 self.set_egress(id, &eff)?;
@@ -568,18 +557,7 @@ impl<W: Write> Pipeline<W> {
         };
         self.pending_pods.remove(&pod.uid);
         let id = cgroup_id(&path)?;
-        let who = Attribution {
-            source: Source::Kubernetes,
-            user: pod.user.clone(),
-            server: pod.server.clone(),
-            namespace: Some(pod.namespace.clone()),
-            pod: Some(pod.name.clone()),
-            pod_uid: Some(pod.uid.clone()),
-            container_id: None,
-            container_name: None,
-            labels: pod.labels.clone(),
-            cgroup: path.clone(),
-        };
+        let who = Attribution::of_pod(&pod, path.clone());
         let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
         self.enforce_cgroup(id, flags_for(&eff))?;
         self.set_egress(id, &eff)?;

@@ -14,6 +14,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_TARGET: &str = "bpfel-unknown-none";
 
@@ -38,6 +40,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build (release), then measure the guard's overhead, loss, latency and footprint against a
+    /// baseline in the same run; writes BENCHMARKS.md and target/bench/results.json (needs root).
+    Bench,
+    /// Load generator used by `bench` (runs inside a chosen cgroup).
+    #[command(hide = true)]
+    BenchLoad { kind: String, n: u64 },
     /// Build, then start `guard run` with the embedded default policy (needs root).
     Run {
         /// Arguments passed to `guard run`.
@@ -70,6 +78,13 @@ fn main() -> Result<()> {
             cmd.env("GUARD_TEST_PYTHON", python);
             run(&mut cmd)
         }
+        Cmd::Bench => {
+            setup()?;
+            build_ebpf()?;
+            build_agent(true)?;
+            bench::bench(&workspace_root(), &workspace_root().join("target/release/guard"))
+        }
+        Cmd::BenchLoad { kind, n } => bench::run_load(&kind, n),
         Cmd::Run { args } => {
             setup()?;
             build_ebpf()?;

@@ -49,6 +49,37 @@ pub struct Attribution {
     pub cgroup: PathBuf,
 }
 
+impl Attribution {
+    /// A notebook of `source` in `cgroup`, nothing else known yet.
+    pub fn new(source: Source, cgroup: PathBuf) -> Self {
+        Self {
+            source,
+            user: None,
+            server: None,
+            namespace: None,
+            pod: None,
+            pod_uid: None,
+            container_id: None,
+            container_name: None,
+            labels: BTreeMap::new(),
+            cgroup,
+        }
+    }
+
+    /// A Kubernetes notebook pod (container not known yet).
+    pub fn of_pod(pod: &super::kube::PodInfo, cgroup: PathBuf) -> Self {
+        Self {
+            user: pod.user.clone(),
+            server: pod.server.clone(),
+            namespace: Some(pod.namespace.clone()),
+            pod: Some(pod.name.clone()),
+            pod_uid: Some(pod.uid.clone()),
+            labels: pod.labels.clone(),
+            ..Self::new(Source::Kubernetes, cgroup)
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct AttributionOptions {
     pub notebook_container: String,
@@ -101,18 +132,7 @@ impl Attributor {
     }
 
     fn classify(&self, path: &std::path::Path, pid: u32) -> (Option<Arc<Attribution>>, bool) {
-        let base = |source| Attribution {
-            source,
-            user: None,
-            server: None,
-            namespace: None,
-            pod: None,
-            pod_uid: None,
-            container_id: None,
-            container_name: None,
-            labels: BTreeMap::new(),
-            cgroup: path.to_path_buf(),
-        };
+        let base = |source| Attribution::new(source, path.to_path_buf());
         match parse(path) {
             Workload::KubePod { pod_uid, container_id, .. } => {
                 let Some(pod) = self.pods.as_ref().and_then(|c| c.get(&pod_uid)) else {
@@ -126,15 +146,9 @@ impl Attributor {
                     }
                 }
                 let a = Attribution {
-                    user: pod.user.clone(),
-                    server: pod.server.clone(),
-                    namespace: Some(pod.namespace.clone()),
-                    pod: Some(pod.name.clone()),
-                    pod_uid: Some(pod.uid.clone()),
                     container_id: container_id.clone(),
                     container_name: container.map(|c| c.name.clone()),
-                    labels: pod.labels.clone(),
-                    ..base(Source::Kubernetes)
+                    ..Attribution::of_pod(&pod, path.to_path_buf())
                 };
                 // A container the pod status does not list yet (it started a moment ago) is
                 // taken as the notebook, and asked again once the status catches up. Pod-level
@@ -178,16 +192,9 @@ impl Attributor {
 pub fn local_server(environ: &[u8], cgroup: PathBuf) -> Option<Attribution> {
     let user = env_var(environ, "JUPYTERHUB_USER")?;
     Some(Attribution {
-        source: Source::LocalProcessSpawner,
         user: Some(user),
         server: env_var(environ, "JUPYTERHUB_SERVER_NAME"),
-        namespace: None,
-        pod: None,
-        pod_uid: None,
-        container_id: None,
-        container_name: None,
-        labels: BTreeMap::new(),
-        cgroup,
+        ..Attribution::new(Source::LocalProcessSpawner, cgroup)
     })
 }
 
