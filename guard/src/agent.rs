@@ -300,7 +300,8 @@ impl<W: Write> Pipeline<W> {
             self.enforcer.add_server(server)?;
         }
         if tracing::enabled!(tracing::Level::DEBUG) || (self.events.is_none() && self.sinks.is_empty()) {
-            tracing::debug!(pid = e.meta.tgid, exe = %e.filename.display(), cmdline = %cmdline(&e.argv), role = ?outcome.role, "exec");
+            let cmd = self.detector.redactor.text(&cmdline(&e.argv)).into_owned();
+            tracing::debug!(pid = e.meta.tgid, exe = %e.filename.display(), cmdline = %cmd, role = ?outcome.role, "exec");
         }
         for a in outcome.alerts {
             self.emit(a)?;
