@@ -512,16 +512,10 @@ mod tests {
         )
         .unwrap();
         let mut a = Attribution {
-            source: crate::discovery::attribution::Source::Kubernetes,
             user: Some("alice".into()),
-            server: None,
             namespace: Some("prod".into()),
-            pod: None,
-            pod_uid: None,
-            container_id: None,
-            container_name: None,
             labels: [("tier".to_string(), "gold".to_string())].into(),
-            cgroup: "/".into(),
+            ..Attribution::new(crate::discovery::attribution::Source::Kubernetes, "/".into())
         };
         assert_eq!(
             p.effective(Some(&a), None),
@@ -548,16 +542,10 @@ mod tests {
         let ids: Vec<u32> = p.egress_policies().iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, vec![1, 2]);
         let mut a = Attribution {
-            source: crate::discovery::attribution::Source::Kubernetes,
             user: Some("bob".into()),
-            server: None,
             namespace: Some("ns".into()),
-            pod: None,
-            pod_uid: None,
-            container_id: None,
-            container_name: None,
             labels: [("team".to_string(), "data".to_string())].into(),
-            cgroup: "/".into(),
+            ..Attribution::new(crate::discovery::attribution::Source::Kubernetes, "/".into())
         };
         assert_eq!(p.effective(Some(&a), None).egress_policy, 2);
         a.labels.clear();
