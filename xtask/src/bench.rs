@@ -246,10 +246,14 @@ pub fn bench(root: &Path, guard: &Path) -> Result<()> {
             median(&mut off.clone()) / median(&mut on.clone())
         };
         let unit = if kind == "null" { "ns/call" } else { "ops/s" };
+        let spread = |v: &[f64]| {
+            let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+            format!("{:.0} {unit} ({lo:.0}–{hi:.0})", median(&mut v.to_vec()))
+        };
         table.push(format!(
-            "| {name} | {:.0} {unit} | {:.0} {unit} | **{ratio:.3}** | {:.1}% | {} MiB | {} |",
-            median(&mut off.clone()),
-            median(&mut on.clone()),
+            "| {name} | {} | {} | **{ratio:.3}** | {:.1}% | {} MiB | {} |",
+            spread(&off),
+            spread(&on),
             100.0 * median(&mut cpu.clone()),
             rss / 1024,
             if lost.is_nan() { "?".to_string() } else { format!("{lost}") }
@@ -332,7 +336,7 @@ pub fn bench(root: &Path, guard: &Path) -> Result<()> {
     fs::write(dir.join("results.json"), serde_json::to_string_pretty(&serde_json::Value::Object(results))?)?;
 
     let md = format!(
-        "# Benchmarks\n\nMeasured by `cargo xtask bench` on {} CPUs ({}), kernel {}. Each scenario alternates {ROUNDS} rounds with the guard off and on (monitor mode, default policy, a TLJH-shaped notebook cgroup present); the ratio is on/off of the medians (for the null syscall, off/on of ns per call), so 1.0 means no measurable cost. Machine-readable results: `target/bench/results.json`.\n\n| scenario | guard off | guard on | ratio | agent CPU | agent RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n\nExec-to-alert (spawn of `curl` in the notebook to its alert in the file sink, 100 samples): p50 {p50:.2} ms, p99 {p99:.2} ms. Agent RSS idle: {} MiB.\n\nNot measured yet: the syscall recorder (seccomp issue) and its empty-`sys_enter` floor, and peers (auditd, bpftrace) in the same run.\n",
+        "# Benchmarks\n\nMeasured by `cargo xtask bench` on {} CPUs ({}), kernel {}. Each scenario alternates {ROUNDS} rounds with the guard off and on (monitor mode, default policy, a TLJH-shaped notebook cgroup present); the ratio is on/off of the medians (for the null syscall, off/on of ns per call), so 1.0 means no measurable cost. Machine-readable results: `target/bench/results.json`.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio | agent CPU | agent RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n\nExec-to-alert (spawn of `curl` in the notebook to its alert in the file sink, 100 samples): p50 {p50:.2} ms, p99 {p99:.2} ms. Agent RSS idle: {} MiB.\n\nNot measured yet: the syscall recorder (seccomp issue) and its empty-`sys_enter` floor, and peers (auditd, bpftrace) in the same run.\n",
         machine["cpus"], machine["cpu"].as_str().unwrap_or(""), machine["kernel"].as_str().unwrap_or(""),
         table.join("\n"),
         idle_rss / 1024
