@@ -272,3 +272,82 @@ fn splunk_hec_batches_with_the_token_from_the_environment() {
     guard.stop().unwrap();
     assert_eq!(rx.markers(&user), (0..4).map(|i| format!("h{i}")).collect());
 }
+
+/// Reads RFC 6587 octet-counted frames from a stream until it closes.
+async fn read_frames<R: tokio::io::AsyncRead + Unpin>(mut r: R, out: Arc<Mutex<Vec<String>>>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(sp) = buf.iter().position(|b| *b == b' ') {
+            let Ok(len) = std::str::from_utf8(&buf[..sp]).unwrap_or("x").parse::<usize>() else { return };
+            if buf.len() < sp + 1 + len {
+                break;
+            }
+            let msg = String::from_utf8_lossy(&buf[sp + 1..sp + 1 + len]).into_owned();
+            out.lock().unwrap().push(msg);
+            buf.drain(..sp + 1 + len);
+        }
+    }
+}
+
+#[test]
+fn syslog_over_tls_verifies_the_server_and_frames_every_alert() {
+    if !require_root("syslog_over_tls_verifies_the_server_and_frames_every_alert") {
+        return;
+    }
+    let dir = TempDir::new("tls").unwrap();
+    // A self-signed certificate for localhost; the agent trusts it through ?ca=.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let ca = dir.0.join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let g2 = got.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else { return };
+            let (acceptor, got) = (acceptor.clone(), g2.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(s).await {
+                    read_frames(tls, got).await;
+                }
+            });
+        }
+    });
+
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let target = format!("syslog+tls://localhost:{port}?ca={}", ca.display());
+    let spool = dir.0.join("spool");
+    let guard = GuardProcess::start("", &["--output", &target, "--spool-dir", spool.to_str().unwrap()]).unwrap();
+    for i in 0..3 {
+        make_alert(&cg, &format!("X-Marker: tls-{i}"));
+    }
+    wait_until("alerts over TLS", Duration::from_secs(15), || {
+        let g = got.lock().unwrap();
+        (0..3).all(|i| g.iter().any(|m| m.contains(&format!("tls-{i}")) && m.contains(&user)))
+    });
+    guard.stop().unwrap();
+    let msgs = got.lock().unwrap().clone();
+    for m in msgs.iter().filter(|m| m.contains(&user)) {
+        assert!(m.starts_with('<') && m.contains(" notebook-guard "), "{m}");
+        let json = &m[m.find('{').unwrap()..];
+        serde_json::from_str::<Value>(json).unwrap();
+    }
+}
