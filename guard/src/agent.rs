@@ -79,7 +79,7 @@ impl Default for RunOptions {
             sensor: SensorOptions::default(),
             events_json: false,
             watch_cgroups: Vec::new(),
-            poll: Duration::from_millis(5),
+            poll: Duration::from_millis(2),
             proc_root: PathBuf::from("/proc"),
             policy: Policy::default_policy(),
             mode_flag: None,

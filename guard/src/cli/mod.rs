@@ -120,7 +120,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 256 << 10)]
     pub wakeup_bytes: u64,
     /// How often the agent drains the ring when not woken, in milliseconds.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub poll_ms: u64,
     /// Kernel BTF used to find struct offsets.
     #[arg(long, default_value = "/sys/kernel/btf/vmlinux")]
