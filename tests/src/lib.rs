@@ -270,6 +270,8 @@ pub struct GuardProcess {
     pub config: PathBuf,
     /// Its own bpffs pin directory (tests run side by side).
     pub pin_dir: PathBuf,
+    /// Leave the pins when dropped (an agent "crashed" on purpose, to be adopted).
+    keep_pins: bool,
     pub alerts_path: PathBuf,
     pub stderr_path: PathBuf,
     _dir: TempDir,
@@ -316,7 +318,7 @@ impl GuardProcess {
             .stderr(fs::File::create(&stderr_path)?)
             .spawn()
             .context("starting guard (built by cargo xtask test)")?;
-        let g = Self { child, config: cfg, pin_dir, alerts_path, stderr_path, _dir: dir };
+        let g = Self { child, config: cfg, pin_dir, keep_pins: false, alerts_path, stderr_path, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = fs::read_to_string(&g.stderr_path).unwrap_or_default();
@@ -357,6 +359,7 @@ impl GuardProcess {
 
     /// SIGTERM and wait, leaving the pinned programs running (as after a crash or upgrade).
     pub fn stop_keep_pins(mut self) -> Result<Vec<serde_json::Value>> {
+        self.keep_pins = true;
         nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
         let status = self.child.wait()?;
         if !status.success() {
@@ -372,6 +375,20 @@ impl GuardProcess {
         let Some(start) = line.find("programs=[").map(|i| i + "programs=".len()) else { return vec![] };
         let end = line[start..].find(']').map(|e| start + e).unwrap_or(line.len());
         line[start + 1..end].split(',').filter_map(|x| x.trim().parse().ok()).collect()
+    }
+}
+
+impl Drop for GuardProcess {
+    /// A test that failed half-way must not leave an agent running or programs pinned (they
+    /// would keep judging every later test's notebooks).
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !self.keep_pins {
+            let _ = guard::sensors::process::remove_pins(&self.pin_dir);
+        }
     }
 }
 
