@@ -325,7 +325,8 @@ impl GuardProcess {
             if log.contains("guard running") {
                 return Ok(g);
             }
-            if Instant::now() > deadline || log.contains("error") {
+            // A fatal start-up error is printed as `guard: error: …` (a warning may say "error=").
+            if Instant::now() > deadline || log.contains("guard: error:") {
                 bail!("guard did not start:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(50));
