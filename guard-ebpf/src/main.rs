@@ -150,18 +150,20 @@ fn cgroup_lookup(map: &HashMap<u64, u32>) -> Option<u32> {
     if let Some(v) = unsafe { map.get(&own) } {
         return Some(*v);
     }
+    // Root downwards, stopping at our own level: only as many steps as we are deep (this runs
+    // on every connect of the node). The deepest match wins, so a container-level entry
+    // overrides its pod's.
     let mut found = None;
-    let mut level = MAX_CGROUP_DEPTH - 1;
-    // Deepest ancestor first, so a container-level entry wins over its pod's.
-    while level > 0 {
+    let mut level = 1;
+    while level < MAX_CGROUP_DEPTH {
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        if id != 0 && id != own {
-            if let Some(v) = unsafe { map.get(&id) } {
-                found = Some(*v);
-                break;
-            }
+        if id == 0 || id == own {
+            break;
         }
-        level -= 1;
+        if let Some(v) = unsafe { map.get(&id) } {
+            found = Some(*v);
+        }
+        level += 1;
     }
     found
 }
