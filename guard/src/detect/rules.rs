@@ -173,28 +173,15 @@ pub const ALL: &[Rule] = &[
     GUARD_TAMPERED,
 ];
 
-pub const RULE_NAMES: &[&str] = &[
-    "notebook.non_python_exec",
-    "notebook.terminal_shell",
-    "notebook.exec_from_writable_path",
-    "notebook.fileless_exec",
-    "notebook.loader_invocation",
-    "notebook.masqueraded_binary",
-    "notebook.package_manager",
-    "notebook.network_tool",
-    "notebook.reverse_shell",
-    "notebook.unknown_lineage",
-    "notebook.unexpected_egress",
-    "notebook.cloud_metadata_access",
-    "notebook.packet_socket",
-    "guard.events_lost",
-    "guard.started",
-    "guard.stopped",
-    "guard.heartbeat",
-    "guard.policy_reloaded",
-    "guard.policy_rejected",
-    "guard.tampered",
-];
+/// Is `name` one of the rules (what a policy may disable)?
+pub fn is_rule(name: &str) -> bool {
+    ALL.iter().any(|r| r.name == name)
+}
+
+/// Every rule name, for error messages.
+pub fn rule_names() -> Vec<&'static str> {
+    ALL.iter().map(|r| r.name).collect()
+}
 
 #[cfg(test)]
 mod tests {
@@ -202,8 +189,8 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_listed() {
-        let names: Vec<_> = ALL.iter().map(|r| r.name).collect();
-        assert_eq!(names, RULE_NAMES);
+        let names = rule_names();
+        assert!(is_rule("notebook.fileless_exec") && !is_rule("notebook.nope"));
         let set: std::collections::BTreeSet<_> = names.iter().collect();
         assert_eq!(set.len(), names.len());
         for r in ALL.iter().filter(|r| r.name.starts_with("notebook.")) {

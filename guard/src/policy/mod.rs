@@ -14,7 +14,7 @@ use std::{
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
-use crate::{detect::rules::RULE_NAMES, discovery::attribution::Attribution};
+use crate::{detect::rules, discovery::attribution::Attribution};
 
 pub const DEFAULT_POLICY: &str = include_str!("default.yaml");
 
@@ -347,11 +347,11 @@ impl Policy {
             }
         }
         for (i, r) in self.rules.disabled.iter().enumerate() {
-            if !RULE_NAMES.contains(&r.as_str()) {
+            if !rules::is_rule(r) {
                 return Err(err(
                     format!("rules.disabled[{i}]"),
                     r,
-                    format!("unknown rule {r:?} (known: {})", RULE_NAMES.join(", ")),
+                    format!("unknown rule {r:?} (known: {})", rules::rule_names().join(", ")),
                 ));
             }
         }
