@@ -111,18 +111,62 @@ fn pin_link(link: aya::programs::links::FdLink, path: &Path) -> Result<aya::prog
 }
 
 /// Unpins everything under `dir` (detaching the programs, dropping the state): `guard cleanup`.
+///
+/// Returns once the links are gone from the kernel. Unlinking a pin whose fd is already closed
+/// frees the link from a kernel workqueue, a moment later; so each link is opened first and its
+/// last reference dropped here by closing that fd, which detaches synchronously.
 pub fn remove_pins(dir: &Path) -> Result<usize> {
     let mut n = 0;
-    for sub in ["links", "maps"] {
-        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+    let mut link_ids = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("links")) {
+        for e in entries.flatten() {
+            let path = e.path();
+            match aya::programs::links::PinnedLink::from_pin(&path) {
+                Ok(link) => {
+                    let link: aya::programs::links::FdLink =
+                        link.unpin().with_context(|| format!("removing {}", path.display()))?;
+                    if let Ok(info) = link.info() {
+                        link_ids.push(info.id());
+                    }
+                    drop(link);
+                }
+                // Not a link (or already detached): still ours to remove.
+                Err(_) => std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?,
+            }
+            n += 1;
+        }
+        let _ = std::fs::remove_dir(dir.join("links"));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir.join("maps")) {
         for e in entries.flatten() {
             std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
             n += 1;
         }
-        let _ = std::fs::remove_dir(dir.join(sub));
+        let _ = std::fs::remove_dir(dir.join("maps"));
     }
     let _ = std::fs::remove_dir(dir);
+    wait_links_gone(&link_ids)?;
     Ok(n)
+}
+
+/// Waits (bounded) until none of `ids` is a live link: another holder of the link (a running
+/// agent on the same pin directory) would keep it attached, and that must not pass silently.
+fn wait_links_gone(ids: &[u32]) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let live: Vec<u32> = aya::programs::loaded_links()
+            .filter_map(|l| l.ok())
+            .map(|l| l.id())
+            .filter(|id| ids.contains(id))
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("links {live:?} are still attached: another process holds them (is an agent running?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The egress maps: notebook cgroup → policy, and the policies' LPM rules.
