@@ -41,6 +41,12 @@ pub mod names {
     pub const PROG_SENDMSG4: &str = "sendmsg4";
     pub const PROG_SENDMSG6: &str = "sendmsg6";
     pub const PROG_SOCKET: &str = "sys_enter_socket";
+    pub const REC_CONFIG: &str = "REC_CONFIG";
+    pub const REC_TARGETS: &str = "REC_TARGETS";
+    pub const REC_CACHE: &str = "REC_CACHE";
+    pub const REC_SETS: &str = "REC_SETS";
+    pub const PROG_RECORD: &str = "record_sys_enter";
+    pub const PROG_EMPTY_SYS_ENTER: &str = "empty_sys_enter";
 }
 
 /// Event kinds; also the index into the per-CPU `LOST` counters.
@@ -329,8 +335,68 @@ pub struct Config {
     pub offsets: KernelOffsets,
 }
 
+/// The seccomp recorder: a separate object whose `sys_enter` program is attached only while a
+/// recording (or a drift watch) runs, because an attached `sys_enter` program taxes every
+/// syscall on the node.
+pub mod recorder {
+    /// Syscall numbers kept per architecture (x86_64 and i386 tables are below 512; x32 numbers
+    /// start at 512 once the x32 bit is cleared).
+    pub const SYSCALL_BITS: usize = 1024;
+    pub const WORDS: usize = SYSCALL_BITS / 64;
+    /// Architectures told apart: the task's native ABI, the 32-bit x86 ABI (`int 0x80`,
+    /// ia32 processes) and x32.
+    pub const ARCHES: usize = 3;
+    pub const ARCH_NATIVE: usize = 0;
+    pub const ARCH_COMPAT: usize = 1;
+    pub const ARCH_X32: usize = 2;
+    /// x86's `__X32_SYSCALL_BIT`: x32 calls carry it in the syscall number.
+    pub const X32_SYSCALL_BIT: u64 = 0x4000_0000;
+    /// Recording slots (one per recorded cgroup).
+    pub const MAX_TARGETS: u32 = 256;
+    /// cgroup id → slot cache; a miss walks the ancestors once.
+    pub const CACHE_ENTRIES: u32 = 16384;
+    /// `RecorderConfig::thread_status` when the kernel has no `thread_info.status`.
+    pub const NO_OFFSET: u32 = u32::MAX;
+}
+
+/// One recording slot: a bit per syscall number and architecture, set once.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallSet {
+    pub words: [u64; recorder::ARCHES * recorder::WORDS],
+    /// Calls whose number was beyond `SYSCALL_BITS` (should stay 0; reported if not).
+    pub out_of_range: u64,
+}
+
+impl Default for SyscallSet {
+    fn default() -> Self {
+        Self { words: [0; recorder::ARCHES * recorder::WORDS], out_of_range: 0 }
+    }
+}
+
+impl SyscallSet {
+    pub fn contains(&self, arch: usize, nr: usize) -> bool {
+        arch < recorder::ARCHES
+            && nr < recorder::SYSCALL_BITS
+            && self.words[arch * recorder::WORDS + nr / 64] & (1 << (nr % 64)) != 0
+    }
+}
+
+/// Read-only configuration of the recorder object (`.rodata`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecorderConfig {
+    /// Offset of `task_struct.thread_info.status` (x86's TS_COMPAT lives there), or
+    /// `recorder::NO_OFFSET`.
+    pub thread_status: u32,
+    /// The TS_COMPAT bit in that word.
+    pub compat_mask: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
+    unsafe impl aya::Pod for super::SyscallSet {}
+    unsafe impl aya::Pod for super::RecorderConfig {}
     // SAFETY: plain-old-data, repr(C), every bit pattern valid, no padding with meaning.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::KernelOffsets {}

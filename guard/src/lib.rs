@@ -11,6 +11,7 @@ pub mod enforce;
 pub mod policy;
 pub mod process;
 pub mod redact;
+pub mod seccomp;
 pub mod sensors;
 pub mod server;
 pub mod sinks;

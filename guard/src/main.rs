@@ -41,6 +41,11 @@ fn main() -> ExitCode {
         Cmd::Cleanup { pin_dir } => guard::sensors::process::remove_pins(&pin_dir).map(|n| {
             println!("{}: removed {n} pins", pin_dir.display());
         }),
+        Cmd::Seccomp(cmd) => match cli::seccomp::run(cmd) {
+            Ok(0) => Ok(()),
+            Ok(code) => return ExitCode::from(code as u8),
+            Err(e) => Err(e),
+        },
         Cmd::Policy(PolicyCmd::Default) => {
             print!("{}", guard::policy::DEFAULT_POLICY);
             Ok(())

@@ -121,6 +121,7 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn setup() -> Result<()> {
+    ensure_packages(BUILD_PACKAGES)?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     mount_tracefs();
@@ -191,22 +192,34 @@ fn ensure_bpf_linker() -> Result<()> {
     Ok(())
 }
 
-/// Debian packages the integration tests drive for real: rsyslog (the syslog sink's receiver)
-/// and iproute2 (network namespaces for the egress tests).
-const TEST_PACKAGES: &[(&str, &str)] = &[("rsyslogd", "rsyslog"), ("ip", "iproute2")];
+/// Debian packages the agent links against: libseccomp (profiles are built and checked with
+/// the library the runtimes use). Checked by a file each installs.
+const BUILD_PACKAGES: &[(&str, &str)] = &[("/usr/include/seccomp.h", "libseccomp-dev")];
+
+/// Debian packages the integration tests drive for real: rsyslog (the syslog sink's receiver),
+/// iproute2 (network namespaces for the egress tests) and runc (a real OCI runtime applies the
+/// generated seccomp profiles).
+const TEST_PACKAGES: &[(&str, &str)] = &[("rsyslogd", "rsyslog"), ("ip", "iproute2"), ("runc", "runc")];
 
 fn on_path(bin: &str) -> bool {
+    if bin.starts_with('/') {
+        return Path::new(bin).exists();
+    }
     let path = env::var_os("PATH").unwrap_or_default();
     env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).any(|d| d.join(bin).is_file())
 }
 
 fn ensure_test_packages() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES.iter().filter(|(bin, _)| !on_path(bin)).map(|(_, pkg)| *pkg).collect();
+    ensure_packages(TEST_PACKAGES)
+}
+
+fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted.iter().filter(|(bin, _)| !on_path(bin)).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !nix_is_root() {
-        eprintln!("xtask: warning: {} missing and not root: the tests that need them will fail", missing.join(", "));
+        eprintln!("xtask: warning: {} missing and not root: install them first", missing.join(", "));
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(", "));
@@ -219,21 +232,23 @@ fn ensure_test_packages() -> Result<()> {
 
 /// Python packages the notebook tests need (a real kernel via jupyter_client), in a venv
 /// under target/ so nothing on the machine changes. Fast when already there.
-const PY_PACKAGES: &[&str] = &["ipykernel", "jupyter_client", "kubernetes-validate"];
+const PY_PACKAGES: &[&str] = &["ipykernel", "jupyter_client", "kubernetes-validate", "jupyterhub-kubespawner"];
 
 fn ensure_python_env() -> Result<PathBuf> {
     let venv = workspace_root().join("target/pyenv");
     let python = venv.join("bin/python");
     let ready = Command::new(&python)
-        .args(["-c", "import ipykernel, jupyter_client, kubernetes_validate"])
+        .args(["-c", "import ipykernel, jupyter_client, kubernetes_validate, kubespawner"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     if ready {
         return Ok(python);
     }
-    eprintln!("xtask: creating {} with {}", venv.display(), PY_PACKAGES.join(", "));
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    eprintln!("xtask: installing {} into {}", PY_PACKAGES.join(", "), venv.display());
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
     run(Command::new(venv.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
         .args(PY_PACKAGES))?;

@@ -1,5 +1,7 @@
 //! Command-line interface.
 
+pub mod seccomp;
+
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
@@ -45,6 +47,9 @@ pub enum Cmd {
         #[arg(long, default_value = "/sys/fs/bpf/notebook-guard")]
         pin_dir: PathBuf,
     },
+    /// Seccomp profiles from observed behaviour: record, merge, generate, check, diff.
+    #[command(subcommand)]
+    Seccomp(seccomp::SeccompCmd),
     /// Print version and build information.
     Version,
 }

@@ -11,3 +11,6 @@ pub mod ring;
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf.o"));
+
+/// The seccomp recorder object (attached only while recording; see `seccomp::recorder`).
+pub static RECORDER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/recorder.o"));

@@ -385,7 +385,7 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
-fn raise_memlock() {
+pub(crate) fn raise_memlock() {
     let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall with a valid pointer; failure only matters on old kernels.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) };

@@ -1,0 +1,167 @@
+//! The kernel side of recording: loads the recorder object, registers the cgroups to record,
+//! reads their syscall sets. Nothing is attached until [`Recorder::attach`]; dropping the
+//! recorder detaches it (the `sys_enter` program must never outlive a recording).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
+    Ebpf, EbpfLoader,
+};
+use guard_abi::{
+    names,
+    recorder::{MAX_TARGETS, NO_OFFSET},
+    RecorderConfig, SyscallSet,
+};
+
+use crate::sensors::{offsets::OffsetResolver, RECORDER_OBJECT};
+
+/// x86's TS_COMPAT in `thread_info.status`: the current syscall uses the 32-bit ABI.
+const TS_COMPAT: u32 = 0x0002;
+
+pub struct Recorder {
+    ebpf: Ebpf,
+    program: &'static str,
+    link: Option<RawTracePointLinkId>,
+    targets: HashMap<MapData, u64, u32>,
+    cache: HashMap<MapData, u64, u32>,
+    sets: PerCpuArray<MapData, SyscallSet>,
+    /// Slot → recorded cgroup id.
+    slots: Vec<Option<u64>>,
+    /// False when the kernel has no `thread_info.status`: 32-bit calls would be recorded as
+    /// native ones, so they are refused rather than misnamed.
+    pub compat_known: bool,
+}
+
+impl Recorder {
+    /// Loads the recorder (not attached).
+    pub fn load(btf: &Path) -> Result<Self> {
+        Self::load_program(btf, names::PROG_RECORD)
+    }
+
+    /// Loads the empty `sys_enter` program instead: the floor benchmarks compare against.
+    pub fn load_empty(btf: &Path) -> Result<Self> {
+        Self::load_program(btf, names::PROG_EMPTY_SYS_ENTER)
+    }
+
+    fn load_program(btf: &Path, program: &'static str) -> Result<Self> {
+        if RECORDER_OBJECT.is_empty() {
+            bail!("this guard was built without its recorder object: build it with `cargo xtask build`");
+        }
+        let resolver = OffsetResolver::from_file(btf).context("reading kernel BTF")?;
+        // Only x86 has TS_COMPAT; elsewhere the recorder sees native calls only.
+        let status = if cfg!(target_arch = "x86_64") {
+            resolver.field("task_struct", &["thread_info", "status"], 4).ok()
+        } else {
+            None
+        };
+        let config = RecorderConfig { thread_status: status.unwrap_or(NO_OFFSET), compat_mask: TS_COMPAT };
+        crate::sensors::process::raise_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::REC_CONFIG, &config, true)
+            .load(RECORDER_OBJECT)
+            .context("loading the recorder object (needs root or CAP_BPF+CAP_PERFMON)")?;
+        let prog: &mut RawTracePoint =
+            ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?.try_into()?;
+        prog.load().with_context(|| format!("verifying {program}"))?;
+        let take = |ebpf: &mut Ebpf, n: &str| ebpf.take_map(n).with_context(|| format!("map {n} missing"));
+        let targets = HashMap::try_from(take(&mut ebpf, names::REC_TARGETS)?)?;
+        let cache = HashMap::try_from(take(&mut ebpf, names::REC_CACHE)?)?;
+        let sets = PerCpuArray::try_from(take(&mut ebpf, names::REC_SETS)?)?;
+        Ok(Self {
+            ebpf,
+            program,
+            link: None,
+            targets,
+            cache,
+            sets,
+            slots: vec![None; MAX_TARGETS as usize],
+            compat_known: status.is_some(),
+        })
+    }
+
+    pub fn attach(&mut self) -> Result<()> {
+        if self.link.is_some() {
+            return Ok(());
+        }
+        let prog: &mut RawTracePoint = self.ebpf.program_mut(self.program).context("program missing")?.try_into()?;
+        self.link = Some(prog.attach("sys_enter").context("attaching raw tracepoint sys_enter")?);
+        Ok(())
+    }
+
+    pub fn detach(&mut self) {
+        if let Some(link) = self.link.take() {
+            if let Some(prog) = self.ebpf.program_mut(self.program).and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
+            {
+                let _ = prog.detach(link);
+            }
+        }
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// Starts recording `cgroup_id` and everything below it, from an empty set. Returns its
+    /// slot.
+    pub fn add(&mut self, cgroup_id: u64) -> Result<u32> {
+        if let Some(s) = self.slot_of(cgroup_id) {
+            return Ok(s);
+        }
+        let slot = self.slots.iter().position(|s| s.is_none()).context("every recording slot is in use")? as u32;
+        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let empty = aya::maps::PerCpuValues::try_from(vec![SyscallSet::default(); ncpu])?;
+        self.sets.set(slot, empty, 0).context("clearing the slot")?;
+        self.targets.insert(cgroup_id, slot + 1, 0).context("registering the cgroup")?;
+        self.slots[slot as usize] = Some(cgroup_id);
+        self.invalidate();
+        Ok(slot)
+    }
+
+    pub fn remove(&mut self, cgroup_id: u64) {
+        if let Some(s) = self.slot_of(cgroup_id) {
+            let _ = self.targets.remove(&cgroup_id);
+            self.slots[s as usize] = None;
+            self.invalidate();
+        }
+    }
+
+    pub fn slot_of(&self, cgroup_id: u64) -> Option<u32> {
+        self.slots.iter().position(|s| *s == Some(cgroup_id)).map(|p| p as u32)
+    }
+
+    /// Forgets every cached cgroup → slot decision. Twice: a program that looked up the
+    /// targets just before the change may insert its stale answer just after the first pass.
+    fn invalidate(&mut self) {
+        for pass in 0..2 {
+            let keys: Vec<u64> = self.cache.keys().filter_map(|k| k.ok()).collect();
+            for k in keys {
+                let _ = self.cache.remove(&k);
+            }
+            if pass == 0 && self.is_attached() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+
+    /// The slot's syscall set (the CPUs' copies ORed).
+    pub fn read(&self, slot: u32) -> Result<SyscallSet> {
+        let per_cpu = self.sets.get(&slot, 0).context("reading a syscall set")?;
+        let mut out = SyscallSet::default();
+        for s in per_cpu.iter() {
+            for (o, w) in out.words.iter_mut().zip(s.words.iter()) {
+                *o |= *w;
+            }
+            out.out_of_range += s.out_of_range;
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}

@@ -1,0 +1,534 @@
+//! Seccomp profiles from observed behaviour, end to end: record a real IPython kernel session
+//! with `guard seccomp record`, generate a profile, run the same session again under it in a
+//! real OCI runtime (runc), and check that what the session never did is refused.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use guard::seccomp::{arch::Arch, recording::RecordingFile};
+use guard_tests::{guard_bin, require_root, spawn_in, test_python, wait_ok, Exec, TempDir, TestCgroup};
+use serde_json::{json, Value};
+
+/// Typical notebook cells: arithmetic, files, threads, a listening socket, a subprocess.
+const CELLS: &[&str] = &[
+    "x = sum(i * i for i in range(100000))\nprint(x)",
+    "import json, os, tempfile\nfd, p = tempfile.mkstemp()\nos.write(fd, json.dumps({'a': 1}).encode())\nos.close(fd)\nprint(open(p).read())\nos.remove(p)",
+    "import threading\nout = []\nt = threading.Thread(target=lambda: out.append(1))\nt.start(); t.join()\nprint(out)",
+    "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\nprint(s.getsockname()[0])\ns.close()",
+    "import subprocess\nprint(subprocess.run(['ls', '/usr'], capture_output=True).returncode)",
+    "import time, math\ntime.sleep(0.05)\nprint(math.sqrt(2) > 1)",
+];
+
+/// A running `guard seccomp record`, stopped with SIGINT.
+struct Recording {
+    child: std::process::Child,
+    out: PathBuf,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Recording {
+    fn start(what: &[&str], out: &Path) -> Recording {
+        let mut child = Command::new(guard_bin())
+            .args(["seccomp", "record"])
+            .args(what)
+            .args(["--duration", "300", "-o"])
+            .arg(out)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let err = BufReader::new(child.stderr.take().unwrap());
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                if line.contains("recording") {
+                    let _ = tx.send(());
+                }
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            panic!("the recorder did not start:\n{}", stderr.lock().unwrap());
+        }
+        Recording { child, out: out.to_path_buf(), stderr }
+    }
+
+    fn stop(mut self) -> RecordingFile {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGINT).unwrap();
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(status.success(), "recorder: {status}\n{}", self.stderr.lock().unwrap());
+        RecordingFile::load(&self.out).unwrap()
+    }
+}
+
+fn guard(args: &[&str]) -> std::process::Output {
+    Command::new(guard_bin()).args(args).output().unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Directories the test Python needs (its venv and the interpreter it links to).
+fn python_dirs() -> Vec<PathBuf> {
+    let out = Command::new(test_python())
+        .args(["-c", "import sys; print(sys.prefix); print(sys.base_prefix)"])
+        .output()
+        .unwrap();
+    let mut dirs: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from).collect();
+    // The venv may be reached through a symlink: bind its real location too.
+    dirs.extend(dirs.clone().iter().filter_map(|d| std::fs::canonicalize(d).ok()));
+    dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// An OCI bundle that runs `args` with the host's /usr and /etc read-only, the test Python
+/// bound in, `work` writable, Docker's default capabilities plus CAP_SYS_ADMIN (so that what
+/// fails, fails because of the profile), and `seccomp` when given.
+fn bundle(dir: &Path, work: &Path, args: &[String], seccomp: Option<&Value>) -> PathBuf {
+    let b = dir.join(format!("bundle-{}", std::time::SystemTime::now().elapsed().map_or(0, |d| d.as_nanos())));
+    let rootfs = b.join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    // Debian's merged /usr.
+    for l in ["bin", "lib", "lib64", "sbin"] {
+        std::os::unix::fs::symlink(format!("usr/{l}"), rootfs.join(l)).unwrap();
+    }
+    let ro = |p: &Path| json!({"destination": p, "type": "bind", "source": p, "options": ["rbind", "ro"]});
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}),
+        ro(Path::new("/usr")),
+        ro(Path::new("/etc")),
+    ];
+    mounts.extend(python_dirs().iter().map(|d| ro(d)));
+    mounts.push(json!({"destination": work, "type": "bind", "source": work, "options": ["rbind", "rw"]}));
+    let caps = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_PTRACE",
+    ];
+    let mut linux = json!({
+        "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+        "rootfsPropagation": "rprivate",
+    });
+    if let Some(s) = seccomp {
+        linux["seccomp"] = s.clone();
+    }
+    let config = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": session_env(work).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "cwd": work,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": true,
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "notebook",
+        "mounts": mounts,
+        "linux": linux,
+    });
+    std::fs::write(b.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    b
+}
+
+/// Runs the bundle with runc; returns (exit status, stdout, stderr).
+fn runc(bundle: &Path, state: &Path) -> (i32, String, String) {
+    let id = bundle.file_name().unwrap().to_string_lossy().into_owned();
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(state)
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .output()
+        .expect("runc (cargo xtask test installs it)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Python that tries what a notebook never needs and prints each call's errno (0: it worked).
+const FORBIDDEN: &str = "import ctypes, os\n\
+libc = ctypes.CDLL(None, use_errno=True)\n\
+def errno(r):\n    return 0 if r == 0 else ctypes.get_errno()\n\
+print('unshare', errno(libc.unshare(0x00020000)))\n\
+print('ptrace', errno(libc.ptrace(0, 0, None, None)))\n\
+d = os.path.join(os.environ['TMPDIR'], 'm'); os.makedirs(d, exist_ok=True)\n\
+print('mount', errno(libc.mount(b'none', d.encode(), b'tmpfs', 0, None)))\n";
+
+fn errnos(stdout: &str) -> std::collections::BTreeMap<String, i32> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(k, v)| v.trim().parse().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+/// The kernel driver's command line, with its cells and results in `work`.
+fn session_args(work: &Path) -> Vec<String> {
+    std::fs::create_dir_all(work).unwrap();
+    let spec = work.join("cells.json");
+    std::fs::write(&spec, serde_json::to_vec(&json!({"notebook": "analysis.ipynb", "cells": CELLS})).unwrap()).unwrap();
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/run_cells.py");
+    [test_python(), driver, spec, work.join("results.json")].iter().map(|p| p.display().to_string()).collect()
+}
+
+/// The environment of a fresh notebook home in `work` (the same inside and outside runc).
+fn session_env(work: &Path) -> Vec<(String, String)> {
+    let w = work.display();
+    vec![
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("HOME".into(), format!("{w}")),
+        ("TMPDIR".into(), format!("{w}")),
+        ("JUPYTER_RUNTIME_DIR".into(), format!("{w}/runtime")),
+        ("IPYTHONDIR".into(), format!("{w}/ipython")),
+    ]
+}
+
+/// Runs the session on the host inside `cg` (the driver joins it before starting the kernel).
+fn run_session_on_host(cg: &TestCgroup, work: &Path) -> Vec<Value> {
+    let args = session_args(work);
+    let out = Command::new(&args[0])
+        .args(&args[1..])
+        .env_clear()
+        .envs(session_env(work))
+        .env("GUARD_CGROUP", &cg.path)
+        .current_dir(work)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&std::fs::read(work.join("results.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_recorded_notebook_session_runs_under_its_profile_in_runc_and_nothing_else_does() {
+    if !require_root("a_recorded_notebook_session_runs_under_its_profile_in_runc_and_nothing_else_does") {
+        return;
+    }
+    let dir = TempDir::new("seccomp").unwrap();
+    let (cg, user) = TestCgroup::tljh().unwrap();
+
+    // 1. Record a real kernel session on the host, in a fresh home as a new container has.
+    let rec_path = dir.0.join("recording.json");
+    let rec = Recording::start(&["--cgroup", &cg.rel.display().to_string()], &rec_path);
+    let host_work = dir.0.join("host");
+    let results = run_session_on_host(&cg, &host_work);
+    assert!(results.iter().all(|r| r["status"] == "ok"), "{results:?}");
+    let file = rec.stop();
+    assert_eq!(file.recordings.len(), 1);
+    let r = &file.recordings[0];
+    assert_eq!(r.target.user.as_deref(), Some(user.as_str()), "a TLJH unit names its user");
+    let native = &r.syscalls[&Arch::X86_64];
+    for n in ["execve", "bind", "listen", "openat", "futex", "mkdir"] {
+        assert!(native.contains(n), "{n} missing from {native:?}");
+    }
+    assert!(native.len() >= 40 && native.len() <= 200, "{} syscalls: {native:?}", native.len());
+    assert_eq!(r.counts[&Arch::X86_64], native.len());
+    assert_eq!(r.out_of_range, 0);
+
+    // 2. Generate the three formats.
+    let profile = dir.0.join("notebook.json");
+    let out = ok(&guard(&[
+        "seccomp",
+        "generate",
+        rec_path.to_str().unwrap(),
+        "--format",
+        "oci",
+        "-o",
+        profile.to_str().unwrap(),
+    ]));
+    assert!(out.contains("syscalls allowed"), "{out}");
+    let oci: Value = serde_json::from_slice(&std::fs::read(&profile).unwrap()).unwrap();
+    assert_eq!(oci["defaultAction"], "SCMP_ACT_ERRNO");
+    assert_eq!(oci["defaultErrnoRet"], 1);
+    let allowed: BTreeSet<String> = oci["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "SCMP_ACT_ALLOW")
+        .flat_map(|r| r["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()))
+        .collect();
+    for n in ["unshare", "mount", "ptrace", "setns", "bpf"] {
+        assert!(!allowed.contains(n), "{n} must not be allowed");
+    }
+
+    // 3. The same session, under the profile, in runc: every cell runs as before. The
+    //    recording never saw runc's own calls after it loads the filter: the profile's
+    //    runtime needs must cover them.
+    let work = dir.0.join("work");
+    let state = dir.0.join("runc-state");
+    let args = session_args(&work);
+    let (code, stdout, stderr) = runc(&bundle(&dir.0, &work, &args, Some(&oci)), &state);
+    assert_eq!(code, 0, "the session under its profile:\n{stdout}\n{stderr}");
+    let confined: Vec<Value> = serde_json::from_slice(&std::fs::read(work.join("results.json")).unwrap()).unwrap();
+    assert_eq!(confined.len(), CELLS.len());
+    for (i, (c, plain)) in confined.iter().zip(&results).enumerate() {
+        assert_eq!(c["status"], "ok", "cell {i} under the profile: {c}");
+        assert_eq!(c["stdout"], plain["stdout"], "cell {i} prints the same");
+    }
+
+    // 4. What the session never did fails with EPERM under the profile, and works without it
+    //    (the container has CAP_SYS_ADMIN and CAP_SYS_PTRACE: the profile is what refuses).
+    std::fs::create_dir_all(&work).unwrap();
+    let py = vec![test_python().display().to_string(), "-c".into(), FORBIDDEN.into()];
+    let (code, stdout, stderr) = runc(&bundle(&dir.0, &work, &py, None), &state);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let free = errnos(&stdout);
+    assert_eq!((free["unshare"], free["ptrace"], free["mount"]), (0, 0, 0), "without a profile: {stdout}");
+    let (code, stdout, stderr) = runc(&bundle(&dir.0, &work, &py, Some(&oci)), &state);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let confined = errnos(&stdout);
+    let eperm = libc::EPERM;
+    assert_eq!((confined["unshare"], confined["ptrace"], confined["mount"]), (eperm, eperm, eperm), "{stdout}");
+
+    // 5. The same verdicts through `guard seccomp check` (libseccomp in-process).
+    let out = Command::new(guard_bin())
+        .args(["seccomp", "check", profile.to_str().unwrap(), "--"])
+        .arg(test_python())
+        .args(["-c", FORBIDDEN])
+        .env("TMPDIR", &work)
+        .output()
+        .unwrap();
+    let checked = errnos(&ok(&out));
+    assert_eq!((checked["unshare"], checked["ptrace"]), (eperm, eperm), "{checked:?}");
+    let status = Command::new(guard_bin())
+        .args(["seccomp", "check", profile.to_str().unwrap(), "--", "/bin/sh", "-c", "exit 7"])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(7), "check exits with the command's status");
+}
+
+#[test]
+fn int_0x80_calls_are_recorded_under_the_i386_table() {
+    if !require_root("int_0x80_calls_are_recorded_under_the_i386_table") {
+        return;
+    }
+    let dir = TempDir::new("int80").unwrap();
+    let cg = TestCgroup::new("int80").unwrap();
+    let out = dir.0.join("r.json");
+    let rec = Recording::start(&["--cgroup", &cg.rel.display().to_string()], &out);
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_int80"));
+    let pid = spawn_in(&cg, Exec::Path(&bin), &[std::ffi::OsStr::new("int80")]).unwrap();
+    wait_ok(pid).unwrap();
+    let file = rec.stop();
+    let r = &file.recordings[0];
+    let x86 = r.syscalls.get(&Arch::X86).unwrap_or_else(|| panic!("no i386 calls recorded: {r:?}"));
+    assert!(x86.contains("getpid") && x86.contains("getuid32"), "{x86:?}");
+    // Their numbers in the x86_64 table: a recorder that ignores the ABI reports these.
+    let native = &r.syscalls[&Arch::X86_64];
+    assert!(!native.contains("fremovexattr"), "i386 getuid32 misnamed as x86_64 fremovexattr");
+    assert!(native.contains("execve"), "{native:?}");
+}
+
+#[test]
+fn recordings_merge_into_coverage_and_generate_every_format() {
+    if !require_root("recordings_merge_into_coverage_and_generate_every_format") {
+        return;
+    }
+    let dir = TempDir::new("merge").unwrap();
+    // Two users' notebooks doing different things.
+    let mut files = Vec::new();
+    for (i, cmd) in [["/usr/bin/true", "true"], ["/usr/bin/ls", "ls"]].iter().enumerate() {
+        let (cg, _user) = TestCgroup::tljh().unwrap();
+        let out = dir.0.join(format!("r{i}.json"));
+        let rec = Recording::start(&["--cgroup", &cg.rel.display().to_string()], &out);
+        let pid = spawn_in(&cg, Exec::Path(Path::new(cmd[0])), &[std::ffi::OsStr::new(cmd[1])]).unwrap();
+        wait_ok(pid).unwrap();
+        rec.stop();
+        files.push(out);
+    }
+    let sets: Vec<BTreeSet<String>> =
+        files.iter().map(|f| RecordingFile::load(f).unwrap().recordings[0].syscalls[&Arch::X86_64].clone()).collect();
+    let merged = dir.0.join("merged.json");
+    ok(&guard(&[
+        "seccomp",
+        "merge",
+        files[0].to_str().unwrap(),
+        files[1].to_str().unwrap(),
+        "-o",
+        merged.to_str().unwrap(),
+    ]));
+    let m: Value = serde_json::from_slice(&std::fs::read(&merged).unwrap()).unwrap();
+    let cov = m["coverage"]["syscalls"]["SCMP_ARCH_X86_64"].as_object().unwrap();
+    let union: BTreeSet<String> = sets[0].union(&sets[1]).cloned().collect();
+    assert_eq!(cov.keys().cloned().collect::<BTreeSet<_>>(), union, "the merge is the union");
+    for (name, count) in cov {
+        let expected = sets.iter().filter(|s| s.contains(name)).count();
+        assert_eq!(count.as_u64(), Some(expected as u64), "{name}");
+    }
+    assert_eq!(m["coverage"]["recordings"], 2);
+
+    // min-coverage 2 keeps only what both used (plus what the runtime always needs).
+    let both = dir.0.join("both.json");
+    ok(&guard(&[
+        "seccomp",
+        "generate",
+        files[0].to_str().unwrap(),
+        files[1].to_str().unwrap(),
+        "--min-coverage",
+        "2",
+        "-o",
+        both.to_str().unwrap(),
+    ]));
+    let p: guard::seccomp::profile::OciProfile = serde_json::from_slice(&std::fs::read(&both).unwrap()).unwrap();
+    let allowed = guard::seccomp::profile::allowed_names(&p);
+    let only_ls: Vec<&String> = sets[1]
+        .difference(&sets[0])
+        .filter(|n| !guard::seccomp::profile::RUNTIME_NEEDS.contains(&n.as_str()))
+        .collect();
+    assert!(!only_ls.is_empty());
+    assert!(only_ls.iter().all(|n| !allowed.contains(*n)), "{only_ls:?} used by one recording only");
+
+    // SPO: the SeccompProfile CRD's field names and types (errnoRet is a string there).
+    let spo = dir.0.join("sp.yaml");
+    let f0 = files[0].to_str().unwrap();
+    ok(&guard(&[
+        "seccomp",
+        "generate",
+        f0,
+        "--format",
+        "spo",
+        "--name",
+        "nb",
+        "--namespace",
+        "jhub",
+        "-o",
+        spo.to_str().unwrap(),
+    ]));
+    let sp: SpoSeccompProfile = serde_yaml_ng::from_slice(&std::fs::read(&spo).unwrap()).unwrap();
+    assert_eq!(sp.api_version, "security-profiles-operator.x-k8s.io/v1beta1");
+    assert_eq!(sp.kind, "SeccompProfile");
+    assert_eq!(sp.metadata.namespace, "jhub");
+    assert_eq!(sp.spec.default_action, "SCMP_ACT_ERRNO");
+    assert!(sp.spec.syscalls.iter().any(|s| s.errno_ret.as_deref() == Some("38")), "ENOSYS fallbacks");
+
+    // KubeSpawner: the snippet goes through KubeSpawner's own pod builder.
+    let values = dir.0.join("values.yaml");
+    ok(&guard(&[
+        "seccomp",
+        "generate",
+        f0,
+        "--format",
+        "kubespawner",
+        "--localhost-profile",
+        "profiles/nb.json",
+        "-o",
+        values.to_str().unwrap(),
+    ]));
+    let v: Value = serde_yaml_ng::from_slice(&std::fs::read(&values).unwrap()).unwrap();
+    let ctx = &v["hub"]["config"]["KubeSpawner"]["container_security_context"];
+    assert_eq!(ctx["seccompProfile"]["type"], "Localhost");
+    let pod = Command::new(test_python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/kubespawner_pod.py"))
+        .arg(serde_json::to_string(ctx).unwrap())
+        .output()
+        .unwrap();
+    let pod: Value = serde_json::from_str(&ok(&pod)).unwrap();
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["securityContext"]["seccompProfile"]["localhostProfile"], "profiles/nb.json");
+    assert!(pod["spec"]["securityContext"]["seccompProfile"].is_null(), "the pod-level context is KubeSpawner's own");
+
+    // Names are checked against libseccomp: a hand-edited recording with a bad name is refused.
+    let bad = dir.0.join("bad.json");
+    let text = std::fs::read_to_string(&files[0]).unwrap().replacen("\"execve\"", "\"execve_please\"", 1);
+    std::fs::write(&bad, text).unwrap();
+    let out = guard(&["seccomp", "generate", bad.to_str().unwrap(), "-o", dir.0.join("x.json").to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("execve_please") && err.contains("recordings[0].syscalls"), "{err}");
+    assert!(!dir.0.join("x.json").exists(), "nothing is written on error");
+
+    // diff: reviewing the min-coverage change.
+    let union_p = dir.0.join("union.json");
+    ok(&guard(&["seccomp", "generate", f0, files[1].to_str().unwrap(), "-o", union_p.to_str().unwrap()]));
+    let d = guard(&["seccomp", "diff", both.to_str().unwrap(), union_p.to_str().unwrap()]);
+    assert_eq!(d.status.code(), Some(1), "profiles differ");
+    let text = String::from_utf8_lossy(&d.stdout);
+    for n in &only_ls {
+        if guard::seccomp::docker::permits(n) {
+            assert!(text.lines().any(|l| l.starts_with(&format!("+ {n}:"))), "{n} in\n{text}");
+        }
+    }
+}
+
+/// The SPO SeccompProfile's field names (security-profiles-operator.x-k8s.io/v1beta1); unknown
+/// fields are errors, as the API server's structural schema would prune or reject them.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SpoSeccompProfile {
+    api_version: String,
+    kind: String,
+    metadata: SpoMeta,
+    spec: SpoSpec,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpoMeta {
+    #[allow(dead_code)]
+    name: String,
+    namespace: String,
+    #[allow(dead_code)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SpoSpec {
+    default_action: String,
+    #[allow(dead_code)]
+    architectures: Vec<String>,
+    syscalls: Vec<SpoSyscall>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+struct SpoSyscall {
+    names: Vec<String>,
+    action: String,
+    errno_ret: Option<String>,
+    #[serde(default)]
+    args: Vec<SpoArg>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+struct SpoArg {
+    index: u32,
+    value: u64,
+    value_two: u64,
+    op: String,
+}
