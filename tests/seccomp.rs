@@ -532,3 +532,63 @@ struct SpoArg {
     value_two: u64,
     op: String,
 }
+
+#[test]
+fn a_syscall_outside_the_assigned_profile_raises_drift_for_that_notebook_only() {
+    if !require_root("a_syscall_outside_the_assigned_profile_raises_drift_for_that_notebook_only") {
+        return;
+    }
+    let dir = TempDir::new("drift").unwrap();
+    // The profile: what a plain `python -c pass` needs.
+    let rec_cg = TestCgroup::new("drift-rec").unwrap();
+    let rec_path = dir.0.join("r.json");
+    let rec = Recording::start(&["--cgroup", &rec_cg.rel.display().to_string()], &rec_path);
+    let py = test_python();
+    let pid = spawn_in(&rec_cg, Exec::Path(&py), &[py.as_os_str(), "-c".as_ref(), "pass".as_ref()]).unwrap();
+    wait_ok(pid).unwrap();
+    rec.stop();
+    let profile = dir.0.join("profile.json");
+    ok(&guard(&["seccomp", "generate", rec_path.to_str().unwrap(), "-o", profile.to_str().unwrap()]));
+
+    // Alice's notebook is assigned the profile; Bob's is not.
+    let (alice_cg, alice) = TestCgroup::tljh().unwrap();
+    let (bob_cg, bob) = TestCgroup::tljh().unwrap();
+    let policy = format!(
+        "overrides:\n  - name: profiled\n    match: {{users: [{alice}]}}\n    seccomp_profile: {}\n",
+        profile.display()
+    );
+    let g = guard_tests::GuardProcess::start(&policy, &[]).unwrap();
+    assert!(g.log().contains("drift watch attached"), "{}", g.log());
+    // unshare(0) changes nothing but is a real unshare call, outside the profile.
+    let code = "import ctypes; ctypes.CDLL(None).unshare(0)";
+    for cg in [&alice_cg, &bob_cg] {
+        let pid = spawn_in(cg, Exec::Path(&py), &[py.as_os_str(), "-c".as_ref(), code.as_ref()]).unwrap();
+        wait_ok(pid).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let drift = |alerts: &[Value], user: &str| -> Vec<Value> {
+        alerts
+            .iter()
+            .filter(|a| a["rule"] == "notebook.seccomp_drift" && a["output_fields"]["jupyterhub.user"] == user)
+            .cloned()
+            .collect()
+    };
+    while drift(&g.alerts(), &alice).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let alerts = g.stop().unwrap();
+    let mine = drift(&alerts, &alice);
+    let unshare = mine
+        .iter()
+        .find(|a| a["output_fields"]["syscall.name"] == "unshare")
+        .unwrap_or_else(|| panic!("no drift alert for unshare: {mine:?}"));
+    let f = &unshare["output_fields"];
+    assert_eq!(f["syscall.arch"], "SCMP_ARCH_X86_64");
+    assert_eq!(f["seccomp.verdict"], "SCMP_ACT_ERRNO(1)");
+    assert_eq!(f["seccomp.profile"], profile.display().to_string());
+    assert_eq!(f["jupyterhub.source"], "tljh");
+    // Once per notebook and syscall; nothing the profile allows; nothing for Bob.
+    assert_eq!(mine.iter().filter(|a| a["output_fields"]["syscall.name"] == "unshare").count(), 1);
+    assert!(!mine.iter().any(|a| a["output_fields"]["syscall.name"] == "read"), "{mine:?}");
+    assert!(drift(&alerts, &bob).is_empty(), "bob has no profile");
+}

@@ -29,6 +29,7 @@ use crate::{
     enforce::{flags_for, KernelEnforcer},
     policy::{AutoBool, Mode, Policy},
     process::table::{cmdline, ProcessTable, Role},
+    seccomp::drift::DriftWatch,
     sensors::{
         decode::{Event, Exec},
         process::{KernelLosses, ProcessSensor, SensorOptions},
@@ -126,6 +127,9 @@ struct Pipeline<W: Write> {
     /// Egress maps (None when the egress hooks are off).
     egress: Option<crate::sensors::process::EgressMaps>,
     egress_now: HashMap<u64, u32>,
+    /// Seccomp drift watch: loaded only while the policy assigns some notebook a profile.
+    drift: Option<DriftWatch>,
+    btf: PathBuf,
     pub alerts_sent: u64,
 }
 
@@ -201,13 +205,19 @@ impl<W: Write> Pipeline<W> {
         for pod in pods {
             self.place_pod(pod)?;
         }
-        let lazily: Vec<u64> = self.egress_now.keys().chain(self.enforcer_cgroups().iter()).copied().collect();
+        let drifting: Vec<u64> = self.drift.as_ref().map(|d| d.watched_ids()).unwrap_or_default();
+        let lazily: Vec<u64> =
+            self.egress_now.keys().chain(self.enforcer_cgroups().iter()).chain(drifting.iter()).copied().collect();
         for id in lazily {
             if let Some(who) = self.attributor.attribute(id, 0) {
                 let eff = new.effective(Some(&who), self.detector.mode_flag);
                 self.enforce_cgroup(id, flags_for(&eff))?;
                 self.set_egress(id, &eff)?;
+                self.set_drift(id, &eff, who)?;
             }
+        }
+        if !new.any_seccomp_profile() && self.drift.take().is_some() {
+            tracing::info!("no seccomp profile assigned any more: drift watch detached");
         }
         // Cgroups still on the old generation have no notebook any more: drop them.
         let stale: Vec<u64> = self
@@ -257,6 +267,41 @@ impl<W: Write> Pipeline<W> {
         }
         maps.cgroups.insert(cgroup_id, v, 0).with_context(|| format!("egress policy for cgroup {cgroup_id}"))?;
         self.egress_now.insert(cgroup_id, v);
+        Ok(())
+    }
+
+    /// Watches a notebook cgroup against its assigned seccomp profile (or stops watching it).
+    /// The recorder is attached on first use: nodes whose policy assigns no profile never pay
+    /// for a `sys_enter` program.
+    fn set_drift(&mut self, cgroup_id: u64, eff: &crate::policy::Effective, who: Arc<Attribution>) -> Result<()> {
+        let policy = self.detector.policy.clone();
+        match policy.seccomp_profile_by_id(eff.seccomp_profile) {
+            Some((path, profile)) => {
+                let drift = match &mut self.drift {
+                    Some(d) => d,
+                    None => {
+                        let d = DriftWatch::start(&self.btf).context("attaching the seccomp drift watch")?;
+                        tracing::info!("seccomp drift watch attached (raw tracepoint sys_enter)");
+                        self.drift.insert(d)
+                    }
+                };
+                drift.assign(cgroup_id, who, eff.seccomp_profile, path, profile)
+            }
+            None => {
+                if let Some(d) = self.drift.as_mut() {
+                    d.unassign(cgroup_id);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn poll_drift(&mut self) -> Result<()> {
+        let Some(d) = self.drift.as_mut() else { return Ok(()) };
+        for drift in d.poll()? {
+            let a = self.detector.seccomp_drift(&drift);
+            self.emit(a)?;
+        }
         Ok(())
     }
 
@@ -514,10 +559,15 @@ impl<W: Write> Pipeline<W> {
                 _ => None,
             };
             if let Some(user) = user {
-                let who = Attribution { user: Some(user), ..Attribution::new(Source::Tljh, path.clone()) };
+                let source = match workload {
+                    Workload::SystemdSpawner { .. } => Source::SystemdSpawner,
+                    _ => Source::Tljh,
+                };
+                let who = Attribution { user: Some(user), ..Attribution::new(source, path.clone()) };
                 let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
                 self.enforce_cgroup(id, flags_for(&eff))?;
                 self.set_egress(id, &eff)?;
+                self.set_drift(id, &eff, Arc::new(who))?;
             }
             tracing::info!(cgroup = %path.display(), id, "watching notebook cgroup");
         }
@@ -540,6 +590,9 @@ impl<W: Write> Pipeline<W> {
                 self.pods_placed.remove(&uid);
                 if let Some(id) = self.pod_cgroups.remove(&uid) {
                     self.enforcer.set_cgroup(id, None)?;
+                    if let Some(d) = self.drift.as_mut() {
+                        d.unassign(id);
+                    }
                     if let Some(m) = self.egress.as_mut() {
                         let _ = m.cgroups.remove(&id);
                     }
@@ -562,6 +615,7 @@ impl<W: Write> Pipeline<W> {
         let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
         self.enforce_cgroup(id, flags_for(&eff))?;
         self.set_egress(id, &eff)?;
+        self.set_drift(id, &eff, Arc::new(who))?;
         self.pod_cgroups.insert(pod.uid.clone(), id);
         self.pods_placed.insert(pod.uid.clone(), pod.clone());
         tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), user = ?pod.user, mode = %eff.mode, "notebook pod on this node");
@@ -714,6 +768,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         metrics: metrics.clone(),
         egress,
         egress_now: HashMap::new(),
+        drift: None,
+        btf: opts.sensor.btf_path.clone(),
         alerts_sent: 0,
     };
     metrics.sensors_attached.store(true, Ordering::Relaxed);
@@ -795,6 +851,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     }
                 }
                 pipe.report_losses(pipe.sensor.kernel_losses()?, stats.queue_full.load(Ordering::Relaxed))?;
+                pipe.poll_drift()?;
                 for a in pipe.aggregator.flush(Instant::now(), false) {
                     pipe.send(&a);
                 }
@@ -842,6 +899,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tracing::info!("stopping: detaching programs and draining the ring buffer");
     }
     pipe.sensor.detach();
+    // Last look at the drift watch, then detach it (it is never left attached).
+    pipe.poll_drift()?;
+    pipe.drift = None;
     let _ = stop_tx.send(true);
     reader.await.context("ring reader task")?;
     while let Ok(ev) = rx.try_recv() {

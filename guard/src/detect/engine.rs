@@ -513,6 +513,34 @@ impl Detector {
         a
     }
 
+    /// A syscall outside a notebook's assigned seccomp profile (from the recorder's bitmap:
+    /// the notebook is known, the process is not).
+    pub fn seccomp_drift(&self, d: &crate::seccomp::drift::Drift) -> Alert {
+        let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc());
+        let who = &d.who;
+        let mut a = Alert::new(&rules::SECCOMP_DRIFT, now, &self.hostname, Action::Alert);
+        a.set("evt.type", "syscall")
+            .set("syscall.name", d.syscall.clone())
+            .set("syscall.arch", d.arch.oci_name())
+            .set("seccomp.profile", d.profile.clone())
+            .set("seccomp.verdict", d.verdict.clone())
+            .set_opt("container.id", who.container_id.clone())
+            .set_opt("k8s.ns.name", who.namespace.clone())
+            .set_opt("k8s.pod.name", who.pod.clone())
+            .set_opt("jupyterhub.user", who.user.clone())
+            .set_opt("jupyterhub.server", who.server.clone())
+            .set("jupyterhub.source", who.source.name())
+            .set("container.cgroup", who.cgroup.to_string_lossy().into_owned());
+        a.finish_output(&format!(
+            "{} ({} {}, the profile answers {})",
+            rules::SECCOMP_DRIFT.summary,
+            d.syscall,
+            d.arch,
+            d.verdict
+        ));
+        a
+    }
+
     /// An alert not tied to an exec (agent health).
     pub fn health_alert(&self, rule: &Rule, summary: &str, fields: &[(&str, serde_json::Value)]) -> Alert {
         let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc());

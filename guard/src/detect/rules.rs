@@ -102,6 +102,12 @@ pub const PACKET_SOCKET: Rule = Rule {
     tags: &["notebook", "network", "sniffing", "mitre_credential_access", "T1040"],
     summary: "Packet or raw socket opened in a notebook (sniffing)",
 };
+pub const SECCOMP_DRIFT: Rule = Rule {
+    name: "notebook.seccomp_drift",
+    priority: Priority::Warning,
+    tags: &["notebook", "seccomp", "drift", "mitre_execution", "T1106"],
+    summary: "Notebook made a syscall outside its assigned seccomp profile",
+};
 /// Agent health: events were lost between the kernel and the agent.
 pub const EVENTS_LOST: Rule = Rule {
     name: "guard.events_lost",
@@ -164,6 +170,7 @@ pub const ALL: &[Rule] = &[
     UNEXPECTED_EGRESS,
     METADATA_ACCESS,
     PACKET_SOCKET,
+    SECCOMP_DRIFT,
     EVENTS_LOST,
     GUARD_STARTED,
     GUARD_STOPPED,

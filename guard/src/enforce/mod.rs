@@ -130,12 +130,13 @@ mod tests {
 
     #[test]
     fn flags_follow_mode_and_allowances() {
-        let eff = Effective { mode: Mode::Monitor, allowances: Allowances::default(), egress_policy: 1 };
+        let eff = Effective { mode: Mode::Monitor, allowances: Allowances::default(), egress_policy: 1, seccomp_profile: 0 };
         assert_eq!(flags_for(&eff), None);
         let eff = Effective {
             mode: Mode::Enforce,
             allowances: Allowances { terminals: true, pip_magic: false },
             egress_policy: 1,
+            seccomp_profile: 0,
         };
         assert_eq!(flags_for(&eff), Some(enforce_flags::ON | enforce_flags::TERMINALS));
     }

@@ -160,6 +160,10 @@ pub struct Override {
     /// Replaces the global egress policy for these notebooks.
     #[serde(default)]
     pub egress: Option<egress::EgressSpec>,
+    /// The seccomp profile (OCI JSON, absolute path) these notebooks are assigned: a syscall
+    /// outside it raises `notebook.seccomp_drift`. Replaces the global one.
+    #[serde(default)]
+    pub seccomp_profile: Option<String>,
 }
 
 /// The file as written: every top-level key optional; what is missing comes from the
@@ -181,6 +185,7 @@ struct PolicyFile {
     launchers: Option<Vec<String>>,
     egress: Option<egress::EgressSpec>,
     heartbeat_seconds: Option<u64>,
+    seccomp_profile: Option<String>,
     rules: Option<RulesSpec>,
     overrides: Option<Vec<Override>>,
 }
@@ -202,6 +207,10 @@ pub struct Policy {
     pub egress: egress::EgressSpec,
     /// Interval of `guard.heartbeat` alerts (0: none).
     pub heartbeat_seconds: u64,
+    /// The seccomp profile every notebook is assigned (overrides may replace it).
+    pub seccomp_profile: Option<String>,
+    /// The assigned profiles, read and checked when the policy is loaded, by path.
+    pub seccomp_profiles: BTreeMap<String, crate::seccomp::profile::OciProfile>,
     pub rules: RulesSpec,
     pub overrides: Vec<Override>,
 }
@@ -224,6 +233,8 @@ pub struct Effective {
     pub allowances: Allowances,
     /// Egress policy id: 1 the global one, 2 + i the one of override i.
     pub egress_policy: u32,
+    /// Seccomp profile id: 0 none, 1 the global one, 2 + i the one of override i.
+    pub seccomp_profile: u32,
 }
 
 fn parse_file(origin: &str, text: &str) -> Result<PolicyFile, PolicyError> {
@@ -294,11 +305,70 @@ impl Policy {
             launchers: set(user.launchers.or(base.launchers).unwrap_or_default()),
             egress: user.egress.or(base.egress).unwrap_or_default(),
             heartbeat_seconds: user.heartbeat_seconds.or(base.heartbeat_seconds).unwrap_or(60),
+            seccomp_profile: user.seccomp_profile.or(base.seccomp_profile),
+            seccomp_profiles: BTreeMap::new(),
             rules: user.rules.or(base.rules).unwrap_or_default(),
             overrides: user.overrides.or(base.overrides).unwrap_or_default(),
         };
+        let mut p = p;
         p.validate(origin, text)?;
+        p.seccomp_profiles = p.load_seccomp_profiles(origin, text)?;
         Ok(p)
+    }
+
+    /// Reads every assigned seccomp profile; an unreadable or invalid one is a policy error
+    /// that names the key, so a bad profile never half-applies.
+    fn load_seccomp_profiles(
+        &self,
+        origin: &str,
+        text: &str,
+    ) -> Result<BTreeMap<String, crate::seccomp::profile::OciProfile>, PolicyError> {
+        let keyed = self
+            .seccomp_profile
+            .iter()
+            .map(|p| ("seccomp_profile".to_string(), p))
+            .chain(self.overrides.iter().enumerate().filter_map(|(i, o)| {
+                o.seccomp_profile.as_ref().map(|p| (format!("overrides[{i}].seccomp_profile"), p))
+            }));
+        let mut out = BTreeMap::new();
+        for (key, path) in keyed {
+            let line = text.lines().position(|l| l.contains(path.as_str())).map(|i| i + 1);
+            let err = |message: String| PolicyError {
+                origin: origin.to_string(),
+                line,
+                column: None,
+                key: key.clone(),
+                message,
+            };
+            if !path.starts_with('/') {
+                return Err(err(format!("{path:?} is not an absolute path")));
+            }
+            let raw = std::fs::read_to_string(path).map_err(|e| err(format!("reading {path}: {e}")))?;
+            let de = &mut serde_json::Deserializer::from_str(&raw);
+            let profile: crate::seccomp::profile::OciProfile = serde_path_to_error::deserialize(de)
+                .map_err(|e| err(format!("{path}: {}: {}", e.path(), e.inner())))?;
+            let problems = crate::seccomp::profile::validate(&profile);
+            if !problems.is_empty() {
+                return Err(err(format!("{path}: {}", problems.join("; "))));
+            }
+            out.insert(path.clone(), profile);
+        }
+        Ok(out)
+    }
+
+    /// The path and profile of seccomp profile `id` (see `Effective::seccomp_profile`).
+    pub fn seccomp_profile_by_id(&self, id: u32) -> Option<(&str, &crate::seccomp::profile::OciProfile)> {
+        let path = match id {
+            0 => None,
+            1 => self.seccomp_profile.as_deref(),
+            n => self.overrides.get(n as usize - 2).and_then(|o| o.seccomp_profile.as_deref()),
+        }?;
+        self.seccomp_profiles.get(path).map(|p| (path, p))
+    }
+
+    /// True when some notebook can be assigned a profile (the drift watch is needed).
+    pub fn any_seccomp_profile(&self) -> bool {
+        !self.seccomp_profiles.is_empty()
     }
 
     fn validate(&self, origin: &str, text: &str) -> Result<(), PolicyError> {
@@ -378,11 +448,19 @@ impl Policy {
     /// Mode and allowances for one notebook: the first matching override, then `mode_flag`
     /// (the command line's `--mode`) over everything.
     pub fn effective(&self, who: Option<&Attribution>, mode_flag: Option<Mode>) -> Effective {
-        let mut eff = Effective { mode: self.mode, allowances: self.allowances, egress_policy: 1 };
+        let mut eff = Effective {
+            mode: self.mode,
+            allowances: self.allowances,
+            egress_policy: 1,
+            seccomp_profile: self.seccomp_profile.is_some() as u32,
+        };
         if let Some(a) = who {
             if let Some((i, o)) = self.overrides.iter().enumerate().find(|(_, o)| override_matches(&o.matches, a)) {
                 if o.egress.is_some() {
                     eff.egress_policy = 2 + i as u32;
+                }
+                if o.seccomp_profile.is_some() {
+                    eff.seccomp_profile = 2 + i as u32;
                 }
                 if let Some(m) = o.mode {
                     eff.mode = m;
@@ -522,7 +600,8 @@ mod tests {
             Effective {
                 mode: Mode::Enforce,
                 allowances: Allowances { terminals: true, pip_magic: true },
-                egress_policy: 1
+                egress_policy: 1,
+                seccomp_profile: 0,
             }
         );
         assert_eq!(p.effective(Some(&a), Some(Mode::Monitor)).mode, Mode::Monitor);
@@ -562,5 +641,36 @@ mod tests {
         let m = ArgMatcher::new(&Some(vec![vec!["-Wl,-t".into(), "-o".into(), "*".into(), "-l*".into()]]));
         assert!(m.matches(&["-Wl,-t".into(), "-o".into(), "/tmp/tmpab".into(), "-lc".into()]));
         assert!(ArgMatcher::new(&None).matches(&["anything".into()]));
+    }
+
+    #[test]
+    fn seccomp_profiles_are_read_checked_and_assigned_by_override() {
+        let dir = std::env::temp_dir().join(format!("nbg-policy-sc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        std::fs::write(&good, r#"{"defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64"], "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}"#).unwrap();
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["reed"], "action": "SCMP_ACT_ALLOW"}]}"#).unwrap();
+        let text = format!(
+            "overrides:\n  - name: ds\n    match: {{users: [alice]}}\n    seccomp_profile: {}\n",
+            good.display()
+        );
+        let p = Policy::from_str("p.yaml", &text).unwrap();
+        let alice = Attribution { user: Some("alice".into()), ..Attribution::new(crate::discovery::attribution::Source::Tljh, "/x".into()) };
+        let bob = Attribution { user: Some("bob".into()), ..alice.clone() };
+        let id = p.effective(Some(&alice), None).seccomp_profile;
+        let (path, profile) = p.seccomp_profile_by_id(id).unwrap();
+        assert_eq!(path, good.display().to_string());
+        assert_eq!(profile.syscalls[0].names, ["read"]);
+        assert_eq!(p.effective(Some(&bob), None).seccomp_profile, 0, "no global profile");
+
+        let e = Policy::from_str("p.yaml", &text.replace("good.json", "bad.json")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("overrides[0].seccomp_profile", Some(4)), "{e}");
+        assert!(e.message.contains("reed"), "{e}");
+        let e = Policy::from_str("p.yaml", "seccomp_profile: profiles/x.json\n").unwrap_err();
+        assert_eq!(e.key, "seccomp_profile");
+        let e = Policy::from_str("p.yaml", &format!("seccomp_profile: {}/missing.json\n", dir.display())).unwrap_err();
+        assert!(e.message.contains("missing.json"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod arch;
 pub mod diff;
+pub mod drift;
 pub mod docker;
 pub mod profile;
 pub mod recorder;
