@@ -98,7 +98,9 @@ fn python_dirs() -> Vec<PathBuf> {
 /// bound in, `work` writable, Docker's default capabilities plus CAP_SYS_ADMIN (so that what
 /// fails, fails because of the profile), and `seccomp` when given.
 fn bundle(dir: &Path, work: &Path, args: &[String], seccomp: Option<&Value>) -> PathBuf {
-    let b = dir.join(format!("bundle-{}", std::time::SystemTime::now().elapsed().map_or(0, |d| d.as_nanos())));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let b = dir.join(format!("bundle-{}-{n}", std::process::id()));
     let rootfs = b.join("rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
     // Debian's merged /usr.

@@ -45,6 +45,8 @@ pub mod names {
     pub const REC_TARGETS: &str = "REC_TARGETS";
     pub const REC_CACHE: &str = "REC_CACHE";
     pub const REC_SETS: &str = "REC_SETS";
+    pub const REC_CPU: &str = "REC_CPU";
+    pub const REC_GEN: &str = "REC_GEN";
     pub const PROG_RECORD: &str = "record_sys_enter";
     pub const PROG_EMPTY_SYS_ENTER: &str = "empty_sys_enter";
 }
@@ -391,12 +393,26 @@ pub struct RecorderConfig {
     pub thread_status: u32,
     /// The TS_COMPAT bit in that word.
     pub compat_mask: u32,
+    /// Offset of `task_struct.cgroups` (the task's css_set): the per-CPU cache key.
+    pub task_cgroups: u32,
+    pub _pad: u32,
+}
+
+/// The recorder's per-CPU one-entry cache: the css_set of the task that last made a syscall on
+/// this CPU and its slot + 1 (0: not recorded), valid while `generation` matches `REC_GEN`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecorderCpuCache {
+    pub css_set: u64,
+    pub slot: u32,
+    pub generation: u32,
 }
 
 #[cfg(feature = "user")]
 mod user {
     unsafe impl aya::Pod for super::SyscallSet {}
     unsafe impl aya::Pod for super::RecorderConfig {}
+    unsafe impl aya::Pod for super::RecorderCpuCache {}
     // SAFETY: plain-old-data, repr(C), every bit pattern valid, no padding with meaning.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::KernelOffsets {}

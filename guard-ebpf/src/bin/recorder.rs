@@ -1,34 +1,38 @@
 //! notebook-guard seccomp recorder.
 //!
-//! A raw tracepoint on `sys_enter` that keeps, per recorded cgroup, one bit per syscall number
+//! A BTF tracepoint on `sys_enter` that keeps, per recorded cgroup, one bit per syscall number
 //! and architecture: no event per syscall, a bit is written only the first time. It is a
 //! separate object so that the always-on sensor never carries a `sys_enter` program; the agent
 //! attaches this one only while a recording or a drift watch runs.
 //!
-//! Per syscall the node pays one cgroup-id read and one hash lookup (`REC_CACHE`); the
-//! ancestor walk that decides whether a cgroup is below a recorded one runs once per cgroup.
+//! Cost per syscall on the node matters more than anything else here. The common case (the
+//! same task keeps making calls on a CPU) costs one direct load of `task->cgroups` and two
+//! inlined array lookups: a per-CPU cache keyed by the task's css_set. On a miss the cgroup id
+//! is looked up in `REC_CACHE`, and only for a cgroup never seen before are its ancestors
+//! walked. tp_btf (not a raw tracepoint) is what allows direct, helper-free loads from the task.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_task,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel},
+        bpf_get_current_cgroup_id,
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_task_btf},
     },
-    macros::{map, raw_tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::RawTracePointContext,
+    macros::{btf_tracepoint, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::BtfTracePointContext,
 };
 use guard_abi::{
     recorder::{
         ARCHES, ARCH_COMPAT, ARCH_NATIVE, ARCH_X32, CACHE_ENTRIES, MAX_TARGETS, NO_OFFSET, SYSCALL_BITS, WORDS,
         X32_SYSCALL_BIT,
     },
-    RecorderConfig, SyscallSet, MAX_CGROUP_DEPTH,
+    RecorderConfig, RecorderCpuCache, SyscallSet, MAX_CGROUP_DEPTH,
 };
 
 #[no_mangle]
-static REC_CONFIG: RecorderConfig = RecorderConfig { thread_status: NO_OFFSET, compat_mask: 0 };
+static REC_CONFIG: RecorderConfig =
+    RecorderConfig { thread_status: NO_OFFSET, compat_mask: 0, task_cgroups: NO_OFFSET, _pad: 0 };
 
 /// Recorded cgroups (and everything below them): cgroup id → slot + 1.
 #[map]
@@ -39,6 +43,15 @@ static REC_TARGETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_TARGETS, 0
 #[map]
 static REC_CACHE: LruHashMap<u64, u32> = LruHashMap::with_max_entries(CACHE_ENTRIES, 0);
 
+/// Per CPU: the last css_set seen and its slot.
+#[map]
+static REC_CPU: PerCpuArray<RecorderCpuCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// The targets' generation: bumped by the agent after `REC_TARGETS` and `REC_CACHE` change, so
+/// every CPU's cached entry is retired at once.
+#[map]
+static REC_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
 /// The syscall sets, by slot; per CPU, so setting a bit needs no atomic operation and no cache
 /// line moves between CPUs. User space ORs the CPUs' copies.
 #[map]
@@ -46,7 +59,7 @@ static REC_SETS: PerCpuArray<SyscallSet> = PerCpuArray::with_max_entries(MAX_TAR
 
 macro_rules! conf {
     ($f:ident) => {{
-        // Volatile: patched into .rodata at load time.
+        // Volatile: patched into .rodata at load time (and a known constant to the verifier).
         let v = unsafe { core::ptr::read_volatile(&REC_CONFIG.$f) };
         v
     }};
@@ -73,28 +86,26 @@ fn resolve(own: u64) -> u32 {
     found
 }
 
-/// Which syscall table the current call uses.
+/// Slot + 1 of the current task's cgroup, 0 when it is not recorded.
 #[inline(always)]
-fn arch_of(nr: u64) -> usize {
-    if nr & X32_SYSCALL_BIT != 0 {
-        return ARCH_X32;
-    }
-    let off = conf!(thread_status);
-    if off == NO_OFFSET {
-        return ARCH_NATIVE;
-    }
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let mut status: u32 = 0;
-    unsafe { bpf_probe_read_kernel((&mut status as *mut u32).cast(), 4, task.wrapping_add(off as usize).cast()) };
-    if status & conf!(compat_mask) != 0 {
-        ARCH_COMPAT
+fn slot_of(task: *const u8) -> u32 {
+    let generation = match REC_GEN.get(0) {
+        Some(g) => *g,
+        None => return 0,
+    };
+    let off = conf!(task_cgroups);
+    let css = if off == NO_OFFSET {
+        0
     } else {
-        ARCH_NATIVE
+        // SAFETY: a BTF-typed load the verifier checks against task_struct's layout.
+        unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize) as *const u64) }
+    };
+    let Some(cache) = REC_CPU.get_ptr_mut(0) else { return 0 };
+    // SAFETY: per-CPU value, only this CPU's program runs on it (migration is disabled).
+    let cache = unsafe { &mut *cache };
+    if css != 0 && cache.css_set == css && cache.generation == generation {
+        return cache.slot;
     }
-}
-
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn record_sys_enter(ctx: RawTracePointContext) -> i32 {
     let cg = unsafe { bpf_get_current_cgroup_id() };
     let slot = match unsafe { REC_CACHE.get(&cg) } {
         Some(v) => *v,
@@ -104,12 +115,41 @@ pub fn record_sys_enter(ctx: RawTracePointContext) -> i32 {
             v
         }
     };
+    cache.css_set = css;
+    cache.slot = slot;
+    cache.generation = generation;
+    slot
+}
+
+/// Which syscall table the current call uses.
+#[inline(always)]
+fn arch_of(task: *const u8, nr: u64) -> usize {
+    if nr & X32_SYSCALL_BIT != 0 {
+        return ARCH_X32;
+    }
+    let off = conf!(thread_status);
+    if off == NO_OFFSET {
+        return ARCH_NATIVE;
+    }
+    // SAFETY: as above, a checked BTF load.
+    let status = unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize) as *const u32) };
+    if status & conf!(compat_mask) != 0 {
+        ARCH_COMPAT
+    } else {
+        ARCH_NATIVE
+    }
+}
+
+#[btf_tracepoint(function = "sys_enter")]
+pub fn record_sys_enter(ctx: BtfTracePointContext) -> i32 {
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let slot = slot_of(task);
     if slot == 0 {
         return 0;
     }
     // TP_PROTO(struct pt_regs *regs, long id)
     let raw: u64 = ctx.arg(1);
-    let arch = arch_of(raw);
+    let arch = arch_of(task, raw);
     let nr = (raw & !X32_SYSCALL_BIT) as usize;
     let Some(set) = REC_SETS.get_ptr_mut(slot - 1) else { return 0 };
     if nr >= SYSCALL_BITS {
@@ -131,8 +171,8 @@ pub fn record_sys_enter(ctx: RawTracePointContext) -> i32 {
 }
 
 /// The floor the benchmark compares against: an attached `sys_enter` program that does nothing.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn empty_sys_enter(_ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sys_enter")]
+pub fn empty_sys_enter(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 

@@ -52,6 +52,13 @@ pub enum SeccompCmd {
     },
     /// Show what changes between two profiles: + newly allowed, - no longer allowed, ~ changed.
     Diff { a: PathBuf, b: PathBuf },
+    /// Benchmarks only: attach an empty sys_enter program until SIGINT/SIGTERM (the cost floor
+    /// any recorder is compared against).
+    #[command(hide = true)]
+    Floor {
+        #[arg(long, default_value = "/sys/kernel/btf/vmlinux")]
+        btf: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -136,6 +143,17 @@ pub fn run(cmd: SeccompCmd) -> Result<i32> {
             let p = load_profile(&profile)?;
             seccomp::apply::exec_under(&p, &cmd)?;
             Ok(127)
+        }
+        SeccompCmd::Floor { btf } => {
+            let mut empty = seccomp::recorder::Recorder::load_empty(&btf)?;
+            empty.attach()?;
+            eprintln!("empty sys_enter program attached");
+            let mut set = nix::sys::signal::SigSet::empty();
+            set.add(nix::sys::signal::Signal::SIGINT);
+            set.add(nix::sys::signal::Signal::SIGTERM);
+            set.thread_block()?;
+            set.wait()?;
+            Ok(0)
         }
         SeccompCmd::Diff { a, b } => {
             let lines = seccomp::diff::diff(&load_profile(&a)?, &load_profile(&b)?);

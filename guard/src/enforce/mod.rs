@@ -130,7 +130,8 @@ mod tests {
 
     #[test]
     fn flags_follow_mode_and_allowances() {
-        let eff = Effective { mode: Mode::Monitor, allowances: Allowances::default(), egress_policy: 1, seccomp_profile: 0 };
+        let eff =
+            Effective { mode: Mode::Monitor, allowances: Allowances::default(), egress_policy: 1, seccomp_profile: 0 };
         assert_eq!(flags_for(&eff), None);
         let eff = Effective {
             mode: Mode::Enforce,

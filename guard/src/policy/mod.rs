@@ -323,13 +323,11 @@ impl Policy {
         origin: &str,
         text: &str,
     ) -> Result<BTreeMap<String, crate::seccomp::profile::OciProfile>, PolicyError> {
-        let keyed = self
-            .seccomp_profile
-            .iter()
-            .map(|p| ("seccomp_profile".to_string(), p))
-            .chain(self.overrides.iter().enumerate().filter_map(|(i, o)| {
+        let keyed = self.seccomp_profile.iter().map(|p| ("seccomp_profile".to_string(), p)).chain(
+            self.overrides.iter().enumerate().filter_map(|(i, o)| {
                 o.seccomp_profile.as_ref().map(|p| (format!("overrides[{i}].seccomp_profile"), p))
-            }));
+            }),
+        );
         let mut out = BTreeMap::new();
         for (key, path) in keyed {
             let line = text.lines().position(|l| l.contains(path.as_str())).map(|i| i + 1);
@@ -650,13 +648,20 @@ mod tests {
         let good = dir.join("good.json");
         std::fs::write(&good, r#"{"defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64"], "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}"#).unwrap();
         let bad = dir.join("bad.json");
-        std::fs::write(&bad, r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["reed"], "action": "SCMP_ACT_ALLOW"}]}"#).unwrap();
+        std::fs::write(
+            &bad,
+            r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["reed"], "action": "SCMP_ACT_ALLOW"}]}"#,
+        )
+        .unwrap();
         let text = format!(
             "overrides:\n  - name: ds\n    match: {{users: [alice]}}\n    seccomp_profile: {}\n",
             good.display()
         );
         let p = Policy::from_str("p.yaml", &text).unwrap();
-        let alice = Attribution { user: Some("alice".into()), ..Attribution::new(crate::discovery::attribution::Source::Tljh, "/x".into()) };
+        let alice = Attribution {
+            user: Some("alice".into()),
+            ..Attribution::new(crate::discovery::attribution::Source::Tljh, "/x".into())
+        };
         let bob = Attribution { user: Some("bob".into()), ..alice.clone() };
         let id = p.effective(Some(&alice), None).seccomp_profile;
         let (path, profile) = p.seccomp_profile_by_id(id).unwrap();

@@ -6,8 +6,8 @@
 pub mod apply;
 pub mod arch;
 pub mod diff;
-pub mod drift;
 pub mod docker;
+pub mod drift;
 pub mod profile;
 pub mod recorder;
 pub mod recording;

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
-    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
-    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{tp_btf::BtfTracePointLinkId, BtfTracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
 use guard_abi::{
     names,
@@ -24,9 +24,10 @@ const TS_COMPAT: u32 = 0x0002;
 pub struct Recorder {
     ebpf: Ebpf,
     program: &'static str,
-    link: Option<RawTracePointLinkId>,
+    link: Option<BtfTracePointLinkId>,
     targets: HashMap<MapData, u64, u32>,
     cache: HashMap<MapData, u64, u32>,
+    generation: Array<MapData, u32>,
     sets: PerCpuArray<MapData, SyscallSet>,
     /// Slot → recorded cgroup id.
     slots: Vec<Option<u64>>,
@@ -57,25 +58,35 @@ impl Recorder {
         } else {
             None
         };
-        let config = RecorderConfig { thread_status: status.unwrap_or(NO_OFFSET), compat_mask: TS_COMPAT };
+        let cgroups = resolver.field("task_struct", &["cgroups"], 8).context("task_struct.cgroups")?;
+        let config = RecorderConfig {
+            thread_status: status.unwrap_or(NO_OFFSET),
+            compat_mask: TS_COMPAT,
+            task_cgroups: cgroups,
+            _pad: 0,
+        };
         crate::sensors::process::raise_memlock();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::REC_CONFIG, &config, true)
             .load(RECORDER_OBJECT)
             .context("loading the recorder object (needs root or CAP_BPF+CAP_PERFMON)")?;
-        let prog: &mut RawTracePoint =
+        let kernel_btf =
+            Btf::parse_file(btf, aya::Endianness::default()).with_context(|| format!("parsing {}", btf.display()))?;
+        let prog: &mut BtfTracePoint =
             ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?.try_into()?;
-        prog.load().with_context(|| format!("verifying {program}"))?;
+        prog.load("sys_enter", &kernel_btf).with_context(|| format!("verifying {program}"))?;
         let take = |ebpf: &mut Ebpf, n: &str| ebpf.take_map(n).with_context(|| format!("map {n} missing"));
         let targets = HashMap::try_from(take(&mut ebpf, names::REC_TARGETS)?)?;
         let cache = HashMap::try_from(take(&mut ebpf, names::REC_CACHE)?)?;
         let sets = PerCpuArray::try_from(take(&mut ebpf, names::REC_SETS)?)?;
+        let generation = Array::try_from(take(&mut ebpf, names::REC_GEN)?)?;
         Ok(Self {
             ebpf,
             program,
             link: None,
             targets,
             cache,
+            generation,
             sets,
             slots: vec![None; MAX_TARGETS as usize],
             compat_known: status.is_some(),
@@ -86,14 +97,14 @@ impl Recorder {
         if self.link.is_some() {
             return Ok(());
         }
-        let prog: &mut RawTracePoint = self.ebpf.program_mut(self.program).context("program missing")?.try_into()?;
-        self.link = Some(prog.attach("sys_enter").context("attaching raw tracepoint sys_enter")?);
+        let prog: &mut BtfTracePoint = self.ebpf.program_mut(self.program).context("program missing")?.try_into()?;
+        self.link = Some(prog.attach().context("attaching tp_btf sys_enter")?);
         Ok(())
     }
 
     pub fn detach(&mut self) {
         if let Some(link) = self.link.take() {
-            if let Some(prog) = self.ebpf.program_mut(self.program).and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
+            if let Some(prog) = self.ebpf.program_mut(self.program).and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
             {
                 let _ = prog.detach(link);
             }
@@ -116,7 +127,7 @@ impl Recorder {
         self.sets.set(slot, empty, 0).context("clearing the slot")?;
         self.targets.insert(cgroup_id, slot + 1, 0).context("registering the cgroup")?;
         self.slots[slot as usize] = Some(cgroup_id);
-        self.invalidate();
+        self.invalidate()?;
         Ok(slot)
     }
 
@@ -124,7 +135,9 @@ impl Recorder {
         if let Some(s) = self.slot_of(cgroup_id) {
             let _ = self.targets.remove(&cgroup_id);
             self.slots[s as usize] = None;
-            self.invalidate();
+            if let Err(e) = self.invalidate() {
+                tracing::warn!(error = %format!("{e:#}"), "retiring the recorder's caches");
+            }
         }
     }
 
@@ -132,9 +145,10 @@ impl Recorder {
         self.slots.iter().position(|s| *s == Some(cgroup_id)).map(|p| p as u32)
     }
 
-    /// Forgets every cached cgroup → slot decision. Twice: a program that looked up the
-    /// targets just before the change may insert its stale answer just after the first pass.
-    fn invalidate(&mut self) {
+    /// Forgets every cached cgroup → slot decision: the cgroup-id cache twice (a program that
+    /// looked up the targets just before the change may insert its stale answer just after
+    /// the first pass), then the per-CPU caches at once, by bumping the generation.
+    fn invalidate(&mut self) -> Result<()> {
         for pass in 0..2 {
             let keys: Vec<u64> = self.cache.keys().filter_map(|k| k.ok()).collect();
             for k in keys {
@@ -144,6 +158,9 @@ impl Recorder {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
+        let g = self.generation.get(&0, 0).context("reading the recorder generation")?;
+        self.generation.set(0, g.wrapping_add(1), 0).context("bumping the recorder generation")?;
+        Ok(())
     }
 
     /// The slot's syscall set (the CPUs' copies ORed).
