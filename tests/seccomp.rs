@@ -33,7 +33,12 @@ struct Recording {
 
 impl Recording {
     fn start(what: &[&str], out: &Path) -> Recording {
+        Self::start_env(what, out, &[])
+    }
+
+    fn start_env(what: &[&str], out: &Path, env: &[(&str, &str)]) -> Recording {
         let mut child = Command::new(guard_bin())
+            .envs(env.iter().copied())
             .args(["seccomp", "record"])
             .args(what)
             .args(["--duration", "300", "-o"])
@@ -593,4 +598,73 @@ fn a_syscall_outside_the_assigned_profile_raises_drift_for_that_notebook_only() 
     assert_eq!(mine.iter().filter(|a| a["output_fields"]["syscall.name"] == "unshare").count(), 1);
     assert!(!mine.iter().any(|a| a["output_fields"]["syscall.name"] == "read"), "{mine:?}");
     assert!(drift(&alerts, &bob).is_empty(), "bob has no profile");
+}
+
+#[test]
+fn a_kubernetes_pod_is_recorded_from_its_pod_cgroup_with_user_and_image() {
+    if !require_root("a_kubernetes_pod_is_recorded_from_its_pod_cgroup_with_user_and_image") {
+        return;
+    }
+    // A Z2JH notebook pod served by a fake API server, and its cgroups laid out as kubelet's
+    // systemd driver does; the process runs in the container's cgroup, below the pod's.
+    let uid = format!("5eccc0b0-{:04x}-4c4d-9a8b-0123456789ab", std::process::id() & 0xffff);
+    let name = format!("jupyter-carol---{}", &uid[..8]);
+    let notebook_ctr = "ab".repeat(32);
+    let pod = guard_tests::fake_kube::notebook_pod(&name, &uid, "Carol", "", &notebook_ctr, &"cd".repeat(32));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let api = rt.block_on(guard_tests::fake_kube::FakeKube::start(vec![pod]));
+    let dir = TempDir::new("seccomp-pod").unwrap();
+    let kubeconfig = dir.0.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let pod_cg = TestCgroup::exact(
+        Path::new("kubepods.slice/kubepods-burstable.slice"),
+        &format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")),
+    )
+    .unwrap();
+    let ctr_cg =
+        TestCgroup::exact(&pod_cg.rel.strip_prefix("/").unwrap(), &format!("cri-containerd-{notebook_ctr}.scope"))
+            .unwrap();
+    let kc = kubeconfig.to_str().unwrap();
+    let env = [("KUBECONFIG", kc), ("NODE_NAME", "node-1")];
+
+    let by_pod = dir.0.join("pod.json");
+    let spec = format!("jhub/{name}");
+    let rec = Recording::start_env(&["--pod", &spec], &by_pod, &env);
+    let pid = spawn_in(&ctr_cg, Exec::Path(Path::new("/usr/bin/true")), &[std::ffi::OsStr::new("true")]).unwrap();
+    wait_ok(pid).unwrap();
+    let file = rec.stop();
+    let r = &file.recordings[0];
+    assert_eq!(r.target.user.as_deref(), Some("Carol"), "the username annotation");
+    assert_eq!(r.target.pod.as_deref(), Some(name.as_str()));
+    assert_eq!(r.target.namespace.as_deref(), Some("jhub"));
+    assert_eq!(
+        r.target.image.as_deref(),
+        Some("quay.io/jupyter/scipy-notebook:2025-01-01"),
+        "the notebook container's image"
+    );
+    assert_eq!(r.target.cgroup, pod_cg.rel.display().to_string(), "recorded at the pod level");
+    assert!(r.syscalls[&Arch::X86_64].contains("execve"), "{r:?}");
+
+    // --notebooks finds the same pod through the node's pod list.
+    let all = dir.0.join("all.json");
+    let rec = Recording::start_env(&["--notebooks"], &all, &env);
+    let pid = spawn_in(&ctr_cg, Exec::Path(Path::new("/usr/bin/true")), &[std::ffi::OsStr::new("true")]).unwrap();
+    wait_ok(pid).unwrap();
+    let file = rec.stop();
+    let mine: Vec<_> = file.recordings.iter().filter(|r| r.target.pod.as_deref() == Some(name.as_str())).collect();
+    assert_eq!(mine.len(), 1, "{:?}", file.recordings.iter().map(|r| &r.target).collect::<Vec<_>>());
+    assert!(mine[0].syscalls[&Arch::X86_64].contains("execve"));
+
+    // A pod the API does not know is an error that names it.
+    let out = Command::new(guard_bin())
+        .env("KUBECONFIG", kc)
+        .args(["seccomp", "record", "--pod", "jhub/nobody", "--duration", "1", "-o"])
+        .arg(dir.0.join("x.json"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("jhub/nobody"), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(ctr_cg);
+    drop(pod_cg);
+    rt.block_on(api.stop());
 }

@@ -1,4 +1,4 @@
-//! A fake Kubernetes API server for tests: serves a pod list and a pod watch stream on
+//! A fake Kubernetes API server for tests: serves a pod list, single pods and a pod watch stream on
 //! loopback over plain HTTP, the way kube-rs's watcher asks for them. Like a careless API
 //! server it ignores selectors, so the agent's own filtering is what the tests see.
 
@@ -89,6 +89,26 @@ async fn handle(
     history: Arc<Mutex<Vec<String>>>,
 ) -> Result<Response<UnsyncBoxBody<Bytes, Infallible>>, Infallible> {
     let query = req.uri().query().unwrap_or("").to_string();
+    // GET one pod: /api/v1/namespaces/NS/pods/NAME
+    let parts: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+    if let ["api", "v1", "namespaces", ns, "pods", name] = parts.as_slice() {
+        let found = pods
+            .lock()
+            .await
+            .iter()
+            .find(|p| p["metadata"]["namespace"] == *ns && p["metadata"]["name"] == *name)
+            .cloned();
+        return Ok(match found {
+            Some(p) => Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(p.to_string())).boxed_unsync())
+                .unwrap(),
+            None => {
+                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+                Response::builder().status(404).body(Full::new(Bytes::from(body.to_string())).boxed_unsync()).unwrap()
+            }
+        });
+    }
     if req.uri().path() != "/api/v1/pods" {
         let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}).to_string();
         return Ok(Response::builder().status(404).body(Full::new(Bytes::from(body)).boxed_unsync()).unwrap());

@@ -189,6 +189,127 @@ impl Guard {
     }
 }
 
+/// A tool logging execs and connects, running for one round.
+enum Peer {
+    Guard(Guard),
+    Auditd(Child),
+    Bpftrace(Child),
+}
+
+/// bpftrace doing what the guard's monitor does at its simplest: log every exec with its
+/// file name, and every connect.
+const BPFTRACE_SCRIPT: &str = r#"tracepoint:sched:sched_process_exec { printf("exec %d %s %s\n", pid, comm, str(args->filename)); }
+tracepoint:syscalls:sys_enter_connect { printf("connect %d %s\n", pid, comm); }"#;
+
+fn start_peer(kind: &str, guard: &Path, dir: &Path, port: u16) -> Result<Option<Peer>> {
+    let log = |name: &str| fs::File::create(dir.join(name));
+    Ok(match kind {
+        "off" => None,
+        "notebook-guard" => Some(Peer::Guard(start_guard(guard, dir, port)?)),
+        "auditd" => {
+            // -f: foreground, records to stderr (here a file on disk, as its log would be).
+            let child = Command::new("auditd").arg("-f").stdout(Stdio::null()).stderr(log("auditd.log")?).spawn()?;
+            let t = Instant::now();
+            loop {
+                let s = Command::new("auditctl").arg("-s").output()?;
+                let text = String::from_utf8_lossy(&s.stdout);
+                if text.lines().any(|l| l.starts_with("pid ") && l != "pid 0") {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(10) {
+                    bail!("auditd did not start");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let rule = ["-a", "always,exit", "-F", "arch=b64", "-S", "execve", "-S", "connect", "-k", "nbg-bench"];
+            let ok = Command::new("auditctl").args(rule).status()?;
+            if !ok.success() {
+                bail!("auditctl could not add the exec/connect rule");
+            }
+            Some(Peer::Auditd(child))
+        }
+        "bpftrace" => {
+            let out = dir.join("bpftrace.log");
+            let child = Command::new("bpftrace")
+                .args(["-e", BPFTRACE_SCRIPT])
+                .stdout(fs::File::create(&out)?)
+                .stderr(Stdio::null())
+                .spawn()?;
+            let t = Instant::now();
+            while !fs::read_to_string(&out).unwrap_or_default().contains("Attaching") {
+                if t.elapsed() > Duration::from_secs(30) {
+                    bail!("bpftrace did not attach");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Some(Peer::Bpftrace(child))
+        }
+        _ => bail!("unknown peer {kind}"),
+    })
+}
+
+fn stop_peer(p: Option<Peer>) -> Result<()> {
+    match p {
+        None => {}
+        Some(Peer::Guard(g)) => g.stop()?,
+        Some(Peer::Auditd(mut c)) => {
+            let _ = Command::new("auditctl").arg("-D").status();
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            c.wait()?;
+        }
+        Some(Peer::Bpftrace(mut c)) => {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            c.wait()?;
+        }
+    }
+    Ok(())
+}
+
+/// Exec and connect storms in the notebook cgroup with nothing, notebook-guard, auditd and
+/// bpftrace, rounds interleaved. Returns the table rows.
+fn peers(
+    guard: &Path,
+    dir: &Path,
+    port: u16,
+    nb: &Path,
+    results: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<String>> {
+    let tools = ["off", "notebook-guard", "auditd", "bpftrace"];
+    let mut rows = Vec::new();
+    let mut json = serde_json::Map::new();
+    for (kind, n) in [("exec", 3000u64), ("connect", 40000)] {
+        let mut v: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+        for _ in 0..ROUNDS {
+            for (i, t) in tools.iter().enumerate() {
+                let p = start_peer(t, guard, dir, port)?;
+                if p.is_some() {
+                    load("exec", 20, Some(nb))?;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                v[i].push(load(kind, n, Some(nb))?);
+                stop_peer(p)?;
+            }
+        }
+        let base = median(&mut v[0].clone());
+        let mut cells = Vec::new();
+        for (i, t) in tools.iter().enumerate() {
+            let m = median(&mut v[i].clone());
+            let (lo, hi) = v[i].iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+            cells.push(format!("{m:.0} ({lo:.0}–{hi:.0}), **{:.3}**", m / base));
+            json.insert(
+                format!("{kind} storm, {t}"),
+                serde_json::json!({"ops_per_s": stats(&v[i]), "ratio": m / base}),
+            );
+            eprintln!("bench: {kind} storm, {t}: {m:.0} ops/s ({:.3})", m / base);
+        }
+        rows.push(format!("| {kind} storm (notebook cgroup), ops/s | {} |", cells.join(" | ")));
+    }
+    results.insert("peers".into(), json.into());
+    Ok(rows)
+}
+
 /// Starts `guard ARGS…` and waits until it says its sys_enter program is attached.
 fn start_helper(bin: &Path, args: &[&str]) -> Result<Child> {
     let mut child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
@@ -338,6 +459,8 @@ pub fn bench(root: &Path, guard: &Path) -> Result<()> {
     let _ = fs::remove_dir(&here);
     let _ = fs::remove_dir(&other);
 
+    let peer_rows = peers(guard, &dir, port, &nb, &mut results)?;
+
     // Exec-to-alert latency on the file sink: spawn `curl --version` in the notebook (a
     // network tool: one alert) and time until its alert line is in the file.
     let g = start_guard(guard, &dir, port)?;
@@ -409,11 +532,12 @@ pub fn bench(root: &Path, guard: &Path) -> Result<()> {
     fs::write(dir.join("results.json"), serde_json::to_string_pretty(&serde_json::Value::Object(results))?)?;
 
     let md = format!(
-        "# Benchmarks\n\nMeasured by `cargo xtask bench` on {} CPUs ({}), kernel {}. Each scenario alternates {ROUNDS} rounds with the guard off and on (monitor mode, default policy, a TLJH-shaped notebook cgroup present); the ratio is on/off of the medians (for the null syscall, off/on of ns per call), so 1.0 means no measurable cost. Machine-readable results: `target/bench/results.json`.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio | agent CPU | agent RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n\nExec-to-alert (spawn of `curl` in the notebook to its alert in the file sink, 100 samples): p50 {p50:.2} ms, p99 {p99:.2} ms. Agent RSS idle: {} MiB.\n\nThe seccomp recorder, attached to `sys_enter` only while a recording runs (getppid loop, ns per call; \"vs floor\" is the recorder's added cost over the empty program's):\n\n| sys_enter | getppid, median (min–max) | added | vs floor |\n|---|---|---|---|\n{}\n\nWhere the min–max ranges of the two sides overlap, the difference is within this machine's noise.\n",
+        "# Benchmarks\n\nMeasured by `cargo xtask bench` on {} CPUs ({}), kernel {}. Each scenario alternates {ROUNDS} rounds with the guard off and on (monitor mode, default policy, a TLJH-shaped notebook cgroup present); the ratio is on/off of the medians (for the null syscall, off/on of ns per call), so 1.0 means no measurable cost. Machine-readable results: `target/bench/results.json`.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio | agent CPU | agent RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n\nExec-to-alert (spawn of `curl` in the notebook to its alert in the file sink, 100 samples): p50 {p50:.2} ms, p99 {p99:.2} ms. Agent RSS idle: {} MiB.\n\nThe seccomp recorder, attached to `sys_enter` only while a recording runs (getppid loop, ns per call; \"vs floor\" is the recorder's added cost over the empty program's):\n\n| sys_enter | getppid, median (min–max) | added | vs floor |\n|---|---|---|---|\n{}\n\nPeers in the same run (notebook cgroup, rounds interleaved; ratio to nothing running): auditd with an `execve` + `connect` rule, and bpftrace logging every exec (`sched_process_exec`) and connect (`sys_enter_connect`).\n\n| scenario | nothing | notebook-guard | auditd | bpftrace |\n|---|---|---|---|---|\n{}\n\nWhere the min–max ranges of the two sides overlap, the difference is within this machine's noise.\n",
         machine["cpus"], machine["cpu"].as_str().unwrap_or(""), machine["kernel"].as_str().unwrap_or(""),
         table.join("\n"),
         idle_rss / 1024,
-        rec_rows.join("\n")
+        rec_rows.join("\n"),
+        peer_rows.join("\n")
     );
     fs::write(root.join("BENCHMARKS.md"), md)?;
     eprintln!("bench: wrote BENCHMARKS.md and target/bench/results.json");

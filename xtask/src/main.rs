@@ -80,6 +80,8 @@ fn main() -> Result<()> {
         }
         Cmd::Bench => {
             setup()?;
+            // Peers measured in the same run, where they install here.
+            ensure_packages(BENCH_PEERS)?;
             build_ebpf()?;
             build_agent(true)?;
             bench::bench(&workspace_root(), &workspace_root().join("target/release/guard"))
@@ -208,6 +210,10 @@ fn on_path(bin: &str) -> bool {
     let path = env::var_os("PATH").unwrap_or_default();
     env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).any(|d| d.join(bin).is_file())
 }
+
+/// What users would run instead of notebook-guard: auditd with exec/connect rules, a bpftrace
+/// script logging the same.
+const BENCH_PEERS: &[(&str, &str)] = &[("auditd", "auditd"), ("bpftrace", "bpftrace")];
 
 fn ensure_test_packages() -> Result<()> {
     ensure_packages(TEST_PACKAGES)
