@@ -622,7 +622,7 @@ fn a_kubernetes_pod_is_recorded_from_its_pod_cgroup_with_user_and_image() {
     )
     .unwrap();
     let ctr_cg =
-        TestCgroup::exact(&pod_cg.rel.strip_prefix("/").unwrap(), &format!("cri-containerd-{notebook_ctr}.scope"))
+        TestCgroup::exact(pod_cg.rel.strip_prefix("/").unwrap(), &format!("cri-containerd-{notebook_ctr}.scope"))
             .unwrap();
     let kc = kubeconfig.to_str().unwrap();
     let env = [("KUBECONFIG", kc), ("NODE_NAME", "node-1")];
