@@ -399,13 +399,16 @@ pub struct RecorderConfig {
 }
 
 /// The recorder's per-CPU one-entry cache: the css_set of the task that last made a syscall on
-/// this CPU and its slot + 1 (0: not recorded), valid while `generation` matches `REC_GEN`.
+/// this CPU and its slot + 1 (0: not recorded), valid while `generation` matches `REC_GEN`;
+/// and the last call recorded from it (number | ABI << 32), so a call repeated in a loop costs
+/// no more than the cache check.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RecorderCpuCache {
     pub css_set: u64,
     pub slot: u32,
     pub generation: u32,
+    pub last_call: u64,
 }
 
 #[cfg(feature = "user")]

@@ -8,6 +8,8 @@
 #![no_std]
 #![no_main]
 
+mod rt;
+
 use core::{ffi::c_void, mem::size_of, ptr::addr_of_mut};
 
 use aya_ebpf::{
@@ -539,13 +541,3 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     }
     0
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[link_section = "license"]
-#[no_mangle]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

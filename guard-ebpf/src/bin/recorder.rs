@@ -7,11 +7,15 @@
 //!
 //! Cost per syscall on the node matters more than anything else here. The common case (the
 //! same task keeps making calls on a CPU) costs one direct load of `task->cgroups` and two
-//! inlined array lookups: a per-CPU cache keyed by the task's css_set. On a miss the cgroup id
+//! inlined array lookups: a per-CPU cache keyed by the task's css_set, which also remembers
+//! the last call recorded, so a call repeated in a loop does not touch the bitmap. On a miss the cgroup id
 //! is looked up in `REC_CACHE`, and only for a cgroup never seen before are its ancestors
 //! walked. tp_btf (not a raw tracepoint) is what allows direct, helper-free loads from the task.
 #![no_std]
 #![no_main]
+
+#[path = "../rt.rs"]
+mod rt;
 
 use aya_ebpf::{
     helpers::{
@@ -86,13 +90,11 @@ fn resolve(own: u64) -> u32 {
     found
 }
 
-/// Slot + 1 of the current task's cgroup, 0 when it is not recorded.
+/// This CPU's cache entry, brought up to date for the current task: `slot` is the slot + 1 of
+/// its cgroup, 0 when it is not recorded.
 #[inline(always)]
-fn slot_of(task: *const u8) -> u32 {
-    let generation = match REC_GEN.get(0) {
-        Some(g) => *g,
-        None => return 0,
-    };
+fn cache_for(task: *const u8) -> Option<&'static mut RecorderCpuCache> {
+    let generation = *REC_GEN.get(0)?;
     let off = conf!(task_cgroups);
     let css = if off == NO_OFFSET {
         0
@@ -100,11 +102,11 @@ fn slot_of(task: *const u8) -> u32 {
         // SAFETY: a BTF-typed load the verifier checks against task_struct's layout.
         unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize) as *const u64) }
     };
-    let Some(cache) = REC_CPU.get_ptr_mut(0) else { return 0 };
+    let cache = REC_CPU.get_ptr_mut(0)?;
     // SAFETY: per-CPU value, only this CPU's program runs on it (migration is disabled).
     let cache = unsafe { &mut *cache };
     if css != 0 && cache.css_set == css && cache.generation == generation {
-        return cache.slot;
+        return Some(cache);
     }
     let cg = unsafe { bpf_get_current_cgroup_id() };
     let slot = match unsafe { REC_CACHE.get(&cg) } {
@@ -118,7 +120,8 @@ fn slot_of(task: *const u8) -> u32 {
     cache.css_set = css;
     cache.slot = slot;
     cache.generation = generation;
-    slot
+    cache.last_call = u64::MAX;
+    Some(cache)
 }
 
 /// Which syscall table the current call uses.
@@ -143,13 +146,19 @@ fn arch_of(task: *const u8, nr: u64) -> usize {
 #[btf_tracepoint(function = "sys_enter")]
 pub fn record_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    let slot = slot_of(task);
+    let Some(cache) = cache_for(task) else { return 0 };
+    let slot = cache.slot;
     if slot == 0 {
         return 0;
     }
     // TP_PROTO(struct pt_regs *regs, long id)
     let raw: u64 = ctx.arg(1);
     let arch = arch_of(task, raw);
+    let call = (raw & 0xffff_ffff) | ((arch as u64) << 32);
+    if cache.last_call == call {
+        return 0;
+    }
+    cache.last_call = call;
     let nr = (raw & !X32_SYSCALL_BIT) as usize;
     let Some(set) = REC_SETS.get_ptr_mut(slot - 1) else { return 0 };
     if nr >= SYSCALL_BITS {
@@ -175,13 +184,3 @@ pub fn record_sys_enter(ctx: BtfTracePointContext) -> i32 {
 pub fn empty_sys_enter(_ctx: BtfTracePointContext) -> i32 {
     0
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[link_section = "license"]
-#[no_mangle]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

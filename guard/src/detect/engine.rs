@@ -419,16 +419,8 @@ impl Detector {
                 "proc.pexepath",
                 f.parent.as_ref().and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()),
             )
-            .set_opt("proc.pcmdline", f.parent.as_ref().map(|p| r.text(&cmdline(&p.argv)).into_owned()))
-            .set_opt("container.id", f.who.container_id.clone())
-            .set_opt("k8s.ns.name", f.who.namespace.clone())
-            .set_opt("k8s.pod.name", f.who.pod.clone())
-            .set_opt("jupyterhub.user", f.who.user.clone())
-            .set_opt("jupyterhub.server", f.who.server.clone())
-            .set("jupyterhub.source", f.who.source.name())
-            .set_opt("notebook.path", f.kernel.as_ref().and_then(|k| k.notebook_path.clone()))
-            .set_opt("notebook.kernel_id", f.kernel.as_ref().and_then(|k| k.kernel_id.clone()))
-            .set("container.cgroup", f.who.cgroup.to_string_lossy().into_owned());
+            .set_opt("proc.pcmdline", f.parent.as_ref().map(|p| r.text(&cmdline(&p.argv)).into_owned()));
+        notebook_fields(&mut a, &f.who, f.kernel.as_deref());
         if !detail.is_empty() {
             a.set("guard.detail", detail);
         }
@@ -500,16 +492,8 @@ impl Detector {
             .set_opt("proc.exepath", me.and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()))
             .set_opt("proc.cmdline", me.map(|p| r.text(&cmdline(&p.argv)).into_owned()))
             .set_opt("proc.pexepath", parent.and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()))
-            .set_opt("proc.pcmdline", parent.map(|p| r.text(&cmdline(&p.argv)).into_owned()))
-            .set_opt("container.id", who.container_id.clone())
-            .set_opt("k8s.ns.name", who.namespace.clone())
-            .set_opt("k8s.pod.name", who.pod.clone())
-            .set_opt("jupyterhub.user", who.user.clone())
-            .set_opt("jupyterhub.server", who.server.clone())
-            .set("jupyterhub.source", who.source.name())
-            .set_opt("notebook.path", kernel.as_ref().and_then(|k| k.notebook_path.clone()))
-            .set_opt("notebook.kernel_id", kernel.as_ref().and_then(|k| k.kernel_id.clone()))
-            .set("container.cgroup", who.cgroup.to_string_lossy().into_owned());
+            .set_opt("proc.pcmdline", parent.map(|p| r.text(&cmdline(&p.argv)).into_owned()));
+        notebook_fields(&mut a, who, kernel.as_deref());
         a
     }
 
@@ -523,14 +507,8 @@ impl Detector {
             .set("syscall.name", d.syscall.clone())
             .set("syscall.arch", d.arch.oci_name())
             .set("seccomp.profile", d.profile.clone())
-            .set("seccomp.verdict", d.verdict.clone())
-            .set_opt("container.id", who.container_id.clone())
-            .set_opt("k8s.ns.name", who.namespace.clone())
-            .set_opt("k8s.pod.name", who.pod.clone())
-            .set_opt("jupyterhub.user", who.user.clone())
-            .set_opt("jupyterhub.server", who.server.clone())
-            .set("jupyterhub.source", who.source.name())
-            .set("container.cgroup", who.cgroup.to_string_lossy().into_owned());
+            .set("seccomp.verdict", d.verdict.clone());
+        notebook_fields(&mut a, who, None);
         a.finish_output(&format!(
             "{} ({} {}, the profile answers {})",
             rules::SECCOMP_DRIFT.summary,
@@ -552,6 +530,19 @@ impl Detector {
         a.finish_output(summary);
         a
     }
+}
+
+/// Whose notebook: container, pod, JupyterHub user and server, and the kernel's notebook.
+fn notebook_fields(a: &mut Alert, who: &Attribution, kernel: Option<&KernelCtx>) {
+    a.set_opt("container.id", who.container_id.clone())
+        .set_opt("k8s.ns.name", who.namespace.clone())
+        .set_opt("k8s.pod.name", who.pod.clone())
+        .set_opt("jupyterhub.user", who.user.clone())
+        .set_opt("jupyterhub.server", who.server.clone())
+        .set("jupyterhub.source", who.source.name())
+        .set_opt("notebook.path", kernel.and_then(|k| k.notebook_path.clone()))
+        .set_opt("notebook.kernel_id", kernel.and_then(|k| k.kernel_id.clone()))
+        .set("container.cgroup", who.cgroup.to_string_lossy().into_owned());
 }
 
 /// stdin and stdout are both sockets: the classic `bash -i >& /dev/tcp/…` / `socat exec:` shape.

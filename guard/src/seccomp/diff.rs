@@ -76,15 +76,7 @@ mod tests {
     use super::*;
 
     fn p(rules: Vec<OciRule>) -> OciProfile {
-        OciProfile {
-            default_action: "SCMP_ACT_ERRNO".into(),
-            default_errno_ret: Some(1),
-            architectures: vec!["SCMP_ARCH_X86_64".into()],
-            flags: vec![],
-            listener_path: None,
-            listener_metadata: None,
-            syscalls: rules,
-        }
+        OciProfile::with_rules(1, rules)
     }
 
     #[test]

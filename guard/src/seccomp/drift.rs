@@ -157,15 +157,10 @@ mod tests {
 
     #[test]
     fn refusal_follows_the_profile() {
-        let p = OciProfile {
-            default_action: "SCMP_ACT_ERRNO".into(),
-            default_errno_ret: Some(1),
-            architectures: vec!["SCMP_ARCH_X86_64".into()],
-            flags: vec![],
-            listener_path: None,
-            listener_metadata: None,
-            syscalls: vec![OciRule::allow(vec!["read".into()]), OciRule::errno(vec!["clone3".into()], 38)],
-        };
+        let p = OciProfile::with_rules(
+            1,
+            vec![OciRule::allow(vec!["read".into()]), OciRule::errno(vec!["clone3".into()], 38)],
+        );
         assert_eq!(refusal(&p, Arch::X86_64, Some("read")), None);
         assert_eq!(refusal(&p, Arch::X86_64, Some("ptrace")).as_deref(), Some("SCMP_ACT_ERRNO(1)"));
         assert_eq!(refusal(&p, Arch::X86_64, Some("clone3")).as_deref(), Some("SCMP_ACT_ERRNO(38)"));

@@ -52,6 +52,21 @@ pub struct OciArg {
     pub op: String,
 }
 
+impl OciProfile {
+    /// Errors with `errno` by default, x86_64 only, with `rules`.
+    pub fn with_rules(errno: u32, rules: Vec<OciRule>) -> Self {
+        Self {
+            default_action: ACT_ERRNO.into(),
+            default_errno_ret: Some(errno),
+            architectures: vec![Arch::X86_64.oci_name().into()],
+            flags: vec![],
+            listener_path: None,
+            listener_metadata: None,
+            syscalls: rules,
+        }
+    }
+}
+
 impl OciRule {
     pub fn allow(names: Vec<String>) -> Self {
         Self { names, action: ACT_ALLOW.into(), errno_ret: None, args: vec![] }
