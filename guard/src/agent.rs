@@ -134,6 +134,15 @@ struct Pipeline<W: Write> {
 }
 
 impl<W: Write> Pipeline<W> {
+    fn handle_batch(&mut self, batch: Vec<Event>, stats: &ReaderStats) -> Result<()> {
+        let n = batch.len();
+        for ev in batch {
+            self.handle(ev)?;
+        }
+        stats.in_flight.fetch_sub(n, Ordering::AcqRel);
+        Ok(())
+    }
+
     fn handle(&mut self, ev: Event) -> Result<()> {
         let kind = match &ev {
             Event::Exec(_) => "exec",
@@ -776,10 +785,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     pipe.scan(kube.is_some())?;
 
     let stats = Arc::new(ReaderStats::default());
-    let (tx, mut rx) = mpsc::channel(QUEUE_LEN);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Event>>();
     let (stop_tx, stop_rx) = watch::channel(false);
     let ring = pipe.sensor.take_ring().context("ring buffer already taken")?;
-    let reader = RingReader::new(ring, tx, stats.clone(), opts.poll)?;
+    let reader = RingReader::new(ring, tx, stats.clone(), opts.poll, QUEUE_LEN)?;
     let reader = tokio::spawn(reader.run(stop_rx));
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -823,11 +832,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     loop {
         tokio::select! {
-            ev = rx.recv() => {
-                let Some(ev) = ev else { break };
-                pipe.handle(ev)?;
-                while let Ok(ev) = rx.try_recv() {
-                    pipe.handle(ev)?;
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
+                pipe.handle_batch(batch, &stats)?;
+                while let Ok(batch) = rx.try_recv() {
+                    pipe.handle_batch(batch, &stats)?;
                 }
                 pipe.flush()?;
             }
@@ -904,8 +913,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     pipe.drift = None;
     let _ = stop_tx.send(true);
     reader.await.context("ring reader task")?;
-    while let Ok(ev) = rx.try_recv() {
-        pipe.handle(ev)?;
+    while let Ok(batch) = rx.try_recv() {
+        pipe.handle_batch(batch, &stats)?;
     }
     let kernel = pipe.sensor.kernel_losses()?;
     pipe.report_losses(kernel, stats.queue_full.load(Ordering::Relaxed))?;
