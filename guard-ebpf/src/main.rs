@@ -181,8 +181,10 @@ fn count_lost(kind: EventKind) {
 #[map]
 static RING_FILL: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Submit flags implementing wake-up batching: no wake-up until `wakeup_bytes` are waiting;
-/// the agent's poll timer drains anything below that.
+/// Submit flags implementing wake-up batching: the first record into an empty ring wakes the
+/// agent (it is idle: the first alert goes out at once, and an idle agent needs no timer);
+/// after that, no wake-up until `wakeup_bytes` are waiting, because an agent that has records
+/// to drain polls on its own timer until the ring is empty again.
 #[inline(always)]
 fn submit_flags() -> u64 {
     let threshold = conf!(wakeup_bytes);
@@ -193,7 +195,7 @@ fn submit_flags() -> u64 {
     if threshold == 0 {
         return 0;
     }
-    if avail >= threshold {
+    if avail == 0 || avail >= threshold {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -124,7 +124,8 @@ pub struct RunArgs {
     /// Bytes waiting in the ring before the kernel wakes the agent (0: wake per event).
     #[arg(long, default_value_t = 256 << 10)]
     pub wakeup_bytes: u64,
-    /// How often the agent drains the ring when not woken, in milliseconds.
+    /// While records flow, how often the agent drains the ring, in milliseconds (it backs off
+    /// to 5× this under a storm; an idle agent waits for the kernel's wake-up instead).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub poll_ms: u64,
     /// Kernel BTF used to find struct offsets.

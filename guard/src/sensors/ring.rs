@@ -22,6 +22,8 @@ use super::decode::{decode, Event};
 const BUSY_BATCH: usize = 32;
 /// Longest wait between drains on a busy node, in units of the configured poll interval.
 const BUSY_BACKOFF: u32 = 5;
+/// An idle agent drains at least this often even without a wake-up.
+const IDLE_SAFETY_NET: Duration = Duration::from_millis(500);
 
 /// User-space counters of the reader.
 #[derive(Debug, Default)]
@@ -63,26 +65,40 @@ impl RingReader {
     /// Runs until `stop` turns true, then drains once more so nothing already in the ring is
     /// left behind.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        // Adaptive: every `poll` while the node is quiet (the first alert out fast), backing
-        // off to BUSY_BACKOFF × `poll` while every drain finds a crowd (under an exec storm the
-        // agent's own wake-ups were a quarter of its CPU, and the latency bound still holds).
-        let mut wait = self.poll;
+        // Idle: wait for the kernel's wake-up (it wakes us for the first record into an empty
+        // ring), so an idle agent costs nothing and the first alert goes out at once. While
+        // records flow: drain every `poll`, backing off to BUSY_BACKOFF × `poll` while each
+        // drain finds a crowd (an exec storm must not cost a wake-up per record, or every
+        // 2 ms). The idle timeout is only a safety net.
+        let mut gap = self.poll;
+        let mut flowing = false;
         loop {
-            tokio::select! {
-                guard = self.ring.readable_mut() => {
-                    match guard {
-                        Ok(mut g) => g.clear_ready(),
-                        Err(e) => tracing::error!(error = %e, "ring buffer poll failed"),
+            if flowing {
+                tokio::select! {
+                    _ = tokio::time::sleep(gap) => {}
+                    _ = stop.changed() => {
+                        self.drain();
+                        return;
                     }
                 }
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => {
-                    self.drain();
-                    return;
+            } else {
+                tokio::select! {
+                    guard = self.ring.readable_mut() => {
+                        match guard {
+                            Ok(mut g) => g.clear_ready(),
+                            Err(e) => tracing::error!(error = %e, "ring buffer poll failed"),
+                        }
+                    }
+                    _ = tokio::time::sleep(IDLE_SAFETY_NET) => {}
+                    _ = stop.changed() => {
+                        self.drain();
+                        return;
+                    }
                 }
             }
             let n = self.drain();
-            wait = if n >= BUSY_BATCH { (wait * 2).min(self.poll * BUSY_BACKOFF) } else { self.poll };
+            flowing = n > 0;
+            gap = if n >= BUSY_BATCH { (gap * 2).min(self.poll * BUSY_BACKOFF) } else { self.poll };
         }
     }
 
