@@ -40,7 +40,8 @@ pub mod names {
     pub const PROG_CONNECT6: &str = "connect6";
     pub const PROG_SENDMSG4: &str = "sendmsg4";
     pub const PROG_SENDMSG6: &str = "sendmsg6";
-    pub const PROG_SOCKET: &str = "sys_enter_socket";
+    pub const PROG_SOCKET_KPROBE: &str = "socket_create";
+    pub const PROG_SOCKET_TRACEPOINT: &str = "sys_enter_socket";
     pub const REC_CONFIG: &str = "REC_CONFIG";
     pub const REC_TARGETS: &str = "REC_TARGETS";
     pub const REC_CACHE: &str = "REC_CACHE";

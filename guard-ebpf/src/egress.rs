@@ -8,9 +8,9 @@ use core::mem::size_of;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_get_current_comm,
-    macros::{cgroup_sock_addr, map, tracepoint},
+    macros::{cgroup_sock_addr, kprobe, map, tracepoint},
     maps::{lpm_trie::Key, HashMap, LpmTrie},
-    programs::{SockAddrContext, TracePointContext},
+    programs::{ProbeContext, SockAddrContext, TracePointContext},
     EbpfContext,
 };
 use guard_abi::{
@@ -157,18 +157,38 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     }
 }
 
+// Packet and raw sockets (sniffing, crafted packets), two ways in to one check. Preferred: a
+// kprobe on security_socket_create(family, type, protocol, kern), the LSM entry every socket()
+// passes through, which costs only socket creation. Fallback, where the kernel has no kprobes:
+// the syscalls:sys_enter_socket tracepoint, which puts every syscall of the node on the slow
+// path (measured here: ~5% on a null syscall).
+#[kprobe]
+pub fn socket_create(ctx: ProbeContext) -> u32 {
+    let kern: i32 = ctx.arg(3).unwrap_or(0);
+    if kern != 0 {
+        return 0;
+    }
+    let arg = |n: usize| ctx.arg::<i32>(n).unwrap_or(0) as u32;
+    on_socket(arg(0), arg(1), arg(2));
+    0
+}
+
 // syscalls/sys_enter_socket: __syscall_nr at 8, then family, type, protocol as longs.
 #[tracepoint(category = "syscalls", name = "sys_enter_socket")]
 pub fn sys_enter_socket(ctx: TracePointContext) -> i32 {
-    if cgroup_lookup(&EGRESS_CG).is_none() {
-        return 0;
-    }
-    let family = unsafe { ctx.read_at::<u64>(16) }.unwrap_or(0) as u32;
-    let sock_type = unsafe { ctx.read_at::<u64>(24) }.unwrap_or(0) as u32;
-    let protocol = unsafe { ctx.read_at::<u64>(32) }.unwrap_or(0) as u32;
+    let arg = |off: usize| unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0) as u32;
+    on_socket(arg(16), arg(24), arg(32));
+    0
+}
+
+#[inline(always)]
+fn on_socket(family: u32, sock_type: u32, protocol: u32) {
     let raw_ip = (family == AF_INET || family == AF_INET6) && sock_type & 0xf == SOCK_RAW;
     if family != AF_PACKET && !raw_ip {
-        return 0;
+        return;
+    }
+    if cgroup_lookup(&EGRESS_CG).is_none() {
+        return;
     }
     let ev = SocketEvent {
         hdr: header(EventKind::Socket, aya_ebpf::helpers::bpf_get_current_pid_tgid()),
@@ -182,5 +202,4 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> i32 {
         count_lost(EventKind::Socket);
     }
     let _ = size_of::<SocketEvent>();
-    0
 }

@@ -271,10 +271,10 @@ impl ProcessSensor {
     }
 
     /// Loads and attaches the egress hooks (cgroup `connect4/6`, `sendmsg4/6` on the cgroup2
-    /// root, and the `socket()` tracepoint for packet/raw sockets). The socket tracepoint needs
-    /// tracefs; without it that one check is off and the agent says so.
+    /// root, and a kprobe on `security_socket_create`, or the `socket()` tracepoint, for
+    /// packet/raw sockets). Without either, that one check is off and the agent says so.
     pub fn attach_egress(&mut self, cgroup_root: &Path) -> Result<EgressMaps> {
-        use aya::programs::{links::CgroupAttachMode, CgroupSockAddr, TracePoint};
+        use aya::programs::{links::CgroupAttachMode, CgroupSockAddr, KProbe, TracePoint};
         let root = std::fs::File::open(cgroup_root).with_context(|| format!("opening {}", cgroup_root.display()))?;
         for name in [names::PROG_CONNECT4, names::PROG_CONNECT6, names::PROG_SENDMSG4, names::PROG_SENDMSG6] {
             let prog: &mut CgroupSockAddr = self
@@ -290,15 +290,37 @@ impl ProcessSensor {
                 .with_context(|| format!("attaching {name} to {}", cgroup_root.display()))?;
             self.sock_links.push((name, link));
         }
-        let socket_check = (|| -> Result<()> {
-            let prog: &mut TracePoint =
-                self.ebpf.program_mut(names::PROG_SOCKET).context("socket program missing")?.try_into()?;
+        // Packet/raw sockets: a kprobe where the kernel has them (costs only socket()), else
+        // the socket() tracepoint (costs every syscall a little: the slow syscall path).
+        let kprobe = (|| -> Result<()> {
+            let prog: &mut KProbe =
+                self.ebpf.program_mut(names::PROG_SOCKET_KPROBE).context("socket program missing")?.try_into()?;
             prog.load()?;
-            prog.attach("syscalls", "sys_enter_socket")?;
+            prog.attach("security_socket_create", 0)?;
             Ok(())
         })();
-        if let Err(e) = socket_check {
-            tracing::warn!(error = %format!("{e:#}"), "packet/raw socket detection is off (needs tracefs)");
+        if let Err(k) = kprobe {
+            let tp = (|| -> Result<()> {
+                let prog: &mut TracePoint = self
+                    .ebpf
+                    .program_mut(names::PROG_SOCKET_TRACEPOINT)
+                    .context("socket program missing")?
+                    .try_into()?;
+                prog.load()?;
+                prog.attach("syscalls", "sys_enter_socket")?;
+                Ok(())
+            })();
+            match tp {
+                Ok(()) => tracing::info!(
+                    kprobe = %format!("{k:#}"),
+                    "no kprobes: packet/raw sockets seen through the socket() tracepoint (slow syscall path)"
+                ),
+                Err(e) => tracing::warn!(
+                    kprobe = %format!("{k:#}"),
+                    tracepoint = %format!("{e:#}"),
+                    "packet/raw socket detection is off (needs kprobes or tracefs)"
+                ),
+            }
         }
         Ok(EgressMaps {
             cgroups: HashMap::try_from(take(&mut self.ebpf, names::EGRESS_CG)?)?,
