@@ -8,7 +8,10 @@
 #![no_std]
 #![no_main]
 
+mod cgroup;
 mod rt;
+
+use cgroup::cgroup_lookup;
 
 use core::{ffi::c_void, mem::size_of, ptr::addr_of_mut};
 
@@ -18,8 +21,8 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_get_smp_processor_id,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-            bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_send_signal,
+            bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user,
+            bpf_send_signal,
         },
     },
     macros::{map, raw_tracepoint},
@@ -28,8 +31,7 @@ use aya_ebpf::{
 };
 use guard_abi::{
     allow_class, enforce_flags, exec_flags, marks, Config, EventHeader, EventKind, ExecEvent, ExitEvent, FileKey,
-    ForkEvent, ARGS_LEN, EVENT_KINDS, EXEC_FIXED_LEN, MAX_ALLOWED, MAX_CGROUP_DEPTH, MAX_MARKED, MAX_WATCHED_CGROUPS,
-    PATH_LEN,
+    ForkEvent, ARGS_LEN, EVENT_KINDS, EXEC_FIXED_LEN, MAX_ALLOWED, MAX_MARKED, MAX_WATCHED_CGROUPS, PATH_LEN,
 };
 
 /// Filled in by the agent before load (`.rodata`).
@@ -143,31 +145,6 @@ fn wanted(tgid: u32) -> bool {
         return true;
     }
     cgroup_lookup(&WATCHED).is_some()
-}
-
-/// The value for the current cgroup or its nearest registered ancestor.
-#[inline(always)]
-fn cgroup_lookup(map: &HashMap<u64, u32>) -> Option<u32> {
-    let own = unsafe { bpf_get_current_cgroup_id() };
-    if let Some(v) = unsafe { map.get(&own) } {
-        return Some(*v);
-    }
-    // Root downwards, stopping at our own level: only as many steps as we are deep (this runs
-    // on every connect of the node). The deepest match wins, so a container-level entry
-    // overrides its pod's.
-    let mut found = None;
-    let mut level = 1;
-    while level < MAX_CGROUP_DEPTH {
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        if id == 0 || id == own {
-            break;
-        }
-        if let Some(v) = unsafe { map.get(&id) } {
-            found = Some(*v);
-        }
-        level += 1;
-    }
-    found
 }
 
 #[inline(always)]

@@ -14,14 +14,13 @@
 #![no_std]
 #![no_main]
 
+#[path = "../cgroup.rs"]
+mod cgroup;
 #[path = "../rt.rs"]
 mod rt;
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_task_btf},
-    },
+    helpers::{bpf_get_current_cgroup_id, generated::bpf_get_current_task_btf},
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::BtfTracePointContext,
@@ -31,7 +30,7 @@ use guard_abi::{
         ARCHES, ARCH_COMPAT, ARCH_NATIVE, ARCH_X32, CACHE_ENTRIES, MAX_TARGETS, NO_OFFSET, SYSCALL_BITS, WORDS,
         X32_SYSCALL_BIT,
     },
-    RecorderConfig, RecorderCpuCache, SyscallSet, MAX_CGROUP_DEPTH,
+    RecorderConfig, RecorderCpuCache, SyscallSet,
 };
 
 #[no_mangle]
@@ -69,27 +68,6 @@ macro_rules! conf {
     }};
 }
 
-/// The slot + 1 of the deepest recorded cgroup at or above the current one, 0 when none.
-#[inline(always)]
-fn resolve(own: u64) -> u32 {
-    if let Some(v) = unsafe { REC_TARGETS.get(&own) } {
-        return *v;
-    }
-    let mut found = 0;
-    let mut level = 1;
-    while level < MAX_CGROUP_DEPTH {
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        if id == 0 || id == own {
-            break;
-        }
-        if let Some(v) = unsafe { REC_TARGETS.get(&id) } {
-            found = *v;
-        }
-        level += 1;
-    }
-    found
-}
-
 /// This CPU's cache entry, brought up to date for the current task: `slot` is the slot + 1 of
 /// its cgroup, 0 when it is not recorded.
 #[inline(always)]
@@ -112,7 +90,8 @@ fn cache_for(task: *const u8) -> Option<&'static mut RecorderCpuCache> {
     let slot = match unsafe { REC_CACHE.get(&cg) } {
         Some(v) => *v,
         None => {
-            let v = resolve(cg);
+            // The deepest recorded cgroup at or above this one; walked once per cgroup.
+            let v = cgroup::cgroup_lookup(&REC_TARGETS).unwrap_or(0);
             let _ = REC_CACHE.insert(&cg, &v, 0);
             v
         }
