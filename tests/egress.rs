@@ -19,7 +19,8 @@ fn targets() -> Value {
         {"name": "private-udp-connect", "kind": "udp-connect", "host": "10.0.0.5", "port": 9999},
         {"name": "dns-udp", "kind": "udp-sendto", "host": "10.0.0.53", "port": 53},
         {"name": "loopback", "kind": "tcp", "host": "127.0.0.1", "port": 9},
-        {"name": "sniffer", "kind": "packet", "host": "", "port": 0}
+        {"name": "sniffer", "kind": "packet", "host": "", "port": 0},
+        {"name": "raw-icmp", "kind": "raw", "host": "", "port": 0}
     ])
 }
 
@@ -62,6 +63,7 @@ fn monitor_mode_alerts_on_forbidden_destinations_and_changes_nothing() {
     let guard = GuardProcess::start(&policy(None), &[]).unwrap();
     let results = run_client(&net, &cg);
     let ur = uring(&net, &cg, "10.0.0.5:80");
+    let ur_packet = uring(&net, &cg, "packet-socket");
     std::thread::sleep(std::time::Duration::from_millis(400));
     let log = guard.log();
     let alerts: Vec<Value> =
@@ -91,7 +93,23 @@ fn monitor_mode_alerts_on_forbidden_destinations_and_changes_nothing() {
     for allowed in ["203.0.113.10:443", "[2001:db8::10]:443", "10.0.0.53:53", "127.0.0.1:9"] {
         assert!(alerts.iter().all(|a| a["output_fields"]["fd.name"] != allowed), "{allowed} is allowed:\n{}", show());
     }
-    assert!(alerts.iter().any(|a| a["rule"] == "notebook.packet_socket"), "sniffing socket:\n{}", show());
+    assert_eq!(ur_packet, "ok", "io_uring socket(AF_PACKET) succeeded (monitor mode)");
+    // Packet and raw sockets: through socket(2) with their kind, and through io_uring.
+    let socket_alert = |family: &str, via: &str| {
+        alerts.iter().find(|a| {
+            let f = &a["output_fields"];
+            a["rule"] == "notebook.packet_socket" && f["fd.family"] == family && f["syscall.type"] == via
+        })
+    };
+    let sniffer = socket_alert("AF_PACKET", "socket").unwrap_or_else(|| panic!("sniffing socket:\n{}\n{log}", show()));
+    assert_eq!(sniffer["output_fields"]["fd.socket_type"], 3, "SOCK_RAW");
+    let raw = socket_alert("AF_INET", "socket").unwrap_or_else(|| panic!("raw ICMP socket:\n{}\n{log}", show()));
+    assert_eq!(raw["output_fields"]["fd.protocol"], 1, "IPPROTO_ICMP");
+    assert!(
+        socket_alert("AF_PACKET or raw", "io_uring_enter").is_some(),
+        "packet socket through io_uring:\n{}\n{log}",
+        show()
+    );
 }
 
 #[test]

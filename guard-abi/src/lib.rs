@@ -23,6 +23,7 @@ pub const MAX_WATCHED_CGROUPS: u32 = 16384;
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const RING_FILL: &str = "RING_FILL";
+    pub const AGENT_POLLING: &str = "AGENT_POLLING";
     pub const ENFORCED: &str = "ENFORCED";
     pub const ALLOWED: &str = "ALLOWED";
     pub const MARKS: &str = "MARKS";
@@ -42,6 +43,7 @@ pub mod names {
     pub const PROG_SENDMSG6: &str = "sendmsg6";
     pub const PROG_SOCKET_KPROBE: &str = "socket_create";
     pub const PROG_SOCKET_TRACEPOINT: &str = "sys_enter_socket";
+    pub const PROG_SOCKET_CAPABLE: &str = "cap_net_raw";
     pub const REC_CONFIG: &str = "REC_CONFIG";
     pub const REC_TARGETS: &str = "REC_TARGETS";
     pub const REC_CACHE: &str = "REC_CACHE";
@@ -249,11 +251,28 @@ pub struct EgressEvent {
 #[derive(Clone, Copy, Debug)]
 pub struct SocketEvent {
     pub hdr: EventHeader,
+    /// 0 when the socket was asked for in a way whose arguments the hook cannot read
+    /// (io_uring, i386 `socketcall`): family, type and protocol are then unknown.
     pub family: u32,
     pub sock_type: u32,
     pub protocol: u32,
-    pub _pad: u32,
+    /// The system call it came through (native number; `SYSCALL_UNKNOWN` when not known).
+    pub syscall: u32,
     pub comm: [u8; COMM_LEN],
+}
+
+pub const SYSCALL_UNKNOWN: u32 = u32::MAX;
+
+/// Where a system call's number and first three arguments sit in the task's saved user
+/// registers (`struct pt_regs`), native and 32-bit compat: byte offsets read from BTF, or
+/// `recorder::NO_OFFSET` on an architecture whose layout the agent does not know.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallRegs {
+    pub nr: u32,
+    pub args: [u32; 3],
+    pub compat_args: [u32; 3],
+    pub _pad: u32,
 }
 
 /// Key of the `EGRESS_RULES` LPM trie (after the trie's own prefix length): policy, protocol and
@@ -336,6 +355,7 @@ pub struct Config {
     /// Below it the agent's poll timer drains the ring: fewer wake-ups under load.
     pub wakeup_bytes: u64,
     pub offsets: KernelOffsets,
+    pub regs: SyscallRegs,
 }
 
 /// The seccomp recorder: a separate object whose `sys_enter` program is attached only while a

@@ -7,18 +7,21 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::bpf_get_current_comm,
-    macros::{cgroup_sock_addr, kprobe, map, tracepoint},
+    helpers::{
+        bpf_get_current_comm,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    macros::{btf_tracepoint, cgroup_sock_addr, kprobe, map, tracepoint},
     maps::{lpm_trie::Key, HashMap, LpmTrie},
-    programs::{ProbeContext, SockAddrContext, TracePointContext},
+    programs::{BtfTracePointContext, ProbeContext, SockAddrContext, TracePointContext},
     EbpfContext,
 };
 use guard_abi::{
-    egress_verdict, EgressEvent, EgressKey, EgressRule, EventKind, SocketEvent, EGRESS_DENY, EGRESS_ENFORCE,
-    EGRESS_KEY_FIXED_BITS, MAX_EGRESS_RULES, MAX_WATCHED_CGROUPS,
+    egress_verdict, recorder::NO_OFFSET, EgressEvent, EgressKey, EgressRule, EventKind, SocketEvent, EGRESS_DENY,
+    EGRESS_ENFORCE, EGRESS_KEY_FIXED_BITS, MAX_EGRESS_RULES, MAX_WATCHED_CGROUPS, SYSCALL_UNKNOWN,
 };
 
-use crate::{cgroup_lookup, count_lost, header, submit_flags, EVENTS};
+use crate::{cgroup_lookup, count_lost, header, submit_flags, CONFIG, EVENTS};
 
 /// Notebook cgroups with an egress policy: policy id | `EGRESS_ENFORCE`.
 #[map]
@@ -157,11 +160,15 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     }
 }
 
-// Packet and raw sockets (sniffing, crafted packets), two ways in to one check. Preferred: a
-// kprobe on security_socket_create(family, type, protocol, kern), the LSM entry every socket()
-// passes through, which costs only socket creation. Fallback, where the kernel has no kprobes:
-// the syscalls:sys_enter_socket tracepoint, which puts every syscall of the node on the slow
-// path (measured here: ~5% on a null syscall).
+// Packet and raw sockets (sniffing, crafted packets), three ways in to one check, the cheapest
+// the kernel offers first:
+// - a kprobe on security_socket_create(family, type, protocol, kern), the LSM entry every
+//   socket() passes through, which costs only socket creation;
+// - without kprobes, the capability:cap_capable tracepoint (6.14+): both kinds of socket need
+//   CAP_NET_RAW, so their creation shows as a CAP_NET_RAW check (also one that fails, and also
+//   one made through io_uring), and it costs only capability checks;
+// - else the syscalls:sys_enter_socket tracepoint, which puts every syscall of the node on the
+//   slow path (measured here: ~5% on a null syscall).
 #[kprobe]
 pub fn socket_create(ctx: ProbeContext) -> u32 {
     let kern: i32 = ctx.arg(3).unwrap_or(0);
@@ -169,20 +176,76 @@ pub fn socket_create(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let arg = |n: usize| ctx.arg::<i32>(n).unwrap_or(0) as u32;
-    on_socket(arg(0), arg(1), arg(2));
+    on_socket(arg(0), arg(1), arg(2), SYSCALL_UNKNOWN);
     0
+}
+
+const CAP_NET_RAW: i32 = 13;
+const X32_SYSCALL_BIT: u64 = 0x4000_0000;
+// The calls a CAP_NET_RAW check for a new socket can come from. The i386 numbers never collide
+// with a native call that checks CAP_NET_RAW (native 102 is getuid, 359 is unused).
+const NR_SOCKET: u64 = 41;
+const NR_IO_URING_ENTER: u64 = 426;
+const NR_I386_SOCKET: u64 = 359;
+const NR_I386_SOCKETCALL: u64 = 102;
+
+// TP_PROTO(const struct cred *cred, struct user_namespace *target_ns,
+//          const struct user_namespace *capable_ns, int cap, int ret)
+#[btf_tracepoint(function = "cap_capable")]
+pub fn cap_net_raw(ctx: BtfTracePointContext) -> i32 {
+    let cap: i32 = ctx.arg(3);
+    if cap != CAP_NET_RAW {
+        return 0;
+    }
+    unsafe { on_net_raw() };
+    0
+}
+
+/// A CAP_NET_RAW check in a notebook: which call asked for it, from the saved user registers.
+#[inline(always)]
+unsafe fn on_net_raw() {
+    if cgroup_lookup(&EGRESS_CG).is_none() {
+        return;
+    }
+    let regs = conf!(regs);
+    if regs.nr == NO_OFFSET {
+        emit_socket(0, 0, 0, SYSCALL_UNKNOWN);
+        return;
+    }
+    let task = bpf_get_current_task_btf();
+    let pt = bpf_task_pt_regs(task) as *const u8;
+    if pt.is_null() {
+        return;
+    }
+    // Checked BTF loads from pt_regs at offsets the agent resolved.
+    let reg = |off: u32| core::ptr::read_volatile(pt.wrapping_add(off as usize) as *const u64);
+    let nr = reg(regs.nr) & !X32_SYSCALL_BIT;
+    match nr {
+        NR_SOCKET => {
+            let (f, t, p) = (reg(regs.args[0]), reg(regs.args[1]), reg(regs.args[2]));
+            on_socket(f as u32, t as u32, p as u32, nr as u32)
+        }
+        NR_I386_SOCKET => {
+            let (f, t, p) = (reg(regs.compat_args[0]), reg(regs.compat_args[1]), reg(regs.compat_args[2]));
+            on_socket(f as u32, t as u32, p as u32, nr as u32)
+        }
+        // Arguments in a ring or in user memory: the kind of socket is not known here.
+        NR_IO_URING_ENTER | NR_I386_SOCKETCALL => emit_socket(0, 0, 0, nr as u32),
+        // setsockopt and the like: not a new socket.
+        _ => {}
+    }
 }
 
 // syscalls/sys_enter_socket: __syscall_nr at 8, then family, type, protocol as longs.
 #[tracepoint(category = "syscalls", name = "sys_enter_socket")]
 pub fn sys_enter_socket(ctx: TracePointContext) -> i32 {
     let arg = |off: usize| unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0) as u32;
-    on_socket(arg(16), arg(24), arg(32));
+    on_socket(arg(16), arg(24), arg(32), NR_SOCKET as u32);
     0
 }
 
 #[inline(always)]
-fn on_socket(family: u32, sock_type: u32, protocol: u32) {
+fn on_socket(family: u32, sock_type: u32, protocol: u32, syscall: u32) {
     let raw_ip = (family == AF_INET || family == AF_INET6) && sock_type & 0xf == SOCK_RAW;
     if family != AF_PACKET && !raw_ip {
         return;
@@ -190,12 +253,17 @@ fn on_socket(family: u32, sock_type: u32, protocol: u32) {
     if cgroup_lookup(&EGRESS_CG).is_none() {
         return;
     }
+    emit_socket(family, sock_type, protocol, syscall);
+}
+
+#[inline(always)]
+fn emit_socket(family: u32, sock_type: u32, protocol: u32, syscall: u32) {
     let ev = SocketEvent {
         hdr: header(EventKind::Socket, aya_ebpf::helpers::bpf_get_current_pid_tgid()),
         family,
         sock_type,
         protocol,
-        _pad: 0,
+        syscall,
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
     if EVENTS.output::<SocketEvent>(&ev, submit_flags()).is_err() {

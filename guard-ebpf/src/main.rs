@@ -65,6 +65,7 @@ static CONFIG: Config = Config {
         fdtable_fd: 0,
         mm_exe_file: 0,
     },
+    regs: guard_abi::SyscallRegs { nr: 0, args: [0; 3], compat_args: [0; 3], _pad: 0 },
 };
 
 /// The agent resizes this before load (`--ring-bytes`).
@@ -158,10 +159,16 @@ fn count_lost(kind: EventKind) {
 #[map]
 static RING_FILL: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Submit flags implementing wake-up batching: the first record into an empty ring wakes the
-/// agent (it is idle: the first alert goes out at once, and an idle agent needs no timer);
-/// after that, no wake-up until `wakeup_bytes` are waiting, because an agent that has records
-/// to drain polls on its own timer until the ring is empty again.
+/// Non-zero while the agent drains on its own timer (set and cleared by its ring reader).
+/// Not pinned: each load has its own, so a crashed agent's flag never silences the next one.
+#[map]
+static AGENT_POLLING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Submit flags implementing wake-up batching: the first record into an empty ring wakes an
+/// idle agent (the first alert goes out at once, and an idle agent needs no timer). An agent
+/// that is draining on its own timer is not woken (its reader would empty the ring and the
+/// next record would wake it again: one needless wake-up per drain), except once
+/// `wakeup_bytes` are waiting.
 #[inline(always)]
 fn submit_flags() -> u64 {
     let threshold = conf!(wakeup_bytes);
@@ -172,7 +179,11 @@ fn submit_flags() -> u64 {
     if threshold == 0 {
         return 0;
     }
-    if avail == 0 || avail >= threshold {
+    if avail >= threshold {
+        return BPF_RB_FORCE_WAKEUP as u64;
+    }
+    let polling = AGENT_POLLING.get(0).is_some_and(|p| unsafe { core::ptr::read_volatile(p) } != 0);
+    if avail == 0 && !polling {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -788,7 +788,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Event>>();
     let (stop_tx, stop_rx) = watch::channel(false);
     let ring = pipe.sensor.take_ring().context("ring buffer already taken")?;
-    let reader = RingReader::new(ring, tx, stats.clone(), opts.poll, QUEUE_LEN)?;
+    let polling = pipe.sensor.take_polling_flag().context("polling flag already taken")?;
+    let reader = RingReader::new(ring, Some(polling), tx, stats.clone(), opts.poll, QUEUE_LEN)?;
     let reader = tokio::spawn(reader.run(stop_rx));
 
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -18,8 +18,11 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run(args) => args.options().and_then(|opts| {
             // Two cores per node: two workers; the ring reader never waits on the pipeline.
+            // The agent runs as a task on a worker (not on this thread), so the reader's
+            // hand-over to the pipeline usually stays on one thread instead of a cross-thread
+            // wake-up per batch.
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(guard::agent::run(opts))
+            rt.block_on(async { tokio::spawn(guard::agent::run(opts)).await? })
         }),
         Cmd::Policy(PolicyCmd::Check { file }) => match guard::policy::Policy::from_path(&file) {
             Ok(p) => {

@@ -1,6 +1,6 @@
 """Tries each destination of a JSON list and prints one JSON result per line.
 
-Each target: {"name", "kind": "tcp"|"udp-sendto"|"udp-connect"|"packet", "host", "port"}.
+Each target: {"name", "kind": "tcp"|"udp-sendto"|"udp-connect"|"packet"|"raw", "host", "port"}.
 Results: "ok", "EPERM", "timeout", or "error:<text>". A refused connect means the packet reached
 the other end (the destination namespace), so it counts as "ok" for policy purposes.
 """
@@ -15,6 +15,10 @@ def attempt(t):
     try:
         if kind == "packet":
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            s.close()
+            return "ok"
+        if kind == "raw":
+            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
             s.close()
             return "ok"
         fam = socket.AF_INET6 if ":" in t["host"] else socket.AF_INET

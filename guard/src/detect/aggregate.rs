@@ -18,8 +18,17 @@ pub struct Aggregator {
 
 fn key(a: &Alert) -> String {
     let f = |k: &str| a.output_fields.get(k).map(Value::to_string).unwrap_or_default();
-    [a.rule.as_str(), &f("container.cgroup"), &f("proc.exepath"), &f("proc.cmdline"), &f("fd.name"), &f("guard.action")]
-        .join("\u{1f}")
+    [
+        a.rule.as_str(),
+        &f("container.cgroup"),
+        &f("proc.exepath"),
+        &f("proc.cmdline"),
+        &f("fd.name"),
+        &f("fd.family"),
+        &f("syscall.type"),
+        &f("guard.action"),
+    ]
+    .join("\u{1f}")
 }
 
 impl Aggregator {

@@ -186,14 +186,16 @@ impl Detector {
             return Outcome::default();
         };
 
-        let chain: Vec<ProcInfo> = table.chain(e.ppid, MAX_CHAIN).into_iter().cloned().collect();
+        // Read the ancestors in place; only the parent is kept (for the alert's fields).
+        let chain = table.chain(e.ppid, MAX_CHAIN);
         let py = |p: &ProcInfo| p.exe_id.is_some_and(|id| ids.python.contains(&id));
-        let parent = chain.first().cloned();
+        let parent = chain.first().map(|p| (*p).clone());
         let parent_is_python = parent.as_ref().is_some_and(py);
         let parent_role = parent.as_ref().map(|p| role_of(p, py(p))).unwrap_or_default();
-        let python_ancestor = chain.iter().any(py);
+        let python_ancestor = chain.iter().any(|p| py(p));
         let in_terminal = prev_role == Role::Terminal || chain.iter().any(|p| p.role == Role::Terminal);
         let kernel = chain.iter().find_map(|p| p.kernel.clone());
+        drop(chain);
         let argv: Vec<String> = e.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let exe_path = if e.filename.is_absolute() {
             e.filename.clone()
@@ -273,22 +275,38 @@ impl Detector {
                 Some(c) => *c,
                 None => {
                     // The running image if the process is still there, else the file by path
-                    // inside the notebook's root (short-lived processes are gone by now).
+                    // inside the notebook's root (short-lived processes are gone by now). Its
+                    // size first: a file no system binary matches in size is read no further.
+                    let sized =
+                        |ids: &mut RootIdentities, size: u64| size <= MAX_HASHED && ids.system_size_exists(size);
                     let content = std::fs::File::open(self.proc_root.join(e.meta.tgid.to_string()).join("exe"))
                         .and_then(|mut fh| {
                             use std::io::Read;
+                            let size = fh.metadata()?.len();
+                            let (_, ids) = self
+                                .identities
+                                .for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)
+                                .ok_or(std::io::ErrorKind::NotFound)?;
+                            if !sized(ids, size) {
+                                return Ok(None);
+                            }
                             let mut b = Vec::new();
-                            (&mut fh).take(MAX_HASHED).read_to_end(&mut b).map(|_| b)
+                            (&mut fh).take(MAX_HASHED).read_to_end(&mut b).map(|_| Some(b))
                         })
-                        .ok()
-                        .or_else(|| {
-                            let (_, ids) =
-                                self.identities.for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)?;
-                            let md = ids.root.stat(&f.exe_path).ok()?;
-                            (FileId::of(&md) == e.exe).then(|| ids.root.read(&f.exe_path, MAX_HASHED).ok()).flatten()
+                        .or_else(|_| -> std::io::Result<Option<Vec<u8>>> {
+                            let (_, ids) = self
+                                .identities
+                                .for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)
+                                .ok_or(std::io::ErrorKind::NotFound)?;
+                            let md = ids.root.stat(&f.exe_path)?;
+                            if FileId::of(&md) != e.exe || !sized(ids, md.len()) {
+                                return Ok(None);
+                            }
+                            ids.root.read(&f.exe_path, MAX_HASHED).map(Some)
                         });
+                    // Ok(None): certainly not a copy (remembered); Err: could not tell this time.
                     match content {
-                        Some(c) => {
+                        Ok(Some(c)) => {
                             let found = self
                                 .identities
                                 .for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)
@@ -296,7 +314,11 @@ impl Detector {
                             self.copies.insert(e.exe, found);
                             found
                         }
-                        None => None,
+                        Ok(None) => {
+                            self.copies.insert(e.exe, None);
+                            None
+                        }
+                        Err(_) => None,
                     }
                 }
             };
@@ -461,12 +483,24 @@ impl Detector {
             17 => "AF_PACKET".to_string(),
             2 => "AF_INET".to_string(),
             10 => "AF_INET6".to_string(),
+            // Asked for through io_uring or socketcall: a packet or raw socket, which one is
+            // not known (both need CAP_NET_RAW, which is what was checked).
+            0 => "AF_PACKET or raw".to_string(),
             f => f.to_string(),
         };
+        // Native x86_64 numbers (i386's socket and socketcall are told apart by their own).
+        let via = k.syscall.map(|n| match n {
+            41 => "socket".to_string(),
+            426 => "io_uring_enter".to_string(),
+            359 => "socket (i386)".to_string(),
+            102 => "socketcall (i386)".to_string(),
+            n => n.to_string(),
+        });
         a.set("evt.type", "socket")
             .set("fd.family", family)
             .set("fd.socket_type", k.sock_type)
-            .set("fd.protocol", k.protocol);
+            .set("fd.protocol", k.protocol)
+            .set_opt("syscall.type", via);
         a.finish_output(rules::PACKET_SOCKET.summary);
         vec![a]
     }

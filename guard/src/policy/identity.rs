@@ -210,6 +210,12 @@ impl RootIdentities {
         sys.names.iter().filter(|(_, n)| n.iter().any(|n| names.contains(n))).map(|(id, _)| *id).collect()
     }
 
+    /// True when some system binary has exactly this size: only then can a file be a copy of
+    /// one, and only then is it worth reading.
+    pub fn system_size_exists(&mut self, size: u64) -> bool {
+        self.system().by_size.contains_key(&size)
+    }
+
     /// The system binary with the same content as `content`, if any.
     pub fn system_same_content(&mut self, content: &[u8]) -> Option<FileId> {
         self.system();

@@ -42,7 +42,8 @@ pub struct ProcInfo {
     pub exe: Option<PathBuf>,
     /// Identity of the loaded binary.
     pub exe_id: Option<FileId>,
-    pub argv: Vec<OsString>,
+    /// Shared with the exec event and with forked children (never copied per event).
+    pub argv: Arc<[OsString]>,
     pub comm: String,
     pub cgroup_id: u64,
     pub role: Role,
@@ -105,7 +106,7 @@ impl ProcessTable {
         // Races with exits are normal here: a vanished process is skipped.
         let Ok(stat) = fs::read_to_string(p.join("stat")) else { return };
         let Some((comm, ppid)) = parse_stat(&stat) else { return };
-        let argv = fs::read(p.join("cmdline")).map(|b| split_args(&b)).unwrap_or_default();
+        let argv = fs::read(p.join("cmdline")).map(|b| split_args(&b)).unwrap_or_default().into();
         let exe = fs::read_link(p.join("exe")).ok();
         let exe_id = fs::metadata(p.join("exe")).ok().map(|m| FileId::of(&m));
         let cgroup_id = self.cgroup_mount.as_ref().and_then(|m| proc_cgroup_id(m, &p)).unwrap_or(0);
@@ -166,28 +167,27 @@ impl ProcessTable {
         self.procs.is_empty()
     }
 
-    /// Records the exec and returns its lineage (taken before the entry is replaced).
-    pub fn on_exec(&mut self, e: &Exec) -> Lineage {
-        let lineage = self.lineage(e.ppid);
-        // The kernel context survives exec (a shell started by a kernel still serves it).
-        let kernel = self.procs.get(&e.meta.tgid).and_then(|p| p.kernel.clone());
-        let notebook = self.procs.get(&e.meta.tgid).and_then(|p| p.notebook.clone());
-        self.procs.insert(
-            e.meta.tgid,
-            ProcInfo {
-                pid: e.meta.tgid,
-                ppid: e.ppid,
-                exe: Some(e.filename.clone()),
-                exe_id: Some(e.exe),
-                argv: e.argv.clone(),
-                comm: e.comm.clone(),
-                cgroup_id: e.meta.cgroup_id,
-                role: Role::Unknown,
-                kernel,
-                notebook,
-            },
-        );
-        lineage
+    /// Records the exec. The kernel context and the notebook survive exec (a shell started by
+    /// a kernel still serves it); everything else is the new image's.
+    pub fn on_exec(&mut self, e: &Exec) {
+        let fresh = |kernel, notebook| ProcInfo {
+            pid: e.meta.tgid,
+            ppid: e.ppid,
+            exe: Some(e.filename.clone()),
+            exe_id: Some(e.exe),
+            argv: e.argv.clone(),
+            comm: e.comm.clone(),
+            cgroup_id: e.meta.cgroup_id,
+            role: Role::Unknown,
+            kernel,
+            notebook,
+        };
+        match self.procs.get_mut(&e.meta.tgid) {
+            Some(p) => *p = fresh(p.kernel.take(), p.notebook.take()),
+            None => {
+                self.procs.insert(e.meta.tgid, fresh(None, None));
+            }
+        }
     }
 
     /// A forked child runs its parent's image until it execs.
@@ -200,7 +200,7 @@ impl ProcessTable {
                 ppid: parent,
                 exe: None,
                 exe_id: None,
-                argv: vec![],
+                argv: Arc::new([]),
                 comm: String::new(),
                 cgroup_id: f.meta.cgroup_id,
                 role: Role::Unknown,
@@ -292,7 +292,7 @@ mod tests {
             exe_nlink: 1,
             exe_name: OsString::new(),
             argc: argv.len() as u32,
-            argv: argv.iter().map(OsString::from).collect(),
+            argv: argv.iter().map(OsString::from).collect::<Vec<_>>().into(),
             argv_truncated: false,
             argv_unreadable: false,
             kernel_flags: 0,
@@ -305,12 +305,13 @@ mod tests {
         let mut t = ProcessTable::new();
         t.on_exec(&exec(10, 1, "/usr/bin/python3", &["python3", "-m", "ipykernel_launcher"]));
         t.on_fork(&Fork { meta: meta(10), child_tgid: 11 });
-        let l = t.on_exec(&exec(11, 10, "/bin/sh", &["sh", "-c", "id"]));
-        let parent = l.parent.unwrap();
+        t.on_exec(&exec(11, 10, "/bin/sh", &["sh", "-c", "id"]));
+        let parent = t.lineage(10).parent.unwrap();
         assert_eq!(parent.exe, Some("/usr/bin/python3".into()));
         assert_eq!(cmdline(&parent.argv), "python3 -m ipykernel_launcher");
         t.on_fork(&Fork { meta: meta(11), child_tgid: 12 });
-        let l = t.on_exec(&exec(12, 11, "/usr/bin/id", &["id"]));
+        t.on_exec(&exec(12, 11, "/usr/bin/id", &["id"]));
+        let l = t.lineage(11);
         assert_eq!(l.parent.unwrap().exe, Some("/bin/sh".into()));
         assert_eq!(l.ancestors, vec![Some("/usr/bin/python3".into())]);
         t.on_exit(&Exit { meta: meta(12), exit_code: 0 });

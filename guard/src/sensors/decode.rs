@@ -70,7 +70,8 @@ pub struct Exec {
     /// Dentry name of the loaded file (`memfd:…` for a memfd).
     pub exe_name: OsString,
     pub argc: u32,
-    pub argv: Vec<OsString>,
+    /// Shared with the process table's entry.
+    pub argv: std::sync::Arc<[OsString]>,
     pub argv_truncated: bool,
     pub argv_unreadable: bool,
     /// Raw `exec_flags` (enforcement outcome among them).
@@ -110,9 +111,12 @@ pub struct Egress {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Socket {
     pub meta: Meta,
+    /// 0 when the hook could not read the arguments (io_uring, i386 socketcall).
     pub family: u32,
     pub sock_type: u32,
     pub protocol: u32,
+    /// The system call it came through (native x86_64 numbering), when known.
+    pub syscall: Option<u32>,
     pub comm: String,
 }
 
@@ -204,7 +208,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 exe_nlink: ev.exe_nlink,
                 exe_name: OsString::from_vec(cstr(&ev.exe_name).to_vec()),
                 argc: ev.argc,
-                argv: split_args(&ev.args[..ev.args_len as usize]),
+                argv: split_args(&ev.args[..ev.args_len as usize]).into(),
                 argv_truncated: f & exec_flags::ARGS_TRUNCATED != 0,
                 argv_unreadable: f & exec_flags::ARGS_UNREADABLE != 0,
                 kernel_flags: f,
@@ -246,8 +250,10 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
             Ok(Event::Socket(Socket {
                 meta: meta(&ev.hdr),
                 family: ev.family,
-                sock_type: ev.sock_type,
+                // The type word also carries SOCK_NONBLOCK / SOCK_CLOEXEC (SOCK_TYPE_MASK).
+                sock_type: ev.sock_type & 0xf,
                 protocol: ev.protocol,
+                syscall: (ev.syscall != guard_abi::SYSCALL_UNKNOWN).then_some(ev.syscall),
                 comm: String::from_utf8_lossy(cstr(&ev.comm)).into_owned(),
             }))
         }
@@ -282,7 +288,7 @@ mod tests {
     fn exec_record_is_variable_length() {
         let rec = exec_with_args(b"sh\0-c\0\0echo hi\0", 0);
         let Event::Exec(e) = decode(&rec).unwrap() else { panic!() };
-        assert_eq!(e.argv, ["sh", "-c", "", "echo hi"].map(OsString::from));
+        assert_eq!(*e.argv, ["sh", "-c", "", "echo hi"].map(OsString::from));
         assert_eq!(e.filename, PathBuf::from("/bin/sh"));
         assert_eq!(e.exe, FileId { dev: libc::makedev(8, 1), ino: 99 });
         assert!(e.interp.is_none() && !e.argv_truncated);
@@ -292,7 +298,7 @@ mod tests {
     fn truncated_argv_keeps_partial_last_argument() {
         let rec = exec_with_args(b"a\0bcd", exec_flags::ARGS_TRUNCATED);
         let Event::Exec(e) = decode(&rec).unwrap() else { panic!() };
-        assert_eq!(e.argv, ["a", "bcd"].map(OsString::from));
+        assert_eq!(*e.argv, ["a", "bcd"].map(OsString::from));
         assert!(e.argv_truncated);
     }
 

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, BtfType, Type};
-use guard_abi::KernelOffsets;
+use guard_abi::{recorder::NO_OFFSET, KernelOffsets, SyscallRegs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
@@ -67,6 +67,23 @@ impl OffsetResolver {
             fdtable_fd: self.field("fdtable", &["fd"], 8)?,
             mm_exe_file: self.field("mm_struct", &["exe_file"], 8)?,
         })
+    }
+
+    /// Where the syscall number and arguments are in `pt_regs`, for the architectures whose
+    /// register names are known (x86_64: native in di/si/dx, i386 compat in bx/cx/dx).
+    /// Elsewhere every offset is `NO_OFFSET` and the programs that need them report less.
+    pub fn syscall_regs(&self) -> SyscallRegs {
+        let reg = |name: &str| self.field("pt_regs", &[name], 8).unwrap_or(NO_OFFSET);
+        let regs = SyscallRegs {
+            nr: reg("orig_ax"),
+            args: [reg("di"), reg("si"), reg("dx")],
+            compat_args: [reg("bx"), reg("cx"), reg("dx")],
+            _pad: 0,
+        };
+        if regs.nr == NO_OFFSET || regs.args.contains(&NO_OFFSET) || regs.compat_args.contains(&NO_OFFSET) {
+            return SyscallRegs { nr: NO_OFFSET, args: [NO_OFFSET; 3], compat_args: [NO_OFFSET; 3], _pad: 0 };
+        }
+        regs
     }
 
     /// Byte offset of `strukt.path[0].path[1]…` (members of embedded structs, not pointers),
@@ -187,6 +204,16 @@ mod tests {
         assert!(e.contains("task_struct.pid is 4 bytes, expected 8"), "{e}");
         let e = r.field("no_such_struct_xyz", &["a"], 4).unwrap_err().to_string();
         assert!(e.contains("no struct no_such_struct_xyz"), "{e}");
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn finds_the_syscall_registers() {
+        let r = OffsetResolver::from_file(Path::new(VMLINUX)).unwrap();
+        let regs = r.syscall_regs();
+        // x86_64's pt_regs is also the ptrace ABI (user_regs_struct): di, si, dx, orig_ax.
+        assert_eq!((regs.args, regs.nr), ([14 * 8, 13 * 8, 12 * 8], 15 * 8));
+        assert_eq!(regs.compat_args, [5 * 8, 11 * 8, 12 * 8]);
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub struct ProcessSensor {
     pinned: Vec<aya::programs::links::PinnedLink>,
     pin_dir: Option<PathBuf>,
     ring_fill: aya::maps::Array<MapData, u64>,
+    polling: Option<aya::maps::Array<MapData, u32>>,
     ring_bytes: u32,
 }
 
@@ -196,14 +197,15 @@ impl ProcessSensor {
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
             bail!("ring buffer size {} is not a power of two of at least 4096 bytes", opts.ring_bytes);
         }
-        let offsets = OffsetResolver::from_file(&opts.btf_path)
-            .and_then(|r| r.kernel_offsets())
-            .context("resolving kernel struct offsets from BTF (kernel needs CONFIG_DEBUG_INFO_BTF)")?;
+        let resolver = OffsetResolver::from_file(&opts.btf_path)
+            .context("reading kernel BTF (kernel needs CONFIG_DEBUG_INFO_BTF)")?;
+        let offsets = resolver.kernel_offsets().context("resolving kernel struct offsets from BTF")?;
         let config = Config {
             agent_tgid: std::process::id(),
             watch_all: opts.watch_all as u32,
             wakeup_bytes: opts.wakeup_bytes,
             offsets,
+            regs: resolver.syscall_regs(),
         };
         raise_memlock();
         let mut loader = EbpfLoader::new();
@@ -244,6 +246,7 @@ impl ProcessSensor {
         let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED)?)?;
         let ring = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
         let ring_fill = aya::maps::Array::try_from(take(&mut ebpf, names::RING_FILL)?)?;
+        let polling = aya::maps::Array::try_from(take(&mut ebpf, names::AGENT_POLLING)?)?;
         let enforcement = crate::enforce::KernelEnforcer::new(
             HashMap::try_from(take(&mut ebpf, names::ENFORCED)?)?,
             HashMap::try_from(take(&mut ebpf, names::ALLOWED)?)?,
@@ -261,6 +264,7 @@ impl ProcessSensor {
             pinned,
             pin_dir: opts.pin_dir.clone(),
             ring_fill,
+            polling: Some(polling),
             ring_bytes: opts.ring_bytes,
         })
     }
@@ -270,11 +274,16 @@ impl ProcessSensor {
         self.ring.take()
     }
 
+    /// The reader's "draining on my own timer" flag, handed to the reader once.
+    pub fn take_polling_flag(&mut self) -> Option<aya::maps::Array<MapData, u32>> {
+        self.polling.take()
+    }
+
     /// Loads and attaches the egress hooks (cgroup `connect4/6`, `sendmsg4/6` on the cgroup2
     /// root, and a kprobe on `security_socket_create`, or the `socket()` tracepoint, for
     /// packet/raw sockets). Without either, that one check is off and the agent says so.
     pub fn attach_egress(&mut self, cgroup_root: &Path) -> Result<EgressMaps> {
-        use aya::programs::{links::CgroupAttachMode, CgroupSockAddr, KProbe, TracePoint};
+        use aya::programs::{links::CgroupAttachMode, CgroupSockAddr};
         let root = std::fs::File::open(cgroup_root).with_context(|| format!("opening {}", cgroup_root.display()))?;
         for name in [names::PROG_CONNECT4, names::PROG_CONNECT6, names::PROG_SENDMSG4, names::PROG_SENDMSG6] {
             let prog: &mut CgroupSockAddr = self
@@ -291,7 +300,21 @@ impl ProcessSensor {
             self.sock_links.push((name, link));
         }
         // Packet/raw sockets: a kprobe where the kernel has them (costs only socket()), else
-        // the socket() tracepoint (costs every syscall a little: the slow syscall path).
+        // the cap_capable tracepoint (costs only capability checks), else the socket()
+        // tracepoint (costs every syscall a little: the slow syscall path).
+        match self.attach_socket_watch() {
+            Ok(how) => tracing::info!(hook = how, "packet/raw socket detection attached"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "packet/raw socket detection is off"),
+        }
+        Ok(EgressMaps {
+            cgroups: HashMap::try_from(take(&mut self.ebpf, names::EGRESS_CG)?)?,
+            rules: aya::maps::LpmTrie::try_from(take(&mut self.ebpf, names::EGRESS_RULES)?)?,
+        })
+    }
+
+    /// Attaches the cheapest packet/raw socket hook this kernel allows; returns which.
+    fn attach_socket_watch(&mut self) -> Result<&'static str> {
+        use aya::programs::{BtfTracePoint, KProbe, TracePoint};
         let kprobe = (|| -> Result<()> {
             let prog: &mut KProbe =
                 self.ebpf.program_mut(names::PROG_SOCKET_KPROBE).context("socket program missing")?.try_into()?;
@@ -299,33 +322,34 @@ impl ProcessSensor {
             prog.attach("security_socket_create", 0)?;
             Ok(())
         })();
-        if let Err(k) = kprobe {
-            let tp = (|| -> Result<()> {
-                let prog: &mut TracePoint = self
-                    .ebpf
-                    .program_mut(names::PROG_SOCKET_TRACEPOINT)
-                    .context("socket program missing")?
-                    .try_into()?;
-                prog.load()?;
-                prog.attach("syscalls", "sys_enter_socket")?;
-                Ok(())
-            })();
-            match tp {
-                Ok(()) => tracing::info!(
-                    kprobe = %format!("{k:#}"),
-                    "no kprobes: packet/raw sockets seen through the socket() tracepoint (slow syscall path)"
-                ),
-                Err(e) => tracing::warn!(
-                    kprobe = %format!("{k:#}"),
-                    tracepoint = %format!("{e:#}"),
-                    "packet/raw socket detection is off (needs kprobes or tracefs)"
-                ),
+        let Err(kprobe) = kprobe else { return Ok("kprobe security_socket_create") };
+        let capable = (|| -> Result<()> {
+            let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+            let prog: &mut BtfTracePoint =
+                self.ebpf.program_mut(names::PROG_SOCKET_CAPABLE).context("socket program missing")?.try_into()?;
+            prog.load("cap_capable", &btf)?;
+            prog.attach()?;
+            Ok(())
+        })();
+        let Err(capable) = capable else { return Ok("tp_btf cap_capable (CAP_NET_RAW checks)") };
+        let tracepoint = (|| -> Result<()> {
+            let prog: &mut TracePoint =
+                self.ebpf.program_mut(names::PROG_SOCKET_TRACEPOINT).context("socket program missing")?.try_into()?;
+            prog.load()?;
+            prog.attach("syscalls", "sys_enter_socket")?;
+            Ok(())
+        })();
+        match tracepoint {
+            Ok(()) => {
+                tracing::info!(
+                    kprobe = %format!("{kprobe:#}"),
+                    cap_capable = %format!("{capable:#}"),
+                    "no kprobes and no cap_capable tracepoint: using the socket() tracepoint (slow syscall path)"
+                );
+                Ok("tracepoint syscalls:sys_enter_socket")
             }
+            Err(e) => bail!("kprobe: {kprobe:#}; cap_capable: {capable:#}; socket() tracepoint: {e:#}"),
         }
-        Ok(EgressMaps {
-            cgroups: HashMap::try_from(take(&mut self.ebpf, names::EGRESS_CG)?)?,
-            rules: aya::maps::LpmTrie::try_from(take(&mut self.ebpf, names::EGRESS_RULES)?)?,
-        })
     }
 
     /// The enforcement maps, handed to the enforcer once.

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{Array, MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 
 use super::decode::{decode, Event};
@@ -39,6 +39,8 @@ pub struct ReaderStats {
 
 pub struct RingReader {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Tells the kernel we drain on our own timer, so it does not wake us per drain.
+    polling: Option<Array<MapData, u32>>,
     tx: mpsc::UnboundedSender<Vec<Event>>,
     stats: Arc<ReaderStats>,
     poll: Duration,
@@ -50,6 +52,7 @@ impl RingReader {
     /// `poll` drains records that did not wake us (wake-up batching in the kernel).
     pub fn new(
         ring: RingBuf<MapData>,
+        polling: Option<Array<MapData, u32>>,
         tx: mpsc::UnboundedSender<Vec<Event>>,
         stats: Arc<ReaderStats>,
         poll: Duration,
@@ -59,7 +62,7 @@ impl RingReader {
         // which is the lifetime of this AsyncFd.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
-        Ok(Self { ring, tx, stats, poll, capacity })
+        Ok(Self { ring, polling, tx, stats, poll, capacity })
     }
 
     /// Runs until `stop` turns true, then drains once more so nothing already in the ring is
@@ -68,8 +71,8 @@ impl RingReader {
         // Idle: wait for the kernel's wake-up (it wakes us for the first record into an empty
         // ring), so an idle agent costs nothing and the first alert goes out at once. While
         // records flow: drain every `poll`, backing off to BUSY_BACKOFF × `poll` while each
-        // drain finds a crowd (an exec storm must not cost a wake-up per record, or every
-        // 2 ms). The idle timeout is only a safety net.
+        // drain finds a crowd, with the kernel told not to wake us (an exec storm must cost
+        // neither a wake-up per record nor two per drain). The idle timeout is a safety net.
         let mut gap = self.poll;
         let mut flowing = false;
         loop {
@@ -77,6 +80,7 @@ impl RingReader {
                 tokio::select! {
                     _ = tokio::time::sleep(gap) => {}
                     _ = stop.changed() => {
+                        self.set_polling(false);
                         self.drain();
                         return;
                     }
@@ -96,9 +100,30 @@ impl RingReader {
                     }
                 }
             }
-            let n = self.drain();
+            let mut n = self.drain();
+            if n > 0 && !flowing {
+                self.set_polling(true);
+            } else if n == 0 && flowing {
+                // Going idle: clear the flag first, then look once more, so a record that
+                // came while the kernel thought we were polling is not left waiting.
+                self.set_polling(false);
+                n = self.drain();
+                if n > 0 {
+                    self.set_polling(true);
+                }
+            }
             flowing = n > 0;
             gap = if n >= BUSY_BATCH { (gap * 2).min(self.poll * BUSY_BACKOFF) } else { self.poll };
+        }
+    }
+
+    fn set_polling(&mut self, on: bool) {
+        if let Some(flag) = self.polling.as_mut() {
+            if let Err(e) = flag.set(0, on as u32, 0) {
+                // Without the flag the kernel wakes us more often than needed; nothing is lost.
+                tracing::warn!(error = %e, "could not update the ring's polling flag");
+                self.polling = None;
+            }
         }
     }
 

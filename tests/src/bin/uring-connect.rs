@@ -1,15 +1,33 @@
-//! Test helper: one TCP connect issued through io_uring (IORING_OP_CONNECT), bypassing the
-//! connect(2) syscall entirely. Prints `ok` (connected, or refused by the peer), or the error, and exits 0 either way.
+//! Test helper: one operation issued through io_uring, bypassing the syscall it replaces.
+//! `uring-connect IP:PORT`: a TCP connect (IORING_OP_CONNECT) instead of connect(2);
+//! `uring-connect packet-socket`: socket(AF_PACKET, SOCK_RAW) (IORING_OP_SOCKET) instead of
+//! socket(2). Prints `ok` (connected or refused by the peer; socket created), or the error, and
+//! exits 0 either way.
 
 use std::{net::SocketAddr, os::fd::AsRawFd};
 
 fn main() {
-    let target: SocketAddr =
-        std::env::args().nth(1).and_then(|a| a.parse().ok()).expect("usage: uring-connect IP:PORT");
+    let arg = std::env::args().nth(1).expect("usage: uring-connect IP:PORT | packet-socket");
+    let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
+    if arg == "packet-socket" {
+        let op = io_uring::opcode::Socket::new(libc::AF_PACKET, libc::SOCK_RAW, 0).build();
+        // SAFETY: the operation refers to no user memory.
+        unsafe { ring.submission().push(&op).expect("sq full") };
+        ring.submit_and_wait(1).expect("io_uring_enter");
+        let res = ring.completion().next().expect("completion").result();
+        if res >= 0 {
+            // SAFETY: a descriptor the kernel just created for us.
+            unsafe { libc::close(res) };
+            println!("ok");
+        } else {
+            println!("{}", std::io::Error::from_raw_os_error(-res));
+        }
+        return;
+    }
+    let target: SocketAddr = arg.parse().expect("usage: uring-connect IP:PORT | packet-socket");
     let domain = if target.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
     let addr = socket2::SockAddr::from(target);
-    let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
     let op =
         io_uring::opcode::Connect::new(io_uring::types::Fd(sock.as_raw_fd()), addr.as_ptr().cast(), addr.len()).build();
     // SAFETY: the socket and address outlive the submission, which we wait for.
