@@ -88,7 +88,6 @@ fn verdict(policy: u32, proto: u8, family: u8, port_be: u16, addr: [u8; 16]) -> 
 }
 
 unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
-    let Some(pol) = cgroup_lookup(&EGRESS_CG) else { return ALLOW };
     let sa = ctx.sock_addr;
     let proto = (*sa).protocol as u8;
     // user_port holds the port in network byte order in its low 16 bits.
@@ -125,13 +124,15 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
         addr[2] = b[2];
         addr[3] = b[3];
     }
-    // Loopback is always allowed: kernels talk to their server over ZeroMQ on it.
+    // Loopback is always allowed: kernels talk to their server over ZeroMQ on it. Decided
+    // before any map lookup, since it is most of a notebook's connects.
     if family == 4 && addr[0] == 127 {
         return ALLOW;
     }
     if family == 6 && addr[..15].iter().all(|b| *b == 0) && addr[15] == 1 {
         return ALLOW;
     }
+    let Some(pol) = cgroup_lookup(&EGRESS_CG) else { return ALLOW };
     let policy = pol & !EGRESS_ENFORCE;
     if verdict(policy, proto, family, port_be, addr) != EGRESS_DENY {
         return ALLOW;

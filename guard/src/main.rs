@@ -67,7 +67,14 @@ fn main() -> ExitCode {
             );
             println!("ring buffer {}", if f.ring_buffer { "yes" } else { "no" });
             println!("cgroup v2 {}", f.cgroup2_mount.as_deref().unwrap_or("NOT MOUNTED"));
-            println!("tracefs {}", if f.tracefs { "yes" } else { "no: packet-socket detection off" });
+            println!(
+                "tracefs {}",
+                if f.tracefs {
+                    "yes"
+                } else {
+                    "no: packet/raw sockets only through a kprobe or the cap_capable tracepoint"
+                }
+            );
             println!(
                 "bpf lsm {}; fentry/LSM programs are not used (raw tracepoints and cgroup hooks only)",
                 if f.bpf_lsm_listed { "listed" } else { "not listed" }

@@ -41,11 +41,21 @@ enum Cmd {
         args: Vec<OsString>,
     },
     /// Build (release), then measure the guard's overhead, loss, latency and footprint against a
-    /// baseline in the same run; writes BENCHMARKS.md and target/bench/results.json (needs root).
-    Bench,
+    /// baseline in the same run; writes target/bench/results.json, and BENCHMARKS.md when every
+    /// section ran (needs root).
+    Bench {
+        /// Sections to run (default: all): storms, recorder, peers, loss, latency, footprint.
+        sections: Vec<String>,
+    },
     /// Load generator used by `bench` (runs inside a chosen cgroup).
     #[command(hide = true)]
-    BenchLoad { kind: String, n: u64 },
+    BenchLoad {
+        kind: String,
+        n: u64,
+        /// Operations per second to aim for (0: as fast as possible).
+        #[arg(default_value_t = 0)]
+        rate: u64,
+    },
     /// Build, then start `guard run` with the embedded default policy (needs root).
     Run {
         /// Arguments passed to `guard run`.
@@ -78,15 +88,15 @@ fn main() -> Result<()> {
             cmd.env("GUARD_TEST_PYTHON", python);
             run(&mut cmd)
         }
-        Cmd::Bench => {
+        Cmd::Bench { sections } => {
             setup()?;
             // Peers measured in the same run, where they install here.
             ensure_packages(BENCH_PEERS)?;
             build_ebpf()?;
             build_agent(true)?;
-            bench::bench(&workspace_root(), &workspace_root().join("target/release/guard"))
+            bench::bench(&workspace_root(), &workspace_root().join("target/release/guard"), &sections)
         }
-        Cmd::BenchLoad { kind, n } => bench::run_load(&kind, n),
+        Cmd::BenchLoad { kind, n, rate } => bench::run_load(&kind, n, rate),
         Cmd::Run { args } => {
             setup()?;
             build_ebpf()?;

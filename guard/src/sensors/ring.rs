@@ -22,6 +22,8 @@ use super::decode::{decode, Event};
 const BUSY_BATCH: usize = 32;
 /// Longest wait between drains on a busy node, in units of the configured poll interval.
 const BUSY_BACKOFF: u32 = 5;
+/// After a wake-up, the next look comes after `poll / FIRST_LOOK_DIVISOR`.
+const FIRST_LOOK_DIVISOR: u32 = 4;
 /// An idle agent drains at least this often even without a wake-up.
 const IDLE_SAFETY_NET: Duration = Duration::from_millis(500);
 
@@ -70,9 +72,10 @@ impl RingReader {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         // Idle: wait for the kernel's wake-up (it wakes us for the first record into an empty
         // ring), so an idle agent costs nothing and the first alert goes out at once. While
-        // records flow: drain every `poll`, backing off to BUSY_BACKOFF × `poll` while each
-        // drain finds a crowd, with the kernel told not to wake us (an exec storm must cost
-        // neither a wake-up per record nor two per drain). The idle timeout is a safety net.
+        // records flow: drain on a timer that starts short and doubles while records keep
+        // coming, up to `poll` (BUSY_BACKOFF × `poll` while each drain finds a crowd), with
+        // the kernel told not to wake us (an exec storm must cost neither a wake-up per record
+        // nor two per drain). The idle timeout is a safety net.
         let mut gap = self.poll;
         let mut flowing = false;
         loop {
@@ -103,6 +106,10 @@ impl RingReader {
             let mut n = self.drain();
             if n > 0 && !flowing {
                 self.set_polling(true);
+                // A first look soon: a lone record (one exec, one exit) is over by then, and
+                // the agent is back to waiting for the kernel's wake-up before the next one
+                // comes, so light traffic is never left waiting on the timer.
+                gap = self.poll / FIRST_LOOK_DIVISOR;
             } else if n == 0 && flowing {
                 // Going idle: clear the flag first, then look once more, so a record that
                 // came while the kernel thought we were polling is not left waiting.
@@ -112,8 +119,13 @@ impl RingReader {
                     self.set_polling(true);
                 }
             }
+            // Records keep coming: look less often, up to `poll`, or BUSY_BACKOFF × `poll`
+            // while each drain finds a crowd.
+            if flowing && n > 0 {
+                let cap = if n >= BUSY_BATCH { self.poll * BUSY_BACKOFF } else { self.poll };
+                gap = (gap * 2).min(cap);
+            }
             flowing = n > 0;
-            gap = if n >= BUSY_BATCH { (gap * 2).min(self.poll * BUSY_BACKOFF) } else { self.poll };
         }
     }
 
