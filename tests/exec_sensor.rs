@@ -51,7 +51,7 @@ fn exec_event_has_path_argv_parent_cgroup_and_identity() {
     assert_eq!(e.ppid, std::process::id());
     assert_eq!(e.meta.cgroup_id, cg.id);
     assert_eq!(e.filename, PathBuf::from("/bin/true"));
-    assert_eq!(e.argv, os(&argv));
+    assert_eq!(e.argv.to_vec(), os(&argv));
     assert_eq!(e.argc, 4);
     assert!(!e.argv_truncated && !e.argv_unreadable && !e.filename_truncated);
     assert_eq!(e.interp, None);
@@ -99,7 +99,7 @@ fn shebang_script_reports_script_interpreter_and_loaded_binary() {
     // The loaded binary is the interpreter (through its symlinks), not the script.
     assert_eq!(e.exe, id_of(Path::new("/bin/sh")));
     // The kernel rewrites argv: interpreter, script path, then the original arguments.
-    assert_eq!(e.argv, vec![OsString::from("/bin/sh"), script.clone().into_os_string(), "arg1".into()]);
+    assert_eq!(e.argv.to_vec(), vec![OsString::from("/bin/sh"), script.clone().into_os_string(), "arg1".into()]);
 }
 
 #[test]
@@ -118,7 +118,7 @@ fn execveat_of_memfd_is_reported_as_fileless() {
     assert_eq!(e.exe, mem_id);
     assert_eq!(e.exe_nlink, 0, "a memfd has no links");
     assert!(e.exe_name.to_string_lossy().starts_with("memfd:guard-test"), "{:?}", e.exe_name);
-    assert_eq!(e.argv, os(&["sshd"]));
+    assert_eq!(e.argv.to_vec(), os(&["sshd"]));
 }
 
 #[test]
@@ -232,7 +232,7 @@ fn fork_and_exit_events_carry_lineage() {
     });
     let child_exec = child_exec.expect("the child's exec");
     assert_eq!(child_exec.ppid, me);
-    assert_eq!(child_exec.argv, os(&["/bin/true", "x"]));
+    assert_eq!(child_exec.argv.to_vec(), os(&["/bin/true", "x"]));
     let exit = events.iter().find_map(|e| match e {
         Event::Exit(x) if x.meta.tgid == me => Some(x.exit_code),
         _ => None,

@@ -158,7 +158,11 @@ impl Totals {
         let field = |k: &str| -> Option<u64> {
             line.split_whitespace().find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
         };
-        Some(Self { received: field("received")?, lost_kernel: field("lost_kernel")?, lost_queue: field("lost_queue")? })
+        Some(Self {
+            received: field("received")?,
+            lost_kernel: field("lost_kernel")?,
+            lost_queue: field("lost_queue")?,
+        })
     }
 
     fn lost(&self) -> u64 {
@@ -600,7 +604,10 @@ fn loss(c: &mut Ctx) -> Result<()> {
             alerted,
             if alerted == totals.lost() { "yes" } else { "**no**" }
         ));
-        eprintln!("bench: {SMALL_RING}-byte ring at {target_s}: {rate:.0}/s, {} lost, {alerted} alerted", totals.lost());
+        eprintln!(
+            "bench: {SMALL_RING}-byte ring at {target_s}: {rate:.0}/s, {} lost, {alerted} alerted",
+            totals.lost()
+        );
         ramp.push(json!({"target_rate": target, "rate": rate, "execs": n, "received": totals.received,
                          "lost_kernel": totals.lost_kernel, "lost_queue": totals.lost_queue, "alerted_lost": alerted}));
     }
@@ -609,7 +616,10 @@ fn loss(c: &mut Ctx) -> Result<()> {
         .filter(|r| r["lost_kernel"] == 0 && r["lost_queue"] == 0)
         .filter_map(|r| r["rate"].as_f64())
         .fold(0.0, f64::max);
-    json.insert("small ring".into(), json!({"ring_bytes": SMALL_RING, "rates": ramp, "highest_zero_loss_rate": zero_loss}));
+    json.insert(
+        "small ring".into(),
+        json!({"ring_bytes": SMALL_RING, "rates": ramp, "highest_zero_loss_rate": zero_loss}),
+    );
     c.results.insert("loss".into(), json.clone().into());
     let s = &json["sustained, default ring"];
     c.md.push(format!(
