@@ -224,13 +224,23 @@ impl Guard {
         Totals::parse(&words).with_context(|| format!("the agent's last words had no totals: {words:?}"))
     }
 
-    fn rss_kib(&self) -> u64 {
+    /// A `VmRSS:`-style line of /proc/PID/status, in KiB.
+    fn status_kib(&self, key: &str) -> u64 {
         fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
             .and_then(|s| {
-                s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The most the agent's RSS has been since it started.
+    fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
     }
 
     /// CPU time of all the agent's threads, in seconds (schedstat: nanoseconds, not ticks).
@@ -419,7 +429,7 @@ fn storms(c: &mut Ctx) -> Result<()> {
             // The agent finishes what the storm queued: that work is part of its cost.
             std::thread::sleep(Duration::from_millis(1200));
             cpu.push((g.cpu_s() - c0) / wall);
-            rss = rss.max(g.rss_kib());
+            rss = rss.max(g.peak_rss_kib());
             lost += g.stop()?.lost();
             let v_off = match first_off {
                 Some(v) => v,
@@ -450,7 +460,7 @@ fn storms(c: &mut Ctx) -> Result<()> {
     }
     c.results.insert("storms".into(), json.into());
     c.md.push(format!(
-        "## Overhead\n\n{ROUNDS} rounds, each the load once with nothing and once with the guard (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios (on/off of operations per second; off/on of ns per call for the null syscall), with the rounds' range: 1.0 means no measurable cost. Agent CPU is its CPU time over the load's wall time (100% = one core), including what it still had queued when the load ended.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | agent CPU | agent RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n",
+        "## Overhead\n\n{ROUNDS} rounds, each the load once with nothing and once with the guard (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios (on/off of operations per second; off/on of ns per call for the null syscall), with the rounds' range: 1.0 means no measurable cost. Agent CPU is its CPU time over the load's wall time (100% = one core), including what it still had queued when the load ended; agent RSS is its peak (VmHWM).\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n",
         rows.join("\n")
     ));
     Ok(())
@@ -579,9 +589,10 @@ fn loss(c: &mut Ctx) -> Result<()> {
     let g = c.start_guard(&[])?;
     let rate = load("exec-max", n, 0, Some(&c.nb))?;
     std::thread::sleep(Duration::from_millis(1500));
+    let peak = g.peak_rss_kib();
     let totals = g.stop()?;
     let sustained = json!({"execs": n, "rate": rate, "received": totals.received, "lost": totals.lost(),
-                           "alerted_lost": alerted_losses(&fs_alerts(&c.dir))});
+                           "alerted_lost": alerted_losses(&fs_alerts(&c.dir)), "agent_peak_rss_kib": peak});
     eprintln!("bench: sustained exec storm: {rate:.0}/s, {} events, {} lost", totals.received, totals.lost());
     json.insert("sustained, default ring".into(), sustained);
 
@@ -777,22 +788,109 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
     });
     c.results.insert("machine".into(), machine.clone());
     let out = c.dir.join("results.json");
-    fs::write(&out, serde_json::to_string_pretty(&Value::Object(c.results))?)?;
+    fs::write(&out, serde_json::to_string_pretty(&Value::Object(c.results.clone()))?)?;
     if !sections.is_empty() {
         eprintln!("bench: wrote {} (BENCHMARKS.md is written by a run of every section)", out.display());
         return Ok(());
     }
     let md = format!(
-        "# Benchmarks\n\nMeasured by `cargo xtask bench` on {} CPUs ({}), {} GiB, kernel {}; machine-readable results in `target/bench/results.json`. Every comparison is made within the same run.\n\n{}",
+        "# Benchmarks\n\nMeasured by `cargo xtask bench` on {} CPUs ({}), {} GiB, kernel {}; machine-readable results in `target/bench/results.json`. Every comparison is made within the same run.\n\n{}\n{}",
         machine["cpus"],
         machine["cpu"].as_str().unwrap_or(""),
         machine["memory_gib"],
         machine["kernel"].as_str().unwrap_or(""),
+        targets(&c.results),
         c.md.join("\n")
     );
     fs::write(root.join("BENCHMARKS.md"), md)?;
     eprintln!("bench: wrote BENCHMARKS.md and {}", out.display());
     Ok(())
+}
+
+/// The targets the benchmark exists to check, met or not, from the results of this run.
+fn targets(r: &Map<String, Value>) -> String {
+    let num = |v: &Value| v.as_f64();
+    let storm = |name: &str| num(&r["storms"][name]["ratio"]["median"]);
+    let rec = |name: &str| num(&r["seccomp recorder (getppid)"][name]["vs_floor"]);
+    let sustained = &r["loss"]["sustained, default ring"];
+    let peak_rss = r["storms"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|s| s["agent_rss_kib"].as_f64())
+        .chain(num(&sustained["agent_peak_rss_kib"]))
+        .chain(num(&r["footprint (idle)"]["rss_kib"]))
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    let rows: Vec<(String, &str, Option<f64>, fn(f64) -> bool, fn(f64) -> String)> = vec![
+        (
+            "exec storm, notebook cgroup".into(),
+            "≥ 0.98",
+            storm("exec storm (notebook cgroup)"),
+            |v| v >= 0.98,
+            |v| format!("{v:.3}"),
+        ),
+        (
+            "exec storm, outside notebooks".into(),
+            "≥ 0.98",
+            storm("exec storm (outside notebooks)"),
+            |v| v >= 0.98,
+            |v| format!("{v:.3}"),
+        ),
+        (
+            "connect storm, notebook cgroup".into(),
+            "≥ 0.98",
+            storm("connect storm (notebook cgroup)"),
+            |v| v >= 0.98,
+            |v| format!("{v:.3}"),
+        ),
+        (
+            "null syscall, no recording".into(),
+            "≥ 0.99",
+            storm("null syscall getppid (notebook cgroup)"),
+            |v| v >= 0.99,
+            |v| format!("{v:.3}"),
+        ),
+        (
+            "recorder, another cgroup recorded, vs empty program".into(),
+            "≤ 1.3×",
+            rec("recorder, another cgroup recorded"),
+            |v| v <= 1.3,
+            |v| format!("{v:.2}×"),
+        ),
+        (
+            "recorder, this cgroup recorded, vs empty program".into(),
+            "≤ 1.3×",
+            rec("recorder, this cgroup recorded"),
+            |v| v <= 1.3,
+            |v| format!("{v:.2}×"),
+        ),
+        (
+            format!(
+                "events lost at the fastest sustained storm ({:.0} execs/s)",
+                num(&sustained["rate"]).unwrap_or(0.0)
+            ),
+            "0",
+            num(&sustained["lost"]),
+            |v| v == 0.0,
+            |v| format!("{v:.0}"),
+        ),
+        (
+            "exec-to-alert p99".into(),
+            "≤ 10 ms",
+            num(&r["exec-to-alert latency (file sink)"]["from_exec_ms"]["p99"]),
+            |v| v <= 10.0,
+            |v| format!("{v:.2} ms"),
+        ),
+        ("agent peak RSS".into(), "≤ 64 MiB", peak_rss.map(|k| k / 1024.0), |v| v <= 64.0, |v| format!("{v:.0} MiB")),
+    ];
+    let lines: Vec<String> = rows
+        .into_iter()
+        .map(|(what, target, v, ok, show)| match v {
+            Some(v) => format!("| {what} | {target} | {} | {} |", show(v), if ok(v) { "yes" } else { "**no**" }),
+            None => format!("| {what} | {target} | not measured | — |"),
+        })
+        .collect();
+    format!("## Targets\n\n| what | target | this run | met |\n|---|---|---|---|\n{}\n", lines.join("\n"))
 }
 
 #[cfg(test)]

@@ -207,6 +207,8 @@ impl ProcessSensor {
             offsets,
             regs: resolver.syscall_regs(),
         };
+        // The parsed BTF is large: gone before the loader parses its own copy.
+        drop(resolver);
         raise_memlock();
         let mut loader = EbpfLoader::new();
         loader.override_global(names::CONFIG, &config, true).map_max_entries(names::EVENTS, opts.ring_bytes);
