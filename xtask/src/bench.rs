@@ -746,6 +746,8 @@ fn footprint(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+type Section = fn(&mut Ctx) -> Result<()>;
+
 pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
     for s in sections {
         if !SECTIONS.contains(&s.as_str()) {
@@ -759,7 +761,7 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
     let nb = mount.join("system.slice/jupyter-benchuser.service");
     fs::create_dir_all(&nb)?;
     let mut c = Ctx { guard, dir, mount, nb, results: Map::new(), md: Vec::new() };
-    let steps: [(&str, fn(&mut Ctx) -> Result<()>); 6] = [
+    let steps: [(&str, Section); 6] = [
         ("storms", storms),
         ("recorder", recorder),
         ("peers", peers),
@@ -807,6 +809,9 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// (what, target, this run's value, met?, how to show the value)
+type Target<'a> = (String, &'a str, Option<f64>, fn(f64) -> bool, fn(f64) -> String);
+
 /// The targets the benchmark exists to check, met or not, from the results of this run.
 fn targets(r: &Map<String, Value>) -> String {
     let num = |v: &Value| v.as_f64();
@@ -821,7 +826,7 @@ fn targets(r: &Map<String, Value>) -> String {
         .chain(num(&sustained["agent_peak_rss_kib"]))
         .chain(num(&r["footprint (idle)"]["rss_kib"]))
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-    let rows: Vec<(String, &str, Option<f64>, fn(f64) -> bool, fn(f64) -> String)> = vec![
+    let rows: Vec<Target> = vec![
         (
             "exec storm, notebook cgroup".into(),
             "≥ 0.98",
@@ -885,7 +890,7 @@ fn targets(r: &Map<String, Value>) -> String {
     ];
     let lines: Vec<String> = rows
         .into_iter()
-        .map(|(what, target, v, ok, show)| match v {
+        .map(|(what, target, v, ok, show): Target| match v {
             Some(v) => format!("| {what} | {target} | {} | {} |", show(v), if ok(v) { "yes" } else { "**no**" }),
             None => format!("| {what} | {target} | not measured | — |"),
         })
