@@ -488,7 +488,8 @@ impl Detector {
             0 => "AF_PACKET or raw".to_string(),
             f => f.to_string(),
         };
-        // Native x86_64 numbers (i386's socket and socketcall are told apart by their own).
+        // The call's number as the kernel saw it: x86_64's table, except i386's socket (359)
+        // and socketcall (102), numbers no native call that checks CAP_NET_RAW has.
         let via = k.syscall.map(|n| match n {
             41 => "socket".to_string(),
             426 => "io_uring_enter".to_string(),

@@ -19,7 +19,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 use super::decode::{decode, Event};
 
 /// A drain that finds this many records means a busy node.
-const BUSY_BATCH: usize = 32;
+const BUSY_BATCH: usize = 8;
 /// Longest wait between drains on a busy node, in units of the configured poll interval.
 const BUSY_BACKOFF: u32 = 5;
 /// After a wake-up, the next look comes after `poll / FIRST_LOOK_DIVISOR`.
@@ -132,7 +132,8 @@ impl RingReader {
     fn set_polling(&mut self, on: bool) {
         if let Some(flag) = self.polling.as_mut() {
             if let Err(e) = flag.set(0, on as u32, 0) {
-                // Without the flag the kernel wakes us more often than needed; nothing is lost.
+                // Nothing is lost either way: without the flag the kernel wakes us more often
+                // than needed, or (left set) only our timers and the idle safety net drain.
                 tracing::warn!(error = %e, "could not update the ring's polling flag");
                 self.polling = None;
             }
