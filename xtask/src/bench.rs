@@ -508,7 +508,7 @@ fn recorder(c: &mut Ctx) -> Result<()> {
                 Some(a) => Some(start_helper(c.guard, a)?),
                 None => None,
             };
-            ns[i].push(load("null", 10_000_000, 0, Some(&here))?);
+            ns[i].push(best_load("null", 3_000_000, Some(&here))?);
             if let Some(mut h) = helper {
                 // SAFETY: plain kill(2).
                 unsafe { libc::kill(h.id() as i32, libc::SIGINT) };
@@ -533,7 +533,7 @@ fn recorder(c: &mut Ctx) -> Result<()> {
     let _ = fs::remove_dir(&here);
     let _ = fs::remove_dir(&other);
     c.md.push(format!(
-        "## Seccomp recorder\n\nAttached to `sys_enter` only while a recording runs ({RECORDER_ROUNDS} interleaved rounds of a getppid loop; \"vs floor\" is the recorder's added cost over an empty `sys_enter` program's, which any recorder on this hook pays).\n\n| sys_enter | getppid, median (min–max) | added | vs floor |\n|---|---|---|---|\n{}\n",
+        "## Seccomp recorder\n\nAttached to `sys_enter` only while a recording runs ({RECORDER_ROUNDS} interleaved rounds of a getppid loop, each the best of {BEST_OF} runs; \"vs floor\" is the recorder's added cost over an empty `sys_enter` program's, which any recorder on this hook pays).\n\n| sys_enter | getppid, median (min–max) | added | vs floor |\n|---|---|---|---|\n{}\n",
         rows.join("\n")
     ));
     Ok(())
