@@ -221,15 +221,15 @@ unsafe fn on_net_raw() {
     // Checked BTF loads from pt_regs at offsets the agent resolved.
     let reg = |off: u32| core::ptr::read_volatile(pt.wrapping_add(off as usize) as *const u64);
     let nr = reg(regs.nr) & !X32_SYSCALL_BIT;
+    // The notebook was checked above: report the kinds that count, without looking again.
+    let report = |f: u64, t: u64, p: u64| {
+        if is_packet_or_raw(f as u32, t as u32) {
+            emit_socket(f as u32, t as u32, p as u32, nr as u32)
+        }
+    };
     match nr {
-        NR_SOCKET => {
-            let (f, t, p) = (reg(regs.args[0]), reg(regs.args[1]), reg(regs.args[2]));
-            on_socket(f as u32, t as u32, p as u32, nr as u32)
-        }
-        NR_I386_SOCKET => {
-            let (f, t, p) = (reg(regs.compat_args[0]), reg(regs.compat_args[1]), reg(regs.compat_args[2]));
-            on_socket(f as u32, t as u32, p as u32, nr as u32)
-        }
+        NR_SOCKET => report(reg(regs.args[0]), reg(regs.args[1]), reg(regs.args[2])),
+        NR_I386_SOCKET => report(reg(regs.compat_args[0]), reg(regs.compat_args[1]), reg(regs.compat_args[2])),
         // Arguments in a ring or in user memory: the kind of socket is not known here.
         NR_IO_URING_ENTER | NR_I386_SOCKETCALL => emit_socket(0, 0, 0, nr as u32),
         // setsockopt and the like: not a new socket.
@@ -245,16 +245,17 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> i32 {
     0
 }
 
+/// A packet socket, or a raw IP one (the type word also carries SOCK_CLOEXEC/NONBLOCK).
+#[inline(always)]
+fn is_packet_or_raw(family: u32, sock_type: u32) -> bool {
+    family == AF_PACKET || ((family == AF_INET || family == AF_INET6) && sock_type & 0xf == SOCK_RAW)
+}
+
 #[inline(always)]
 fn on_socket(family: u32, sock_type: u32, protocol: u32, syscall: u32) {
-    let raw_ip = (family == AF_INET || family == AF_INET6) && sock_type & 0xf == SOCK_RAW;
-    if family != AF_PACKET && !raw_ip {
-        return;
+    if is_packet_or_raw(family, sock_type) && cgroup_lookup(&EGRESS_CG).is_some() {
+        emit_socket(family, sock_type, protocol, syscall);
     }
-    if cgroup_lookup(&EGRESS_CG).is_none() {
-        return;
-    }
-    emit_socket(family, sock_type, protocol, syscall);
 }
 
 #[inline(always)]
