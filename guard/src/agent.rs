@@ -632,8 +632,8 @@ impl<W: Write> Pipeline<W> {
     }
 }
 
-/// Start-up parses the kernel's BTF (twice: offsets, and the loader's relocations), tens of
-/// MiB that are freed before the agent runs; glibc keeps freed memory for reuse, so hand it
+/// Start-up parses the kernel's BTF (for offsets, for the loader's relocations, for the
+/// tp_btf socket hook), tens of MiB that are freed before the agent runs; glibc keeps freed memory for reuse, so hand it
 /// back to the kernel once instead of carrying it as resident memory for the agent's life.
 fn release_startup_memory() {
     #[cfg(target_env = "gnu")]

@@ -821,14 +821,21 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// (what, target, this run's value, met?, how to show the value)
-type Target<'a> = (String, &'a str, Option<f64>, fn(f64) -> bool, fn(f64) -> String);
+/// One row of the targets table: `value` against `limit`, shown with `unit`.
+fn target_row(what: &str, value: Option<f64>, at_most: bool, limit: f64, unit: &str, digits: usize) -> String {
+    let target = format!("{} {limit}{unit}", if at_most { "≤" } else { "≥" });
+    match value {
+        Some(v) => {
+            let met = if at_most { v <= limit } else { v >= limit };
+            format!("| {what} | {target} | {v:.digits$}{unit} | {} |", if met { "yes" } else { "**no**" })
+        }
+        None => format!("| {what} | {target} | not measured | — |"),
+    }
+}
 
 /// The targets the benchmark exists to check, met or not, from the results of this run.
 fn targets(r: &Map<String, Value>) -> String {
     let num = |v: &Value| v.as_f64();
-    let storm = |name: &str| num(&r["storms"][name]["ratio"]["median"]);
-    let rec = |name: &str| num(&r["seccomp recorder (getppid)"][name]["vs_floor"]);
     let sustained = &r["loss"]["sustained, default ring"];
     let peak_rss = r["storms"]
         .as_object()
@@ -838,76 +845,29 @@ fn targets(r: &Map<String, Value>) -> String {
         .chain(num(&sustained["agent_peak_rss_kib"]))
         .chain(num(&r["footprint (idle)"]["rss_kib"]))
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-    let rows: Vec<Target> = vec![
-        (
-            "exec storm, notebook cgroup".into(),
-            "≥ 0.98",
-            storm("exec storm (notebook cgroup)"),
-            |v| v >= 0.98,
-            |v| format!("{v:.3}"),
-        ),
-        (
-            "exec storm, outside notebooks".into(),
-            "≥ 0.98",
-            storm("exec storm (outside notebooks)"),
-            |v| v >= 0.98,
-            |v| format!("{v:.3}"),
-        ),
-        (
-            "connect storm, notebook cgroup".into(),
-            "≥ 0.98",
-            storm("connect storm (notebook cgroup)"),
-            |v| v >= 0.98,
-            |v| format!("{v:.3}"),
-        ),
-        (
-            "null syscall, no recording".into(),
-            "≥ 0.99",
-            storm("null syscall getppid (notebook cgroup)"),
-            |v| v >= 0.99,
-            |v| format!("{v:.3}"),
-        ),
-        (
-            "recorder, another cgroup recorded, vs empty program".into(),
-            "≤ 1.3×",
-            rec("recorder, another cgroup recorded"),
-            |v| v <= 1.3,
-            |v| format!("{v:.2}×"),
-        ),
-        (
-            "recorder, this cgroup recorded, vs empty program".into(),
-            "≤ 1.3×",
-            rec("recorder, this cgroup recorded"),
-            |v| v <= 1.3,
-            |v| format!("{v:.2}×"),
-        ),
-        (
-            format!(
-                "events lost at the fastest sustained storm ({:.0} execs/s)",
-                num(&sustained["rate"]).unwrap_or(0.0)
-            ),
-            "0",
-            num(&sustained["lost"]),
-            |v| v == 0.0,
-            |v| format!("{v:.0}"),
-        ),
-        (
-            "exec-to-alert p99".into(),
-            "≤ 10 ms",
-            num(&r["exec-to-alert latency (file sink)"]["from_exec_ms"]["p99"]),
-            |v| v <= 10.0,
-            |v| format!("{v:.2} ms"),
-        ),
-        ("agent peak RSS".into(), "≤ 64 MiB", peak_rss.map(|k| k / 1024.0), |v| v <= 64.0, |v| format!("{v:.0} MiB")),
-    ];
-    let lines: Vec<String> = rows
-        .into_iter()
-        .map(|(what, target, v, ok, show): Target| match v {
-            Some(v) => format!("| {what} | {target} | {} | {} |", show(v), if ok(v) { "yes" } else { "**no**" }),
-            None => format!("| {what} | {target} | not measured | — |"),
-        })
-        .collect();
-    format!("## Targets\n\n| what | target | this run | met |\n|---|---|---|---|\n{}\n", lines.join("\n"))
+    let mut rows = Vec::new();
+    for (what, storm, limit) in [
+        ("exec storm, notebook cgroup", "exec storm (notebook cgroup)", 0.98),
+        ("exec storm, outside notebooks", "exec storm (outside notebooks)", 0.98),
+        ("connect storm, notebook cgroup", "connect storm (notebook cgroup)", 0.98),
+        ("null syscall, no recording", "null syscall getppid (notebook cgroup)", 0.99),
+    ] {
+        rows.push(target_row(what, num(&r["storms"][storm]["ratio"]["median"]), false, limit, "", 3));
+    }
+    for (what, config) in [
+        ("recorder, another cgroup recorded, vs empty program", "recorder, another cgroup recorded"),
+        ("recorder, this cgroup recorded, vs empty program", "recorder, this cgroup recorded"),
+    ] {
+        let v = num(&r["seccomp recorder (getppid)"][config]["vs_floor"]);
+        rows.push(target_row(what, v, true, 1.3, "×", 2));
+    }
+    let fastest =
+        format!("events lost at the fastest sustained storm ({:.0} execs/s)", num(&sustained["rate"]).unwrap_or(0.0));
+    rows.push(target_row(&fastest, num(&sustained["lost"]), true, 0.0, "", 0));
+    let p99 = num(&r["exec-to-alert latency (file sink)"]["from_exec_ms"]["p99"]);
+    rows.push(target_row("exec-to-alert p99", p99, true, 10.0, " ms", 2));
+    rows.push(target_row("agent peak RSS", peak_rss.map(|k| k / 1024.0), true, 64.0, " MiB", 0));
+    format!("## Targets\n\n| what | target | this run | met |\n|---|---|---|---|\n{}\n", rows.join("\n"))
 }
 
 #[cfg(test)]
@@ -920,6 +880,13 @@ mod tests {
         let t = Totals::parse(line).unwrap();
         assert_eq!((t.received, t.lost_kernel, t.lost_queue, t.lost()), (12064, 3, 2, 5));
         assert!(Totals::parse("guard running").is_none());
+    }
+
+    #[test]
+    fn target_rows_say_whether_they_are_met() {
+        assert_eq!(target_row("p99", Some(4.126), true, 10.0, " ms", 2), "| p99 | ≤ 10 ms | 4.13 ms | yes |");
+        assert_eq!(target_row("null", Some(0.984), false, 0.99, "", 3), "| null | ≥ 0.99 | 0.984 | **no** |");
+        assert_eq!(target_row("lost", None, true, 0.0, "", 0), "| lost | ≤ 0 | not measured | — |");
     }
 
     #[test]

@@ -282,8 +282,8 @@ impl ProcessSensor {
     }
 
     /// Loads and attaches the egress hooks (cgroup `connect4/6`, `sendmsg4/6` on the cgroup2
-    /// root, and a kprobe on `security_socket_create`, or the `socket()` tracepoint, for
-    /// packet/raw sockets). Without either, that one check is off and the agent says so.
+    /// root) and the packet/raw socket watch (`attach_socket_watch`). Without any socket hook,
+    /// that one check is off and the agent says so.
     pub fn attach_egress(&mut self, cgroup_root: &Path) -> Result<EgressMaps> {
         use aya::programs::{links::CgroupAttachMode, CgroupSockAddr};
         let root = std::fs::File::open(cgroup_root).with_context(|| format!("opening {}", cgroup_root.display()))?;
