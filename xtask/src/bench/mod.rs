@@ -3,14 +3,13 @@
 //! Each scenario alternates rounds with the guard off and on (monitor mode, default policy, a
 //! notebook cgroup present) and reports the median of the per-round ratios with their spread:
 //! a round's two halves run back to back (in alternating order), so drift in a noisy VM hits
-//! both alike. Load runs in child processes of this binary (hidden `bench-load` subcommand)
-//! placed in the right cgroup.
+//! both alike. The loads themselves are in [`load`].
+
+mod load;
 
 use std::{
     fs,
     io::{BufRead, Read},
-    net::{TcpListener, TcpStream},
-    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -20,11 +19,17 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
-/// Rounds of the overhead storms: single rounds swing ±5% on a shared VM, so many of them.
+pub use load::run_load;
+use load::{in_cgroup, load, SteadyLoad};
+
+/// Rounds of the exec storms: single rounds swing ±5% on a shared VM.
 const ROUNDS: usize = 15;
+/// Rounds of the steady loads: their windows are short, and the VM's speed shifts between
+/// regimes (±10%) within seconds, which only many rounds outvote.
+const STEADY_ROUNDS: usize = 25;
 /// Peers take seconds to start and stop (bpftrace compiles its script): fewer rounds.
 const PEER_ROUNDS: usize = 5;
-/// The recorder's differences are tens of nanoseconds on a noisy VM: more rounds.
+/// The recorder's differences are tens of nanoseconds: more rounds than the peers.
 const RECORDER_ROUNDS: usize = 9;
 pub const SECTIONS: &[&str] = &["storms", "recorder", "peers", "loss", "latency", "footprint"];
 /// Ring size for the overload part of the loss section: small enough that this machine's
@@ -42,110 +47,6 @@ fn cgroup2_mount() -> Result<PathBuf> {
             Some(PathBuf::from(left.split_whitespace().nth(4)?))
         })
         .context("no cgroup2 mount")
-}
-
-/// Runs `cmd` with its first action (before exec) being to join `cgroup`.
-fn in_cgroup(cmd: &mut Command, cgroup: &Path) -> Result<fs::File> {
-    let procs = fs::OpenOptions::new()
-        .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .with_context(|| format!("opening {}", cgroup.display()))?;
-    let fd = procs.as_raw_fd();
-    // SAFETY: only write(2) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(procs)
-}
-
-/// Runs this binary's `bench-load KIND N RATE` in `cgroup` (None: where we are) and returns
-/// what it printed: one number.
-fn load(kind: &str, n: u64, rate: u64, cgroup: Option<&Path>) -> Result<f64> {
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["bench-load", kind, &n.to_string(), &rate.to_string()]).stdout(Stdio::piped());
-    let _procs = cgroup.map(|cg| in_cgroup(&mut cmd, cg)).transpose()?;
-    let out = cmd.output()?;
-    if !out.status.success() {
-        bail!("bench-load {kind} failed");
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-}
-
-/// fork+exec of /bin/true from `threads` threads, `n` in all, paced to `rate` per second
-/// (0: as fast as they go). Returns execs per second.
-fn exec_storm(n: u64, threads: u64, rate: u64) -> f64 {
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mine = n / threads;
-                for i in 0..mine {
-                    if rate > 0 {
-                        let due = Duration::from_secs_f64(i as f64 * threads as f64 / rate as f64);
-                        if let Some(wait) = due.checked_sub(t.elapsed()) {
-                            std::thread::sleep(wait);
-                        }
-                    }
-                    let _ = Command::new("/bin/true").status();
-                }
-            });
-        }
-    });
-    n as f64 / t.elapsed().as_secs_f64()
-}
-
-/// The load itself, in the child: prints operations per second (or ns per op for null).
-pub fn run_load(kind: &str, n: u64, rate: u64) -> Result<()> {
-    let value = match kind {
-        // Both cores: two threads, each waiting for its child.
-        "exec" => exec_storm(n, 2, rate),
-        // More runnable work than cores: the highest exec rate this machine produces.
-        "exec-max" => exec_storm(n, 4, rate),
-        // Loopback TCP connect + accept + close (RST close), in lock step: each connection is
-        // accepted before the next is made, so the listen queue never overflows (an overflow
-        // costs a 1 s SYN retransmit and made rates swing 6k-27k/s between identical rounds).
-        "connect" => {
-            let l = TcpListener::bind("127.0.0.1:0")?;
-            let addr = l.local_addr()?;
-            let t = Instant::now();
-            for _ in 0..n {
-                let c = TcpStream::connect(addr)?;
-                let (s, _) = l.accept()?;
-                // RST close (SO_LINGER 0), as the scenario asks; std's set_linger is unstable.
-                let lg = libc::linger { l_onoff: 1, l_linger: 0 };
-                // SAFETY: valid fd and option struct.
-                unsafe {
-                    libc::setsockopt(
-                        c.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&lg as *const libc::linger).cast(),
-                        std::mem::size_of::<libc::linger>() as u32,
-                    )
-                };
-                drop(c);
-                drop(s);
-            }
-            n as f64 / t.elapsed().as_secs_f64()
-        }
-        // getppid: the cost of a syscall (ns per call).
-        "null" => {
-            let t = Instant::now();
-            for _ in 0..n {
-                // SAFETY: no arguments, no effects.
-                unsafe { libc::getppid() };
-            }
-            t.elapsed().as_nanos() as f64 / n as f64
-        }
-        _ => bail!("unknown load {kind}"),
-    };
-    println!("{value}");
-    Ok(())
 }
 
 /// What the agent said when it stopped.
@@ -400,87 +301,153 @@ impl Ctx<'_> {
     }
 }
 
-struct Scenario<'a> {
-    name: &'a str,
-    kind: &'a str,
-    n: u64,
-    in_notebook: bool,
+/// Runs of an exec storm per half-round; the half counts its best (noise in a VM only slows).
+const BEST_OF: usize = 3;
+/// How long a steady load runs in each configuration of a round.
+const WINDOW: Duration = Duration::from_millis(1000);
+/// After a tool stops and before the next window: its programs detach and are freed.
+const SETTLE: Duration = Duration::from_millis(200);
+/// Operations per timed chunk of the steady loads: 1–3 ms each here.
+const NULL_CHUNK: u64 = 10_000;
+const CONNECT_CHUNK: u64 = 100;
+
+/// The best of BEST_OF exec storms: the highest rate.
+fn best_exec_storm(n: u64, cgroup: Option<&Path>) -> Result<f64> {
+    let runs = (0..BEST_OF).map(|_| load("exec", n, 0, cgroup)).collect::<Result<Vec<f64>>>()?;
+    Ok(min_max(&runs).1)
 }
 
-/// Runs of the load per half-round; the half counts its best (noise in a VM only slows).
-const BEST_OF: usize = 3;
+/// One overhead scenario, round by round.
+#[derive(Default)]
+struct Overhead {
+    /// What each half measured, in the scenario's unit.
+    off: Vec<f64>,
+    on: Vec<f64>,
+    /// Guard-on over guard-off performance (1.0: no cost).
+    ratios: Vec<f64>,
+    /// Steady loads: the same ratio over every chunk of the windows, noise and all.
+    all_chunk_ratios: Vec<f64>,
+    /// The agent's CPU share during each guard-on half (1.0 = one core).
+    cpu: Vec<f64>,
+    rss_kib: u64,
+    lost: u64,
+}
 
-/// The best of BEST_OF runs of a load: the highest rate, or the fewest ns per call.
-fn best_load(kind: &str, n: u64, cgroup: Option<&Path>) -> Result<f64> {
-    let runs = (0..BEST_OF).map(|_| load(kind, n, 0, cgroup)).collect::<Result<Vec<f64>>>()?;
-    let (lo, hi) = min_max(&runs);
-    Ok(if kind == "null" { lo } else { hi })
+impl Overhead {
+    /// Runs `measure` with the guard on, and keeps the agent's CPU share over it and over
+    /// `tail` after it (work the load queued is part of its cost), its peak RSS and losses.
+    fn with_guard<T>(&mut self, c: &Ctx, tail: Duration, measure: impl FnOnce() -> Result<T>) -> Result<T> {
+        let g = c.start_guard(&[])?;
+        let c0 = g.cpu_s();
+        let t = Instant::now();
+        let v = measure()?;
+        std::thread::sleep(tail);
+        self.cpu.push((g.cpu_s() - c0) / t.elapsed().as_secs_f64());
+        self.rss_kib = self.rss_kib.max(g.peak_rss_kib());
+        self.lost += g.stop()?.lost();
+        Ok(v)
+    }
+
+    fn row(&self, name: &str, unit: &str) -> String {
+        let ratio = median(&self.ratios);
+        let (lo, hi) = min_max(&self.ratios);
+        format!(
+            "| {name} | {} {unit} | {} {unit} | **{ratio:.3}** ({lo:.3}–{hi:.3}) | {:.1}% | {} MiB | {} |",
+            spread(&self.off, 0),
+            spread(&self.on, 0),
+            100.0 * median(&self.cpu),
+            self.rss_kib / 1024,
+            self.lost,
+        )
+    }
+
+    fn json(&self, unit: &str) -> Value {
+        let mut v = json!({"unit": unit, "off": stats(&self.off), "on": stats(&self.on), "ratio": stats(&self.ratios),
+                           "agent_cpu_share": stats(&self.cpu), "agent_rss_kib": self.rss_kib, "events_lost": self.lost});
+        if !self.all_chunk_ratios.is_empty() {
+            v["ratio_all_chunks"] = stats(&self.all_chunk_ratios);
+        }
+        v
+    }
+}
+
+/// An exec storm: whole runs, so the agent's work on the other core counts.
+fn exec_overhead(c: &Ctx, n: u64, cgroup: Option<&Path>) -> Result<Overhead> {
+    let mut o = Overhead::default();
+    for round in 0..ROUNDS {
+        // Alternate which half goes first, so a trend within the run cancels out.
+        let first_off = if round % 2 == 0 { Some(best_exec_storm(n, cgroup)?) } else { None };
+        // The agent finishes what the storm queued within the tail.
+        let on = o.with_guard(c, Duration::from_millis(1200), || best_exec_storm(n, cgroup))?;
+        let off = match first_off {
+            Some(v) => v,
+            None => best_exec_storm(n, cgroup)?,
+        };
+        o.off.push(off);
+        o.on.push(on);
+        o.ratios.push(on / off);
+    }
+    Ok(o)
+}
+
+/// A steady load in the notebook: one process for the whole scenario, a window with the guard
+/// off and one with it on per round, back to back and in alternating order. `per_op` turns ns
+/// per operation into the unit shown.
+fn steady_overhead(c: &Ctx, kind: &str, chunk: u64, per_op: fn(f64) -> f64) -> Result<Overhead> {
+    let mut o = Overhead::default();
+    let load = SteadyLoad::start(kind, chunk, &c.nb)?;
+    let mut pairs = Vec::new();
+    for round in 0..STEADY_ROUNDS {
+        let first_off = (round % 2 == 0).then(|| load.window(WINDOW));
+        let on = o.with_guard(c, Duration::ZERO, || Ok(load.window(WINDOW)))?;
+        std::thread::sleep(SETTLE);
+        pairs.push((first_off.unwrap_or_else(|| load.window(WINDOW)), on));
+    }
+    let chunks = load.finish()?;
+    for (off, on) in pairs {
+        let (off, on) = (chunks.in_window(off)?, chunks.in_window(on)?);
+        o.off.push(per_op(off.fastest));
+        o.on.push(per_op(on.fastest));
+        // Fewer ns per operation with the guard on is a ratio above 1.
+        o.ratios.push(off.fastest / on.fastest);
+        o.all_chunk_ratios.push(off.all / on.all);
+    }
+    Ok(o)
 }
 
 fn storms(c: &mut Ctx) -> Result<()> {
-    let scenarios = [
-        Scenario { name: "exec storm (notebook cgroup)", kind: "exec", n: 1500, in_notebook: true },
-        Scenario { name: "exec storm (outside notebooks)", kind: "exec", n: 1500, in_notebook: false },
-        Scenario { name: "connect storm (notebook cgroup)", kind: "connect", n: 20000, in_notebook: true },
-        Scenario { name: "null syscall getppid (notebook cgroup)", kind: "null", n: 5_000_000, in_notebook: true },
+    let nb = c.nb.clone();
+    let scenarios: [(&str, &str, Overhead); 4] = [
+        ("exec storm (notebook cgroup)", "ops/s", exec_overhead(c, 1500, Some(&nb))?),
+        ("exec storm (outside notebooks)", "ops/s", exec_overhead(c, 1500, None)?),
+        ("connect storm (notebook cgroup)", "ops/s", steady_overhead(c, "connect", CONNECT_CHUNK, |ns| 1e9 / ns)?),
+        ("null syscall getppid (notebook cgroup)", "ns/call", steady_overhead(c, "null", NULL_CHUNK, |ns| ns)?),
     ];
     let mut rows = Vec::new();
     let mut json = Map::new();
-    for sc in scenarios {
-        let cg = sc.in_notebook.then_some(c.nb.clone());
-        let (mut off, mut on, mut ratios, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut rss, mut lost) = (0, 0);
-        for round in 0..ROUNDS {
-            // Alternate which half goes first, so a trend within the run cancels out.
-            let run_off = || best_load(sc.kind, sc.n, cg.as_deref());
-            let first_off = if round % 2 == 0 { Some(run_off()?) } else { None };
-            let g = c.start_guard(&[])?;
-            let c0 = g.cpu_s();
-            let t = Instant::now();
-            let v_on = best_load(sc.kind, sc.n, cg.as_deref())?;
-            // The agent finishes what the storm queued: that work is part of its cost.
-            std::thread::sleep(Duration::from_millis(1200));
-            cpu.push((g.cpu_s() - c0) / t.elapsed().as_secs_f64());
-            rss = rss.max(g.peak_rss_kib());
-            lost += g.stop()?.lost();
-            let v_off = match first_off {
-                Some(v) => v,
-                None => run_off()?,
-            };
-            // For the null syscall lower is better: the ratio is off/on of ns per call.
-            ratios.push(if sc.kind == "null" { v_off / v_on } else { v_on / v_off });
-            off.push(v_off);
-            on.push(v_on);
-        }
-        let ratio = median(&ratios);
-        let (rlo, rhi) = min_max(&ratios);
-        let unit = if sc.kind == "null" { "ns/call" } else { "ops/s" };
-        rows.push(format!(
-            "| {} | {} {unit} | {} {unit} | **{ratio:.3}** ({rlo:.3}–{rhi:.3}) | {:.1}% | {} MiB | {lost} |",
-            sc.name,
-            spread(&off, 0),
-            spread(&on, 0),
-            100.0 * median(&cpu),
-            rss / 1024,
-        ));
-        json.insert(
-            sc.name.into(),
-            json!({"unit": unit, "off": stats(&off), "on": stats(&on), "ratio": stats(&ratios),
-                   "agent_cpu_share": stats(&cpu), "agent_rss_kib": rss, "events_lost": lost}),
-        );
-        eprintln!("bench: {}: ratio {ratio:.3} ({rlo:.3}–{rhi:.3})", sc.name);
+    for (name, unit, o) in &scenarios {
+        rows.push(o.row(name, unit));
+        json.insert((*name).into(), o.json(unit));
+        let (lo, hi) = min_max(&o.ratios);
+        eprintln!("bench: {name}: ratio {:.3} ({lo:.3}–{hi:.3})", median(&o.ratios));
     }
     c.results.insert("storms".into(), json.into());
     c.md.push(format!(
-        "## Overhead\n\n{ROUNDS} rounds, each the load with nothing and with the guard (monitor mode, default policy), back to back and in alternating order; each half counts the best of {BEST_OF} runs (noise on a shared VM only ever slows a run down). The ratio is the median of the rounds' ratios (on/off of operations per second; off/on of ns per call for the null syscall), with the rounds' range: 1.0 means no measurable cost. Agent CPU is its CPU time from the load's start until 1.2 s after its end (so it includes what was still queued), over that time (100% = one core); agent RSS is its peak (VmHWM).\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n",
+        "## Overhead\n\nRounds with the guard off and on (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios of guard-on to guard-off performance, with the rounds' range: 1.0 means no measurable cost.\n\n- Exec storms: {ROUNDS} rounds of whole runs of 1500 fork+execs from two threads; each half counts the best of {BEST_OF} runs (noise on a shared VM only ever slows a run down). Agent CPU is its CPU time from the storm's start until 1.2 s after its end (so it includes what was still queued), over that time (100% = one core).\n- Connect and getppid: {STEADY_ROUNDS} rounds of one load process for the whole scenario, pinned to one CPU, timing every chunk of {CONNECT_CHUNK} connects or {NULL_CHUNK} calls (1–3 ms each); each half is a {} s window of it, and counts the fastest tenth of its chunks, so that a preemption or a host steal spoils a chunk and not the comparison. This VM's speed jumps between levels 10–20% apart within seconds, far more than the guard's cost; separate runs cannot resolve that, adjacent windows of one process can. `ratio_all_chunks` in the JSON is the same ratio over every chunk. Agent CPU is over the window.\n\nAgent RSS is its peak (VmHWM) over the scenario.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n",
+        WINDOW.as_secs_f64(),
         rows.join("\n")
     ));
     Ok(())
 }
 
+/// How long each recorder configuration runs per round.
+const RECORDER_WINDOW: Duration = Duration::from_millis(1000);
+
 /// The seccomp recorder: getppid with nothing on sys_enter, with an empty sys_enter program
 /// (the floor any recorder pays), and with the recorder recording another cgroup and this one.
-/// Rounds interleave the four so drift in the machine hits them alike.
+/// One load runs throughout; each round gives every configuration a window, in an order that
+/// rotates from round to round, and what a configuration adds is measured against the round's
+/// own "nothing" window.
 fn recorder(c: &mut Ctx) -> Result<()> {
     let here = c.mount.join("bench-recorded-here");
     let other = c.mount.join("bench-recorded-other");
@@ -501,39 +468,51 @@ fn recorder(c: &mut Ctx) -> Result<()> {
             Some(vec!["seccomp", "record", "--cgroup", &rel_here, "--duration", "3600", "-o", &rec_out]),
         ),
     ];
-    let mut ns: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
-    for _ in 0..RECORDER_ROUNDS {
-        for (i, (_, args)) in configs.iter().enumerate() {
-            let helper = match args {
+    let load = SteadyLoad::start("null", NULL_CHUNK, &here)?;
+    let mut windows = vec![Vec::new(); configs.len()];
+    for round in 0..RECORDER_ROUNDS {
+        for k in 0..configs.len() {
+            let i = (round + k) % configs.len();
+            let helper = match &configs[i].1 {
                 Some(a) => Some(start_helper(c.guard, a)?),
                 None => None,
             };
-            ns[i].push(best_load("null", 3_000_000, Some(&here))?);
+            windows[i].push(load.window(RECORDER_WINDOW));
             if let Some(mut h) = helper {
                 // SAFETY: plain kill(2).
                 unsafe { libc::kill(h.id() as i32, libc::SIGINT) };
                 h.wait()?;
+                std::thread::sleep(SETTLE);
             }
         }
     }
-    let base = median(&ns[0]);
-    let floor = median(&ns[1]) - base;
+    let chunks = load.finish()?;
+    let ns = windows
+        .iter()
+        .map(|ws| ws.iter().map(|&w| Ok(chunks.in_window(w)?.fastest)).collect::<Result<Vec<f64>>>())
+        .collect::<Result<Vec<_>>>()?;
+    // Per round, against that round's own baseline.
+    let added: Vec<Vec<f64>> = ns.iter().map(|v| v.iter().zip(&ns[0]).map(|(x, base)| x - base).collect()).collect();
+    let floor = median(&added[1]);
     let mut rows = Vec::new();
     let mut json = Map::new();
     for (i, (name, _)) in configs.iter().enumerate() {
-        let m = median(&ns[i]);
-        let added = m - base;
-        let vs_floor = (i >= 2 && floor > 0.0).then(|| added / floor);
+        let add = median(&added[i]);
+        let vs_floor = (i >= 2 && floor > 0.0).then(|| add / floor);
         let cell = vs_floor.map(|v| format!("**{v:.2}**")).unwrap_or_default();
-        rows.push(format!("| {name} | {} ns | {added:+.0} ns | {cell} |", spread(&ns[i], 0)));
-        json.insert((*name).into(), json!({"ns_per_call": stats(&ns[i]), "added_ns": added, "vs_floor": vs_floor}));
-        eprintln!("bench: getppid, {name}: {m:.0} ns/call ({added:+.0})");
+        rows.push(format!("| {name} | {} ns | {add:+.1} ns | {cell} |", spread(&ns[i], 1)));
+        json.insert(
+            (*name).into(),
+            json!({"ns_per_call": stats(&ns[i]), "added_ns": stats(&added[i]), "vs_floor": vs_floor}),
+        );
+        eprintln!("bench: getppid, {name}: {:.1} ns/call ({add:+.1})", median(&ns[i]));
     }
     c.results.insert("seccomp recorder (getppid)".into(), json.into());
     let _ = fs::remove_dir(&here);
     let _ = fs::remove_dir(&other);
     c.md.push(format!(
-        "## Seccomp recorder\n\nAttached to `sys_enter` only while a recording runs ({RECORDER_ROUNDS} interleaved rounds of a getppid loop, each the best of {BEST_OF} runs; \"vs floor\" is the recorder's added cost over an empty `sys_enter` program's, which any recorder on this hook pays).\n\n| sys_enter | getppid, median (min–max) | added | vs floor |\n|---|---|---|---|\n{}\n",
+        "## Seccomp recorder\n\nAttached to `sys_enter` only while a recording runs. One getppid load (as in the overhead table) runs throughout {RECORDER_ROUNDS} rounds; each round gives every configuration a {} s window, in rotating order. \"Added\" is the median over rounds of a configuration's ns per call less that round's \"nothing\"; \"vs floor\" is the recorder's added cost over an empty `sys_enter` program's, which any recorder on this hook pays.\n\n| sys_enter | getppid, median (min–max) | added | vs floor |\n|---|---|---|---|\n{}\n",
+        RECORDER_WINDOW.as_secs_f64(),
         rows.join("\n")
     ));
     Ok(())
@@ -555,13 +534,16 @@ fn start_helper(bin: &Path, args: &[&str]) -> Result<Child> {
 }
 
 /// Exec and connect storms in the notebook cgroup with nothing, notebook-guard, auditd and
-/// bpftrace, rounds interleaved.
+/// bpftrace, interleaved; each tool's ratio is the median over rounds of its run against that
+/// round's run with nothing.
 fn peers(c: &mut Ctx) -> Result<()> {
     let tools = ["off", "notebook-guard", "auditd", "bpftrace"];
     let mut rows = Vec::new();
     let mut json = Map::new();
-    for (kind, n) in [("exec", 3000u64), ("connect", 30000)] {
-        let mut v: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+    for kind in ["exec", "connect"] {
+        let steady = (kind == "connect").then(|| SteadyLoad::start("connect", CONNECT_CHUNK, &c.nb)).transpose()?;
+        let mut exec_rates: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+        let mut windows = vec![Vec::new(); tools.len()];
         for _ in 0..PEER_ROUNDS {
             for (i, t) in tools.iter().enumerate() {
                 let p = start_peer(t, c.guard, &c.dir)?;
@@ -569,23 +551,38 @@ fn peers(c: &mut Ctx) -> Result<()> {
                     load("exec", 20, 0, Some(&c.nb))?;
                     std::thread::sleep(Duration::from_millis(500));
                 }
-                v[i].push(load(kind, n, 0, Some(&c.nb))?);
+                match &steady {
+                    Some(l) => windows[i].push(l.window(WINDOW)),
+                    None => exec_rates[i].push(load("exec", 3000, 0, Some(&c.nb))?),
+                }
                 stop_peer(p)?;
+                std::thread::sleep(SETTLE);
             }
         }
-        let base = median(&v[0]);
+        let rates = match steady {
+            Some(l) => {
+                let chunks = l.finish()?;
+                windows
+                    .iter()
+                    .map(|ws| ws.iter().map(|&w| Ok(1e9 / chunks.in_window(w)?.fastest)).collect::<Result<Vec<f64>>>())
+                    .collect::<Result<Vec<_>>>()?
+            }
+            None => exec_rates,
+        };
         let mut cells = Vec::new();
         for (i, t) in tools.iter().enumerate() {
-            let m = median(&v[i]);
-            cells.push(format!("{}, **{:.3}**", spread(&v[i], 0), m / base));
-            json.insert(format!("{kind} storm, {t}"), json!({"ops_per_s": stats(&v[i]), "ratio": m / base}));
-            eprintln!("bench: {kind} storm, {t}: {m:.0} ops/s ({:.3})", m / base);
+            let ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(x, base)| x / base).collect();
+            let r = median(&ratios);
+            cells.push(format!("{}, **{r:.3}**", spread(&rates[i], 0)));
+            json.insert(format!("{kind} storm, {t}"), json!({"ops_per_s": stats(&rates[i]), "ratio": stats(&ratios)}));
+            eprintln!("bench: {kind} storm, {t}: {:.0} ops/s ({r:.3})", median(&rates[i]));
         }
         rows.push(format!("| {kind} storm (notebook cgroup), ops/s | {} |", cells.join(" | ")));
     }
     c.results.insert("peers".into(), json.into());
     c.md.push(format!(
-        "## Peers in the same run\n\nNotebook cgroup, {PEER_ROUNDS} rounds with the tools interleaved; ratio of medians to nothing running. auditd with an `execve` + `connect` rule (records to a file on disk), bpftrace logging every exec (`sched_process_exec`) and connect (`sys_enter_connect`).\n\n| scenario | nothing | notebook-guard | auditd | bpftrace |\n|---|---|---|---|---|\n{}\n",
+        "## Peers in the same run\n\nNotebook cgroup, {PEER_ROUNDS} rounds with the tools interleaved; each cell is ops/s, median (min–max), and the median over rounds of the ratio to that round's run with nothing. Exec storms are whole runs of 3000 fork+execs; the connect storm is one load throughout, a {} s window per tool per round, measured as in the overhead table. auditd with an `execve` + `connect` rule (records to a file on disk), bpftrace logging every exec (`sched_process_exec`) and connect (`sys_enter_connect`).\n\n| scenario | nothing | notebook-guard | auditd | bpftrace |\n|---|---|---|---|---|\n{}\n",
+        WINDOW.as_secs_f64(),
         rows.join("\n")
     ));
     Ok(())

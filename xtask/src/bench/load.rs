@@ -1,0 +1,308 @@
+//! The loads the benchmark measures, run in child processes of this binary (the hidden
+//! `bench-load KIND N RATE` subcommand) placed in the cgroup a scenario asks for.
+//!
+//! Two shapes. Exec storms are finite runs that print their rate: what the guard costs them
+//! includes the agent's work on the other core, which only a whole run shows. Steady loads
+//! (`connect`, `null`) pay only what the guard's programs add to each operation, a few per
+//! cent at most, while this VM's speed jumps between levels 10–20% apart within seconds. So
+//! they run for the whole scenario, timing every chunk of a millisecond or so, and the
+//! benchmark compares windows of time seconds apart within the one process ([`SteadyLoad`]).
+
+use std::{
+    fs,
+    io::Read,
+    net::{TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::Path,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Runs `cmd` with its first action (before exec) being to join `cgroup`.
+pub fn in_cgroup(cmd: &mut Command, cgroup: &Path) -> Result<fs::File> {
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .with_context(|| format!("opening {}", cgroup.display()))?;
+    let fd = procs.as_raw_fd();
+    // SAFETY: only write(2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(procs)
+}
+
+fn load_command(kind: &str, n: u64, rate: u64) -> Result<Command> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["bench-load", kind, &n.to_string(), &rate.to_string()]);
+    Ok(cmd)
+}
+
+/// Runs a finite load (`exec`, `exec-max`) in `cgroup` (None: where we are) and returns the
+/// rate it printed.
+pub fn load(kind: &str, n: u64, rate: u64, cgroup: Option<&Path>) -> Result<f64> {
+    let mut cmd = load_command(kind, n, rate)?;
+    cmd.stdout(Stdio::piped());
+    let _procs = cgroup.map(|cg| in_cgroup(&mut cmd, cg)).transpose()?;
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("bench-load {kind} failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().with_context(|| format!("bench-load {kind} printed {text:?}"))
+}
+
+/// CLOCK_MONOTONIC in ns: the one clock this process and its loads share.
+pub fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// A span of time during which one configuration (guard off, guard on, a peer…) was in place.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    start: u64,
+    end: u64,
+}
+
+/// A steady load's view of one window.
+#[derive(Debug, Clone, Copy)]
+pub struct Steady {
+    /// ns per operation over the fastest FASTEST_SHARE of the window's chunks: a preemption,
+    /// a host steal or a timer tick spoils the chunk it lands in, not the comparison, while
+    /// what the guard adds to every operation is in every chunk.
+    pub fastest: f64,
+    /// ns per operation over all of the window's chunks, noise included.
+    pub all: f64,
+}
+
+const FASTEST_SHARE: f64 = 0.1;
+
+/// A steady load running for the whole of a scenario.
+pub struct SteadyLoad {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    chunk: u64,
+}
+
+impl SteadyLoad {
+    /// Starts `kind` (`connect` or `null`) in `cgroup`, timing chunks of `chunk` operations.
+    pub fn start(kind: &str, chunk: u64, cgroup: &Path) -> Result<Self> {
+        let mut cmd = load_command(kind, chunk, 0)?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let _procs = in_cgroup(&mut cmd, cgroup)?;
+        let mut child = cmd.spawn().with_context(|| format!("starting bench-load {kind}"))?;
+        let stdin = child.stdin.take();
+        // Its first chunks run with cold caches.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Self { child, stdin, chunk })
+    }
+
+    /// Lets the load run for `d` and returns that window.
+    pub fn window(&self, d: Duration) -> Window {
+        let start = monotonic_ns();
+        std::thread::sleep(d);
+        Window { start, end: monotonic_ns() }
+    }
+
+    /// Stops the load and returns its chunks.
+    pub fn finish(mut self) -> Result<Chunks> {
+        drop(self.stdin.take());
+        let mut out = String::new();
+        self.child.stdout.take().context("load stdout")?.read_to_string(&mut out)?;
+        if !self.child.wait()?.success() {
+            bail!("steady bench-load failed");
+        }
+        let spans = out
+            .lines()
+            .map(|l| {
+                let mut w = l.split_whitespace().map(str::parse::<u64>);
+                match (w.next(), w.next()) {
+                    (Some(Ok(a)), Some(Ok(b))) => Ok((a, b)),
+                    _ => bail!("bench-load printed {l:?}, not a chunk's start and end"),
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(Chunks { chunk: self.chunk, spans })
+    }
+}
+
+impl Drop for SteadyLoad {
+    fn drop(&mut self) {
+        // On an error path: do not leave the load spinning on a core.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every chunk a steady load timed: (start, end) in CLOCK_MONOTONIC ns.
+pub struct Chunks {
+    chunk: u64,
+    spans: Vec<(u64, u64)>,
+}
+
+impl Chunks {
+    /// ns per operation in `w`, from the chunks wholly inside it.
+    pub fn in_window(&self, w: Window) -> Result<Steady> {
+        let mut ns: Vec<f64> = self
+            .spans
+            .iter()
+            .filter(|&&(a, b)| a >= w.start && b <= w.end)
+            .map(|&(a, b)| (b - a) as f64 / self.chunk as f64)
+            .collect();
+        if ns.len() < 10 {
+            bail!("only {} chunks in a {} ms window: the load stalled", ns.len(), (w.end - w.start) / 1_000_000);
+        }
+        let all = ns.iter().sum::<f64>() / ns.len() as f64;
+        ns.sort_by(f64::total_cmp);
+        let fastest = &ns[..(ns.len() as f64 * FASTEST_SHARE).ceil() as usize];
+        Ok(Steady { fastest: fastest.iter().sum::<f64>() / fastest.len() as f64, all })
+    }
+}
+
+/// fork+exec of /bin/true from `threads` threads, `n` in all, paced to `rate` per second
+/// (0: as fast as they go). Returns execs per second.
+fn exec_storm(n: u64, threads: u64, rate: u64) -> f64 {
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mine = n / threads;
+                for i in 0..mine {
+                    if rate > 0 {
+                        let due = Duration::from_secs_f64(i as f64 * threads as f64 / rate as f64);
+                        if let Some(wait) = due.checked_sub(t.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    let _ = Command::new("/bin/true").status();
+                }
+            });
+        }
+    });
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Pins the calling thread to the last CPU it may use, so a migration between cores (cold
+/// caches, another core's clock) is not among what differs between windows.
+fn pin_to_one_cpu() -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; the calls get a valid pointer and its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, size, &mut set) != 0 {
+            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        let last =
+            (0..libc::CPU_SETSIZE as usize).rev().find(|&c| libc::CPU_ISSET(c, &set)).context("no CPU allowed")?;
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(last, &mut set);
+        if libc::sched_setaffinity(0, size, &set) != 0 {
+            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A steady load, in the child: `op` in chunks of `chunk` until stdin closes, then one line
+/// per chunk with its start and end.
+fn run_steady(chunk: u64, mut op: impl FnMut() -> Result<()>) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        flag.store(true, Ordering::Relaxed);
+    });
+    pin_to_one_cpu()?;
+    let mut spans = Vec::with_capacity(1 << 16);
+    while !stop.load(Ordering::Relaxed) {
+        let a = monotonic_ns();
+        for _ in 0..chunk {
+            op()?;
+        }
+        spans.push((a, monotonic_ns()));
+    }
+    let mut out = String::with_capacity(spans.len() * 40);
+    for (a, b) in spans {
+        out.push_str(&format!("{a} {b}\n"));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// Loopback TCP connect + accept + close (RST close), in lock step: each connection is
+/// accepted before the next is made, so the listen queue never overflows (an overflow costs a
+/// 1 s SYN retransmit and made rates swing 6k-27k/s between identical runs).
+fn connect_loop(chunk: u64) -> Result<()> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    run_steady(chunk, || {
+        let c = TcpStream::connect(addr)?;
+        let (s, _) = l.accept()?;
+        // RST close (SO_LINGER 0), as the scenario asks; std's set_linger is unstable.
+        let lg = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: valid fd and option struct.
+        unsafe {
+            libc::setsockopt(
+                c.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&lg as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            )
+        };
+        drop(c);
+        drop(s);
+        Ok(())
+    })
+}
+
+/// The load itself, in the child (`bench-load KIND N RATE`).
+pub fn run_load(kind: &str, n: u64, rate: u64) -> Result<()> {
+    match kind {
+        // Both cores: two threads, each waiting for its child.
+        "exec" => println!("{}", exec_storm(n, 2, rate)),
+        // More runnable work than cores: the highest exec rate this machine produces.
+        "exec-max" => println!("{}", exec_storm(n, 4, rate)),
+        "connect" => connect_loop(n)?,
+        // getppid: the cost of a syscall.
+        "null" => run_steady(n, || {
+            // SAFETY: no arguments, no effects.
+            unsafe { libc::getppid() };
+            Ok(())
+        })?,
+        _ => bail!("unknown load {kind}"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_counts_its_own_chunks_and_its_fastest_tenth() {
+        // Chunks of 10 ops; 20 chunks inside the window at 10..=29 ns/op, one straddling it.
+        let mut spans: Vec<(u64, u64)> =
+            (0..20u64).map(|i| (1000 + i * 1000, 1000 + i * 1000 + (10 + i) * 10)).collect();
+        spans.push((900, 1500));
+        let c = Chunks { chunk: 10, spans };
+        let s = c.in_window(Window { start: 1000, end: 30_000 }).unwrap();
+        assert_eq!(s.fastest, 10.5); // the fastest two of twenty: 10 and 11
+        assert_eq!(s.all, 19.5);
+        assert!(c.in_window(Window { start: 0, end: 2000 }).is_err());
+    }
+}
