@@ -442,7 +442,7 @@ impl Detector {
                 f.parent.as_ref().and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()),
             )
             .set_opt("proc.pcmdline", f.parent.as_ref().map(|p| r.text(&cmdline(&p.argv)).into_owned()));
-        notebook_fields(&mut a, &f.who, f.kernel.as_deref());
+        notebook_fields(&mut a, f.who, f.kernel.as_deref());
         if !detail.is_empty() {
             a.set("guard.detail", detail);
         }
@@ -626,7 +626,7 @@ mod tests {
     #[test]
     fn recognises_kernels_and_servers() {
         assert!(is_kernel_argv(&v(&["/opt/conda/bin/python3", "-m", "ipykernel_launcher", "-f", "/x/kernel-ab.json"])));
-        assert!(is_kernel_argv(&v(&["python", "/usr/lib/python3/dist-packages/ipykernel_launcher.py"])) == false);
+        assert!(!is_kernel_argv(&v(&["python", "/usr/lib/python3/dist-packages/ipykernel_launcher.py"])));
         assert!(is_server_argv(&v(&[
             "/opt/conda/bin/python3.11",
             "/opt/conda/bin/jupyterhub-singleuser",

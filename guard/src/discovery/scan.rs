@@ -26,11 +26,9 @@ pub fn notebook_cgroups(mount: &Path, kube: bool, tljh: bool, docker: bool) -> V
     if tljh || docker {
         // The slice itself is watched too: a unit created a moment ago is covered from its
         // first exec, before a scan finds it (attribution filters out other services).
-        for slice in ["system.slice"] {
-            let p = mount.join(slice);
-            if p.is_dir() {
-                out.push((p, Workload::Other));
-            }
+        let slice = mount.join("system.slice");
+        if slice.is_dir() {
+            out.push((slice, Workload::Other));
         }
         for slice in ["system.slice", "docker"] {
             let Ok(entries) = fs::read_dir(mount.join(slice)) else { continue };

@@ -106,7 +106,7 @@ impl OffsetResolver {
                 };
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(OffsetError::Bitfield(name));
         }
         let found = self.size_of(last_type, &name)?;

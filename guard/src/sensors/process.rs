@@ -238,7 +238,7 @@ impl ProcessSensor {
             let id = prog.attach(name).with_context(|| format!("attaching raw tracepoint {name}"))?;
             match &opts.pin_dir {
                 Some(dir) => {
-                    let link: aya::programs::links::FdLink = prog.take_link(id)?.try_into()?;
+                    let link: aya::programs::links::FdLink = prog.take_link(id)?.into();
                     pinned.push(pin_link(link, &dir.join("links").join(name))?);
                 }
                 None => links.push((name, id)),

@@ -18,11 +18,14 @@ pub struct Spool {
     write_seg: u64,
     writer: File,
     write_len: u64,
-    /// Next record to deliver: (segment, byte offset).
-    cursor: (u64, u64),
+    /// Next record to deliver.
+    cursor: Position,
     /// Records dropped to respect the cap, not yet reported.
     pub lost: u64,
 }
+
+/// A place in the spool: (segment, byte offset).
+pub type Position = (u64, u64);
 
 fn seg_path(dir: &Path, seg: u64) -> PathBuf {
     dir.join(format!("{seg:016}.jsonl"))
@@ -106,7 +109,7 @@ impl Spool {
     }
 
     /// Up to `max` undelivered records from the cursor, each with the cursor after it.
-    pub fn peek(&mut self, max: usize) -> io::Result<Vec<(Vec<u8>, (u64, u64))>> {
+    pub fn peek(&mut self, max: usize) -> io::Result<Vec<(Vec<u8>, Position)>> {
         let mut out = Vec::new();
         let (mut seg, mut off) = self.cursor;
         while out.len() < max && seg <= self.write_seg {
@@ -140,7 +143,7 @@ impl Spool {
     }
 
     /// Marks everything before `pos` delivered.
-    pub fn commit(&mut self, pos: (u64, u64)) -> io::Result<()> {
+    pub fn commit(&mut self, pos: Position) -> io::Result<()> {
         for s in segments(&self.dir)? {
             if s < pos.0 {
                 let _ = fs::remove_file(seg_path(&self.dir, s));
