@@ -171,6 +171,11 @@ impl Chunks {
         let fastest = &ns[..(ns.len() as f64 * FASTEST_SHARE).ceil() as usize];
         Ok(Steady { fastest: fastest.iter().sum::<f64>() / fastest.len() as f64, all })
     }
+
+    /// [`Chunks::in_window`]`.fastest` of each window.
+    pub fn fastest_in(&self, windows: &[Window]) -> Result<Vec<f64>> {
+        windows.iter().map(|&w| Ok(self.in_window(w)?.fastest)).collect()
+    }
 }
 
 /// fork+exec of /bin/true from `threads` threads, `n` in all, paced to `rate` per second
