@@ -70,3 +70,49 @@ fn guard_run_events_prints_exec_with_lineage_and_stops_cleanly() {
     assert!(t["time"].as_str().unwrap().ends_with('Z'));
     assert!(records.iter().all(|r| r["type"] != "lost"), "no loss at this rate");
 }
+
+#[test]
+fn guard_keeps_guarding_after_its_log_pipe_closes() {
+    if !require_root("guard_keeps_guarding_after_its_log_pipe_closes") {
+        return;
+    }
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let dir = TempDir::new("logpipe").unwrap();
+    let alerts = dir.0.join("alerts.json");
+    let mut guard = Command::new(guard_bin())
+        .args(["run", "--no-pin", "--output"])
+        .arg(format!("file:{}", alerts.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start guard (built by cargo xtask test)");
+    let mut lines = BufReader::new(guard.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lines.next().expect("guard exited before it was running").unwrap().contains("guard running") {
+        assert!(Instant::now() < deadline, "guard did not start");
+    }
+    // The log shipper dies: every later log line hits a closed pipe.
+    drop(lines);
+
+    let curl =
+        spawn_in(&cg, Exec::Path(Path::new("/usr/bin/curl")), &[OsStr::new("curl"), OsStr::new("--version")]).unwrap();
+    wait_ok(curl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alert = loop {
+        let text = std::fs::read_to_string(&alerts).unwrap_or_default();
+        if let Some(a) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|a| a["output_fields"]["proc.pid"] == curl.as_raw())
+        {
+            break a;
+        }
+        assert!(guard.try_wait().unwrap().is_none(), "guard died once its stderr closed");
+        assert!(Instant::now() < deadline, "no alert for curl after the log pipe closed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(alert["output_fields"]["jupyterhub.user"], user.as_str());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = guard.wait().unwrap();
+    assert!(status.success(), "guard stops cleanly on SIGINT with its stderr closed: {status:?}");
+}

@@ -1,6 +1,6 @@
 mod cli;
 
-use std::process::ExitCode;
+use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -12,6 +12,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        // A log pipe that goes away (a dead log shipper, a closed terminal) must not stop the
+        // guard: by default tracing reports a failed write with eprintln!, which panics on that
+        // same closed stderr and takes the agent down.
+        .log_internal_errors(false)
         // Colours only for a person at a terminal, never in collected logs.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -85,7 +89,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("guard: error: {e:#}");
+            // Not eprintln!: with stderr gone it would panic instead of exiting 1.
+            let _ = writeln!(std::io::stderr(), "guard: error: {e:#}");
             ExitCode::FAILURE
         }
     }
