@@ -311,12 +311,18 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn start_guard(&self, extra: &[&str]) -> Result<Guard> {
         let g = start_guard(self.guard, &self.dir, extra)?;
-        // Steady state: the agent's one-time work for a notebook it meets for the first time
-        // (its root's interpreter identities and system-binary index) is not what we measure.
-        // Paced, so that even the loss section's small ring takes it whole.
+        self.warm_up()?;
+        Ok(g)
+    }
+
+    /// Brings a tool that has just started to its steady state: the guard's one-time work for
+    /// a notebook it meets for the first time (its root's interpreter identities and
+    /// system-binary index) is not what we measure. Paced, so that even the loss section's
+    /// small ring takes it whole.
+    fn warm_up(&self) -> Result<()> {
         load("exec", 20, 200, Some(&self.nb))?;
         std::thread::sleep(Duration::from_millis(500));
-        Ok(g)
+        Ok(())
     }
 }
 
@@ -575,8 +581,7 @@ fn peers(c: &mut Ctx) -> Result<()> {
             for (i, t) in tools.iter().enumerate() {
                 let p = start_peer(t, c.guard, &c.dir)?;
                 if p.is_some() {
-                    load("exec", 20, 0, Some(&c.nb))?;
-                    std::thread::sleep(Duration::from_millis(500));
+                    c.warm_up()?;
                 }
                 match &steady {
                     Some(l) => windows[i].push(l.window(WINDOW)),
