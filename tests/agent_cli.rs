@@ -10,6 +10,16 @@ use std::{
 
 use guard_tests::*;
 
+/// Reads the guard's piped stderr until it is attached and running; the rest of its log.
+fn wait_running(guard: &mut std::process::Child) -> std::io::Lines<BufReader<std::process::ChildStderr>> {
+    let mut lines = BufReader::new(guard.stderr.take().expect("stderr piped")).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lines.next().expect("guard exited before it was running").unwrap().contains("guard running") {
+        assert!(Instant::now() < deadline, "guard did not start");
+    }
+    lines
+}
+
 #[test]
 fn guard_run_events_prints_exec_with_lineage_and_stops_cleanly() {
     if !require_root("guard_run_events_prints_exec_with_lineage_and_stops_cleanly") {
@@ -24,17 +34,7 @@ fn guard_run_events_prints_exec_with_lineage_and_stops_cleanly() {
         .spawn()
         .expect("start guard (built by cargo xtask test)");
 
-    // Wait until it is attached.
-    let stderr = guard.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = lines.next().expect("guard exited before it was running").unwrap();
-        if line.contains("guard running") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "guard did not start");
-    }
+    let lines = wait_running(&mut guard);
     std::thread::spawn(move || for _ in lines {});
 
     let sh = spawn_in(
@@ -86,13 +86,8 @@ fn guard_keeps_guarding_after_its_log_pipe_closes() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start guard (built by cargo xtask test)");
-    let mut lines = BufReader::new(guard.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lines.next().expect("guard exited before it was running").unwrap().contains("guard running") {
-        assert!(Instant::now() < deadline, "guard did not start");
-    }
     // The log shipper dies: every later log line hits a closed pipe.
-    drop(lines);
+    drop(wait_running(&mut guard));
 
     let curl =
         spawn_in(&cg, Exec::Path(Path::new("/usr/bin/curl")), &[OsStr::new("curl"), OsStr::new("--version")]).unwrap();
