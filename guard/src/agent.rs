@@ -33,9 +33,9 @@ use crate::{
     sensors::{
         decode::{Event, Exec},
         process::{KernelLosses, ProcessSensor, SensorOptions},
-        ring::{ReaderStats, RingReader},
+        ring::{ReaderStats, RingReader, Spares},
     },
-    server::metrics::{AlertLabels, LossLabels, Metrics, SinkLabels, TypeLabel},
+    server::metrics::{AlertLabels, EventCounters, LossLabels, Metrics, SinkLabels},
     sinks::{events::ExecRecord, events::JsonLines, events::LostRecord, OutputSpec, Sink},
 };
 use guard_abi::{exec_flags, EventKind};
@@ -124,6 +124,7 @@ struct Pipeline<W: Write> {
     mount: PathBuf,
     proc_root: PathBuf,
     metrics: Arc<Metrics>,
+    event_counts: EventCounters,
     /// Egress maps (None when the egress hooks are off).
     egress: Option<crate::sensors::process::EgressMaps>,
     egress_now: HashMap<u64, u32>,
@@ -134,24 +135,26 @@ struct Pipeline<W: Write> {
 }
 
 impl<W: Write> Pipeline<W> {
-    fn handle_batch(&mut self, batch: Vec<Event>, stats: &ReaderStats) -> Result<()> {
+    /// Handles a batch from the ring reader and hands its emptied buffer back to it.
+    fn handle_batch(&mut self, mut batch: Vec<Event>, stats: &ReaderStats, spares: &Spares) -> Result<()> {
         let n = batch.len();
-        for ev in batch {
+        for ev in batch.drain(..) {
             self.handle(ev)?;
         }
+        spares.give(batch);
         stats.in_flight.fetch_sub(n, Ordering::AcqRel);
         Ok(())
     }
 
     fn handle(&mut self, ev: Event) -> Result<()> {
-        let kind = match &ev {
-            Event::Exec(_) => "exec",
-            Event::Fork(_) => "fork",
-            Event::Exit(_) => "exit",
-            Event::Egress(_) => "egress",
-            Event::Socket(_) => "socket",
+        let c = &self.event_counts;
+        match &ev {
+            Event::Exec(_) => c.exec.inc(),
+            Event::Fork(_) => c.fork.inc(),
+            Event::Exit(_) => c.exit.inc(),
+            Event::Egress(_) => c.egress.inc(),
+            Event::Socket(_) => c.socket.inc(),
         };
-        self.metrics.events.get_or_create(&TypeLabel { r#type: kind.into() }).inc();
         match ev {
             Event::Exec(e) => self.on_exec(&e)?,
             Event::Fork(f) => self.table.on_fork(&f),
@@ -786,6 +789,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         mount: mount.clone(),
         proc_root: opts.proc_root.clone(),
         metrics: metrics.clone(),
+        event_counts: metrics.event_counters(),
         egress,
         egress_now: HashMap::new(),
         drift: None,
@@ -800,7 +804,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let ring = pipe.sensor.take_ring().context("ring buffer already taken")?;
     let polling = pipe.sensor.take_polling_flag().context("polling flag already taken")?;
-    let reader = RingReader::new(ring, Some(polling), tx, stats.clone(), opts.poll, QUEUE_LEN)?;
+    let spares = Spares::default();
+    let reader = RingReader::new(ring, Some(polling), tx, spares.clone(), stats.clone(), opts.poll, QUEUE_LEN)?;
     let reader = tokio::spawn(reader.run(stop_rx));
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -847,9 +852,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                pipe.handle_batch(batch, &stats)?;
+                pipe.handle_batch(batch, &stats, &spares)?;
                 while let Ok(batch) = rx.try_recv() {
-                    pipe.handle_batch(batch, &stats)?;
+                    pipe.handle_batch(batch, &stats, &spares)?;
                 }
                 pipe.flush()?;
             }
@@ -927,7 +932,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let _ = stop_tx.send(true);
     reader.await.context("ring reader task")?;
     while let Ok(batch) = rx.try_recv() {
-        pipe.handle_batch(batch, &stats)?;
+        pipe.handle_batch(batch, &stats, &spares)?;
     }
     let kernel = pipe.sensor.kernel_losses()?;
     pipe.report_losses(kernel, stats.queue_full.load(Ordering::Relaxed))?;

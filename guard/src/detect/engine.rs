@@ -49,6 +49,9 @@ pub struct Detector {
     pub mode_flag: Option<Mode>,
     pub identities: Identities,
     helper_args: Vec<ArgMatcher>,
+    /// `python.interpreters`, compiled once per policy: they are matched against unknown
+    /// binaries on the exec path.
+    interpreter_globs: Vec<glob::Pattern>,
     hostname: String,
     clock: BootClock,
     proc_root: PathBuf,
@@ -116,12 +119,14 @@ pub fn is_fileless(e: &Exec) -> bool {
 impl Detector {
     pub fn new(policy: Arc<Policy>, mode_flag: Option<Mode>, proc_root: PathBuf) -> Self {
         let helper_args = policy.helpers.iter().map(|h| ArgMatcher::new(&h.args)).collect();
+        let interpreter_globs = interpreter_globs(&policy);
         let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
         Self {
             policy,
             mode_flag,
             identities: Identities::default(),
             helper_args,
+            interpreter_globs,
             hostname,
             clock: BootClock::new(),
             proc_root,
@@ -133,6 +138,7 @@ impl Detector {
     /// Swaps the policy (reload). Identities are re-resolved lazily against it.
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
         self.helper_args = policy.helpers.iter().map(|h| ArgMatcher::new(&h.args)).collect();
+        self.interpreter_globs = interpreter_globs(&policy);
         self.policy = policy;
         self.identities.clear();
         self.copies.clear();
@@ -177,7 +183,7 @@ impl Detector {
             return Outcome { effective: Some(eff), ..Default::default() };
         };
         let mut is_python = ids.python.contains(&e.exe);
-        if !is_python && ids.age() > REFRESH_AFTER && looks_like_interpreter(&policy, &e.filename) {
+        if !is_python && ids.age() > REFRESH_AFTER && looks_like_interpreter(&self.interpreter_globs, &e.filename) {
             if let Some(fresh) = self.identities.refresh(root, &policy) {
                 is_python = fresh.python.contains(&e.exe);
             }
@@ -599,10 +605,14 @@ fn role_of(p: &ProcInfo, is_python: bool) -> Role {
     }
 }
 
-fn looks_like_interpreter(policy: &Policy, path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    name.starts_with("python")
-        || policy.python.interpreters.iter().any(|g| glob::Pattern::new(g).is_ok_and(|p| p.matches_path(path)))
+/// The policy's interpreter globs (validated when the policy was loaded).
+fn interpreter_globs(policy: &Policy) -> Vec<glob::Pattern> {
+    policy.python.interpreters.iter().filter_map(|g| glob::Pattern::new(g).ok()).collect()
+}
+
+fn looks_like_interpreter(globs: &[glob::Pattern], path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"python"))
+        || globs.iter().any(|p| p.matches_path(path))
 }
 
 trait ExecExt {
@@ -645,5 +655,20 @@ mod tests {
         assert!(under(Path::new("/tmp/x"), "/tmp"));
         assert!(!under(Path::new("/tmpfoo/x"), "/tmp"));
         assert!(!under(Path::new("/tmp/../usr/bin/x"), "/tmp"));
+    }
+    #[test]
+    fn interpreter_globs_follow_the_policy_in_force() {
+        let mut d = Detector::new(Arc::new(Policy::default_policy()), None, PathBuf::from("/proc"));
+        let seen = |d: &Detector, p: &str| looks_like_interpreter(&d.interpreter_globs, Path::new(p));
+        assert!(seen(&d, "/opt/conda/envs/torch/bin/python3.11"));
+        assert!(seen(&d, "/home/jovyan/venv/bin/python"), "a python-named binary anywhere");
+        assert!(!seen(&d, "/bin/true"));
+        assert!(!seen(&d, "/opt/py/bin/interp"));
+        // A reload compiles the new policy's globs.
+        let reloaded =
+            Policy::from_str("p.yaml", "python:\n  interpreters: [/opt/py/bin/interp*]\n").expect("valid policy");
+        d.set_policy(Arc::new(reloaded));
+        assert!(seen(&d, "/opt/py/bin/interp"));
+        assert!(!seen(&d, "/opt/py/bin/other"));
     }
 }

@@ -8,7 +8,7 @@
 use std::{
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -27,6 +27,36 @@ const FIRST_LOOK_DIVISOR: u32 = 4;
 /// An idle agent drains at least this often even without a wake-up.
 const IDLE_SAFETY_NET: Duration = Duration::from_millis(500);
 
+/// Spare batch buffers kept at most: one per batch in flight is plenty.
+const MAX_SPARES: usize = 4;
+/// A buffer larger than this (a burst's) is freed rather than kept.
+const MAX_SPARE_BYTES: usize = 256 << 10;
+
+/// Emptied batch buffers handed back by the consumer for the next drains. A fresh buffer per
+/// drain cost page faults every time (the allocator returned its pages when the consumer freed
+/// it): a tenth of the agent's CPU under an exec storm.
+#[derive(Clone, Default)]
+pub struct Spares(Arc<Mutex<Vec<Vec<Event>>>>);
+
+impl Spares {
+    /// Takes back a batch the consumer has emptied.
+    pub fn give(&self, mut batch: Vec<Event>) {
+        batch.clear();
+        if batch.capacity() * std::mem::size_of::<Event>() > MAX_SPARE_BYTES {
+            return;
+        }
+        if let Ok(mut s) = self.0.lock() {
+            if s.len() < MAX_SPARES {
+                s.push(batch);
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<Event> {
+        self.0.lock().ok().and_then(|mut s| s.pop()).unwrap_or_default()
+    }
+}
+
 /// User-space counters of the reader.
 #[derive(Debug, Default)]
 pub struct ReaderStats {
@@ -44,10 +74,14 @@ pub struct RingReader {
     /// Tells the kernel we drain on our own timer, so it does not wake us per drain.
     polling: Option<Array<MapData, u32>>,
     tx: mpsc::UnboundedSender<Vec<Event>>,
+    spares: Spares,
     stats: Arc<ReaderStats>,
     poll: Duration,
     /// Most events queued at once.
     capacity: usize,
+    /// The last drain's size: a batch is reserved at about that size, rather than grown (and
+    /// moved) through every power of two on the way.
+    last_batch: usize,
 }
 
 impl RingReader {
@@ -56,6 +90,7 @@ impl RingReader {
         ring: RingBuf<MapData>,
         polling: Option<Array<MapData, u32>>,
         tx: mpsc::UnboundedSender<Vec<Event>>,
+        spares: Spares,
         stats: Arc<ReaderStats>,
         poll: Duration,
         capacity: usize,
@@ -64,7 +99,7 @@ impl RingReader {
         // which is the lifetime of this AsyncFd.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
-        Ok(Self { ring, polling, tx, stats, poll, capacity })
+        Ok(Self { ring, polling, tx, spares, stats, poll, capacity, last_batch: 0 })
     }
 
     /// Runs until `stop` turns true, then drains once more so nothing already in the ring is
@@ -143,7 +178,8 @@ impl RingReader {
     /// Drains the ring; returns how many records it found.
     fn drain(&mut self) -> usize {
         let room = self.capacity.saturating_sub(self.stats.in_flight.load(Ordering::Acquire));
-        let mut batch = Vec::new();
+        let mut batch = self.spares.take();
+        batch.reserve(self.last_batch.min(room));
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             self.stats.received.fetch_add(1, Ordering::Relaxed);
@@ -159,7 +195,9 @@ impl RingReader {
             }
         }
         let n = batch.len();
+        self.last_batch = n;
         if n == 0 {
+            self.spares.give(batch);
             return 0;
         }
         self.stats.in_flight.fetch_add(n, Ordering::AcqRel);
@@ -169,5 +207,39 @@ impl RingReader {
             self.stats.queue_full.fetch_add(n as u64, Ordering::Relaxed);
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensors::decode::{Exit, Meta};
+
+    fn exit(pid: u32) -> Event {
+        Event::Exit(Exit { meta: Meta { ktime_ns: 0, cpu: 0, pid, tgid: pid, cgroup_id: 0 }, exit_code: 0 })
+    }
+
+    #[test]
+    fn spares_hand_back_emptied_buffers_and_keep_few_small_ones() {
+        let s = Spares::default();
+        let mut b = Vec::with_capacity(64);
+        b.push(exit(1));
+        let ptr = b.as_ptr();
+        s.give(b);
+        let again = s.take();
+        assert!(again.is_empty(), "a spare comes back empty");
+        assert_eq!(again.as_ptr(), ptr, "the same allocation is reused");
+        assert!(again.capacity() >= 64);
+
+        // A burst's buffer is freed rather than kept.
+        s.give(Vec::with_capacity(MAX_SPARE_BYTES / std::mem::size_of::<Event>() + 1));
+        assert_eq!(s.take().capacity(), 0);
+
+        // At most MAX_SPARES are kept.
+        for _ in 0..MAX_SPARES + 3 {
+            s.give(Vec::with_capacity(8));
+        }
+        let kept = std::iter::from_fn(|| Some(s.take())).take_while(|v| v.capacity() > 0).count();
+        assert_eq!(kept, MAX_SPARES);
     }
 }
