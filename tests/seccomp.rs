@@ -358,6 +358,38 @@ fn int_0x80_calls_are_recorded_under_the_i386_table() {
     assert!(native.contains("execve"), "{native:?}");
 }
 
+/// The recorder caches, per CPU, the last task it saw and whether it is recorded. A task that
+/// another process moves into the recorded cgroup while it keeps making calls must be
+/// recorded from the move on: the move retires the entry the task had.
+#[test]
+fn a_task_moved_into_the_recorded_cgroup_while_running_is_recorded_from_then_on() {
+    if !require_root("a_task_moved_into_the_recorded_cgroup_while_running_is_recorded_from_then_on") {
+        return;
+    }
+    let dir = TempDir::new("moved").unwrap();
+    let recorded = TestCgroup::new("moved-into").unwrap();
+    let outside = TestCgroup::new("moved-from").unwrap();
+    let out = dir.0.join("r.json");
+    let rec = Recording::start(&["--cgroup", &recorded.rel.display().to_string()], &out);
+    // On one CPU, a getppid loop (its cache entry stays hot there) until it sees itself in the
+    // recorded cgroup, then one call nothing else here makes.
+    let script = format!(
+        "import os\nos.sched_setaffinity(0, {{0}})\nwant = '0::{}'\nwhile want not in open('/proc/self/cgroup').read().splitlines():\n    os.getppid()\nos.getsid(0)\n",
+        recorded.rel.display()
+    );
+    let py = test_python();
+    let argv = [std::ffi::OsStr::new("python3"), "-c".as_ref(), script.as_ref()];
+    let pid = spawn_in(&outside, Exec::Path(&py), &argv).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(recorded.path.join("cgroup.procs"), pid.to_string()).unwrap();
+    wait_ok(pid).unwrap();
+    let file = rec.stop();
+    let r = &file.recordings[0];
+    let native = r.syscalls.get(&Arch::X86_64).unwrap_or_else(|| panic!("nothing recorded after the move: {r:?}"));
+    assert!(native.contains("getsid"), "the moved task's calls after the move were not recorded: {native:?}");
+    assert!(!native.contains("execve"), "the task's start, outside the recorded cgroup, was recorded: {native:?}");
+}
+
 #[test]
 fn recordings_merge_into_coverage_and_generate_every_format() {
     if !require_root("recordings_merge_into_coverage_and_generate_every_format") {

@@ -52,6 +52,9 @@ pub mod names {
     pub const REC_GEN: &str = "REC_GEN";
     pub const PROG_RECORD: &str = "record_sys_enter";
     pub const PROG_EMPTY_SYS_ENTER: &str = "empty_sys_enter";
+    /// The recorder's cache invalidation on task creation and cgroup migration.
+    pub const PROG_REC_TASK_CREATED: &str = "rec_task_created";
+    pub const PROG_REC_TASK_MOVED: &str = "rec_task_moved";
 }
 
 /// Event kinds; also the index into the per-CPU `LOST` counters.
@@ -414,22 +417,31 @@ pub struct RecorderConfig {
     pub thread_status: u32,
     /// The TS_COMPAT bit in that word.
     pub compat_mask: u32,
-    /// Offset of `task_struct.cgroups` (the task's css_set): the per-CPU cache key.
-    pub task_cgroups: u32,
-    pub _pad: u32,
 }
 
-/// The recorder's per-CPU one-entry cache: the css_set of the task that last made a syscall on
-/// this CPU and its slot + 1 (0: not recorded), valid while `generation` matches `REC_GEN`;
-/// and the last call recorded from it (number | ABI << 32), so a call repeated in a loop costs
-/// no more than the cache check.
+/// `REC_GEN`'s value: user space bumps the low half when the targets change, the kernel the
+/// high half (atomically, by `TASKS_GENERATION_ONE`) when a task is created or changes cgroup.
+/// Each side changes only its own half, and any change of the whole value retires every
+/// CPU's cache entry.
+pub mod rec_gen {
+    pub const TASKS_GENERATION_ONE: u64 = 1 << 32;
+    pub const TARGETS_MASK: u64 = 0xffff_ffff;
+}
+
+/// The recorder's per-CPU one-entry cache: the task that last made a syscall on this CPU,
+/// known by the address of its saved registers (`sys_enter`'s first argument: a kernel stack
+/// is one task's for the task's life), and its slot + 1 (0: not recorded), valid while
+/// `generation` matches `REC_GEN`; and the last call recorded from it (number | ABI << 32),
+/// so a call repeated in a loop costs no more than the cache check. No helper call on a hit:
+/// on this kind of host a helper call alone costs as much as an empty program.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RecorderCpuCache {
-    pub css_set: u64,
-    pub slot: u32,
-    pub generation: u32,
+    pub regs: u64,
+    pub generation: u64,
     pub last_call: u64,
+    pub slot: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

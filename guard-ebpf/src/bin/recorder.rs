@@ -6,13 +6,26 @@
 //! attaches this one only while a recording or a drift watch runs.
 //!
 //! Cost per syscall on the node matters more than anything else here. The common case (the
-//! same task keeps making calls on a CPU) costs one direct load of `task->cgroups` and two
-//! inlined array lookups: a per-CPU cache keyed by the task's css_set, which also remembers
-//! the last call recorded, so a call repeated in a loop does not touch the bitmap. On a miss the cgroup id
-//! is looked up in `REC_CACHE`, and only for a cgroup never seen before are its ancestors
-//! walked. tp_btf (not a raw tracepoint) is what allows direct, helper-free loads from the task.
+//! same task keeps making calls on a CPU, in a cgroup not recorded) costs two inlined array
+//! lookups and no helper call: a per-CPU cache keyed by the address of the task's saved
+//! registers, which `sys_enter` is given and which is the task's own for its life. It also
+//! remembers the last call recorded, so a call repeated in a loop does not touch the bitmap.
+//! What could make an entry wrong retires them all: a new task (it may reuse a dead task's
+//! kernel stack, and so its address) and a task moving cgroup, by two small programs on
+//! `sched_process_fork` and `cgroup_attach_task`; a change of targets, by user space. On a miss
+//! the cgroup id is looked up in `REC_CACHE`, and only for a cgroup never seen before are its
+//! ancestors walked.
+//!
+//! One window is left: a task moved by another process may make a few calls between its move
+//! and the tracepoint that follows it, still counted for its old cgroup. Moves into a recorded
+//! cgroup that the task makes itself (runc, a shell writing `cgroup.procs`) have no window:
+//! the tracepoint fires before the move's write returns.
 #![no_std]
 #![no_main]
+// The BPF target has no `Atomic*::fetch_add`; the intrinsic lowers to BPF's atomic add (the BPF
+// build enables features; a host `cargo check` uses the stable API instead).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[path = "../cgroup.rs"]
 mod cgroup;
@@ -26,6 +39,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use guard_abi::{
+    rec_gen::TASKS_GENERATION_ONE,
     recorder::{
         ARCHES, ARCH_COMPAT, ARCH_NATIVE, ARCH_X32, CACHE_ENTRIES, MAX_TARGETS, NO_OFFSET, SYSCALL_BITS, WORDS,
         X32_SYSCALL_BIT,
@@ -34,8 +48,7 @@ use guard_abi::{
 };
 
 #[no_mangle]
-static REC_CONFIG: RecorderConfig =
-    RecorderConfig { thread_status: NO_OFFSET, compat_mask: 0, task_cgroups: NO_OFFSET, _pad: 0 };
+static REC_CONFIG: RecorderConfig = RecorderConfig { thread_status: NO_OFFSET, compat_mask: 0 };
 
 /// Recorded cgroups (and everything below them): cgroup id → slot + 1.
 #[map]
@@ -46,14 +59,15 @@ static REC_TARGETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_TARGETS, 0
 #[map]
 static REC_CACHE: LruHashMap<u64, u32> = LruHashMap::with_max_entries(CACHE_ENTRIES, 0);
 
-/// Per CPU: the last css_set seen and its slot.
+/// Per CPU: the last task seen (by its registers' address) and its slot.
 #[map]
 static REC_CPU: PerCpuArray<RecorderCpuCache> = PerCpuArray::with_max_entries(1, 0);
 
-/// The targets' generation: bumped by the agent after `REC_TARGETS` and `REC_CACHE` change, so
-/// every CPU's cached entry is retired at once.
+/// The generation of what the cached entries assumed (see `guard_abi::rec_gen`): bumped by the
+/// agent after `REC_TARGETS` and `REC_CACHE` change, and here when a task is created or moves,
+/// so every CPU's cached entry is retired at once.
 #[map]
-static REC_GEN: Array<u32> = Array::with_max_entries(1, 0);
+static REC_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
 /// The syscall sets, by slot; per CPU, so setting a bit needs no atomic operation and no cache
 /// line moves between CPUs. User space ORs the CPUs' copies.
@@ -68,22 +82,15 @@ macro_rules! conf {
     }};
 }
 
-/// This CPU's cache entry, brought up to date for the current task: `slot` is the slot + 1 of
-/// its cgroup, 0 when it is not recorded.
+/// This CPU's cache entry, brought up to date for the current task (known by `regs`): `slot`
+/// is the slot + 1 of its cgroup, 0 when it is not recorded.
 #[inline(always)]
-fn cache_for(task: *const u8) -> Option<&'static mut RecorderCpuCache> {
+fn cache_for(regs: u64) -> Option<&'static mut RecorderCpuCache> {
     let generation = *REC_GEN.get(0)?;
-    let off = conf!(task_cgroups);
-    let css = if off == NO_OFFSET {
-        0
-    } else {
-        // SAFETY: a BTF-typed load the verifier checks against task_struct's layout.
-        unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize) as *const u64) }
-    };
     let cache = REC_CPU.get_ptr_mut(0)?;
     // SAFETY: per-CPU value, only this CPU's program runs on it (migration is disabled).
     let cache = unsafe { &mut *cache };
-    if css != 0 && cache.css_set == css && cache.generation == generation {
+    if cache.regs == regs && cache.generation == generation {
         return Some(cache);
     }
     let cg = unsafe { bpf_get_current_cgroup_id() };
@@ -96,7 +103,7 @@ fn cache_for(task: *const u8) -> Option<&'static mut RecorderCpuCache> {
             v
         }
     };
-    cache.css_set = css;
+    cache.regs = regs;
     cache.slot = slot;
     cache.generation = generation;
     cache.last_call = u64::MAX;
@@ -105,7 +112,7 @@ fn cache_for(task: *const u8) -> Option<&'static mut RecorderCpuCache> {
 
 /// Which syscall table the current call uses.
 #[inline(always)]
-fn arch_of(task: *const u8, nr: u64) -> usize {
+fn arch_of(nr: u64) -> usize {
     if nr & X32_SYSCALL_BIT != 0 {
         return ARCH_X32;
     }
@@ -113,7 +120,10 @@ fn arch_of(task: *const u8, nr: u64) -> usize {
     if off == NO_OFFSET {
         return ARCH_NATIVE;
     }
-    // SAFETY: as above, a checked BTF load.
+    // A recorded task only: the one helper call on this path. TS_COMPAT is per call (a 64-bit
+    // process may `int 0x80`), so it cannot be cached.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    // SAFETY: a BTF-typed load the verifier checks against task_struct's layout.
     let status = unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize) as *const u32) };
     if status & conf!(compat_mask) != 0 {
         ARCH_COMPAT
@@ -124,15 +134,15 @@ fn arch_of(task: *const u8, nr: u64) -> usize {
 
 #[btf_tracepoint(function = "sys_enter")]
 pub fn record_sys_enter(ctx: BtfTracePointContext) -> i32 {
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    let Some(cache) = cache_for(task) else { return 0 };
+    // TP_PROTO(struct pt_regs *regs, long id)
+    let regs: u64 = ctx.arg(0);
+    let Some(cache) = cache_for(regs) else { return 0 };
     let slot = cache.slot;
     if slot == 0 {
         return 0;
     }
-    // TP_PROTO(struct pt_regs *regs, long id)
     let raw: u64 = ctx.arg(1);
-    let arch = arch_of(task, raw);
+    let arch = arch_of(raw);
     let call = (raw & 0xffff_ffff) | ((arch as u64) << 32);
     if cache.last_call == call {
         return 0;
@@ -155,6 +165,40 @@ pub fn record_sys_enter(ctx: BtfTracePointContext) -> i32 {
     if *word & bit == 0 {
         *word |= bit;
     }
+    0
+}
+
+/// Retires every CPU's cached entry (see the top of this file).
+#[inline(always)]
+fn retire_cached_tasks() {
+    if let Some(g) = REC_GEN.get_ptr_mut(0) {
+        // Atomic: with plain stores, a bump delayed behind others could write an older value
+        // back and revive an entry it should retire.
+        // SAFETY: a map value, aligned; user space changes only the other half of it.
+        #[cfg(target_arch = "bpf")]
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                g,
+                TASKS_GENERATION_ONE,
+            )
+        };
+        #[cfg(not(target_arch = "bpf"))]
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(g) }
+            .fetch_add(TASKS_GENERATION_ONE, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A new task (a process or a thread), before it first runs: it may have a dead task's stack.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn rec_task_created(_ctx: BtfTracePointContext) -> i32 {
+    retire_cached_tasks();
+    0
+}
+
+/// A task moved to another cgroup.
+#[btf_tracepoint(function = "cgroup_attach_task")]
+pub fn rec_task_moved(_ctx: BtfTracePointContext) -> i32 {
+    retire_cached_tasks();
     0
 }
 

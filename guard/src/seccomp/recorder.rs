@@ -12,6 +12,7 @@ use aya::{
 };
 use guard_abi::{
     names,
+    rec_gen::TARGETS_MASK,
     recorder::{MAX_TARGETS, NO_OFFSET},
     RecorderConfig, SyscallSet,
 };
@@ -21,13 +22,22 @@ use crate::sensors::{offsets::OffsetResolver, RECORDER_OBJECT};
 /// x86's TS_COMPAT in `thread_info.status`: the current syscall uses the 32-bit ABI.
 const TS_COMPAT: u32 = 0x0002;
 
+/// What retires the recorder's per-CPU cache entries, attached with it: (program, tp_btf hook).
+const INVALIDATORS: [(&str, &str); 2] = [
+    (names::PROG_REC_TASK_CREATED, "sched_process_fork"),
+    (names::PROG_REC_TASK_MOVED, "cgroup_attach_task"),
+];
+
 pub struct Recorder {
     ebpf: Ebpf,
     program: &'static str,
+    /// The invalidators to attach with `program` (none for the floor, which caches nothing).
+    invalidators: &'static [(&'static str, &'static str)],
     link: Option<BtfTracePointLinkId>,
+    invalidator_links: Vec<(&'static str, BtfTracePointLinkId)>,
     targets: HashMap<MapData, u64, u32>,
     cache: HashMap<MapData, u64, u32>,
-    generation: Array<MapData, u32>,
+    generation: Array<MapData, u64>,
     sets: PerCpuArray<MapData, SyscallSet>,
     /// Slot → recorded cgroup id.
     slots: Vec<Option<u64>>,
@@ -39,15 +49,19 @@ pub struct Recorder {
 impl Recorder {
     /// Loads the recorder (not attached).
     pub fn load(btf: &Path) -> Result<Self> {
-        Self::load_program(btf, names::PROG_RECORD)
+        Self::load_program(btf, names::PROG_RECORD, &INVALIDATORS)
     }
 
     /// Loads the empty `sys_enter` program instead: the floor benchmarks compare against.
     pub fn load_empty(btf: &Path) -> Result<Self> {
-        Self::load_program(btf, names::PROG_EMPTY_SYS_ENTER)
+        Self::load_program(btf, names::PROG_EMPTY_SYS_ENTER, &[])
     }
 
-    fn load_program(btf: &Path, program: &'static str) -> Result<Self> {
+    fn load_program(
+        btf: &Path,
+        program: &'static str,
+        invalidators: &'static [(&'static str, &'static str)],
+    ) -> Result<Self> {
         if RECORDER_OBJECT.is_empty() {
             bail!("this guard was built without its recorder object: build it with `cargo xtask build`");
         }
@@ -58,13 +72,7 @@ impl Recorder {
         } else {
             None
         };
-        let cgroups = resolver.field("task_struct", &["cgroups"], 8).context("task_struct.cgroups")?;
-        let config = RecorderConfig {
-            thread_status: status.unwrap_or(NO_OFFSET),
-            compat_mask: TS_COMPAT,
-            task_cgroups: cgroups,
-            _pad: 0,
-        };
+        let config = RecorderConfig { thread_status: status.unwrap_or(NO_OFFSET), compat_mask: TS_COMPAT };
         crate::sensors::process::raise_memlock();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::REC_CONFIG, &config, true)
@@ -75,6 +83,11 @@ impl Recorder {
         let prog: &mut BtfTracePoint =
             ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?.try_into()?;
         prog.load("sys_enter", &kernel_btf).with_context(|| format!("verifying {program}"))?;
+        for (name, hook) in invalidators {
+            let p: &mut BtfTracePoint =
+                ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
+            p.load(hook, &kernel_btf).with_context(|| format!("verifying {name}"))?;
+        }
         let take = |ebpf: &mut Ebpf, n: &str| ebpf.take_map(n).with_context(|| format!("map {n} missing"));
         let targets = HashMap::try_from(take(&mut ebpf, names::REC_TARGETS)?)?;
         let cache = HashMap::try_from(take(&mut ebpf, names::REC_CACHE)?)?;
@@ -83,7 +96,9 @@ impl Recorder {
         Ok(Self {
             ebpf,
             program,
+            invalidators,
             link: None,
+            invalidator_links: Vec::new(),
             targets,
             cache,
             generation,
@@ -93,19 +108,36 @@ impl Recorder {
         })
     }
 
+    /// Attaches the invalidators, then the `sys_enter` program: never the program without them
+    /// (its cache would go stale). All or nothing.
     pub fn attach(&mut self) -> Result<()> {
         if self.link.is_some() {
             return Ok(());
+        }
+        let result = self.attach_all();
+        if result.is_err() {
+            self.detach();
+        }
+        result
+    }
+
+    fn attach_all(&mut self) -> Result<()> {
+        for (name, hook) in self.invalidators {
+            let p: &mut BtfTracePoint = self.ebpf.program_mut(name).context("program missing")?.try_into()?;
+            let link = p.attach().with_context(|| format!("attaching tp_btf {hook}"))?;
+            self.invalidator_links.push((name, link));
         }
         let prog: &mut BtfTracePoint = self.ebpf.program_mut(self.program).context("program missing")?.try_into()?;
         self.link = Some(prog.attach().context("attaching tp_btf sys_enter")?);
         Ok(())
     }
 
+    /// Detaches the `sys_enter` program first, then its invalidators.
     pub fn detach(&mut self) {
-        if let Some(link) = self.link.take() {
-            if let Some(prog) = self.ebpf.program_mut(self.program).and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
-            {
+        let program = self.program;
+        let links = self.link.take().map(|l| (program, l)).into_iter().chain(self.invalidator_links.drain(..).rev());
+        for (name, link) in links.collect::<Vec<_>>() {
+            if let Some(prog) = self.ebpf.program_mut(name).and_then(|p| <&mut BtfTracePoint>::try_from(p).ok()) {
                 let _ = prog.detach(link);
             }
         }
@@ -158,8 +190,11 @@ impl Recorder {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
+        // Only the low half is ours; the kernel bumps the high half (an increment of it lost to
+        // this write still leaves the value changed, which is all an entry is checked for).
         let g = self.generation.get(&0, 0).context("reading the recorder generation")?;
-        self.generation.set(0, g.wrapping_add(1), 0).context("bumping the recorder generation")?;
+        let bumped = (g & !TARGETS_MASK) | (g.wrapping_add(1) & TARGETS_MASK);
+        self.generation.set(0, bumped, 0).context("bumping the recorder generation")?;
         Ok(())
     }
 
