@@ -91,13 +91,21 @@ impl Root {
         fstat(&open_in_root(&self.fd, rel)?)
     }
 
+    /// The root as a path that stays valid while this is open. `path` is usually
+    /// `/proc/<pid>/root`, gone the moment that process exits, which may be halfway through
+    /// resolving a short-lived process's root (an identity set half-resolved, and kept).
+    fn base(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
     /// Paths (inside the root) matching an absolute glob.
     pub fn glob(&self, pattern: &str) -> Vec<PathBuf> {
-        let full = format!("{}{}", self.path.display(), pattern);
+        let base = self.base();
+        let full = format!("{}{}", base.display(), pattern);
         let Ok(paths) = glob::glob(&full) else {
             return vec![];
         };
-        paths.flatten().filter_map(|p| p.strip_prefix(&self.path).ok().map(|r| Path::new("/").join(r))).collect()
+        paths.flatten().filter_map(|p| p.strip_prefix(&base).ok().map(|r| Path::new("/").join(r))).collect()
     }
 
     pub fn read(&self, rel: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
@@ -122,7 +130,7 @@ impl SystemIndex {
     fn build(root: &Root) -> Self {
         let mut idx = SystemIndex::default();
         for dir in SYSTEM_DIRS {
-            let Ok(entries) = fs::read_dir(format!("{}{}", root.path.display(), dir)) else {
+            let Ok(entries) = fs::read_dir(format!("{}{}", root.base().display(), dir)) else {
                 continue;
             };
             for e in entries.flatten() {
@@ -309,5 +317,24 @@ mod tests {
         assert!(ids.system_same_content(&content).is_some());
         assert!(ids.system_names(&py).unwrap().contains(&"python3".to_string()));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_root_whose_path_went_away_still_resolves() {
+        // The path is usually /proc/<pid>/root: it stops resolving when that process exits,
+        // possibly between opening the root and resolving it.
+        let dir = std::env::temp_dir().join(format!("guard-root-gone-{}", std::process::id()));
+        let moved = dir.with_extension("moved");
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(&moved);
+        fs::create_dir_all(dir.join("usr/bin")).unwrap();
+        fs::copy("/bin/true", dir.join("usr/bin/python3.12")).unwrap();
+        let (_, root) = Root::open(&dir).unwrap();
+        fs::rename(&dir, &moved).unwrap();
+        let mut ids = RootIdentities::resolve(root, &Policy::default_policy());
+        let py = FileId::of(&fs::metadata(moved.join("usr/bin/python3.12")).unwrap());
+        assert_eq!(ids.python, HashSet::from([py]));
+        assert!(ids.system_names(&py).is_some(), "the system index is built through the open root too");
+        fs::remove_dir_all(&moved).unwrap();
     }
 }
