@@ -23,10 +23,8 @@ use crate::sensors::{offsets::OffsetResolver, RECORDER_OBJECT};
 const TS_COMPAT: u32 = 0x0002;
 
 /// What retires the recorder's per-CPU cache entries, attached with it: (program, tp_btf hook).
-const INVALIDATORS: [(&str, &str); 2] = [
-    (names::PROG_REC_TASK_CREATED, "sched_process_fork"),
-    (names::PROG_REC_TASK_MOVED, "cgroup_attach_task"),
-];
+const INVALIDATORS: [(&str, &str); 2] =
+    [(names::PROG_REC_TASK_CREATED, "sched_process_fork"), (names::PROG_REC_TASK_MOVED, "cgroup_attach_task")];
 
 pub struct Recorder {
     ebpf: Ebpf,

@@ -83,7 +83,13 @@ impl Metrics {
     /// Every type's counter (each is then listed from the start, at 0 until it counts).
     pub fn event_counters(&self) -> EventCounters {
         let of = |t: &str| self.events.get_or_create(&TypeLabel { r#type: t.into() }).clone();
-        EventCounters { exec: of("exec"), fork: of("fork"), exit: of("exit"), egress: of("egress"), socket: of("socket") }
+        EventCounters {
+            exec: of("exec"),
+            fork: of("fork"),
+            exit: of("exit"),
+            egress: of("egress"),
+            socket: of("socket"),
+        }
     }
 
     pub fn new() -> Self {

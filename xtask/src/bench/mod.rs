@@ -483,7 +483,12 @@ fn storms(c: &mut Ctx) -> Result<()> {
     let scenarios: [(&str, &str, Overhead, Option<Value>); 4] = [
         ("exec storm (notebook cgroup)", "ops/s", exec_nb, Some(accounting_nb)),
         ("exec storm (outside notebooks)", "ops/s", exec_out, Some(accounting_out)),
-        ("connect storm (notebook cgroup)", "ops/s", steady_overhead(c, "connect", CONNECT_CHUNK, |ns| 1e9 / ns)?, None),
+        (
+            "connect storm (notebook cgroup)",
+            "ops/s",
+            steady_overhead(c, "connect", CONNECT_CHUNK, |ns| 1e9 / ns)?,
+            None,
+        ),
         ("null syscall getppid (notebook cgroup)", "ns/call", steady_overhead(c, "null", NULL_CHUNK, |ns| ns)?, None),
     ];
     let mut rows = Vec::new();
@@ -954,7 +959,15 @@ fn targets(r: &Map<String, Value>) -> String {
         ("null syscall, no recording", "null syscall getppid (notebook cgroup)", 0.99),
     ] {
         let s = &r["storms"][storm];
-        rows.push(target_row(what, num(&s["ratio"]["median"]), interval95(&s["ratio_interval95"]), false, limit, "", 3));
+        rows.push(target_row(
+            what,
+            num(&s["ratio"]["median"]),
+            interval95(&s["ratio_interval95"]),
+            false,
+            limit,
+            "",
+            3,
+        ));
         if let Some(a) = num(&s["cpu_accounting"]["ratio_by_accounting"]) {
             rows.push(target_row(&format!("{what}, by CPU accounting"), Some(a), None, false, limit, "", 3));
         }
@@ -964,7 +977,15 @@ fn targets(r: &Map<String, Value>) -> String {
         ("recorder, this cgroup recorded, vs empty program", "recorder, this cgroup recorded"),
     ] {
         let rec = &r["seccomp recorder (getppid)"][config];
-        rows.push(target_row(what, num(&rec["vs_floor"]["median"]), interval95(&rec["vs_floor_interval95"]), true, 1.3, "×", 2));
+        rows.push(target_row(
+            what,
+            num(&rec["vs_floor"]["median"]),
+            interval95(&rec["vs_floor_interval95"]),
+            true,
+            1.3,
+            "×",
+            2,
+        ));
     }
     let fastest =
         format!("events lost at the fastest sustained storm ({:.0} execs/s)", num(&sustained["rate"]).unwrap_or(0.0));
@@ -984,7 +1005,8 @@ mod tests {
 
     #[test]
     fn reads_the_program_ids_the_agent_logged() {
-        let line = "2026-12-02T04:41:41Z  INFO guard::agent: kernel programs attached programs=[12835, 12836, 7] pinned=false";
+        let line =
+            "2026-12-02T04:41:41Z  INFO guard::agent: kernel programs attached programs=[12835, 12836, 7] pinned=false";
         assert_eq!(program_ids_in(line), vec![12835, 12836, 7]);
         assert!(program_ids_in("guard running").is_empty());
     }
