@@ -656,6 +656,7 @@ mod tests {
         assert!(!under(Path::new("/tmpfoo/x"), "/tmp"));
         assert!(!under(Path::new("/tmp/../usr/bin/x"), "/tmp"));
     }
+
     #[test]
     fn interpreter_globs_follow_the_policy_in_force() {
         let mut d = Detector::new(Arc::new(Policy::default_policy()), None, PathBuf::from("/proc"));
