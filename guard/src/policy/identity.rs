@@ -86,6 +86,13 @@ impl Root {
         Ok((key, Self { path: path.to_path_buf(), fd }))
     }
 
+    /// The same root, opened afresh through this one (its `path` may be gone by now).
+    pub fn reopen(&self) -> std::io::Result<Self> {
+        let (_, mut root) = Self::open(&self.base())?;
+        root.path = self.path.clone();
+        Ok(root)
+    }
+
     /// Metadata of `rel` inside the root (symlinks followed inside the root).
     pub fn stat(&self, rel: &Path) -> std::io::Result<fs::Metadata> {
         fstat(&open_in_root(&self.fd, rel)?)
@@ -271,7 +278,7 @@ impl Identities {
     /// Re-resolves one root (policy reload, or an unknown binary after REFRESH_AFTER).
     pub fn refresh(&mut self, key: RootKey, policy: &Policy) -> Option<&mut RootIdentities> {
         let old = self.roots.remove(&key)?;
-        let (_, root) = Root::open(&old.root.path).ok()?;
+        let root = old.root.reopen().ok()?;
         self.roots.insert(key, RootIdentities::resolve(root, policy));
         self.roots.get_mut(&key)
     }
@@ -336,5 +343,26 @@ mod tests {
         assert_eq!(ids.python, HashSet::from([py]));
         assert!(ids.system_names(&py).is_some(), "the system index is built through the open root too");
         fs::remove_dir_all(&moved).unwrap();
+    }
+
+    #[test]
+    fn a_refresh_after_the_first_process_exited_sees_new_interpreters() {
+        // A root is first opened through /proc/<pid>/root of whatever process exec'd first;
+        // by the time a new env's Python shows up, that process has long exited.
+        let tmp = std::env::temp_dir().join(format!("guard-refresh-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        let root_dir = tmp.join("proc/42/root");
+        fs::create_dir_all(root_dir.join("usr/bin")).unwrap();
+        fs::copy("/bin/true", root_dir.join("usr/bin/python3.12")).unwrap();
+        let policy = Policy::default_policy();
+        let mut ids = Identities::default();
+        let (key, _) = ids.for_cgroup(7, &[42], &policy, &tmp.join("proc")).expect("root opened");
+        let kept = tmp.join("kept-root");
+        fs::rename(&root_dir, &kept).unwrap();
+        fs::copy("/bin/true", kept.join("usr/bin/python3.13")).unwrap();
+        let fresh = ids.refresh(key, &policy).expect("refreshed through the open root");
+        let new = FileId::of(&fs::metadata(kept.join("usr/bin/python3.13")).unwrap());
+        assert!(fresh.python.contains(&new), "the new interpreter is known after the refresh");
+        fs::remove_dir_all(&tmp).unwrap();
     }
 }
