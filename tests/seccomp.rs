@@ -386,7 +386,7 @@ fn a_task_moved_into_the_recorded_cgroup_while_running_is_recorded_from_then_on(
     let file = rec.stop();
     let r = &file.recordings[0];
     let native = r.syscalls.get(&Arch::X86_64).unwrap_or_else(|| panic!("nothing recorded after the move: {r:?}"));
-    assert!(native.contains("getsid"), "the moved task's calls after the move were not recorded: {native:?}");
+    assert!(native.contains("getsid"), "the moved task's calls after the move were not recorded: {native:?} {r:?}");
     assert!(!native.contains("execve"), "the task's start, outside the recorded cgroup, was recorded: {native:?}");
 }
 

@@ -122,6 +122,10 @@ pub mod exec_flags {
     pub const UNDER_PYTHON: u32 = 1 << 7;
 }
 
+/// The `ENFORCED` key present while any cgroup is enforced (no cgroup has id 0): in monitor
+/// mode the exec program then skips the walk up the cgroup tree.
+pub const ENFORCED_ANY: u64 = 0;
+
 /// `ENFORCED` map values: enforcement on, and the allowances that apply.
 pub mod enforce_flags {
     pub const ON: u32 = 1 << 0;
@@ -417,6 +421,18 @@ pub struct RecorderConfig {
     pub thread_status: u32,
     /// The TS_COMPAT bit in that word.
     pub compat_mask: u32,
+    /// Where x86-64's `syscall` instruction leaves its marks in `pt_regs`, so that most calls
+    /// are known native without a helper call: it puts the return address in rcx and the
+    /// flags in r11, and the entry code saves the 64-bit user code segment. Byte offsets of
+    /// ip, cs (2 bytes read), flags, cx and r11, or `recorder::NO_OFFSET` in `regs_ip` when
+    /// the layout is not known (every call then asks for TS_COMPAT).
+    pub regs_ip: u32,
+    pub regs_cs: u32,
+    pub regs_flags: u32,
+    pub regs_cx: u32,
+    pub regs_r11: u32,
+    /// x86-64's `__USER_CS`, the code segment of 64-bit user code.
+    pub user_cs: u32,
 }
 
 /// `REC_GEN`'s value: user space bumps the low half when the targets change, the kernel the

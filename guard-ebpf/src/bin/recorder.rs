@@ -14,7 +14,8 @@
 //! kernel stack, and so its address) and a task moving cgroup, by two small programs on
 //! `sched_process_fork` and `cgroup_attach_task`; a change of targets, by user space. On a miss
 //! the cgroup id is looked up in `REC_CACHE`, and only for a cgroup never seen before are its
-//! ancestors walked.
+//! ancestors walked. A recorded task's calls cost no helper call either, unless they use the
+//! 32-bit ABI (see `syscall_insn`).
 //!
 //! One window is left: a task moved by another process may make a few calls between its move
 //! and the tracepoint that follows it, still counted for its old cgroup. Moves into a recorded
@@ -48,7 +49,16 @@ use guard_abi::{
 };
 
 #[no_mangle]
-static REC_CONFIG: RecorderConfig = RecorderConfig { thread_status: NO_OFFSET, compat_mask: 0 };
+static REC_CONFIG: RecorderConfig = RecorderConfig {
+    thread_status: NO_OFFSET,
+    compat_mask: 0,
+    regs_ip: NO_OFFSET,
+    regs_cs: 0,
+    regs_flags: 0,
+    regs_cx: 0,
+    regs_r11: 0,
+    user_cs: 0,
+};
 
 /// Recorded cgroups (and everything below them): cgroup id → slot + 1.
 #[map]
@@ -98,7 +108,7 @@ fn cache_for(regs: u64) -> Option<&'static mut RecorderCpuCache> {
         Some(v) => *v,
         None => {
             // The deepest recorded cgroup at or above this one; walked once per cgroup.
-            let v = cgroup::cgroup_lookup(&REC_TARGETS).unwrap_or(0);
+            let v = cgroup::cgroup_lookup(&REC_TARGETS, cg).unwrap_or(0);
             let _ = REC_CACHE.insert(&cg, &v, 0);
             v
         }
@@ -110,18 +120,38 @@ fn cache_for(regs: u64) -> Option<&'static mut RecorderCpuCache> {
     Some(cache)
 }
 
+/// True when the saved registers bear the marks of the x86-64 `syscall` instruction from
+/// 64-bit code: the return address in rcx, the flags in r11, the 64-bit user code segment.
+/// `int 0x80` leaves rcx and r11 as the program set them, and 32-bit code has another
+/// segment, so those calls go on to TS_COMPAT. Only an `int 0x80` that first sets rcx and
+/// r11 to exactly those values passes for native; such a call is recorded as the native call
+/// of its number, which the same program could simply have made (recording trusts what runs;
+/// the profile still refuses the 32-bit call).
+#[inline(always)]
+fn syscall_insn(regs: *const u8) -> bool {
+    let ip = conf!(regs_ip);
+    if ip == NO_OFFSET {
+        return false;
+    }
+    let cs_at = conf!(regs_cs);
+    // SAFETY: BTF-typed loads from `sys_enter`'s pt_regs, checked against its layout.
+    let reg = |off: u32| unsafe { core::ptr::read_volatile(regs.wrapping_add(off as usize) as *const u64) };
+    let cs = unsafe { core::ptr::read_volatile(regs.wrapping_add(cs_at as usize) as *const u16) };
+    cs as u32 == conf!(user_cs) && reg(conf!(regs_cx)) == reg(ip) && reg(conf!(regs_r11)) == reg(conf!(regs_flags))
+}
+
 /// Which syscall table the current call uses.
 #[inline(always)]
-fn arch_of(nr: u64) -> usize {
+fn arch_of(nr: u64, regs: *const u8) -> usize {
     if nr & X32_SYSCALL_BIT != 0 {
         return ARCH_X32;
     }
     let off = conf!(thread_status);
-    if off == NO_OFFSET {
+    if off == NO_OFFSET || syscall_insn(regs) {
         return ARCH_NATIVE;
     }
-    // A recorded task only: the one helper call on this path. TS_COMPAT is per call (a 64-bit
-    // process may `int 0x80`), so it cannot be cached.
+    // A recorded task's `int 0x80`, sysenter or 32-bit code only: the one helper call on this
+    // path. TS_COMPAT is per call (a 64-bit process may `int 0x80`), so it cannot be cached.
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     // SAFETY: a BTF-typed load the verifier checks against task_struct's layout.
     let status = unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize) as *const u32) };
@@ -135,14 +165,14 @@ fn arch_of(nr: u64) -> usize {
 #[btf_tracepoint(function = "sys_enter")]
 pub fn record_sys_enter(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long id)
-    let regs: u64 = ctx.arg(0);
-    let Some(cache) = cache_for(regs) else { return 0 };
+    let regs: *const u8 = ctx.arg(0);
+    let Some(cache) = cache_for(regs as u64) else { return 0 };
     let slot = cache.slot;
     if slot == 0 {
         return 0;
     }
     let raw: u64 = ctx.arg(1);
-    let arch = arch_of(raw);
+    let arch = arch_of(raw, regs);
     let call = (raw & 0xffff_ffff) | ((arch as u64) << 32);
     if cache.last_call == call {
         return 0;

@@ -21,6 +21,8 @@ use crate::sensors::{offsets::OffsetResolver, RECORDER_OBJECT};
 
 /// x86's TS_COMPAT in `thread_info.status`: the current syscall uses the 32-bit ABI.
 const TS_COMPAT: u32 = 0x0002;
+/// x86-64's `__USER_CS` (GDT entry 6, ring 3): fixed by the ABI.
+const USER_CS: u32 = 0x33;
 
 /// What retires the recorder's per-CPU cache entries, attached with it: (program, tp_btf hook).
 const INVALIDATORS: [(&str, &str); 2] =
@@ -42,6 +44,29 @@ pub struct Recorder {
     /// False when the kernel has no `thread_info.status`: 32-bit calls would be recorded as
     /// native ones, so they are refused rather than misnamed.
     pub compat_known: bool,
+}
+
+/// The recorder's `.rodata`: TS_COMPAT's place, and the `pt_regs` fields that tell a native
+/// `syscall` without it (x86-64 only; elsewhere every call is native or asks TS_COMPAT).
+fn recorder_config(resolver: &OffsetResolver, thread_status: Option<u32>) -> RecorderConfig {
+    let mut config = RecorderConfig {
+        thread_status: thread_status.unwrap_or(NO_OFFSET),
+        compat_mask: TS_COMPAT,
+        regs_ip: NO_OFFSET,
+        user_cs: USER_CS,
+        ..Default::default()
+    };
+    if !cfg!(target_arch = "x86_64") {
+        return config;
+    }
+    let reg = |name: &str| resolver.field("pt_regs", &[name], 8).ok();
+    // `cs` is a u16 in a union since FRED (6.9), an unsigned long before; its low bytes either way.
+    let cs = resolver.field("pt_regs", &["cs"], 2).ok().or_else(|| reg("cs"));
+    if let (Some(ip), Some(cs), Some(flags), Some(cx), Some(r11)) = (reg("ip"), cs, reg("flags"), reg("cx"), reg("r11"))
+    {
+        config = RecorderConfig { regs_ip: ip, regs_cs: cs, regs_flags: flags, regs_cx: cx, regs_r11: r11, ..config };
+    }
+    config
 }
 
 impl Recorder {
@@ -70,7 +95,7 @@ impl Recorder {
         } else {
             None
         };
-        let config = RecorderConfig { thread_status: status.unwrap_or(NO_OFFSET), compat_mask: TS_COMPAT };
+        let config = recorder_config(&resolver, status);
         crate::sensors::process::raise_memlock();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::REC_CONFIG, &config, true)
