@@ -503,6 +503,34 @@ fn policy_reloads_atomically_and_bad_policies_are_rejected() {
     wait_log("policy reloaded");
     curl("after-reload");
     assert_eq!(echo().trim(), "-9", "enforced after the reload:\n{}", guard.log());
+
+    // Back to monitor: nothing is enforced, so the kernel's per-process marks are dropped (it
+    // stops keeping them, and a stale one could name a reused pid)...
+    let reloads = |g: &GuardProcess| g.log().matches("policy reloaded").count();
+    let before = reloads(&guard);
+    std::fs::write(&guard.config, policy(None)).unwrap();
+    guard.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reloads(&guard) == before {
+        assert!(std::time::Instant::now() < deadline, "no second reload in:\n{}", guard.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(echo().trim(), "0", "monitor again: echo runs");
+    let entries = |map: &str| {
+        let data = aya::maps::MapData::from_pin(guard.pin_dir.join("maps").join(map)).unwrap();
+        let m: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
+        m.keys().count()
+    };
+    assert_eq!((entries("MARKS"), entries("SERVERS")), (0, 0), "marks and servers kept with nothing enforced");
+    // ...and enforcing again marks the Python that is still running.
+    let before = reloads(&guard);
+    std::fs::write(&guard.config, policy(Some(&user))).unwrap();
+    guard.signal(nix::sys::signal::Signal::SIGHUP);
+    while reloads(&guard) == before {
+        assert!(std::time::Instant::now() < deadline, "no third reload in:\n{}", guard.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(echo().trim(), "-9", "enforced again, the running Python re-marked:\n{}", guard.log());
     drop(stdin);
     let _ = py.wait();
     std::thread::sleep(std::time::Duration::from_millis(300));

@@ -1,15 +1,12 @@
 //! "Is the current task in this cgroup or below it": shared by the sensor and the recorder.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, generated::bpf_get_current_ancestor_cgroup_id},
-    maps::HashMap,
-};
+use aya_ebpf::{helpers::generated::bpf_get_current_ancestor_cgroup_id, maps::HashMap};
 use guard_abi::MAX_CGROUP_DEPTH;
 
-/// The value for the current cgroup or its nearest registered ancestor.
+/// The value for the current task's cgroup, `own` (its id, read once by the caller: a helper
+/// call costs as much as a small program here), or its nearest registered ancestor.
 #[inline(always)]
-pub fn cgroup_lookup(map: &HashMap<u64, u32>) -> Option<u32> {
-    let own = unsafe { bpf_get_current_cgroup_id() };
+pub fn cgroup_lookup(map: &HashMap<u64, u32>, own: u64) -> Option<u32> {
     if let Some(v) = unsafe { map.get(&own) } {
         return Some(*v);
     }

@@ -21,7 +21,7 @@ use guard_abi::{
     EGRESS_ENFORCE, EGRESS_KEY_FIXED_BITS, MAX_EGRESS_RULES, MAX_WATCHED_CGROUPS, SYSCALL_UNKNOWN,
 };
 
-use crate::{cgroup_lookup, count_lost, header, submit_flags, CONFIG, EVENTS};
+use crate::{cgroup_lookup, count_lost, current_cgroup, header, submit_flags, CONFIG, EVENTS};
 
 /// Notebook cgroups with an egress policy: policy id | `EGRESS_ENFORCE`.
 #[map]
@@ -68,23 +68,25 @@ fn lookup(key: &EgressKey, addr_bits: u32) -> Option<EgressRule> {
 #[inline(always)]
 fn verdict(policy: u32, proto: u8, family: u8, port_be: u16, addr: [u8; 16]) -> u32 {
     let bits = if family == 4 { 32 } else { 128 };
-    let mut best: Option<EgressRule> = None;
+    // Nothing matched: the policy's switches did not allow it. A flag and a value rather than
+    // an Option: the compiler may read a None's payload it never set (in a select), and the
+    // verifier refuses that as an uninitialised register.
+    let mut best = EgressRule { action: EGRESS_DENY, rank: 0 };
+    let mut found = false;
     let combos = [(proto, port_be), (proto, 0), (0, port_be), (0, 0)];
     let mut i = 0;
     while i < 4 {
         let (p, port) = combos[i];
         let key = EgressKey { policy, protocol: p, family, port, addr };
         if let Some(r) = lookup(&key, bits) {
-            best = match best {
-                None => Some(r),
-                Some(b) if r.rank > b.rank || (r.rank == b.rank && r.action == EGRESS_DENY) => Some(r),
-                keep => keep,
-            };
+            if !found || r.rank > best.rank || (r.rank == best.rank && r.action == EGRESS_DENY) {
+                best = r;
+            }
+            found = true;
         }
         i += 1;
     }
-    // Nothing matched: the policy's switches did not allow it.
-    best.map(|b| b.action).unwrap_or(EGRESS_DENY)
+    best.action
 }
 
 unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
@@ -132,7 +134,8 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     if family == 6 && addr[..15].iter().all(|b| *b == 0) && addr[15] == 1 {
         return ALLOW;
     }
-    let Some(pol) = cgroup_lookup(&EGRESS_CG) else { return ALLOW };
+    let cgroup = current_cgroup();
+    let Some(pol) = cgroup_lookup(&EGRESS_CG, cgroup) else { return ALLOW };
     let policy = pol & !EGRESS_ENFORCE;
     if verdict(policy, proto, family, port_be, addr) != EGRESS_DENY {
         return ALLOW;
@@ -140,7 +143,7 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     let enforce = pol & EGRESS_ENFORCE != 0;
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let ev = EgressEvent {
-        hdr: header(EventKind::Egress, pid_tgid),
+        hdr: header(EventKind::Egress, pid_tgid, cgroup),
         family: if family == 4 { AF_INET } else { AF_INET6 },
         protocol: proto as u32,
         verdict: if enforce { egress_verdict::DENIED } else { egress_verdict::WOULD_DENY },
@@ -205,12 +208,13 @@ pub fn cap_net_raw(ctx: BtfTracePointContext) -> i32 {
 /// A CAP_NET_RAW check in a notebook: which call asked for it, from the saved user registers.
 #[inline(always)]
 unsafe fn on_net_raw() {
-    if cgroup_lookup(&EGRESS_CG).is_none() {
+    let cgroup = current_cgroup();
+    if cgroup_lookup(&EGRESS_CG, cgroup).is_none() {
         return;
     }
     let regs = conf!(regs);
     if regs.nr == NO_OFFSET {
-        emit_socket(0, 0, 0, SYSCALL_UNKNOWN);
+        emit_socket(cgroup, 0, 0, 0, SYSCALL_UNKNOWN);
         return;
     }
     let task = bpf_get_current_task_btf();
@@ -224,14 +228,14 @@ unsafe fn on_net_raw() {
     // The notebook was checked above: report the kinds that count, without looking again.
     let report = |f: u64, t: u64, p: u64| {
         if is_packet_or_raw(f as u32, t as u32) {
-            emit_socket(f as u32, t as u32, p as u32, nr as u32)
+            emit_socket(cgroup, f as u32, t as u32, p as u32, nr as u32)
         }
     };
     match nr {
         NR_SOCKET => report(reg(regs.args[0]), reg(regs.args[1]), reg(regs.args[2])),
         NR_I386_SOCKET => report(reg(regs.compat_args[0]), reg(regs.compat_args[1]), reg(regs.compat_args[2])),
         // Arguments in a ring or in user memory: the kind of socket is not known here.
-        NR_IO_URING_ENTER | NR_I386_SOCKETCALL => emit_socket(0, 0, 0, nr as u32),
+        NR_IO_URING_ENTER | NR_I386_SOCKETCALL => emit_socket(cgroup, 0, 0, 0, nr as u32),
         // setsockopt and the like: not a new socket.
         _ => {}
     }
@@ -253,15 +257,19 @@ fn is_packet_or_raw(family: u32, sock_type: u32) -> bool {
 
 #[inline(always)]
 fn on_socket(family: u32, sock_type: u32, protocol: u32, syscall: u32) {
-    if is_packet_or_raw(family, sock_type) && cgroup_lookup(&EGRESS_CG).is_some() {
-        emit_socket(family, sock_type, protocol, syscall);
+    if !is_packet_or_raw(family, sock_type) {
+        return;
+    }
+    let cgroup = current_cgroup();
+    if cgroup_lookup(&EGRESS_CG, cgroup).is_some() {
+        emit_socket(cgroup, family, sock_type, protocol, syscall);
     }
 }
 
 #[inline(always)]
-fn emit_socket(family: u32, sock_type: u32, protocol: u32, syscall: u32) {
+fn emit_socket(cgroup: u64, family: u32, sock_type: u32, protocol: u32, syscall: u32) {
     let ev = SocketEvent {
-        hdr: header(EventKind::Socket, aya_ebpf::helpers::bpf_get_current_pid_tgid()),
+        hdr: header(EventKind::Socket, aya_ebpf::helpers::bpf_get_current_pid_tgid(), cgroup),
         family,
         sock_type,
         protocol,

@@ -31,7 +31,8 @@ use aya_ebpf::{
 };
 use guard_abi::{
     allow_class, enforce_flags, exec_flags, marks, Config, EventHeader, EventKind, ExecEvent, ExitEvent, FileKey,
-    ForkEvent, ARGS_LEN, EVENT_KINDS, EXEC_FIXED_LEN, MAX_ALLOWED, MAX_MARKED, MAX_WATCHED_CGROUPS, PATH_LEN,
+    ForkEvent, ARGS_LEN, ENFORCED_ANY, EVENT_KINDS, EXEC_FIXED_LEN, MAX_ALLOWED, MAX_MARKED, MAX_WATCHED_CGROUPS,
+    PATH_LEN,
 };
 
 /// Filled in by the agent before load (`.rodata`).
@@ -138,14 +139,20 @@ unsafe fn read_ptr(base: *const u8, off: u32) -> *const u8 {
 /// inside a watched cgroup or one of its descendants. Checking ancestors in the kernel is what
 /// covers a container's first exec: the pod-level cgroup is registered before it exists.
 #[inline(always)]
-fn wanted(tgid: u32) -> bool {
+fn wanted(tgid: u32, cgroup: u64) -> bool {
     if tgid == conf!(agent_tgid) {
         return false;
     }
     if conf!(watch_all) != 0 {
         return true;
     }
-    cgroup_lookup(&WATCHED).is_some()
+    cgroup_lookup(&WATCHED, cgroup).is_some()
+}
+
+/// The current task's cgroup v2 id.
+#[inline(always)]
+fn current_cgroup() -> u64 {
+    unsafe { bpf_get_current_cgroup_id() }
 }
 
 #[inline(always)]
@@ -191,14 +198,14 @@ fn submit_flags() -> u64 {
 }
 
 #[inline(always)]
-fn header(kind: EventKind, pid_tgid: u64) -> EventHeader {
+fn header(kind: EventKind, pid_tgid: u64, cgroup: u64) -> EventHeader {
     EventHeader {
         kind: kind as u32,
         cpu: unsafe { bpf_get_smp_processor_id() },
         ktime_ns: unsafe { bpf_ktime_get_boot_ns() },
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id: cgroup,
     }
 }
 
@@ -221,15 +228,16 @@ unsafe fn copy_kstr(dst: *mut [u8; PATH_LEN], src: *const u8, flag: u32) -> u32 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !wanted((pid_tgid >> 32) as u32) {
+    let cgroup = current_cgroup();
+    if !wanted((pid_tgid >> 32) as u32, cgroup) {
         return 0;
     }
-    unsafe { on_exec(&ctx, pid_tgid) };
+    unsafe { on_exec(&ctx, pid_tgid, cgroup) };
     0
 }
 
 #[inline(always)]
-unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64) {
+unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64, cgroup: u64) {
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -237,7 +245,7 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64) {
     let old_pid: u64 = ctx.arg(1);
     let bprm: *const u8 = ctx.arg::<*const c_void>(2).cast();
 
-    (*ev).hdr = header(EventKind::Exec, pid_tgid);
+    (*ev).hdr = header(EventKind::Exec, pid_tgid, cgroup);
     let parent = read_ptr(task, conf!(offsets.task_real_parent));
     (*ev).ppid = read::<u32>(parent, conf!(offsets.task_tgid));
     let ugid = bpf_get_current_uid_gid();
@@ -295,7 +303,7 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64) {
     (*ev).args_len = args_len;
     (*ev).flags = flags;
     (*ev).stdio_sockets = stdio_sockets(task);
-    enforce(ev, task, pid_tgid);
+    enforce(ev, task, pid_tgid, cgroup);
 
     // Read back from map memory: the verifier then sees one unknown size instead of one
     // state per combination of flags computed above.
@@ -308,12 +316,25 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64) {
     }
 }
 
+/// True while some cgroup is enforced (`ENFORCED_ANY`, one hot key). `MARKS` and `SERVERS`
+/// are kept only then: in monitor mode, fork and exit touch no per-process entry (a lookup of
+/// a random key costs a cache and TLB miss), and the agent empties both maps when the last
+/// cgroup leaves enforcement, so no stale entry outlives it.
+#[inline(always)]
+fn enforcing() -> bool {
+    unsafe { ENFORCED.get(&ENFORCED_ANY) }.is_some()
+}
+
 /// Enforcement for an exec in an enforced cgroup: decide, kill if forbidden, and record the
 /// outcome in the event's flags. Everything is re-read from the event in map memory, so the
 /// verifier walks this once rather than once per path through the field copying above.
 #[inline(always)]
-unsafe fn enforce(ev: *mut ExecEvent, task: *const u8, pid_tgid: u64) {
-    let Some(enf) = cgroup_lookup(&ENFORCED) else { return };
+unsafe fn enforce(ev: *mut ExecEvent, task: *const u8, pid_tgid: u64, cgroup: u64) {
+    // Nothing enforced anywhere (monitor mode): no walk up the cgroup tree on every exec.
+    if !enforcing() {
+        return;
+    }
+    let Some(enf) = cgroup_lookup(&ENFORCED, cgroup) else { return };
     if enf & enforce_flags::ON == 0 {
         return;
     }
@@ -492,7 +513,8 @@ unsafe fn decide(
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !wanted((pid_tgid >> 32) as u32) {
+    let cgroup = current_cgroup();
+    if !wanted((pid_tgid >> 32) as u32, cgroup) {
         return 0;
     }
     let child: *const u8 = ctx.arg::<*const c_void>(1).cast();
@@ -503,10 +525,12 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     // The child runs its parent's image until it execs: it inherits the parent's marks.
-    if let Some(m) = unsafe { MARKS.get(&((pid_tgid >> 32) as u32)) }.copied() {
-        let _ = MARKS.insert(&child_tgid, &m, 0);
+    if enforcing() {
+        if let Some(m) = unsafe { MARKS.get(&((pid_tgid >> 32) as u32)) }.copied() {
+            let _ = MARKS.insert(&child_tgid, &m, 0);
+        }
     }
-    let ev = ForkEvent { hdr: header(EventKind::Fork, pid_tgid), child_pid, child_tgid };
+    let ev = ForkEvent { hdr: header(EventKind::Fork, pid_tgid, cgroup), child_pid, child_tgid };
     if EVENTS.output::<ForkEvent>(&ev, submit_flags()).is_err() {
         count_lost(EventKind::Fork);
     }
@@ -517,15 +541,27 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if pid_tgid as u32 != (pid_tgid >> 32) as u32 || !wanted((pid_tgid >> 32) as u32) {
+    if pid_tgid as u32 != (pid_tgid >> 32) as u32 {
+        return 0;
+    }
+    let cgroup = current_cgroup();
+    if !wanted((pid_tgid >> 32) as u32, cgroup) {
         return 0;
     }
     let tgid = (pid_tgid >> 32) as u32;
-    let _ = MARKS.remove(&tgid);
-    let _ = SERVERS.remove(&tgid);
+    // Looked up first: a delete locks its bucket even for a key that is not there, which is
+    // most processes.
+    if enforcing() {
+        if unsafe { MARKS.get(&tgid) }.is_some() {
+            let _ = MARKS.remove(&tgid);
+        }
+        if unsafe { SERVERS.get(&tgid) }.is_some() {
+            let _ = SERVERS.remove(&tgid);
+        }
+    }
     let task: *const u8 = ctx.arg::<*const c_void>(0).cast();
     let exit_code = unsafe { read::<u32>(task, conf!(offsets.task_exit_code)) };
-    let ev = ExitEvent { hdr: header(EventKind::Exit, pid_tgid), exit_code, _pad: 0 };
+    let ev = ExitEvent { hdr: header(EventKind::Exit, pid_tgid, cgroup), exit_code, _pad: 0 };
     if EVENTS.output::<ExitEvent>(&ev, submit_flags()).is_err() {
         count_lost(EventKind::Exit);
     }

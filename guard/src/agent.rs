@@ -18,7 +18,12 @@ use tokio::{
 
 use crate::{
     clock::BootClock,
-    detect::{aggregate::Aggregator, alert::Alert, engine::Detector, rules},
+    detect::{
+        aggregate::Aggregator,
+        alert::Alert,
+        engine::{role_of, Detector},
+        rules,
+    },
     discovery::{
         attribution::{Attribution, AttributionOptions, Attributor, Source},
         cgroup::{cgroup_id, find_cgroup2_mount, CgroupResolver},
@@ -351,10 +356,11 @@ impl<W: Write> Pipeline<W> {
                     // The kernel judged this exec before it knew the cgroup or the identity.
                     self.enforcer.mark_under_python(e.meta.tgid)?;
                 }
+                // The kernel exempts a terminal by its parent, under enforcement only.
+                if let Some(server) = outcome.server {
+                    self.enforcer.add_server(server)?;
+                }
             }
-        }
-        if let Some(server) = outcome.server {
-            self.enforcer.add_server(server)?;
         }
         if tracing::enabled!(tracing::Level::DEBUG) || (self.events.is_none() && self.sinks.is_empty()) {
             let cmd = self.detector.redactor.text(&cmdline(&e.argv)).into_owned();
@@ -436,12 +442,13 @@ impl<W: Write> Pipeline<W> {
     }
 
     /// Marks the Python processes (and their descendants) already running in `cg` or below
-    /// it: they started before the kernel could judge them (agent restart, policy change).
+    /// it, and registers its notebook servers: they started before the kernel could judge them
+    /// (agent restart, policy change).
     fn backfill_marks(&mut self, cg: u64) -> Result<()> {
         let Some(base) = self.attributor.cgroups.resolve(cg) else { return Ok(()) };
         let candidates: Vec<(u32, u32, u64)> =
             self.table.iter().filter(|p| p.cgroup_id != 0).map(|p| (p.pid, p.ppid, p.cgroup_id)).collect();
-        let mut marked = 0;
+        let (mut marked, mut servers) = (0, 0);
         for (pid, ppid, pcg) in candidates {
             if pcg != cg && !self.attributor.cgroups.resolve(pcg).is_some_and(|p| p.starts_with(&base)) {
                 continue;
@@ -458,8 +465,13 @@ impl<W: Write> Pipeline<W> {
                 self.enforcer.mark_under_python(pid)?;
                 marked += 1;
             }
+            let is_python = chain.first().copied().flatten().is_some_and(|id| ids.python.contains(&id));
+            if self.table.get(pid).is_some_and(|p| role_of(p, is_python) == Role::Server) {
+                self.enforcer.add_server(pid)?;
+                servers += 1;
+            }
         }
-        tracing::info!(cgroup = cg, marked, "cgroup under enforcement");
+        tracing::info!(cgroup = cg, marked, servers, "cgroup under enforcement");
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHash, MapData};
-use guard_abi::{allow_class, enforce_flags, marks, FileKey};
+use guard_abi::{allow_class, enforce_flags, marks, FileKey, ENFORCED_ANY};
 
 use crate::{policy::Effective, policy::Mode, sensors::decode::FileId};
 
@@ -53,23 +53,53 @@ impl KernelEnforcer {
         marks: BpfHash<MapData, u32, u32>,
         servers: BpfHash<MapData, u32, u32>,
     ) -> Self {
-        Self { enforced, allowed, marks, servers, enforced_now: HashMap::new(), allowed_now: HashMap::new() }
+        let mut e =
+            Self { enforced, allowed, marks, servers, enforced_now: HashMap::new(), allowed_now: HashMap::new() };
+        // Pinned maps adopted from an agent that predates ENFORCED_ANY: their cgroups stay
+        // enforced without a gap until discovery rewrites them.
+        if e.enforced.keys().flatten().any(|k| k != ENFORCED_ANY) {
+            let _ = e.enforced.insert(ENFORCED_ANY, 1, 0);
+        }
+        e
     }
 
     /// Sets (or clears, with None) enforcement for a cgroup and everything below it.
     pub fn set_cgroup(&mut self, cgroup_id: u64, flags: Option<u32>) -> Result<()> {
         match flags {
             Some(f) if self.enforced_now.get(&cgroup_id) != Some(&f) => {
+                // The marker first: the exec program looks at the cgroups only while it is there.
+                if self.enforced_now.is_empty() {
+                    self.enforced.insert(ENFORCED_ANY, 1, 0).context("marking enforcement on")?;
+                }
                 self.enforced.insert(cgroup_id, f, 0).with_context(|| format!("enforcing cgroup {cgroup_id}"))?;
                 tracing::debug!(cgroup_id, flags = f, "cgroup enforced");
                 self.enforced_now.insert(cgroup_id, f);
             }
             None if self.enforced_now.remove(&cgroup_id).is_some() => {
                 let _ = self.enforced.remove(&cgroup_id);
+                if self.enforced_now.is_empty() {
+                    let _ = self.enforced.remove(&ENFORCED_ANY);
+                    self.forget_processes();
+                }
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Empties `MARKS` and `SERVERS` once nothing is enforced: the kernel stops keeping them
+    /// (exits no longer remove entries), and an entry left behind could name a reused pid when
+    /// enforcement resumes. Resuming marks and registers what runs then (`backfill_marks`).
+    fn forget_processes(&mut self) {
+        let marks: Vec<u32> = self.marks.keys().flatten().collect();
+        for tgid in marks {
+            let _ = self.marks.remove(&tgid);
+        }
+        let servers: Vec<u32> = self.servers.keys().flatten().collect();
+        for tgid in servers {
+            let _ = self.servers.remove(&tgid);
+        }
+        tracing::debug!("nothing enforced: process marks and servers forgotten");
     }
 
     pub fn is_enforced(&self, cgroup_id: u64) -> bool {
