@@ -31,6 +31,8 @@ use guard_abi::exec_flags;
 const MAX_CHAIN: usize = 32;
 /// Largest binary read to look for a copy of a system binary.
 const MAX_HASHED: u64 = 64 << 20;
+/// File names remembered as interpreter-looking or not.
+const INTERPRETER_MEMO: usize = 4096;
 
 /// What one exec led to.
 #[derive(Debug, Default)]
@@ -52,6 +54,10 @@ pub struct Detector {
     /// `python.interpreters`, compiled once per policy: they are matched against unknown
     /// binaries on the exec path.
     interpreter_globs: Vec<glob::Pattern>,
+    /// File names already matched against those globs: once identities are older than
+    /// REFRESH_AFTER every exec of a non-Python binary asks, and the answer depends only on
+    /// the name and the policy. Cleared when it reaches INTERPRETER_MEMO.
+    interpreter_like: HashMap<PathBuf, bool>,
     hostname: String,
     clock: BootClock,
     proc_root: PathBuf,
@@ -103,9 +109,31 @@ fn kernel_id(argv: &[String]) -> Option<String> {
     Some(name.strip_prefix("kernel-").unwrap_or(&name).trim_end_matches(".json").to_string())
 }
 
+/// An absolute path with no `//` and no component starting with a dot: its bytes are its
+/// components, so comparing bytes is comparing paths. These checks run for every exec, and
+/// `Path`'s own comparisons walk components one by one.
+fn plain(b: &[u8]) -> bool {
+    b.first() == Some(&b'/') && !b.windows(2).any(|w| w == b"//" || w == b"/.")
+}
+
+/// `path` is `prefix` or below it, with no `..` that could climb back out.
 fn under(path: &Path, prefix: &str) -> bool {
-    let prefix = Path::new(prefix);
-    path.starts_with(prefix) && path.components().all(|c| c != Component::ParentDir)
+    let (p, pre) = (path.as_os_str().as_encoded_bytes(), prefix.as_bytes());
+    if plain(p) && plain(pre) {
+        let pre = pre.strip_suffix(b"/").unwrap_or(pre);
+        return p.starts_with(pre) && (p.len() == pre.len() || p[pre.len()] == b'/');
+    }
+    path.starts_with(Path::new(prefix)) && path.components().all(|c| c != Component::ParentDir)
+}
+
+/// The file is directly in one of the system binary directories.
+fn in_system_dir(path: &Path) -> bool {
+    let Some(dir) = path.parent() else { return false };
+    let b = dir.as_os_str().as_encoded_bytes();
+    if plain(b) && !b.ends_with(b"/") {
+        return SYSTEM_DIRS.iter().any(|s| s.as_bytes() == b);
+    }
+    SYSTEM_DIRS.iter().any(|s| Path::new(s) == dir)
 }
 
 pub fn is_fileless(e: &Exec) -> bool {
@@ -127,6 +155,7 @@ impl Detector {
             identities: Identities::default(),
             helper_args,
             interpreter_globs,
+            interpreter_like: HashMap::new(),
             hostname,
             clock: BootClock::new(),
             proc_root,
@@ -139,6 +168,7 @@ impl Detector {
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
         self.helper_args = policy.helpers.iter().map(|h| ArgMatcher::new(&h.args)).collect();
         self.interpreter_globs = interpreter_globs(&policy);
+        self.interpreter_like.clear();
         self.policy = policy;
         self.identities.clear();
         self.copies.clear();
@@ -183,7 +213,12 @@ impl Detector {
             return Outcome { effective: Some(eff), ..Default::default() };
         };
         let mut is_python = ids.python.contains(&e.exe);
-        if !is_python && ids.age() > REFRESH_AFTER && looks_like_interpreter(&self.interpreter_globs, &e.filename) {
+        if !is_python
+            && ids.age() > REFRESH_AFTER
+            && remembered(&mut self.interpreter_like, &e.filename, |p| {
+                looks_like_interpreter(&self.interpreter_globs, p)
+            })
+        {
             if let Some(fresh) = self.identities.refresh(root, &policy) {
                 is_python = fresh.python.contains(&e.exe);
             }
@@ -269,14 +304,14 @@ impl Detector {
             return (Role::Other, vec![]);
         };
         let base = f.exe_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let in_system_dir = f.exe_path.parent().is_some_and(|d| SYSTEM_DIRS.iter().any(|s| Path::new(s) == d));
+        let exe_in_system_dir = in_system_dir(&f.exe_path);
         let sys_names = ids.system_names(&e.exe);
         let is_loader = ids.loaders.contains(&e.exe);
         let helper_ids = ids.helpers.get(&e.exe).cloned().unwrap_or_default();
 
         // A copy of a system binary elsewhere (content equal, inode not).
         let mut copy_of = None;
-        if sys_names.is_none() && !in_system_dir && !is_fileless(e) {
+        if sys_names.is_none() && !exe_in_system_dir && !is_fileless(e) {
             copy_of = match self.copies.get(&e.exe) {
                 Some(c) => *c,
                 None => {
@@ -333,10 +368,10 @@ impl Detector {
             Some(x) => x,
             None => return (Role::Other, vec![]),
         };
-        let real_names: Vec<String> = match (&sys_names, copy_of) {
+        let real_names: Arc<[String]> = match (&sys_names, copy_of) {
             (Some(n), _) => n.clone(),
-            (None, Some(orig)) => ids.system_names(&orig).unwrap_or_default(),
-            _ => vec![e.exe_name.to_string_lossy().into_owned()],
+            (None, Some(orig)) => ids.system_names(&orig).unwrap_or_else(|| Arc::new([])),
+            _ => Arc::new([e.exe_name.to_string_lossy().into_owned()]),
         };
         let named = |set: &std::collections::BTreeSet<String>| real_names.iter().find(|n| set.contains(*n)).cloned();
         let shell = named(&policy.shells);
@@ -382,11 +417,8 @@ impl Detector {
         }
         // For a `#!` script the loaded binary is its interpreter: compare the interpreter's name.
         let (shown, shown_in_system_dir) = match &e.interp {
-            Some(i) => (
-                i.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                i.parent().is_some_and(|d| SYSTEM_DIRS.iter().any(|s| Path::new(s) == d)),
-            ),
-            None => (base.clone(), in_system_dir),
+            Some(i) => (i.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), in_system_dir(i)),
+            None => (base.clone(), exe_in_system_dir),
         };
         if !shown_in_system_dir
             && !real_names.is_empty()
@@ -591,7 +623,8 @@ fn stdio_is_network(e: &Exec) -> bool {
     e.stdio_sockets & 0b011 == 0b011
 }
 
-fn role_of(p: &ProcInfo, is_python: bool) -> Role {
+/// What a process is: the role its exec gave it, or for one seeded from /proc, what it runs.
+pub fn role_of(p: &ProcInfo, is_python: bool) -> Role {
     if p.role != Role::Unknown {
         return p.role;
     }
@@ -608,6 +641,19 @@ fn role_of(p: &ProcInfo, is_python: bool) -> Role {
 /// The policy's interpreter globs (validated when the policy was loaded).
 fn interpreter_globs(policy: &Policy) -> Vec<glob::Pattern> {
     policy.python.interpreters.iter().filter_map(|g| glob::Pattern::new(g).ok()).collect()
+}
+
+/// `judge(path)`, remembered (a bounded memo).
+fn remembered(memo: &mut HashMap<PathBuf, bool>, path: &Path, judge: impl FnOnce(&Path) -> bool) -> bool {
+    if let Some(&v) = memo.get(path) {
+        return v;
+    }
+    let v = judge(path);
+    if memo.len() >= INTERPRETER_MEMO {
+        memo.clear();
+    }
+    memo.insert(path.to_path_buf(), v);
+    v
 }
 
 fn looks_like_interpreter(globs: &[glob::Pattern], path: &Path) -> bool {
@@ -655,6 +701,50 @@ mod tests {
         assert!(under(Path::new("/tmp/x"), "/tmp"));
         assert!(!under(Path::new("/tmpfoo/x"), "/tmp"));
         assert!(!under(Path::new("/tmp/../usr/bin/x"), "/tmp"));
+        // The byte comparison agrees with `Path`'s component-wise one on every shape.
+        let reference = |p: &str, pre: &str| {
+            Path::new(p).starts_with(pre) && Path::new(p).components().all(|c| c != Component::ParentDir)
+        };
+        let paths = [
+            "/tmp",
+            "/tmp/",
+            "/tmp/x",
+            "/tmp//x",
+            "/tmp/./x",
+            "/tmp/.x",
+            "/tmp/../x",
+            "/tmpx",
+            "/tm",
+            "/",
+            "/dev/shm/a",
+            "/home/jovyan/.local/bin/x",
+            "/home/jovyan/work/a/b",
+            "x/tmp/y",
+            "",
+        ];
+        let prefixes = ["/tmp", "/tmp/", "/", "/home/jovyan", "/home/jovyan/.local", "/dev/shm/"];
+        for p in paths {
+            for pre in prefixes {
+                assert_eq!(under(Path::new(p), pre), reference(p, pre), "{p} under {pre}");
+            }
+        }
+    }
+
+    #[test]
+    fn system_dirs_are_matched_as_paths() {
+        for (p, want) in [
+            ("/usr/bin/true", true),
+            ("/bin/sh", true),
+            ("/usr//bin/true", true),
+            ("/usr/bin/./true", true),
+            ("/usr/bin/x/true", false),
+            ("/usr/binx/true", false),
+            ("/opt/conda/bin/python", false),
+            ("true", false),
+            ("/", false),
+        ] {
+            assert_eq!(in_system_dir(Path::new(p)), want, "{p}");
+        }
     }
 
     #[test]

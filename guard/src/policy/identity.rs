@@ -15,6 +15,7 @@ use std::{
         unix::{ffi::OsStrExt, fs::MetadataExt},
     },
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -127,8 +128,9 @@ impl Root {
 /// Names and sizes of the system binaries of one root, for masquerade checks.
 #[derive(Default)]
 pub struct SystemIndex {
-    /// Identity → every name it is reachable by in the system dirs (`dash` and `sh`).
-    pub names: HashMap<FileId, Vec<String>>,
+    /// Identity → every name it is reachable by in the system dirs (`dash` and `sh`); shared,
+    /// since every exec of a system binary asks for them.
+    pub names: HashMap<FileId, Arc<[String]>>,
     /// Size → (identity, path) of regular files, to find copies by content.
     by_size: HashMap<u64, Vec<(FileId, PathBuf)>>,
 }
@@ -136,6 +138,7 @@ pub struct SystemIndex {
 impl SystemIndex {
     fn build(root: &Root) -> Self {
         let mut idx = SystemIndex::default();
+        let mut names: HashMap<FileId, Vec<String>> = HashMap::new();
         for dir in SYSTEM_DIRS {
             let Ok(entries) = fs::read_dir(format!("{}{}", root.base().display(), dir)) else {
                 continue;
@@ -148,7 +151,7 @@ impl SystemIndex {
                     continue;
                 }
                 let id = FileId::of(&md);
-                let names = idx.names.entry(id).or_default();
+                let names = names.entry(id).or_default();
                 if !names.contains(&name) {
                     names.push(name);
                 }
@@ -157,6 +160,7 @@ impl SystemIndex {
                 }
             }
         }
+        idx.names = names.into_iter().map(|(id, n)| (id, n.into())).collect();
         idx
     }
 
@@ -215,7 +219,7 @@ impl RootIdentities {
     }
 
     /// Names of the system binary with this identity (`["dash", "sh"]`), if it is one.
-    pub fn system_names(&mut self, id: &FileId) -> Option<Vec<String>> {
+    pub fn system_names(&mut self, id: &FileId) -> Option<Arc<[String]>> {
         self.system().names.get(id).cloned()
     }
 
