@@ -1,8 +1,8 @@
-//! CPU accounting of an exec storm, beside its throughput ratio: of the CPU time the storm
-//! kept busy, the share that went to the guard, its kernel programs (BPF run-time statistics)
-//! and the agent. It is a share of the same seconds, so this VM's speed changes, which swing
+//! CPU accounting of a load, beside its throughput ratio: of the CPU time the load kept the
+//! machine busy, the share that went to the guard, its kernel programs (BPF run-time
+//! statistics) and the agent. It is a share of the same seconds, so this VM's speed changes, which swing
 //! whole runs by ±10–25% and leave the throughput ratio's interval wide, barely move it. It
-//! leaves out what the kernel spends calling the programs (given as program runs per exec:
+//! leaves out what the kernel spends calling the programs (given as program runs per operation:
 //! each costs about what an empty program does, see the recorder section) and any slowdown
 //! the guard causes by sharing caches.
 
@@ -39,52 +39,78 @@ fn programs(ids: &[u32]) -> Result<(f64, u64)> {
     Ok((time, runs))
 }
 
-/// One accounting of `runs` exec storms of `n` in `cgroup` with the guard `g` running.
-pub fn exec_storm(g: &Guard, n: u64, runs: usize, cgroup: Option<&Path>, tail: Duration) -> Result<Value> {
+/// What the guard used of the machine's busy CPU while a load ran.
+pub struct Share {
+    busy_s: f64,
+    programs_s: f64,
+    program_runs: u64,
+    agent_s: f64,
+}
+
+/// Accounts for `run` (a load, or a stretch of one) with the guard `g` running.
+pub fn measure(g: &Guard, run: impl FnOnce() -> Result<()>) -> Result<Share> {
     let ids = g.program_ids.clone();
     anyhow::ensure!(!ids.is_empty(), "the agent did not log its program ids");
     // Statistics cost every program run two clock reads: on only for this, never in a timed run.
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
     let (p0, r0) = programs(&ids)?;
     let (b0, a0) = (busy_s()?, g.cpu_s());
-    for _ in 0..runs {
-        load("exec", n, 0, cgroup)?;
-    }
-    std::thread::sleep(tail);
+    run()?;
     let (p1, r1) = programs(&ids)?;
     let (b1, a1) = (busy_s()?, g.cpu_s());
     drop(stats);
-    let execs = n * runs as u64;
-    let busy = b1 - b0;
-    let programs_share = (p1 - p0) / busy;
-    let agent_share = (a1 - a0) / busy;
-    let guard_share = programs_share + agent_share;
-    Ok(json!({
-        "execs": execs,
-        "cpu_busy_s": busy,
-        "cpu_per_exec_us": busy / execs as f64 * 1e6,
-        "programs_us_per_exec": (p1 - p0) / execs as f64 * 1e6,
-        "agent_us_per_exec": (a1 - a0) / execs as f64 * 1e6,
-        "program_runs_per_exec": (r1 - r0) as f64 / execs as f64,
-        "programs_share": programs_share,
-        "agent_share": agent_share,
-        "guard_share": guard_share,
-        "ratio_by_accounting": 1.0 - guard_share,
-    }))
+    Ok(Share { busy_s: b1 - b0, programs_s: p1 - p0, program_runs: r1 - r0, agent_s: a1 - a0 })
 }
 
-/// A table row from [`exec_storm`]'s result.
-pub fn row(name: &str, a: &Value) -> String {
+impl Share {
+    /// The result, per operation of the `ops` the load made meanwhile.
+    pub fn json(&self, ops: u64) -> Value {
+        let per_op = |s: f64| s / ops.max(1) as f64 * 1e6;
+        let programs_share = self.programs_s / self.busy_s;
+        let agent_share = self.agent_s / self.busy_s;
+        let guard_share = programs_share + agent_share;
+        json!({
+            "ops": ops,
+            "cpu_busy_s": self.busy_s,
+            "cpu_per_op_us": per_op(self.busy_s),
+            "programs_us_per_op": per_op(self.programs_s),
+            "agent_us_per_op": per_op(self.agent_s),
+            "program_runs_per_op": self.program_runs as f64 / ops.max(1) as f64,
+            "programs_share": programs_share,
+            "agent_share": agent_share,
+            "guard_share": guard_share,
+            "ratio_by_accounting": 1.0 - guard_share,
+        })
+    }
+}
+
+/// One accounting of `runs` exec storms of `n` in `cgroup` with the guard `g` running; the
+/// agent's work on what they queued is counted for `tail` after them.
+pub fn exec_storm(g: &Guard, n: u64, runs: usize, cgroup: Option<&Path>, tail: Duration) -> Result<Value> {
+    let share = measure(g, || {
+        for _ in 0..runs {
+            load("exec", n, 0, cgroup)?;
+        }
+        std::thread::sleep(tail);
+        Ok(())
+    })?;
+    Ok(share.json(n * runs as u64))
+}
+
+/// A table row from a [`Share::json`] result; `op` names the operation (`exec`, `call`).
+pub fn row(name: &str, op: &str, a: &Value) -> String {
     let f = |k: &str| a[k].as_f64().unwrap_or(f64::NAN);
+    // Sub-microsecond operations (a getppid) need more digits.
+    let us = |v: f64| if v < 10.0 { format!("{v:.3} µs") } else { format!("{v:.0} µs") };
     format!(
-        "| {name} | {} | {:.0} µs | {:.2} µs ({:.2}%) | {:.2} µs ({:.2}%) | {:.1} | **{:.3}** |",
-        a["execs"],
-        f("cpu_per_exec_us"),
-        f("programs_us_per_exec"),
+        "| {name} | {} {op}s | {} | {:.3} µs ({:.2}%) | {:.3} µs ({:.2}%) | {:.2} | **{:.3}** |",
+        a["ops"],
+        us(f("cpu_per_op_us")),
+        f("programs_us_per_op"),
         100.0 * f("programs_share"),
-        f("agent_us_per_exec"),
+        f("agent_us_per_op"),
         100.0 * f("agent_share"),
-        f("program_runs_per_exec"),
+        f("program_runs_per_op"),
         f("ratio_by_accounting"),
     )
 }

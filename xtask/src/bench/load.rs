@@ -172,6 +172,11 @@ impl Chunks {
         Ok(Steady { fastest: fastest.iter().sum::<f64>() / fastest.len() as f64, all })
     }
 
+    /// Operations made in `w` (by the chunks wholly inside it).
+    pub fn ops_in(&self, w: Window) -> u64 {
+        self.spans.iter().filter(|&&(a, b)| a >= w.start && b <= w.end).count() as u64 * self.chunk
+    }
+
     /// [`Chunks::in_window`]`.fastest` of each window.
     pub fn fastest_in(&self, windows: &[Window]) -> Result<Vec<f64>> {
         windows.iter().map(|&w| Ok(self.in_window(w)?.fastest)).collect()

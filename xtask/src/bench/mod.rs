@@ -441,7 +441,7 @@ fn exec_overhead(c: &Ctx, n: u64, cgroup: Option<&Path>) -> Result<Overhead> {
 /// A steady load in the notebook: one process for the whole scenario, a window with the guard
 /// off and one with it on per round, back to back and in alternating order. `per_op` turns ns
 /// per operation into the unit shown.
-fn steady_overhead(c: &Ctx, kind: &str, chunk: u64, per_op: fn(f64) -> f64) -> Result<Overhead> {
+fn steady_overhead(c: &Ctx, kind: &str, chunk: u64, per_op: fn(f64) -> f64) -> Result<(Overhead, Value)> {
     let mut o = Overhead::default();
     let load = SteadyLoad::start(kind, chunk, &c.nb)?;
     let mut pairs = Vec::new();
@@ -451,7 +451,18 @@ fn steady_overhead(c: &Ctx, kind: &str, chunk: u64, per_op: fn(f64) -> f64) -> R
         std::thread::sleep(SETTLE);
         pairs.push((first_off.unwrap_or_else(|| load.window(WINDOW)), on));
     }
+    // Then the same load by CPU accounting, with a guard of its own.
+    let g = c.start_guard(&[])?;
+    let mut window = None;
+    let share = accounting::measure(&g, || {
+        window = Some(load.window(ACCOUNTING_WINDOW));
+        Ok(())
+    });
+    g.stop()?;
+    let share = share?;
     let chunks = load.finish()?;
+    let window = window.context("the accounting window did not run")?;
+    let accounting = share.json(chunks.ops_in(window));
     for (off, on) in pairs {
         let (off, on) = (chunks.in_window(off)?, chunks.in_window(on)?);
         o.off.push(per_op(off.fastest));
@@ -460,11 +471,13 @@ fn steady_overhead(c: &Ctx, kind: &str, chunk: u64, per_op: fn(f64) -> f64) -> R
         o.ratios.push(off.fastest / on.fastest);
         o.all_chunk_ratios.push(off.all / on.all);
     }
-    Ok(o)
+    Ok((o, accounting))
 }
 
 /// Exec storms of 1500 per accounting (the rounds' size), enough for /proc/stat's ticks.
 const ACCOUNTING_RUNS: usize = 5;
+/// How long a steady load is accounted for: 500 of /proc/stat's ticks of the one busy CPU.
+const ACCOUNTING_WINDOW: Duration = Duration::from_secs(5);
 
 /// The guard's share of an exec storm's CPU ([`accounting`]), with a guard of its own.
 fn exec_accounting(c: &Ctx, cgroup: Option<&Path>) -> Result<Value> {
@@ -480,28 +493,23 @@ fn storms(c: &mut Ctx) -> Result<()> {
     let accounting_nb = exec_accounting(c, Some(&nb))?;
     let exec_out = exec_overhead(c, 1500, None)?;
     let accounting_out = exec_accounting(c, None)?;
-    let scenarios: [(&str, &str, Overhead, Option<Value>); 4] = [
-        ("exec storm (notebook cgroup)", "ops/s", exec_nb, Some(accounting_nb)),
-        ("exec storm (outside notebooks)", "ops/s", exec_out, Some(accounting_out)),
-        (
-            "connect storm (notebook cgroup)",
-            "ops/s",
-            steady_overhead(c, "connect", CONNECT_CHUNK, |ns| 1e9 / ns)?,
-            None,
-        ),
-        ("null syscall getppid (notebook cgroup)", "ns/call", steady_overhead(c, "null", NULL_CHUNK, |ns| ns)?, None),
+    let (connect, accounting_connect) = steady_overhead(c, "connect", CONNECT_CHUNK, |ns| 1e9 / ns)?;
+    let (null, accounting_null) = steady_overhead(c, "null", NULL_CHUNK, |ns| ns)?;
+    let scenarios: [(&str, &str, &str, Overhead, Value); 4] = [
+        ("exec storm (notebook cgroup)", "ops/s", "exec", exec_nb, accounting_nb),
+        ("exec storm (outside notebooks)", "ops/s", "exec", exec_out, accounting_out),
+        ("connect storm (notebook cgroup)", "ops/s", "connect", connect, accounting_connect),
+        ("null syscall getppid (notebook cgroup)", "ns/call", "call", null, accounting_null),
     ];
     let mut rows = Vec::new();
     let mut accounting_rows = Vec::new();
     let mut json = Map::new();
-    for (name, unit, o, acct) in &scenarios {
+    for (name, unit, op, o, acct) in &scenarios {
         rows.push(o.row(name, unit));
         let mut v = o.json(unit);
-        if let Some(a) = acct {
-            accounting_rows.push(accounting::row(name, a));
-            eprintln!("bench: {name}: by CPU accounting {:.3}", a["ratio_by_accounting"].as_f64().unwrap_or(f64::NAN));
-            v["cpu_accounting"] = a.clone();
-        }
+        accounting_rows.push(accounting::row(name, op, acct));
+        eprintln!("bench: {name}: by CPU accounting {:.3}", acct["ratio_by_accounting"].as_f64().unwrap_or(f64::NAN));
+        v["cpu_accounting"] = acct.clone();
         json.insert((*name).into(), v);
         let (lo, hi) = min_max(&o.ratios);
         eprintln!("bench: {name}: ratio {:.3} ({lo:.3}–{hi:.3})", median(&o.ratios));
@@ -514,7 +522,8 @@ fn storms(c: &mut Ctx) -> Result<()> {
         rows.join("\n")
     ));
     c.md.push(format!(
-        "### Exec storms by CPU accounting\n\nThe exec storms' rounds swing more than the guard costs, so their ratio's interval stays wide. A second measure, from one more guard-on run of {ACCOUNTING_RUNS} storms each: of the CPU time the machine was busy (user, system, irq; not idle or the host's steal), the share the guard's kernel programs ran (BPF run-time statistics, switched on for this run only) and the agent used. A share of the same seconds, so the VM's speed changes barely move it; 1 − share is the throughput left to the storm if it is CPU-bound. Not counted: the kernel's cost of calling each program (runs per exec below; each about an empty program's cost, see the recorder section), and slowdown by shared caches.\n\n| scenario | execs | CPU per exec | guard programs per exec (share) | agent per exec (share) | program runs per exec | 1 − share |\n|---|---|---|---|---|---|---|\n{}\n",
+        "### Overhead by CPU accounting\n\nThe rounds above swing more than the guard costs, so some ratios' intervals stay wide. A second measure, from one more guard-on run of each load ({ACCOUNTING_RUNS} exec storms; {} s of a steady load): of the CPU time the machine was busy (user, system, irq; not idle or the host's steal), the share the guard's kernel programs ran (BPF run-time statistics, switched on for this run only) and the agent used. A share of the same seconds, so the VM's speed changes barely move it; 1 − share is the throughput left to the load if it is CPU-bound. Not counted: the kernel's cost of calling each program (runs per operation below; each about an empty program's cost, see the recorder section), and slowdown by shared caches.\n\n| scenario | operations | CPU per operation | guard programs per operation (share) | agent per operation (share) | program runs per operation | 1 − share |\n|---|---|---|---|---|---|---|\n{}\n",
+        ACCOUNTING_WINDOW.as_secs_f64(),
         accounting_rows.join("\n")
     ));
     Ok(())
