@@ -176,6 +176,53 @@ pub fn split_args(block: &[u8]) -> Vec<OsString> {
     body.split(|&c| c == 0).map(|a| OsString::from_vec(a.to_vec())).collect()
 }
 
+thread_local! {
+    /// The fixed part of the exec record being decoded. Reused: zeroing and copying a whole
+    /// 5 KiB record (most of it argv space) for every exec showed in profiles; argv is read
+    /// from the ring's bytes instead.
+    static EXEC_SCRATCH: std::cell::RefCell<Box<ExecEvent>> =
+        // SAFETY: ExecEvent is made of integers and byte arrays: all-zero is valid.
+        std::cell::RefCell::new(unsafe { Box::<ExecEvent>::new_zeroed().assume_init() });
+}
+
+/// An exec record of at least `EXEC_FIXED_LEN` bytes.
+fn decode_exec(ev: &mut ExecEvent, buf: &[u8]) -> Result<Event, DecodeError> {
+    // SAFETY: the caller checked that `buf` holds the fixed part; ExecEvent is repr(C) integers
+    // and byte arrays, valid for any bytes. Its `args` (after the fixed part) are left as they
+    // were and not read.
+    unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), (ev as *mut ExecEvent).cast::<u8>(), EXEC_FIXED_LEN) };
+    if ev.args_len as usize > ARGS_LEN {
+        return Err(DecodeError::ArgsLen(ev.args_len));
+    }
+    let need = EXEC_FIXED_LEN + ev.args_len as usize;
+    if buf.len() < need {
+        return Err(DecodeError::Truncated { kind: "exec", len: buf.len(), need });
+    }
+    let f = ev.flags;
+    let path = |b: &[u8]| PathBuf::from(OsString::from_vec(cstr(b).to_vec()));
+    Ok(Event::Exec(Box::new(Exec {
+        meta: meta(&ev.hdr),
+        ppid: ev.ppid,
+        old_pid: ev.old_pid,
+        uid: ev.uid,
+        gid: ev.gid,
+        comm: String::from_utf8_lossy(cstr(&ev.comm)).into_owned(),
+        filename: path(&ev.filename),
+        filename_truncated: f & exec_flags::FILENAME_TRUNCATED != 0,
+        interp: (f & exec_flags::HAS_INTERP != 0).then(|| path(&ev.interp)),
+        interp_truncated: f & exec_flags::INTERP_TRUNCATED != 0,
+        exe: FileId::from_kernel(ev.exe_dev, ev.exe_ino),
+        exe_nlink: ev.exe_nlink,
+        exe_name: OsString::from_vec(cstr(&ev.exe_name).to_vec()),
+        argc: ev.argc,
+        argv: split_args(&buf[EXEC_FIXED_LEN..need]).into(),
+        argv_truncated: f & exec_flags::ARGS_TRUNCATED != 0,
+        argv_unreadable: f & exec_flags::ARGS_UNREADABLE != 0,
+        kernel_flags: f,
+        stdio_sockets: ev.stdio_sockets,
+    })))
+}
+
 pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     if buf.len() < std::mem::size_of::<EventHeader>() {
         return Err(DecodeError::Short(buf.len()));
@@ -183,37 +230,10 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     let h: EventHeader = read_record(buf, std::mem::size_of::<EventHeader>(), EventKind::Exec)?;
     match EventKind::from_u32(h.kind) {
         Some(EventKind::Exec) => {
-            let ev: ExecEvent = read_record(buf, EXEC_FIXED_LEN, EventKind::Exec)?;
-            if ev.args_len as usize > ARGS_LEN {
-                return Err(DecodeError::ArgsLen(ev.args_len));
+            if buf.len() < EXEC_FIXED_LEN {
+                return Err(DecodeError::Truncated { kind: "exec", len: buf.len(), need: EXEC_FIXED_LEN });
             }
-            let need = EXEC_FIXED_LEN + ev.args_len as usize;
-            if buf.len() < need {
-                return Err(DecodeError::Truncated { kind: "exec", len: buf.len(), need });
-            }
-            let f = ev.flags;
-            let path = |b: &[u8]| PathBuf::from(OsString::from_vec(cstr(b).to_vec()));
-            Ok(Event::Exec(Box::new(Exec {
-                meta: meta(&ev.hdr),
-                ppid: ev.ppid,
-                old_pid: ev.old_pid,
-                uid: ev.uid,
-                gid: ev.gid,
-                comm: String::from_utf8_lossy(cstr(&ev.comm)).into_owned(),
-                filename: path(&ev.filename),
-                filename_truncated: f & exec_flags::FILENAME_TRUNCATED != 0,
-                interp: (f & exec_flags::HAS_INTERP != 0).then(|| path(&ev.interp)),
-                interp_truncated: f & exec_flags::INTERP_TRUNCATED != 0,
-                exe: FileId::from_kernel(ev.exe_dev, ev.exe_ino),
-                exe_nlink: ev.exe_nlink,
-                exe_name: OsString::from_vec(cstr(&ev.exe_name).to_vec()),
-                argc: ev.argc,
-                argv: split_args(&ev.args[..ev.args_len as usize]).into(),
-                argv_truncated: f & exec_flags::ARGS_TRUNCATED != 0,
-                argv_unreadable: f & exec_flags::ARGS_UNREADABLE != 0,
-                kernel_flags: f,
-                stdio_sockets: ev.stdio_sockets,
-            })))
+            EXEC_SCRATCH.with_borrow_mut(|ev| decode_exec(ev, buf))
         }
         Some(EventKind::Fork) => {
             let ev: ForkEvent = read_record(buf, std::mem::size_of::<ForkEvent>(), EventKind::Fork)?;
