@@ -349,6 +349,13 @@ const SETTLE: Duration = Duration::from_millis(200);
 const NULL_CHUNK: u64 = 10_000;
 const CONNECT_CHUNK: u64 = 100;
 
+/// Between a guard's start or stop and an exec storm. Starting and stopping an agent leaves
+/// the kernel work to finish (programs JITed and attached, a ring and maps allocated, then all
+/// of it freed) that slows a storm right after it: with 0.5 s after start and 0.2 s after stop,
+/// rounds that ran the guard-off half first came out 2-4% below those that ran it second, even
+/// outside notebooks, where the guard takes 0.2% of the CPU.
+const EXEC_SETTLE: Duration = Duration::from_secs(2);
+
 /// After an exec storm, the agent's CPU is still counted this long: what the storm queued is
 /// part of its cost (the agent drains at least every 10 ms, so this is ample), while the round's
 /// other half should follow soon, since this VM's speed drifts over seconds.
@@ -379,8 +386,15 @@ struct Overhead {
 impl Overhead {
     /// Runs `measure` with the guard on, and keeps the agent's CPU share over it and over
     /// `tail` after it (work the load queued is part of its cost), its peak RSS and losses.
-    fn with_guard<T>(&mut self, c: &Ctx, tail: Duration, measure: impl FnOnce() -> Result<T>) -> Result<T> {
+    fn with_guard<T>(
+        &mut self,
+        c: &Ctx,
+        settle: Duration,
+        tail: Duration,
+        measure: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         let g = c.start_guard(&[])?;
+        std::thread::sleep(settle);
         let c0 = g.cpu_s();
         let t = Instant::now();
         let v = measure()?;
@@ -411,6 +425,9 @@ impl Overhead {
         if !self.all_chunk_ratios.is_empty() {
             v["ratio_all_chunks"] = stats(&self.all_chunk_ratios);
         }
+        // Rounds alternate which half runs first (even rounds: guard off first).
+        let order = |first: usize| -> Vec<f64> { self.ratios.iter().skip(first).step_by(2).copied().collect() };
+        v["ratio_by_order"] = json!({"off_first": median(&order(0)), "on_first": median(&order(1))});
         v
     }
 }
@@ -422,12 +439,12 @@ fn exec_overhead(c: &Ctx, n: u64, cgroup: Option<&Path>) -> Result<Overhead> {
         // Alternate which half goes first, so a trend within the run cancels out.
         let first_off = if round % 2 == 0 { Some(best_exec_storm(n, cgroup)?) } else { None };
         // The agent finishes what the storm queued within the tail.
-        let on = o.with_guard(c, EXEC_TAIL, || best_exec_storm(n, cgroup))?;
+        let on = o.with_guard(c, EXEC_SETTLE, EXEC_TAIL, || best_exec_storm(n, cgroup))?;
         let off = match first_off {
             Some(v) => v,
             None => {
-                // As for the steady loads: the guard's teardown is not the guard-off half's cost.
-                std::thread::sleep(SETTLE);
+                // The guard's teardown is not the guard-off half's cost.
+                std::thread::sleep(EXEC_SETTLE);
                 best_exec_storm(n, cgroup)?
             }
         };
@@ -447,7 +464,7 @@ fn steady_overhead(c: &Ctx, kind: &str, chunk: u64, per_op: fn(f64) -> f64) -> R
     let mut pairs = Vec::new();
     for round in 0..STEADY_ROUNDS {
         let first_off = (round % 2 == 0).then(|| load.window(WINDOW));
-        let on = o.with_guard(c, Duration::ZERO, || Ok(load.window(WINDOW)))?;
+        let on = o.with_guard(c, Duration::ZERO, Duration::ZERO, || Ok(load.window(WINDOW)))?;
         std::thread::sleep(SETTLE);
         pairs.push((first_off.unwrap_or_else(|| load.window(WINDOW)), on));
     }
@@ -482,6 +499,7 @@ const ACCOUNTING_WINDOW: Duration = Duration::from_secs(5);
 /// The guard's share of an exec storm's CPU ([`accounting`]), with a guard of its own.
 fn exec_accounting(c: &Ctx, cgroup: Option<&Path>) -> Result<Value> {
     let g = c.start_guard(&[])?;
+    std::thread::sleep(EXEC_SETTLE);
     let a = accounting::exec_storm(&g, 1500, ACCOUNTING_RUNS, cgroup, EXEC_TAIL);
     g.stop()?;
     a
@@ -516,7 +534,8 @@ fn storms(c: &mut Ctx) -> Result<()> {
     }
     c.results.insert("storms".into(), json.into());
     c.md.push(format!(
-        "## Overhead\n\nRounds with the guard off and on (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios of guard-on to guard-off performance, with the rounds' range: 1.0 means no measurable cost.\n\n- Exec storms: {ROUNDS} rounds of whole runs of 1500 fork+execs from two threads; each half counts the best of {BEST_OF} runs (noise on a shared VM only ever slows a run down). Agent CPU is its CPU time from the storm's start until {} s after its end (so it includes what was still queued), over that time (100% = one core).\n- Connect and getppid: {STEADY_ROUNDS} rounds of one load process for the whole scenario, pinned to one CPU, timing every chunk of {CONNECT_CHUNK} connects or {NULL_CHUNK} calls (1–3 ms each); each half is a {} s window of it, and counts the fastest tenth of its chunks, so that a preemption or a host steal spoils a chunk and not the comparison. This VM's speed jumps between levels 10–20% apart within seconds, far more than the guard's cost; separate runs cannot resolve that, adjacent windows of one process can. `ratio_all_chunks` in the JSON is the same ratio over every chunk. Agent CPU is over the window.\n\nAgent RSS is its peak (VmHWM) over the scenario.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n",
+        "## Overhead\n\nRounds with the guard off and on (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios of guard-on to guard-off performance, with the rounds' range: 1.0 means no measurable cost.\n\n- Exec storms: {ROUNDS} rounds of whole runs of 1500 fork+execs from two threads; each half counts the best of {BEST_OF} runs (noise on a shared VM only ever slows a run down), and starts {} s after a guard's start or stop (what that leaves the kernel to do slows a storm; `ratio_by_order` in the JSON compares the rounds that ran guard-off first with those that ran it second). Agent CPU is its CPU time from the storm's start until {} s after its end (so it includes what was still queued), over that time (100% = one core).\n- Connect and getppid: {STEADY_ROUNDS} rounds of one load process for the whole scenario, pinned to one CPU, timing every chunk of {CONNECT_CHUNK} connects or {NULL_CHUNK} calls (1–3 ms each); each half is a {} s window of it, and counts the fastest tenth of its chunks, so that a preemption or a host steal spoils a chunk and not the comparison. This VM's speed jumps between levels 10–20% apart within seconds, far more than the guard's cost; separate runs cannot resolve that, adjacent windows of one process can. `ratio_all_chunks` in the JSON is the same ratio over every chunk. Agent CPU is over the window.\n\nAgent RSS is its peak (VmHWM) over the scenario.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n",
+        EXEC_SETTLE.as_secs_f64(),
         EXEC_TAIL.as_secs_f64(),
         WINDOW.as_secs_f64(),
         rows.join("\n")
