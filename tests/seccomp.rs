@@ -372,9 +372,13 @@ fn a_task_moved_into_the_recorded_cgroup_while_running_is_recorded_from_then_on(
     let out = dir.0.join("r.json");
     let rec = Recording::start(&["--cgroup", &recorded.rel.display().to_string()], &out);
     // On one CPU, a getppid loop (its cache entry stays hot there) until it sees itself in the
-    // recorded cgroup, then one call nothing else here makes.
+    // recorded cgroup, then one call nothing else here makes. In between it spins 50 ms
+    // without a syscall: the mover's tracepoint comes a moment after the move itself (the
+    // window the recorder documents), and a mover preempted in between would otherwise fail
+    // the test. Spinning, not sleeping, keeps the CPU's cache entry for this task as it was,
+    // so without the move hook the call is still missed.
     let script = format!(
-        "import os\nos.sched_setaffinity(0, {{0}})\nwant = '0::{}'\nwhile want not in open('/proc/self/cgroup').read().splitlines():\n    os.getppid()\nos.getsid(0)\n",
+        "import os, time\nos.sched_setaffinity(0, {{0}})\nwant = '0::{}'\nwhile want not in open('/proc/self/cgroup').read().splitlines():\n    os.getppid()\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.05:\n    pass\nos.getsid(0)\n",
         recorded.rel.display()
     );
     let py = test_python();
@@ -386,7 +390,7 @@ fn a_task_moved_into_the_recorded_cgroup_while_running_is_recorded_from_then_on(
     let file = rec.stop();
     let r = &file.recordings[0];
     let native = r.syscalls.get(&Arch::X86_64).unwrap_or_else(|| panic!("nothing recorded after the move: {r:?}"));
-    assert!(native.contains("getsid"), "the moved task's calls after the move were not recorded: {native:?} {r:?}");
+    assert!(native.contains("getsid"), "the moved task's calls after the move were not recorded: {native:?}");
     assert!(!native.contains("execve"), "the task's start, outside the recorded cgroup, was recorded: {native:?}");
 }
 

@@ -87,6 +87,10 @@ pub struct Steady {
     pub fastest: f64,
     /// ns per operation over all of the window's chunks, noise included.
     pub all: f64,
+    /// ns per operation of the window's median chunk: for a load whose cost includes work
+    /// done beside it in bursts (the agent's drains), which lands in most chunks, not in the
+    /// fastest ones, while a steal still spoils only the chunks it hits.
+    pub median: f64,
 }
 
 const FASTEST_SHARE: f64 = 0.1;
@@ -99,11 +103,12 @@ pub struct SteadyLoad {
 }
 
 impl SteadyLoad {
-    /// Starts `kind` (`connect` or `null`) in `cgroup`, timing chunks of `chunk` operations.
-    pub fn start(kind: &str, chunk: u64, cgroup: &Path) -> Result<Self> {
+    /// Starts `kind` (`connect`, `null`, `exec`) in `cgroup` (None: where we are), timing
+    /// chunks of `chunk` operations.
+    pub fn start(kind: &str, chunk: u64, cgroup: Option<&Path>) -> Result<Self> {
         let mut cmd = load_command(kind, chunk, 0)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
-        let _procs = in_cgroup(&mut cmd, cgroup)?;
+        let _procs = cgroup.map(|cg| in_cgroup(&mut cmd, cg)).transpose()?;
         let mut child = cmd.spawn().with_context(|| format!("starting bench-load {kind}"))?;
         let stdin = child.stdin.take();
         // Its first chunks run with cold caches.
@@ -168,8 +173,9 @@ impl Chunks {
         }
         let all = ns.iter().sum::<f64>() / ns.len() as f64;
         ns.sort_by(f64::total_cmp);
+        let median = ns[ns.len() / 2];
         let fastest = &ns[..(ns.len() as f64 * FASTEST_SHARE).ceil() as usize];
-        Ok(Steady { fastest: fastest.iter().sum::<f64>() / fastest.len() as f64, all })
+        Ok(Steady { fastest: fastest.iter().sum::<f64>() / fastest.len() as f64, all, median })
     }
 
     /// Operations made in `w` (by the chunks wholly inside it).
@@ -227,16 +233,19 @@ fn pin_to_one_cpu() -> Result<()> {
     Ok(())
 }
 
-/// A steady load, in the child: `op` in chunks of `chunk` until stdin closes, then one line
-/// per chunk with its start and end.
-fn run_steady(chunk: u64, mut op: impl FnMut() -> Result<()>) -> Result<()> {
+/// Set when the parent closes our stdin: the steady load's end.
+fn stop_on_stdin_close() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         flag.store(true, Ordering::Relaxed);
     });
-    pin_to_one_cpu()?;
+    stop
+}
+
+/// `op` in timed chunks of `chunk` until `stop`.
+fn chunks_until(stop: &AtomicBool, chunk: u64, mut op: impl FnMut() -> Result<()>) -> Result<Vec<(u64, u64)>> {
     let mut spans = Vec::with_capacity(1 << 16);
     while !stop.load(Ordering::Relaxed) {
         let a = monotonic_ns();
@@ -245,12 +254,48 @@ fn run_steady(chunk: u64, mut op: impl FnMut() -> Result<()>) -> Result<()> {
         }
         spans.push((a, monotonic_ns()));
     }
+    Ok(spans)
+}
+
+/// A steady load, in the child: `op` in chunks of `chunk` on one CPU until stdin closes, then
+/// one line per chunk with its start and end.
+fn run_steady(chunk: u64, op: impl FnMut() -> Result<()>) -> Result<()> {
+    let stop = stop_on_stdin_close();
+    pin_to_one_cpu()?;
+    print_spans(chunks_until(&stop, chunk, op)?);
+    Ok(())
+}
+
+/// The steady exec storm, in the child: fork+exec of /bin/true from two threads (both cores,
+/// as in the finite storm), each timing its own chunks, until stdin closes.
+fn exec_steady(chunk: u64) -> Result<()> {
+    let stop = stop_on_stdin_close();
+    let spans = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    chunks_until(&stop, chunk, || {
+                        Command::new("/bin/true").status()?;
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().map_err(|_| anyhow::anyhow!("an exec thread panicked"))?)
+            .collect::<Result<Vec<_>>>()
+    })?;
+    print_spans(spans.into_iter().flatten().collect());
+    Ok(())
+}
+
+fn print_spans(spans: Vec<(u64, u64)>) {
     let mut out = String::with_capacity(spans.len() * 40);
     for (a, b) in spans {
         out.push_str(&format!("{a} {b}\n"));
     }
     print!("{out}");
-    Ok(())
 }
 
 /// Loopback TCP connect + accept + close (RST close), in lock step: each connection is
@@ -287,6 +332,8 @@ pub fn run_load(kind: &str, n: u64, rate: u64) -> Result<()> {
         "exec" => println!("{}", exec_storm(n, 2, rate)),
         // More runnable work than cores: the highest exec rate this machine produces.
         "exec-max" => println!("{}", exec_storm(n, 4, rate)),
+        // The exec storm as a steady load: chunks of n per thread.
+        "exec-steady" => exec_steady(n)?,
         "connect" => connect_loop(n)?,
         // getppid: the cost of a syscall.
         "null" => run_steady(n, || {
@@ -313,6 +360,8 @@ mod tests {
         let s = c.in_window(Window { start: 1000, end: 30_000 }).unwrap();
         assert_eq!(s.fastest, 10.5); // the fastest two of twenty: 10 and 11
         assert_eq!(s.all, 19.5);
+        assert_eq!(s.median, 20.0); // the eleventh of twenty, 10..=29
+
         assert!(c.in_window(Window { start: 0, end: 2000 }).is_err());
     }
 }

@@ -355,6 +355,11 @@ const CONNECT_CHUNK: u64 = 100;
 /// rounds that ran the guard-off half first came out 2-4% below those that ran it second, even
 /// outside notebooks, where the guard takes 0.2% of the CPU.
 const EXEC_SETTLE: Duration = Duration::from_secs(2);
+/// Execs per timed chunk of the steady exec storm, per thread (about 40 ms here: several of
+/// the agent's drains).
+const EXEC_CHUNK: u64 = 50;
+/// How long each half of an exec round runs.
+const EXEC_WINDOW: Duration = Duration::from_secs(2);
 
 /// After an exec storm, the agent's CPU is still counted this long: what the storm queued is
 /// part of its cost (the agent drains at least every 10 ms, so this is ample), while the round's
@@ -432,25 +437,31 @@ impl Overhead {
     }
 }
 
-/// An exec storm: whole runs, so the agent's work on the other core counts.
-fn exec_overhead(c: &Ctx, n: u64, cgroup: Option<&Path>) -> Result<Overhead> {
+/// An exec storm as one steady load (two threads of fork+exec) for the whole scenario, a
+/// window of it with the guard off and one with it on per round, in alternating order, each
+/// EXEC_SETTLE after a guard's start or stop. A window counts its median chunk: the agent's
+/// drains (a fraction of a millisecond every few ms, on either core) land in nearly every
+/// chunk of EXEC_CHUNK execs, so its work is in the median, while a host steal spoils only the
+/// chunks it hits. Separate whole runs, seconds apart on a VM whose speed jumps, swung ±25%.
+fn exec_overhead(c: &Ctx, cgroup: Option<&Path>) -> Result<Overhead> {
     let mut o = Overhead::default();
+    let load = SteadyLoad::start("exec-steady", EXEC_CHUNK, cgroup)?;
+    let mut pairs = Vec::new();
     for round in 0..ROUNDS {
-        // Alternate which half goes first, so a trend within the run cancels out.
-        let first_off = if round % 2 == 0 { Some(best_exec_storm(n, cgroup)?) } else { None };
-        // The agent finishes what the storm queued within the tail.
-        let on = o.with_guard(c, EXEC_SETTLE, EXEC_TAIL, || best_exec_storm(n, cgroup))?;
-        let off = match first_off {
-            Some(v) => v,
-            None => {
-                // The guard's teardown is not the guard-off half's cost.
-                std::thread::sleep(EXEC_SETTLE);
-                best_exec_storm(n, cgroup)?
-            }
-        };
-        o.off.push(off);
-        o.on.push(on);
-        o.ratios.push(on / off);
+        let first_off = (round % 2 == 0).then(|| load.window(EXEC_WINDOW));
+        let on = o.with_guard(c, EXEC_SETTLE, Duration::ZERO, || Ok(load.window(EXEC_WINDOW)))?;
+        // The guard's teardown is not the guard-off half's cost.
+        std::thread::sleep(EXEC_SETTLE);
+        pairs.push((first_off.unwrap_or_else(|| load.window(EXEC_WINDOW)), on));
+    }
+    let chunks = load.finish()?;
+    for (off, on) in pairs {
+        let (off, on) = (chunks.in_window(off)?, chunks.in_window(on)?);
+        // ns per exec of one thread; two threads run.
+        o.off.push(2e9 / off.median);
+        o.on.push(2e9 / on.median);
+        o.ratios.push(off.median / on.median);
+        o.all_chunk_ratios.push(off.all / on.all);
     }
     Ok(o)
 }
@@ -460,7 +471,7 @@ fn exec_overhead(c: &Ctx, n: u64, cgroup: Option<&Path>) -> Result<Overhead> {
 /// per operation into the unit shown.
 fn steady_overhead(c: &Ctx, kind: &str, chunk: u64, per_op: fn(f64) -> f64) -> Result<(Overhead, Value)> {
     let mut o = Overhead::default();
-    let load = SteadyLoad::start(kind, chunk, &c.nb)?;
+    let load = SteadyLoad::start(kind, chunk, Some(&c.nb))?;
     let mut pairs = Vec::new();
     for round in 0..STEADY_ROUNDS {
         let first_off = (round % 2 == 0).then(|| load.window(WINDOW));
@@ -507,9 +518,9 @@ fn exec_accounting(c: &Ctx, cgroup: Option<&Path>) -> Result<Value> {
 
 fn storms(c: &mut Ctx) -> Result<()> {
     let nb = c.nb.clone();
-    let exec_nb = exec_overhead(c, 1500, Some(&nb))?;
+    let exec_nb = exec_overhead(c, Some(&nb))?;
     let accounting_nb = exec_accounting(c, Some(&nb))?;
-    let exec_out = exec_overhead(c, 1500, None)?;
+    let exec_out = exec_overhead(c, None)?;
     let accounting_out = exec_accounting(c, None)?;
     let (connect, accounting_connect) = steady_overhead(c, "connect", CONNECT_CHUNK, |ns| 1e9 / ns)?;
     let (null, accounting_null) = steady_overhead(c, "null", NULL_CHUNK, |ns| ns)?;
@@ -534,9 +545,9 @@ fn storms(c: &mut Ctx) -> Result<()> {
     }
     c.results.insert("storms".into(), json.into());
     c.md.push(format!(
-        "## Overhead\n\nRounds with the guard off and on (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios of guard-on to guard-off performance, with the rounds' range: 1.0 means no measurable cost.\n\n- Exec storms: {ROUNDS} rounds of whole runs of 1500 fork+execs from two threads; each half counts the best of {BEST_OF} runs (noise on a shared VM only ever slows a run down), and starts {} s after a guard's start or stop (what that leaves the kernel to do slows a storm; `ratio_by_order` in the JSON compares the rounds that ran guard-off first with those that ran it second). Agent CPU is its CPU time from the storm's start until {} s after its end (so it includes what was still queued), over that time (100% = one core).\n- Connect and getppid: {STEADY_ROUNDS} rounds of one load process for the whole scenario, pinned to one CPU, timing every chunk of {CONNECT_CHUNK} connects or {NULL_CHUNK} calls (1–3 ms each); each half is a {} s window of it, and counts the fastest tenth of its chunks, so that a preemption or a host steal spoils a chunk and not the comparison. This VM's speed jumps between levels 10–20% apart within seconds, far more than the guard's cost; separate runs cannot resolve that, adjacent windows of one process can. `ratio_all_chunks` in the JSON is the same ratio over every chunk. Agent CPU is over the window.\n\nAgent RSS is its peak (VmHWM) over the scenario.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n",
+        "## Overhead\n\nRounds with the guard off and on (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios of guard-on to guard-off performance, with the rounds' range: 1.0 means no measurable cost.\n\n- Exec storms: {ROUNDS} rounds of one load process for the whole scenario, fork+exec of `/bin/true` from two threads (both cores), each timing chunks of {EXEC_CHUNK} execs (about 40 ms); each half is a {} s window of it, starting {} s after a guard's start or stop (what that leaves the kernel to do slows a storm; `ratio_by_order` in the JSON compares the rounds that ran guard-off first with those that ran it second), and counts its median chunk: the agent's drains, every few ms on either core, land in nearly every chunk, so its work is in the median, while a host steal spoils only the chunks it hits. Agent CPU is over the window (100% = one core).\n- Connect and getppid: {STEADY_ROUNDS} rounds of one load process for the whole scenario, pinned to one CPU, timing every chunk of {CONNECT_CHUNK} connects or {NULL_CHUNK} calls (1–3 ms each); each half is a {} s window of it, and counts the fastest tenth of its chunks, so that a preemption or a host steal spoils a chunk and not the comparison. This VM's speed jumps between levels 10–20% apart within seconds, far more than the guard's cost; separate runs cannot resolve that, adjacent windows of one process can. `ratio_all_chunks` in the JSON is the same ratio over every chunk. Agent CPU is over the window.\n\nAgent RSS is its peak (VmHWM) over the scenario.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n",
+        EXEC_WINDOW.as_secs_f64(),
         EXEC_SETTLE.as_secs_f64(),
-        EXEC_TAIL.as_secs_f64(),
         WINDOW.as_secs_f64(),
         rows.join("\n")
     ));
@@ -576,7 +587,7 @@ fn recorder(c: &mut Ctx) -> Result<()> {
             Some(vec!["seccomp", "record", "--cgroup", &rel_here, "--duration", "3600", "-o", &rec_out]),
         ),
     ];
-    let load = SteadyLoad::start("null", NULL_CHUNK, &here)?;
+    let load = SteadyLoad::start("null", NULL_CHUNK, Some(&here))?;
     let mut windows = vec![Vec::new(); configs.len()];
     for round in 0..RECORDER_ROUNDS {
         for k in 0..configs.len() {
@@ -661,7 +672,8 @@ fn peers(c: &mut Ctx) -> Result<()> {
     let mut rows = Vec::new();
     let mut json = Map::new();
     for kind in ["exec", "connect"] {
-        let steady = (kind == "connect").then(|| SteadyLoad::start("connect", CONNECT_CHUNK, &c.nb)).transpose()?;
+        let steady =
+            (kind == "connect").then(|| SteadyLoad::start("connect", CONNECT_CHUNK, Some(&c.nb))).transpose()?;
         let mut exec_rates: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
         let mut windows = vec![Vec::new(); tools.len()];
         for _ in 0..PEER_ROUNDS {
@@ -698,7 +710,7 @@ fn peers(c: &mut Ctx) -> Result<()> {
     }
     c.results.insert("peers".into(), json.into());
     c.md.push(format!(
-        "## Peers in the same run\n\nNotebook cgroup, {PEER_ROUNDS} rounds with the tools interleaved; each cell is ops/s, median (min–max), and the median over rounds of the ratio to that round's run with nothing. Exec storms are measured as in the overhead table (best of {BEST_OF} runs of 1500 fork+execs); the connect storm is one load throughout, a {} s window per tool per round, measured as in the overhead table. auditd with an `execve` + `connect` rule (records to a file on disk), bpftrace logging every exec (`sched_process_exec`) and connect (`sys_enter_connect`).\n\n| scenario | nothing | notebook-guard | auditd | bpftrace |\n|---|---|---|---|---|\n{}\n",
+        "## Peers in the same run\n\nNotebook cgroup, {PEER_ROUNDS} rounds with the tools interleaved; each cell is ops/s, median (min–max), and the median over rounds of the ratio to that round's run with nothing. Exec storms are the best of {BEST_OF} runs of 1500 fork+execs from two threads; the connect storm is one load throughout, a {} s window per tool per round, measured as in the overhead table. auditd with an `execve` + `connect` rule (records to a file on disk), bpftrace logging every exec (`sched_process_exec`) and connect (`sys_enter_connect`).\n\n| scenario | nothing | notebook-guard | auditd | bpftrace |\n|---|---|---|---|---|\n{}\n",
         WINDOW.as_secs_f64(),
         rows.join("\n")
     ));
@@ -808,7 +820,9 @@ fn latency(c: &mut Ctx) -> Result<()> {
                 offset += buf.len() as u64;
                 seen.push_str(&buf);
             }
-            if let Some(l) = seen.lines().find(|l| l.contains(&marker)) {
+            // Complete lines only: a read may catch the agent halfway through writing one.
+            let complete = seen.rfind('\n').map_or("", |end| &seen[..end]);
+            if let Some(l) = complete.lines().find(|l| l.contains(&marker)) {
                 break l.to_string();
             }
             if t.elapsed() > Duration::from_secs(5) {
