@@ -122,8 +122,9 @@ pub mod exec_flags {
     pub const UNDER_PYTHON: u32 = 1 << 7;
 }
 
-/// The `ENFORCED` key present while any cgroup is enforced (no cgroup has id 0): in monitor
-/// mode the exec program then skips the walk up the cgroup tree.
+/// The `ENFORCED` key present while any cgroup is enforced (no cgroup has id 0). Without it
+/// (monitor mode) exec skips the walk up the cgroup tree, and fork and exit keep no
+/// per-process entries (`MARKS`, `SERVERS`).
 pub const ENFORCED_ANY: u64 = 0;
 
 /// `ENFORCED` map values: enforcement on, and the allowances that apply.

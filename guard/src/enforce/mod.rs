@@ -91,13 +91,20 @@ impl KernelEnforcer {
     /// (exits no longer remove entries), and an entry left behind could name a reused pid when
     /// enforcement resumes. Resuming marks and registers what runs then (`backfill_marks`).
     fn forget_processes(&mut self) {
-        let marks: Vec<u32> = self.marks.keys().flatten().collect();
-        for tgid in marks {
-            let _ = self.marks.remove(&tgid);
-        }
-        let servers: Vec<u32> = self.servers.keys().flatten().collect();
-        for tgid in servers {
-            let _ = self.servers.remove(&tgid);
+        // Another pass if the first found entries: an exec judged just before the key went
+        // may still have written its mark behind the first sweep.
+        for _ in 0..3 {
+            let marks: Vec<u32> = self.marks.keys().flatten().collect();
+            let servers: Vec<u32> = self.servers.keys().flatten().collect();
+            if marks.is_empty() && servers.is_empty() {
+                break;
+            }
+            for tgid in marks {
+                let _ = self.marks.remove(&tgid);
+            }
+            for tgid in servers {
+                let _ = self.servers.remove(&tgid);
+            }
         }
         tracing::debug!("nothing enforced: process marks and servers forgotten");
     }
