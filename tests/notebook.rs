@@ -300,7 +300,20 @@ fn enforcement_survives_an_agent_restart_and_is_adopted() {
     assert!(b_ids.iter().all(|id| loaded.contains(id)), "the new agent's programs run");
     assert!(a_ids.iter().all(|id| !loaded.contains(id)), "the old agent's programs are gone, not duplicated");
     assert_eq!(ask(&mut stdin).trim(), "-9", "still enforced by the adopting agent");
-    b.stop().unwrap();
+    b.stop_keep_pins().unwrap();
+
+    // Restarted with a policy that no longer enforces this user: the adopted enforcement
+    // comes off once discovery sees the notebook under the new policy.
+    let c = GuardProcess::start_pinned(&policy(None), &[], &[], pins.clone()).unwrap();
+    assert!(c.log().contains("adopting"), "{}", c.log());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut got = ask(&mut stdin);
+    while got.trim() != "0" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        got = ask(&mut stdin);
+    }
+    assert_eq!(got.trim(), "0", "monitor after the restart, but the old enforcement stayed:\n{}", c.log());
+    c.stop().unwrap();
     assert_eq!(ask(&mut stdin).trim(), "0", "after cleanup, exec is not judged");
     drop(stdin);
     let _ = child.wait();

@@ -53,11 +53,15 @@ impl KernelEnforcer {
         marks: BpfHash<MapData, u32, u32>,
         servers: BpfHash<MapData, u32, u32>,
     ) -> Self {
-        let mut e =
-            Self { enforced, allowed, marks, servers, enforced_now: HashMap::new(), allowed_now: HashMap::new() };
-        // Pinned maps adopted from an agent that predates ENFORCED_ANY: their cgroups stay
-        // enforced without a gap until discovery rewrites them.
-        if e.enforced.keys().flatten().any(|k| k != ENFORCED_ANY) {
+        // What the kernel already enforces (pinned maps of the previous agent) is known from the
+        // start, so discovery under a policy that no longer enforces a cgroup takes it off; an
+        // agent restarted in monitor mode used to leave its predecessor's enforcement on.
+        let enforced_now: HashMap<u64, u32> =
+            enforced.iter().flatten().filter(|(cgroup, _)| *cgroup != ENFORCED_ANY).collect();
+        let mut e = Self { enforced, allowed, marks, servers, enforced_now, allowed_now: HashMap::new() };
+        // Maps adopted from an agent that predates ENFORCED_ANY: their cgroups stay enforced
+        // without a gap.
+        if !e.enforced_now.is_empty() {
             let _ = e.enforced.insert(ENFORCED_ANY, 1, 0);
         }
         e
