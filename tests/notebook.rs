@@ -275,22 +275,27 @@ fn enforcement_survives_an_agent_restart_and_is_adopted() {
     use std::io::{BufRead, Write};
     let mut stdin = child.stdin.take().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut ask = |stdin: &mut std::process::ChildStdin| {
-        writeln!(stdin, "go").unwrap();
-        out.next().unwrap().unwrap()
+    // One answer; with `until`, answers until that one comes (10 s at most).
+    let mut ask = |stdin: &mut std::process::ChildStdin, until: Option<&str>| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            writeln!(stdin, "go").unwrap();
+            let got = out.next().unwrap().unwrap();
+            match until {
+                Some(want) if got.trim() != want && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                _ => return got,
+            }
+        }
     };
     // Python started before the guard: marked once its cgroup is enforced.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut got = ask(&mut stdin);
-    while got.trim() != "-9" && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        got = ask(&mut stdin);
-    }
+    let got = ask(&mut stdin, Some("-9"));
     assert_eq!(got.trim(), "-9", "under the agent, /bin/echo is killed:\n{}", a.log());
     let a_ids = a.program_ids();
     assert!(a_ids.len() >= 7, "programs: {a_ids:?}");
     a.stop_keep_pins().unwrap();
-    assert_eq!(ask(&mut stdin).trim(), "-9", "the agent is gone, enforcement is not");
+    assert_eq!(ask(&mut stdin, None).trim(), "-9", "the agent is gone, enforcement is not");
 
     let b = GuardProcess::start_pinned(&policy(Some(&user)), &[], &[], pins.clone()).unwrap();
     assert!(b.log().contains("adopting"), "{}", b.log());
@@ -299,22 +304,17 @@ fn enforcement_survives_an_agent_restart_and_is_adopted() {
     let b_ids = b.program_ids();
     assert!(b_ids.iter().all(|id| loaded.contains(id)), "the new agent's programs run");
     assert!(a_ids.iter().all(|id| !loaded.contains(id)), "the old agent's programs are gone, not duplicated");
-    assert_eq!(ask(&mut stdin).trim(), "-9", "still enforced by the adopting agent");
+    assert_eq!(ask(&mut stdin, None).trim(), "-9", "still enforced by the adopting agent");
     b.stop_keep_pins().unwrap();
 
     // Restarted with a policy that no longer enforces this user: the adopted enforcement
     // comes off once discovery sees the notebook under the new policy.
     let c = GuardProcess::start_pinned(&policy(None), &[], &[], pins.clone()).unwrap();
     assert!(c.log().contains("adopting"), "{}", c.log());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut got = ask(&mut stdin);
-    while got.trim() != "0" && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        got = ask(&mut stdin);
-    }
+    let got = ask(&mut stdin, Some("0"));
     assert_eq!(got.trim(), "0", "monitor after the restart, but the old enforcement stayed:\n{}", c.log());
     c.stop().unwrap();
-    assert_eq!(ask(&mut stdin).trim(), "0", "after cleanup, exec is not judged");
+    assert_eq!(ask(&mut stdin, None).trim(), "0", "after cleanup, exec is not judged");
     drop(stdin);
     let _ = child.wait();
 }
