@@ -91,6 +91,9 @@ pub struct Steady {
     /// done beside it in bursts (the agent's drains), which lands in most chunks, not in the
     /// fastest ones, while a steal still spoils only the chunks it hits.
     pub median: f64,
+    /// The window's median time of the reference work timed after each chunk (loads that do
+    /// one: the exec storm), in ns: how fast this VM ran kernel work the guard has no part in.
+    pub reference: Option<f64>,
 }
 
 const FASTEST_SHARE: f64 = 0.1;
@@ -131,17 +134,7 @@ impl SteadyLoad {
         if !self.child.wait()?.success() {
             bail!("steady bench-load failed");
         }
-        let spans = out
-            .lines()
-            .map(|l| {
-                let mut w = l.split_whitespace().map(str::parse::<u64>);
-                match (w.next(), w.next()) {
-                    (Some(Ok(a)), Some(Ok(b))) => Ok((a, b)),
-                    _ => bail!("bench-load printed {l:?}, not a chunk's start and end"),
-                }
-            })
-            .collect::<Result<_>>()?;
-        Ok(Chunks { chunk: self.chunk, spans })
+        Chunks::parse(self.chunk, &out)
     }
 }
 
@@ -157,25 +150,48 @@ impl Drop for SteadyLoad {
 pub struct Chunks {
     chunk: u64,
     spans: Vec<(u64, u64)>,
+    /// Per span, the ns its reference work took (empty for a load without one).
+    reference: Vec<u64>,
 }
 
 impl Chunks {
+    /// A load's output: one line per chunk, its start and end, and the ns of its reference
+    /// work if the load does one. All lines have the same shape.
+    fn parse(chunk: u64, out: &str) -> Result<Self> {
+        let mut c = Chunks { chunk, spans: Vec::new(), reference: Vec::new() };
+        for l in out.lines() {
+            let w = l.split_whitespace().map(str::parse::<u64>).collect::<Result<Vec<_>, _>>();
+            match w.as_deref() {
+                Ok(&[a, b]) if c.reference.is_empty() => c.spans.push((a, b)),
+                Ok(&[a, b, r]) if c.reference.len() == c.spans.len() => {
+                    c.spans.push((a, b));
+                    c.reference.push(r);
+                }
+                _ => bail!("bench-load printed {l:?}, not a chunk's start and end (and its reference work)"),
+            }
+        }
+        Ok(c)
+    }
+
     /// ns per operation in `w`, from the chunks wholly inside it.
     pub fn in_window(&self, w: Window) -> Result<Steady> {
-        let mut ns: Vec<f64> = self
-            .spans
-            .iter()
-            .filter(|&&(a, b)| a >= w.start && b <= w.end)
-            .map(|&(a, b)| (b - a) as f64 / self.chunk as f64)
-            .collect();
-        if ns.len() < 10 {
-            bail!("only {} chunks in a {} ms window: the load stalled", ns.len(), (w.end - w.start) / 1_000_000);
+        let inside: Vec<usize> =
+            (0..self.spans.len()).filter(|&i| self.spans[i].0 >= w.start && self.spans[i].1 <= w.end).collect();
+        if inside.len() < 10 {
+            bail!("only {} chunks in a {} ms window: the load stalled", inside.len(), (w.end - w.start) / 1_000_000);
         }
+        let mut ns: Vec<f64> =
+            inside.iter().map(|&i| (self.spans[i].1 - self.spans[i].0) as f64 / self.chunk as f64).collect();
         let all = ns.iter().sum::<f64>() / ns.len() as f64;
         ns.sort_by(f64::total_cmp);
         let median = ns[ns.len() / 2];
         let fastest = &ns[..(ns.len() as f64 * FASTEST_SHARE).ceil() as usize];
-        Ok(Steady { fastest: fastest.iter().sum::<f64>() / fastest.len() as f64, all, median })
+        let reference = (!self.reference.is_empty()).then(|| {
+            let mut r: Vec<u64> = inside.iter().map(|&i| self.reference[i]).collect();
+            r.sort_unstable();
+            r[r.len() / 2] as f64
+        });
+        Ok(Steady { fastest: fastest.iter().sum::<f64>() / fastest.len() as f64, all, median, reference })
     }
 
     /// Operations made in `w` (by the chunks wholly inside it).
@@ -257,6 +273,62 @@ fn chunks_until(stop: &AtomicBool, chunk: u64, mut op: impl FnMut() -> Result<()
     Ok(spans)
 }
 
+/// Pages the reference work faults in per repetition, and its repetitions (about 0.3 ms).
+const REFERENCE_PAGES: usize = 16;
+const REFERENCE_REPS: usize = 20;
+/// The reference work's size, as BENCHMARKS.md describes it.
+pub fn reference_size() -> String {
+    format!("{REFERENCE_REPS} × {REFERENCE_PAGES} pages of")
+}
+
+/// Work timed after each exec chunk to read the VM's speed at that moment: page faults on
+/// pages just dropped with MADV_DONTNEED. This VM's speed for kernel work jumps 10-20%
+/// between seconds. Without a guard, 2 s windows of the storm 2-6 s apart differ by 7-10%
+/// (sd) in median exec time, by 4-6% in median exec time over this work's median. The guard
+/// has no program on this path: no syscall it watches, no capability check (a fresh mmap
+/// would have one, for memory accounting, which the guard's cap_capable program sees).
+struct Reference {
+    region: *mut u8,
+    len: usize,
+}
+
+impl Reference {
+    fn new() -> Result<Self> {
+        let len = REFERENCE_PAGES * 4096;
+        // SAFETY: a fresh private anonymous mapping; checked for failure.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        if p == libc::MAP_FAILED {
+            bail!("mmap for the reference work: {}", std::io::Error::last_os_error());
+        }
+        Ok(Self { region: p.cast(), len })
+    }
+
+    /// Runs the reference work once; returns its ns.
+    fn time(&self) -> u64 {
+        let a = monotonic_ns();
+        for _ in 0..REFERENCE_REPS {
+            // SAFETY: the region is ours, mapped for `len` bytes; DONTNEED on private anonymous
+            // memory only drops its pages, and the writes fault fresh zero pages back in.
+            unsafe {
+                libc::madvise(self.region.cast(), self.len, libc::MADV_DONTNEED);
+                for page in 0..REFERENCE_PAGES {
+                    std::ptr::write_volatile(self.region.add(page * 4096), 1);
+                }
+            }
+        }
+        monotonic_ns() - a
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping made in `new`, which nothing uses any more.
+        unsafe { libc::munmap(self.region.cast(), self.len) };
+    }
+}
+
 /// A steady load, in the child: `op` in chunks of `chunk` on one CPU until stdin closes, then
 /// one line per chunk with its start and end.
 fn run_steady(chunk: u64, op: impl FnMut() -> Result<()>) -> Result<()> {
@@ -267,17 +339,25 @@ fn run_steady(chunk: u64, op: impl FnMut() -> Result<()>) -> Result<()> {
 }
 
 /// The steady exec storm, in the child: fork+exec of /bin/true from two threads (both cores,
-/// as in the finite storm), each timing its own chunks, until stdin closes.
+/// as in the finite storm), each timing its own chunks and, after each, the [`Reference`]
+/// work, until stdin closes.
 fn exec_steady(chunk: u64) -> Result<()> {
     let stop = stop_on_stdin_close();
     let spans = std::thread::scope(|s| {
         let threads: Vec<_> = (0..2)
             .map(|_| {
-                s.spawn(|| {
-                    chunks_until(&stop, chunk, || {
-                        Command::new("/bin/true").status()?;
-                        Ok(())
-                    })
+                s.spawn(|| -> Result<Vec<(u64, u64, u64)>> {
+                    let reference = Reference::new()?;
+                    let mut spans = Vec::with_capacity(1 << 14);
+                    while !stop.load(Ordering::Relaxed) {
+                        let a = monotonic_ns();
+                        for _ in 0..chunk {
+                            Command::new("/bin/true").status()?;
+                        }
+                        let b = monotonic_ns();
+                        spans.push((a, b, reference.time()));
+                    }
+                    Ok(spans)
                 })
             })
             .collect();
@@ -286,7 +366,11 @@ fn exec_steady(chunk: u64) -> Result<()> {
             .map(|t| t.join().map_err(|_| anyhow::anyhow!("an exec thread panicked"))?)
             .collect::<Result<Vec<_>>>()
     })?;
-    print_spans(spans.into_iter().flatten().collect());
+    let mut out = String::new();
+    for (a, b, r) in spans.into_iter().flatten() {
+        out.push_str(&format!("{a} {b} {r}\n"));
+    }
+    print!("{out}");
     Ok(())
 }
 
@@ -356,12 +440,27 @@ mod tests {
         let mut spans: Vec<(u64, u64)> =
             (0..20u64).map(|i| (1000 + i * 1000, 1000 + i * 1000 + (10 + i) * 10)).collect();
         spans.push((900, 1500));
-        let c = Chunks { chunk: 10, spans };
+        let c = Chunks { chunk: 10, spans, reference: Vec::new() };
         let s = c.in_window(Window { start: 1000, end: 30_000 }).unwrap();
         assert_eq!(s.fastest, 10.5); // the fastest two of twenty: 10 and 11
         assert_eq!(s.all, 19.5);
         assert_eq!(s.median, 20.0); // the eleventh of twenty, 10..=29
+        assert_eq!(s.reference, None);
 
         assert!(c.in_window(Window { start: 0, end: 2000 }).is_err());
+    }
+
+    #[test]
+    fn a_window_reads_its_chunks_reference_work() {
+        // Ten chunks inside the window with reference work 100..=1000 ns, and one outside it.
+        let out: String = (0..11u64).map(|i| format!("{} {} {}\n", 1000 * i, 1000 * i + 500, 100 * (i + 1))).collect();
+        let c = Chunks::parse(10, &out).unwrap();
+        let s = c.in_window(Window { start: 0, end: 10_000 }).unwrap();
+        assert_eq!(s.reference, Some(600.0)); // the sixth of ten: the median's rule above
+
+        // Lines of both shapes, or other text, are a broken load.
+        assert!(Chunks::parse(10, "1 2 3\n4 5\n").is_err());
+        assert!(Chunks::parse(10, "1 2\n4 5 6\n").is_err());
+        assert!(Chunks::parse(10, "1 x\n").is_err());
     }
 }

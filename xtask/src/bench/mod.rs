@@ -382,6 +382,12 @@ struct Overhead {
     ratios: Vec<f64>,
     /// Steady loads: the same ratio over every chunk of the windows, noise and all.
     all_chunk_ratios: Vec<f64>,
+    /// Exec storms: the ratio with each half's time per exec over its reference work's (the
+    /// VM's speed in that window, see `load::Reference`).
+    corrected: Vec<f64>,
+    /// Exec storms: guard-off over guard-on time of the reference work (how much faster the
+    /// VM ran in the guard-on half).
+    reference_speed: Vec<f64>,
     /// The agent's CPU share during each guard-on half (1.0 = one core).
     cpu: Vec<f64>,
     rss_kib: u64,
@@ -413,8 +419,14 @@ impl Overhead {
     fn row(&self, name: &str, unit: &str) -> String {
         let ratio = median(&self.ratios);
         let (lo, hi) = min_max(&self.ratios);
+        let corrected = if self.corrected.is_empty() {
+            String::new()
+        } else {
+            let (lo, hi) = min_max(&self.corrected);
+            format!("**{:.3}** ({lo:.3}–{hi:.3})", median(&self.corrected))
+        };
         format!(
-            "| {name} | {} {unit} | {} {unit} | **{ratio:.3}** ({lo:.3}–{hi:.3}) | {:.1}% | {} MiB | {} |",
+            "| {name} | {} {unit} | {} {unit} | **{ratio:.3}** ({lo:.3}–{hi:.3}) | {corrected} | {:.1}% | {} MiB | {} |",
             spread(&self.off, 0),
             spread(&self.on, 0),
             100.0 * median(&self.cpu),
@@ -429,6 +441,11 @@ impl Overhead {
                            "agent_cpu_share": stats(&self.cpu), "agent_rss_kib": self.rss_kib, "events_lost": self.lost});
         if !self.all_chunk_ratios.is_empty() {
             v["ratio_all_chunks"] = stats(&self.all_chunk_ratios);
+        }
+        if !self.corrected.is_empty() {
+            v["ratio_speed_corrected"] = stats(&self.corrected);
+            v["ratio_speed_corrected_interval95"] = json!(median_interval(&self.corrected));
+            v["reference_speed_on_over_off"] = stats(&self.reference_speed);
         }
         // Rounds alternate which half runs first (even rounds: guard off first).
         let order = |first: usize| -> Vec<f64> { self.ratios.iter().skip(first).step_by(2).copied().collect() };
@@ -462,6 +479,11 @@ fn exec_overhead(c: &Ctx, cgroup: Option<&Path>) -> Result<Overhead> {
         o.on.push(2e9 / on.median);
         o.ratios.push(off.median / on.median);
         o.all_chunk_ratios.push(off.all / on.all);
+        let (Some(ref_off), Some(ref_on)) = (off.reference, on.reference) else {
+            bail!("the exec storm timed no reference work");
+        };
+        o.corrected.push((off.median / ref_off) / (on.median / ref_on));
+        o.reference_speed.push(ref_off / ref_on);
     }
     Ok(o)
 }
@@ -545,11 +567,12 @@ fn storms(c: &mut Ctx) -> Result<()> {
     }
     c.results.insert("storms".into(), json.into());
     c.md.push(format!(
-        "## Overhead\n\nRounds with the guard off and on (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios of guard-on to guard-off performance, with the rounds' range: 1.0 means no measurable cost.\n\n- Exec storms: {ROUNDS} rounds of one load process for the whole scenario, fork+exec of `/bin/true` from two threads (both cores), each timing chunks of {EXEC_CHUNK} execs (about 40 ms); each half is a {} s window of it, starting {} s after a guard's start or stop (what that leaves the kernel to do slows a storm; `ratio_by_order` in the JSON compares the rounds that ran guard-off first with those that ran it second), and counts its median chunk: the agent's drains, every few ms on either core, land in nearly every chunk, so its work is in the median, while a host steal spoils only the chunks it hits. Agent CPU is over the window (100% = one core).\n- Connect and getppid: {STEADY_ROUNDS} rounds of one load process for the whole scenario, pinned to one CPU, timing every chunk of {CONNECT_CHUNK} connects or {NULL_CHUNK} calls (1–3 ms each); each half is a {} s window of it, and counts the fastest tenth of its chunks, so that a preemption or a host steal spoils a chunk and not the comparison. This VM's speed jumps between levels 10–20% apart within seconds, far more than the guard's cost; separate runs cannot resolve that, adjacent windows of one process can. `ratio_all_chunks` in the JSON is the same ratio over every chunk. Agent CPU is over the window.\n\nAgent RSS is its peak (VmHWM) over the scenario.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|\n{}\n",
+        "## Overhead\n\nRounds with the guard off and on (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios of guard-on to guard-off performance, with the rounds' range: 1.0 means no measurable cost.\n\n- Exec storms: {ROUNDS} rounds of one load process for the whole scenario, fork+exec of `/bin/true` from two threads (both cores), each timing chunks of {EXEC_CHUNK} execs (about 40 ms); each half is a {} s window of it, starting {} s after a guard's start or stop (what that leaves the kernel to do slows a storm; `ratio_by_order` in the JSON compares the rounds that ran guard-off first with those that ran it second), and counts its median chunk: the agent's drains, every few ms on either core, land in nearly every chunk, so its work is in the median, while a host steal spoils only the chunks it hits. After each chunk the thread also times {reference} reference work: page faults on pages just dropped with `MADV_DONTNEED`, kernel work the guard has no program on. It shows how fast the VM ran kernel work in that window; the speed-corrected ratio compares each half's median exec time over its median reference time, which takes out most of the VM's speed changes between the halves (the reference's own on/off ratio per round is `reference_speed_on_over_off` in the JSON). Agent CPU is over the window (100% = one core).\n- Connect and getppid: {STEADY_ROUNDS} rounds of one load process for the whole scenario, pinned to one CPU, timing every chunk of {CONNECT_CHUNK} connects or {NULL_CHUNK} calls (1–3 ms each); each half is a {} s window of it, and counts the fastest tenth of its chunks, so that a preemption or a host steal spoils a chunk and not the comparison. This VM's speed jumps between levels 10–20% apart within seconds, far more than the guard's cost; separate runs cannot resolve that, adjacent windows of one process can. `ratio_all_chunks` in the JSON is the same ratio over every chunk. Agent CPU is over the window.\n\nAgent RSS is its peak (VmHWM) over the scenario.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | speed-corrected ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|---|\n{}\n",
         EXEC_WINDOW.as_secs_f64(),
         EXEC_SETTLE.as_secs_f64(),
         WINDOW.as_secs_f64(),
-        rows.join("\n")
+        rows.join("\n"),
+        reference = load::reference_size(),
     ));
     c.md.push(format!(
         "### Overhead by CPU accounting\n\nThe rounds above swing more than the guard costs, so some ratios' intervals stay wide. A second measure, from one more guard-on run of each load ({ACCOUNTING_RUNS} exec storms; {} s of a steady load): of the CPU time the machine was busy (user, system, irq; not idle or the host's steal), the share the guard's kernel programs ran (BPF run-time statistics, switched on for this run only) and the agent used. A share of the same seconds, so the VM's speed changes barely move it; 1 − share is the throughput left to the load if it is CPU-bound. Not counted: the kernel's cost of calling each program (runs per operation below; each about an empty program's cost, see the recorder section), and slowdown by shared caches.\n\n| scenario | operations | CPU per operation | guard programs per operation (share) | agent per operation (share) | program runs per operation | 1 − share |\n|---|---|---|---|---|---|---|\n{}\n",
@@ -1010,6 +1033,10 @@ fn targets(r: &Map<String, Value>) -> String {
             "",
             3,
         ));
+        if let Some(v) = num(&s["ratio_speed_corrected"]["median"]) {
+            let interval = interval95(&s["ratio_speed_corrected_interval95"]);
+            rows.push(target_row(&format!("{what}, speed-corrected"), Some(v), interval, false, limit, "", 3));
+        }
         if let Some(a) = num(&s["cpu_accounting"]["ratio_by_accounting"]) {
             rows.push(target_row(&format!("{what}, by CPU accounting"), Some(a), None, false, limit, "", 3));
         }
