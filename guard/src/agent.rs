@@ -38,7 +38,7 @@ use crate::{
     sensors::{
         decode::{Event, Exec},
         process::{KernelLosses, ProcessSensor, SensorOptions},
-        ring::{ReaderStats, RingReader, Spares},
+        ring::{Batch, ReaderStats, RingReader, Spares},
     },
     server::metrics::{AlertLabels, EventCounters, LossLabels, Metrics, SinkLabels},
     sinks::{events::ExecRecord, events::JsonLines, events::LostRecord, OutputSpec, Sink},
@@ -132,7 +132,7 @@ struct Pipeline<W: Write> {
     event_counts: EventCounters,
     /// Egress maps (None when the egress hooks are off).
     egress: Option<crate::sensors::process::EgressMaps>,
-    egress_now: HashMap<u64, u32>,
+    egress_now: crate::IdMap<u64, u32>,
     /// Seccomp drift watch: loaded only while the policy assigns some notebook a profile.
     drift: Option<DriftWatch>,
     btf: PathBuf,
@@ -140,11 +140,18 @@ struct Pipeline<W: Write> {
 }
 
 impl<W: Write> Pipeline<W> {
-    /// Handles a batch from the ring reader and hands its emptied buffer back to it.
-    fn handle_batch(&mut self, mut batch: Vec<Event>, stats: &ReaderStats, spares: &Spares) -> Result<()> {
+    /// Decodes and handles a batch from the ring reader, one record at a time, and hands its
+    /// emptied buffer back to it.
+    fn handle_batch(&mut self, batch: Batch, stats: &ReaderStats, spares: &Spares) -> Result<()> {
         let n = batch.len();
-        for ev in batch.drain(..) {
-            self.handle(ev)?;
+        for ev in batch.events() {
+            match ev {
+                Ok(ev) => self.handle(ev)?,
+                Err((e, len)) => {
+                    stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, len, "malformed ring buffer record");
+                }
+            }
         }
         spares.give(batch);
         stats.in_flight.fetch_sub(n, Ordering::AcqRel);
@@ -485,7 +492,7 @@ impl<W: Write> Pipeline<W> {
     fn send(&mut self, a: &Alert) {
         self.alerts_sent += 1;
         let action = a.field_str("guard.action").unwrap_or("alert").to_string();
-        self.metrics.alerts.get_or_create(&AlertLabels { rule: a.rule.clone(), action }).inc();
+        self.metrics.alerts.get_or_create(&AlertLabels { rule: a.rule.to_string(), action }).inc();
         for s in &mut self.sinks {
             if let Err(e) = s.send(a) {
                 self.metrics.sink_errors.get_or_create(&SinkLabels { sink: s.name() }).inc();
@@ -803,7 +810,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         metrics: metrics.clone(),
         event_counts: metrics.event_counters(),
         egress,
-        egress_now: HashMap::new(),
+        egress_now: Default::default(),
         drift: None,
         btf: opts.sensor.btf_path.clone(),
         alerts_sent: 0,
@@ -812,7 +819,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     pipe.scan(kube.is_some())?;
 
     let stats = Arc::new(ReaderStats::default());
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Event>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
     let (stop_tx, stop_rx) = watch::channel(false);
     let ring = pipe.sensor.take_ring().context("ring buffer already taken")?;
     let polling = pipe.sensor.take_polling_flag().context("polling flag already taken")?;

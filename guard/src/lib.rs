@@ -15,3 +15,10 @@ pub mod seccomp;
 pub mod sensors;
 pub mod server;
 pub mod sinks;
+
+/// Maps and sets keyed by numbers the kernel assigns (pids, cgroup ids, inodes), looked up
+/// several times per event: std's SipHash, built for keys an attacker picks, was about 8% of
+/// the agent's CPU under an exec storm. foldhash is randomly seeded as well. Keys a notebook
+/// user writes (paths, command lines) stay on std's hasher.
+pub type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

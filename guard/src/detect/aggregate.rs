@@ -7,8 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-
 use super::alert::Alert;
 
 pub struct Aggregator {
@@ -16,19 +14,22 @@ pub struct Aggregator {
     open: HashMap<String, (Instant, u64, Alert)>,
 }
 
+/// What makes two alerts the same: the rule and the fields below, each as JSON (so that
+/// null and "" differ), separated by a character no JSON text holds unescaped.
 fn key(a: &Alert) -> String {
-    let f = |k: &str| a.output_fields.get(k).map(Value::to_string).unwrap_or_default();
-    [
-        a.rule.as_str(),
-        &f("container.cgroup"),
-        &f("proc.exepath"),
-        &f("proc.cmdline"),
-        &f("fd.name"),
-        &f("fd.family"),
-        &f("syscall.type"),
-        &f("guard.action"),
-    ]
-    .join("\u{1f}")
+    use std::fmt::Write;
+    let mut k = String::with_capacity(256);
+    k.push_str(a.rule);
+    for field in
+        ["container.cgroup", "proc.exepath", "proc.cmdline", "fd.name", "fd.family", "syscall.type", "guard.action"]
+    {
+        k.push('\u{1f}');
+        if let Some(v) = a.output_fields.get(field) {
+            // Writing to a String cannot fail.
+            let _ = write!(k, "{v}");
+        }
+    }
+    k
 }
 
 impl Aggregator {

@@ -47,39 +47,42 @@ pub const FIELDS: &[&str] = &[
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Alert {
     pub time: String,
-    pub rule: String,
+    // What is fixed per rule is borrowed, not copied: an alert is built for every judged
+    // exec, repeats that the aggregator only counts included, and each owned name, tag and
+    // field key was an allocation.
+    pub rule: &'static str,
     pub priority: Priority,
-    pub source: String,
+    pub source: &'static str,
     pub hostname: String,
     pub output: String,
-    pub tags: Vec<String>,
-    pub output_fields: BTreeMap<String, Value>,
+    pub tags: &'static [&'static str],
+    pub output_fields: BTreeMap<&'static str, Value>,
 }
 
 impl Alert {
     /// An alert with every standard field present (null) and `guard.action` set.
     pub fn new(rule: &Rule, time: String, hostname: &str, action: Action) -> Self {
-        let mut output_fields: BTreeMap<String, Value> = FIELDS.iter().map(|k| (k.to_string(), Value::Null)).collect();
-        output_fields.insert("guard.action".into(), Value::from(action.name()));
+        let mut output_fields: BTreeMap<&'static str, Value> = FIELDS.iter().map(|&k| (k, Value::Null)).collect();
+        output_fields.insert("guard.action", Value::from(action.name()));
         Self {
             time,
-            rule: rule.name.to_string(),
+            rule: rule.name,
             priority: rule.priority,
-            source: "syscall".into(),
+            source: "syscall",
             hostname: hostname.to_string(),
             output: rule.summary.to_string(),
-            tags: rule.tags.iter().map(|t| t.to_string()).collect(),
+            tags: rule.tags,
             output_fields,
         }
     }
 
-    pub fn set(&mut self, key: &str, v: impl Into<Value>) -> &mut Self {
-        self.output_fields.insert(key.to_string(), v.into());
+    pub fn set(&mut self, key: &'static str, v: impl Into<Value>) -> &mut Self {
+        self.output_fields.insert(key, v.into());
         self
     }
 
-    pub fn set_opt<T: Into<Value>>(&mut self, key: &str, v: Option<T>) -> &mut Self {
-        self.output_fields.insert(key.to_string(), v.map(Into::into).unwrap_or(Value::Null));
+    pub fn set_opt<T: Into<Value>>(&mut self, key: &'static str, v: Option<T>) -> &mut Self {
+        self.output_fields.insert(key, v.map(Into::into).unwrap_or(Value::Null));
         self
     }
 

@@ -63,7 +63,7 @@ pub struct Detector {
     proc_root: PathBuf,
     pub redactor: Redactor,
     /// exe identity → the system binary it is a copy of (None: not a copy).
-    copies: HashMap<FileId, Option<FileId>>,
+    copies: crate::IdMap<FileId, Option<FileId>>,
 }
 
 /// Facts about an exec gathered once, used by every rule.
@@ -160,7 +160,7 @@ impl Detector {
             clock: BootClock::new(),
             proc_root,
             redactor: Redactor::new(),
-            copies: HashMap::new(),
+            copies: Default::default(),
         }
     }
 
@@ -593,7 +593,7 @@ impl Detector {
     }
 
     /// An alert not tied to an exec (agent health).
-    pub fn health_alert(&self, rule: &Rule, summary: &str, fields: &[(&str, serde_json::Value)]) -> Alert {
+    pub fn health_alert(&self, rule: &Rule, summary: &str, fields: &[(&'static str, serde_json::Value)]) -> Alert {
         let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc());
         let mut a = Alert::new(rule, now, &self.hostname, Action::Alert);
         a.set("evt.type", "guard");

@@ -1,11 +1,7 @@
 //! Whose notebook is this? cgroup id → (user, pod, container, server), from the cgroup path
 //! plus the Kubernetes pod cache or the spawner's own conventions.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use super::{
     cgroup::CgroupResolver,
@@ -99,14 +95,14 @@ pub struct Attributor {
     pods: Option<Arc<PodCache>>,
     opts: AttributionOptions,
     /// Final answers per cgroup id (None: definitely not a notebook).
-    cache: HashMap<u64, Option<Arc<Attribution>>>,
+    cache: crate::IdMap<u64, Option<Arc<Attribution>>>,
 }
 
 const CACHE_MAX: usize = 65536;
 
 impl Attributor {
     pub fn new(cgroups: CgroupResolver, pods: Option<Arc<PodCache>>, opts: AttributionOptions) -> Self {
-        Self { cgroups, pods, opts, cache: HashMap::new() }
+        Self { cgroups, pods, opts, cache: Default::default() }
     }
 
     /// The notebook a process in cgroup `id` belongs to; `pid` is used to read a DockerSpawner

@@ -4,7 +4,6 @@
 //! on hybrid ones, anything in a container. It is discovered from mountinfo, never assumed.
 
 use std::{
-    collections::HashMap,
     ffi::CString,
     fs, io,
     os::{
@@ -61,7 +60,7 @@ pub fn cgroup_id(path: &Path) -> Result<u64> {
 pub struct CgroupResolver {
     mount: PathBuf,
     mount_fd: OwnedFd,
-    cache: HashMap<u64, Option<PathBuf>>,
+    cache: crate::IdMap<u64, Option<PathBuf>>,
 }
 
 /// `struct file_handle` with the 8-byte kernfs payload.
@@ -85,7 +84,7 @@ impl CgroupResolver {
         }
         // SAFETY: fd was just returned by open and is not owned elsewhere.
         let mount_fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { mount, mount_fd, cache: HashMap::new() })
+        Ok(Self { mount, mount_fd, cache: Default::default() })
     }
 
     pub fn mount(&self) -> &Path {

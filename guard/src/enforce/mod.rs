@@ -7,7 +7,7 @@
 //! With pinning (the default for `guard run`) the maps and programs outlive the agent, so
 //! enforcement continues across a restart and the next agent adopts these maps as they are.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHash, MapData};
@@ -118,7 +118,7 @@ impl KernelEnforcer {
     }
 
     /// Adds identities to the allow-list (Python first: a Python identity is never demoted).
-    pub fn allow(&mut self, python: &HashSet<FileId>, helpers: &[FileId], shells: &[FileId]) -> Result<()> {
+    pub fn allow(&mut self, python: &crate::IdSet<FileId>, helpers: &[FileId], shells: &[FileId]) -> Result<()> {
         let entries = python
             .iter()
             .map(|id| (id, allow_class::PYTHON))

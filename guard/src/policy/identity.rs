@@ -6,7 +6,7 @@
 //! host. Identities are (device, inode): a copy or rename of a binary never matches.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     ffi::CString,
     fs,
     io::Read,
@@ -130,7 +130,7 @@ impl Root {
 pub struct SystemIndex {
     /// Identity → every name it is reachable by in the system dirs (`dash` and `sh`); shared,
     /// since every exec of a system binary asks for them.
-    pub names: HashMap<FileId, Arc<[String]>>,
+    pub names: crate::IdMap<FileId, Arc<[String]>>,
     /// Size → (identity, path) of regular files, to find copies by content.
     by_size: HashMap<u64, Vec<(FileId, PathBuf)>>,
 }
@@ -177,18 +177,18 @@ impl SystemIndex {
 
 pub struct RootIdentities {
     pub root: Root,
-    pub python: HashSet<FileId>,
+    pub python: crate::IdSet<FileId>,
     /// Identity → indexes into `policy.helpers`.
-    pub helpers: HashMap<FileId, Vec<usize>>,
-    pub loaders: HashSet<FileId>,
+    pub helpers: crate::IdMap<FileId, Vec<usize>>,
+    pub loaders: crate::IdSet<FileId>,
     system: Option<SystemIndex>,
     resolved_at: Instant,
 }
 
 impl RootIdentities {
     pub fn resolve(root: Root, policy: &Policy) -> Self {
-        let ids = |patterns: &mut dyn Iterator<Item = &String>| -> HashSet<FileId> {
-            let mut out = HashSet::new();
+        let ids = |patterns: &mut dyn Iterator<Item = &String>| -> crate::IdSet<FileId> {
+            let mut out = crate::IdSet::default();
             for pat in patterns {
                 for p in root.glob(pat) {
                     if let Ok(md) = root.stat(&p) {
@@ -202,7 +202,7 @@ impl RootIdentities {
         };
         let python = ids(&mut policy.python.interpreters.iter());
         let loaders = ids(&mut policy.loaders.iter());
-        let mut helpers: HashMap<FileId, Vec<usize>> = HashMap::new();
+        let mut helpers: crate::IdMap<FileId, Vec<usize>> = Default::default();
         for (i, h) in policy.helpers.iter().enumerate() {
             for id in ids(&mut h.paths.iter()) {
                 helpers.entry(id).or_default().push(i);
@@ -250,8 +250,8 @@ impl RootIdentities {
 /// Identities of every root seen, keyed by root; cgroups map to their root.
 #[derive(Default)]
 pub struct Identities {
-    roots: HashMap<RootKey, RootIdentities>,
-    root_of_cgroup: HashMap<u64, RootKey>,
+    roots: crate::IdMap<RootKey, RootIdentities>,
+    root_of_cgroup: crate::IdMap<u64, RootKey>,
 }
 
 /// A new interpreter (conda create, pip install into a venv) is picked up when an unknown
@@ -319,7 +319,7 @@ mod tests {
         let (_, root) = Root::open(&dir).unwrap();
         let ids = RootIdentities::resolve(root, &Policy::default_policy());
         let py = FileId::of(&fs::metadata(dir.join("usr/bin/python3.12")).unwrap());
-        assert_eq!(ids.python, HashSet::from([py]));
+        assert_eq!(ids.python, crate::IdSet::from_iter([py]));
         let bash = FileId::of(&fs::metadata(dir.join("usr/bin/bash")).unwrap());
         assert!(!ids.python.contains(&bash));
         let mut ids = ids;
@@ -344,7 +344,7 @@ mod tests {
         fs::rename(&dir, &moved).unwrap();
         let mut ids = RootIdentities::resolve(root, &Policy::default_policy());
         let py = FileId::of(&fs::metadata(moved.join("usr/bin/python3.12")).unwrap());
-        assert_eq!(ids.python, HashSet::from([py]));
+        assert_eq!(ids.python, crate::IdSet::from_iter([py]));
         assert!(ids.system_names(&py).is_some(), "the system index is built through the open root too");
         fs::remove_dir_all(&moved).unwrap();
     }

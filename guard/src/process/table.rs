@@ -1,7 +1,7 @@
 //! The process table: one entry per live process, kept from fork/exec/exit events and seeded
 //! from /proc at start-up, so every exec can name its parent's executable and command line.
 
-use std::{collections::HashMap, ffi::OsString, fs, path::PathBuf, sync::Arc};
+use std::{ffi::OsString, fs, path::PathBuf, sync::Arc};
 
 use crate::sensors::decode::{split_args, Exec, Exit, FileId, Fork};
 
@@ -66,7 +66,7 @@ pub const MAX_ANCESTORS: usize = 8;
 
 #[derive(Default)]
 pub struct ProcessTable {
-    procs: HashMap<u32, ProcInfo>,
+    procs: crate::IdMap<u32, ProcInfo>,
     /// cgroup2 mount, to give processes read from /proc their cgroup id.
     cgroup_mount: Option<PathBuf>,
 }
@@ -78,7 +78,7 @@ impl ProcessTable {
 
     /// A table that records the cgroup of processes it reads from /proc.
     pub fn with_cgroup_mount(mount: PathBuf) -> Self {
-        Self { procs: HashMap::new(), cgroup_mount: Some(mount) }
+        Self { procs: Default::default(), cgroup_mount: Some(mount) }
     }
 
     /// Fills the table from `/proc` (`proc_root`), for processes that started before the agent.

@@ -4,6 +4,11 @@
 //! kernel ring, where they would be lost. The queue is bounded (in events); what does not fit
 //! is counted. Each drain hands over one batch: one wake-up of the pipeline per drain, not one
 //! per event (under an exec storm the wake-ups were a quarter of the agent's CPU).
+//!
+//! A batch holds the records as the kernel wrote them; the pipeline decodes each one just
+//! before handling it. Decoding a whole drain here made hundreds of allocations per drain before
+//! the first was freed, more than the allocator's per-thread cache holds, and its slow path
+//! was a tenth of the agent's CPU under an exec storm.
 
 use std::{
     sync::{
@@ -16,7 +21,7 @@ use std::{
 use aya::maps::{Array, MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 
-use super::decode::{decode, Event};
+use super::decode::{decode, DecodeError, Event};
 
 /// A drain that finds this many records means a busy node.
 const BUSY_BATCH: usize = 8;
@@ -29,20 +34,64 @@ const IDLE_SAFETY_NET: Duration = Duration::from_millis(500);
 
 /// Spare batch buffers kept at most: one per batch in flight is plenty.
 const MAX_SPARES: usize = 4;
-/// A buffer larger than this (a burst's) is freed rather than kept.
-const MAX_SPARE_BYTES: usize = 256 << 10;
+/// A buffer larger than this (a burst's) is freed rather than kept. An exec record is about
+/// 1.3 KiB: this keeps a busy drain's buffer (a few hundred execs) for the next one.
+const MAX_SPARE_BYTES: usize = 1 << 20;
+
+/// The records of one drain, copied out of the kernel ring.
+#[derive(Debug, Default)]
+pub struct Batch {
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn push(&mut self, record: &[u8]) {
+        self.bytes.extend_from_slice(record);
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The records, in the order the kernel wrote them.
+    pub fn records(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(a, b)| &self.bytes[a..b])
+    }
+
+    /// The records decoded, one at a time.
+    pub fn events(&self) -> impl Iterator<Item = Result<Event, (DecodeError, usize)>> + '_ {
+        self.records().map(|r| decode(r).map_err(|e| (e, r.len())))
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
+    }
+}
 
 /// Emptied batch buffers handed back by the consumer for the next drains. A fresh buffer per
 /// drain cost page faults every time (the allocator returned its pages when the consumer freed
 /// it): a tenth of the agent's CPU under an exec storm.
 #[derive(Clone, Default)]
-pub struct Spares(Arc<Mutex<Vec<Vec<Event>>>>);
+pub struct Spares(Arc<Mutex<Vec<Batch>>>);
 
 impl Spares {
     /// Takes back a batch the consumer has emptied.
-    pub fn give(&self, mut batch: Vec<Event>) {
+    pub fn give(&self, mut batch: Batch) {
         batch.clear();
-        if batch.capacity() * std::mem::size_of::<Event>() > MAX_SPARE_BYTES {
+        if batch.heap_bytes() > MAX_SPARE_BYTES {
             return;
         }
         if let Ok(mut s) = self.0.lock() {
@@ -52,7 +101,7 @@ impl Spares {
         }
     }
 
-    fn take(&self) -> Vec<Event> {
+    fn take(&self) -> Batch {
         self.0.lock().ok().and_then(|mut s| s.pop()).unwrap_or_default()
     }
 }
@@ -61,7 +110,7 @@ impl Spares {
 #[derive(Debug, Default)]
 pub struct ReaderStats {
     pub received: AtomicU64,
-    /// Records that could not be decoded (logged).
+    /// Records that could not be decoded (logged; counted by the consumer, which decodes).
     pub malformed: AtomicU64,
     /// Events dropped because the user-space queue was full.
     pub queue_full: AtomicU64,
@@ -73,15 +122,15 @@ pub struct RingReader {
     ring: AsyncFd<RingBuf<MapData>>,
     /// Tells the kernel we drain on our own timer, so it does not wake us per drain.
     polling: Option<Array<MapData, u32>>,
-    tx: mpsc::UnboundedSender<Vec<Event>>,
+    tx: mpsc::UnboundedSender<Batch>,
     spares: Spares,
     stats: Arc<ReaderStats>,
     poll: Duration,
     /// Most events queued at once.
     capacity: usize,
-    /// The last drain's size: a batch is reserved at about that size, rather than grown (and
-    /// moved) through every power of two on the way.
-    last_batch: usize,
+    /// The last drain's size in records and bytes: a batch is reserved at about that size,
+    /// rather than grown (and moved) through every power of two on the way.
+    last_batch: (usize, usize),
 }
 
 impl RingReader {
@@ -89,7 +138,7 @@ impl RingReader {
     pub fn new(
         ring: RingBuf<MapData>,
         polling: Option<Array<MapData, u32>>,
-        tx: mpsc::UnboundedSender<Vec<Event>>,
+        tx: mpsc::UnboundedSender<Batch>,
         spares: Spares,
         stats: Arc<ReaderStats>,
         poll: Duration,
@@ -99,7 +148,7 @@ impl RingReader {
         // which is the lifetime of this AsyncFd.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
-        Ok(Self { ring, polling, tx, spares, stats, poll, capacity, last_batch: 0 })
+        Ok(Self { ring, polling, tx, spares, stats, poll, capacity, last_batch: (0, 0) })
     }
 
     /// Runs until `stop` turns true, then drains once more so nothing already in the ring is
@@ -179,23 +228,19 @@ impl RingReader {
     fn drain(&mut self) -> usize {
         let room = self.capacity.saturating_sub(self.stats.in_flight.load(Ordering::Acquire));
         let mut batch = self.spares.take();
-        batch.reserve(self.last_batch.min(room));
+        batch.ends.reserve(self.last_batch.0.min(room));
+        batch.bytes.reserve(self.last_batch.1);
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             self.stats.received.fetch_add(1, Ordering::Relaxed);
-            match decode(&item) {
-                Ok(ev) if batch.len() < room => batch.push(ev),
-                Ok(_) => {
-                    self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, len = item.len(), "malformed ring buffer record");
-                }
+            if batch.len() < room {
+                batch.push(&item);
+            } else {
+                self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             }
         }
         let n = batch.len();
-        self.last_batch = n;
+        self.last_batch = (n, batch.bytes.len());
         if n == 0 {
             self.spares.give(batch);
             return 0;
@@ -213,33 +258,46 @@ impl RingReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sensors::decode::{Exit, Meta};
 
-    fn exit(pid: u32) -> Event {
-        Event::Exit(Exit { meta: Meta { ktime_ns: 0, cpu: 0, pid, tgid: pid, cgroup_id: 0 }, exit_code: 0 })
+    #[test]
+    fn a_batch_gives_back_its_records_in_order() {
+        let mut b = Batch::default();
+        assert_eq!(b.records().count(), 0);
+        for r in [&b"first"[..], b"", b"third record"] {
+            b.push(r);
+        }
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.records().collect::<Vec<_>>(), vec![&b"first"[..], b"", b"third record"]);
+        // Too short for a header: an error naming its length, not a panic.
+        assert!(matches!(b.events().nth(1), Some(Err((_, 0)))));
     }
 
     #[test]
     fn spares_hand_back_emptied_buffers_and_keep_few_small_ones() {
         let s = Spares::default();
-        let mut b = Vec::with_capacity(64);
-        b.push(exit(1));
-        let ptr = b.as_ptr();
+        let mut b = Batch::default();
+        b.bytes.reserve(4096);
+        b.push(b"record");
+        let ptr = b.bytes.as_ptr();
         s.give(b);
         let again = s.take();
-        assert!(again.is_empty(), "a spare comes back empty");
-        assert_eq!(again.as_ptr(), ptr, "the same allocation is reused");
-        assert!(again.capacity() >= 64);
+        assert!(again.is_empty() && again.bytes.is_empty(), "a spare comes back empty");
+        assert_eq!(again.bytes.as_ptr(), ptr, "the same allocation is reused");
+        assert!(again.bytes.capacity() >= 4096);
 
         // A burst's buffer is freed rather than kept.
-        s.give(Vec::with_capacity(MAX_SPARE_BYTES / std::mem::size_of::<Event>() + 1));
-        assert_eq!(s.take().capacity(), 0);
+        let mut big = Batch::default();
+        big.bytes.reserve(MAX_SPARE_BYTES + 1);
+        s.give(big);
+        assert_eq!(s.take().heap_bytes(), 0);
 
         // At most MAX_SPARES are kept.
         for _ in 0..MAX_SPARES + 3 {
-            s.give(Vec::with_capacity(8));
+            let mut b = Batch::default();
+            b.bytes.reserve(8);
+            s.give(b);
         }
-        let kept = std::iter::from_fn(|| Some(s.take())).take_while(|v| v.capacity() > 0).count();
+        let kept = std::iter::from_fn(|| Some(s.take())).take_while(|b| b.heap_bytes() > 0).count();
         assert_eq!(kept, MAX_SPARES);
     }
 }

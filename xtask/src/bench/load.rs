@@ -297,7 +297,14 @@ impl Reference {
         let len = REFERENCE_PAGES * 4096;
         // SAFETY: a fresh private anonymous mapping; checked for failure.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             bail!("mmap for the reference work: {}", std::io::Error::last_os_error());
