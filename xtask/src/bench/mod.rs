@@ -1063,7 +1063,7 @@ fn targets(r: &Map<String, Value>) -> String {
     rows.push(target_row("exec-to-alert p99", p99, None, true, 10.0, " ms", 2));
     rows.push(target_row("agent peak RSS", peak_rss.map(|k| k / 1024.0), None, true, 64.0, " MiB", 0));
     format!(
-        "## Targets\n\nThe overhead ratios are medians over rounds; their 95% interval (distribution-free, from the rounds' order statistics) says how far this VM's noise leaves the median uncertain. Where the interval straddles the target, this run does not settle whether it is met, and the table says so rather than reading a verdict off the median.\n\n| what | target | this run | 95% interval | met |\n|---|---|---|---|---|\n{}\n",
+        "## Targets\n\nThe overhead ratios are medians over rounds; their 95% interval (distribution-free, from the rounds' order statistics) says how far this VM's noise leaves the median uncertain. Where the interval straddles the target, this run does not settle whether it is met, and the table says so rather than reading a verdict off the median. The exec storms' rows come three ways: the raw ratio; speed-corrected, each half's exec time over the time of reference kernel work the guard has no part in, timed by the same threads in the same window (see Overhead); and by CPU accounting.\n\n| what | target | this run | 95% interval | met |\n|---|---|---|---|---|\n{}\n",
         rows.join("\n")
     )
 }
