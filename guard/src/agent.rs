@@ -38,15 +38,16 @@ use crate::{
     sensors::{
         decode::{Event, Exec},
         process::{KernelLosses, ProcessSensor, SensorOptions},
-        ring::{Batch, ReaderStats, RingReader, Spares},
+        ring::{Batch, QueueLimit, ReaderStats, RingReader, Spares},
     },
     server::metrics::{AlertLabels, EventCounters, LossLabels, Metrics, SinkLabels},
     sinks::{events::ExecRecord, events::JsonLines, events::LostRecord, OutputSpec, Sink},
 };
 use guard_abi::{exec_flags, EventKind};
 
-/// Events waiting between the ring reader and enrichment.
-const QUEUE_LEN: usize = 65536;
+/// What may wait between the ring reader and enrichment: events, and their bytes (about
+/// 25000 exec records).
+const QUEUE: QueueLimit = QueueLimit { events: 65536, bytes: 32 << 20 };
 const LOSS_CHECK: Duration = Duration::from_secs(1);
 const TABLE_SWEEP: Duration = Duration::from_secs(60);
 /// How often new notebook cgroups (units, scopes, pods' cgroups) are looked for.
@@ -143,7 +144,7 @@ impl<W: Write> Pipeline<W> {
     /// Decodes and handles a batch from the ring reader, one record at a time, and hands its
     /// emptied buffer back to it.
     fn handle_batch(&mut self, batch: Batch, stats: &ReaderStats, spares: &Spares) -> Result<()> {
-        let n = batch.len();
+        let (n, bytes) = (batch.len(), batch.byte_len());
         for ev in batch.events() {
             match ev {
                 Ok(ev) => self.handle(ev)?,
@@ -155,6 +156,7 @@ impl<W: Write> Pipeline<W> {
         }
         spares.give(batch);
         stats.in_flight.fetch_sub(n, Ordering::AcqRel);
+        stats.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
         Ok(())
     }
 
@@ -824,7 +826,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let ring = pipe.sensor.take_ring().context("ring buffer already taken")?;
     let polling = pipe.sensor.take_polling_flag().context("polling flag already taken")?;
     let spares = Spares::default();
-    let reader = RingReader::new(ring, Some(polling), tx, spares.clone(), stats.clone(), opts.poll, QUEUE_LEN)?;
+    let reader = RingReader::new(ring, Some(polling), tx, spares.clone(), stats.clone(), opts.poll, QUEUE)?;
     let reader = tokio::spawn(reader.run(stop_rx));
 
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -60,6 +60,11 @@ impl Batch {
         self.ends.is_empty()
     }
 
+    /// Bytes of records held.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// The records, in the order the kernel wrote them.
     pub fn records(&self) -> impl Iterator<Item = &[u8]> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
@@ -116,6 +121,17 @@ pub struct ReaderStats {
     pub queue_full: AtomicU64,
     /// Events handed over and not yet handled (the consumer subtracts what it handled).
     pub in_flight: AtomicUsize,
+    /// Their bytes, likewise.
+    pub in_flight_bytes: AtomicUsize,
+}
+
+/// How much may wait between the reader and the consumer. Records wait undecoded, an exec's
+/// about 1.3 KiB: the bytes bound keeps a stalled consumer from holding the count's worth of
+/// the largest records.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimit {
+    pub events: usize,
+    pub bytes: usize,
 }
 
 pub struct RingReader {
@@ -126,8 +142,8 @@ pub struct RingReader {
     spares: Spares,
     stats: Arc<ReaderStats>,
     poll: Duration,
-    /// Most events queued at once.
-    capacity: usize,
+    /// Most queued at once.
+    capacity: QueueLimit,
     /// The last drain's size in records and bytes: a batch is reserved at about that size,
     /// rather than grown (and moved) through every power of two on the way.
     last_batch: (usize, usize),
@@ -142,7 +158,7 @@ impl RingReader {
         spares: Spares,
         stats: Arc<ReaderStats>,
         poll: Duration,
-        capacity: usize,
+        capacity: QueueLimit,
     ) -> std::io::Result<Self> {
         // SAFETY: the RingBuf owns its map fd and returns the same open fd for its lifetime,
         // which is the lifetime of this AsyncFd.
@@ -226,14 +242,15 @@ impl RingReader {
 
     /// Drains the ring; returns how many records it found.
     fn drain(&mut self) -> usize {
-        let room = self.capacity.saturating_sub(self.stats.in_flight.load(Ordering::Acquire));
+        let room = self.capacity.events.saturating_sub(self.stats.in_flight.load(Ordering::Acquire));
+        let room_bytes = self.capacity.bytes.saturating_sub(self.stats.in_flight_bytes.load(Ordering::Acquire));
         let mut batch = self.spares.take();
         batch.ends.reserve(self.last_batch.0.min(room));
-        batch.bytes.reserve(self.last_batch.1);
+        batch.bytes.reserve(self.last_batch.1.min(room_bytes));
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             self.stats.received.fetch_add(1, Ordering::Relaxed);
-            if batch.len() < room {
+            if batch.len() < room && batch.byte_len() + item.len() <= room_bytes {
                 batch.push(&item);
             } else {
                 self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -245,10 +262,13 @@ impl RingReader {
             self.spares.give(batch);
             return 0;
         }
+        let bytes = batch.byte_len();
         self.stats.in_flight.fetch_add(n, Ordering::AcqRel);
+        self.stats.in_flight_bytes.fetch_add(bytes, Ordering::AcqRel);
         if self.tx.send(batch).is_err() {
             // The consumer is gone (shutting down): nothing will handle these.
             self.stats.in_flight.fetch_sub(n, Ordering::AcqRel);
+            self.stats.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
             self.stats.queue_full.fetch_add(n as u64, Ordering::Relaxed);
         }
         n
