@@ -350,23 +350,23 @@ mod tests {
     }
 
     #[test]
-    fn a_refresh_after_the_first_process_exited_sees_new_interpreters() {
+    fn a_refresh_after_the_first_process_exited_sees_new_interpreters() -> std::io::Result<()> {
         // A root is first opened through /proc/<pid>/root of whatever process exec'd first;
         // by the time a new env's Python shows up, that process has long exited.
         let tmp = std::env::temp_dir().join(format!("guard-refresh-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         let root_dir = tmp.join("proc/42/root");
-        fs::create_dir_all(root_dir.join("usr/bin")).unwrap();
-        fs::copy("/bin/true", root_dir.join("usr/bin/python3.12")).unwrap();
+        fs::create_dir_all(root_dir.join("usr/bin"))?;
+        fs::copy("/bin/true", root_dir.join("usr/bin/python3.12"))?;
         let policy = Policy::default_policy();
         let mut ids = Identities::default();
         let (key, _) = ids.for_cgroup(7, &[42], &policy, &tmp.join("proc")).expect("root opened");
         let kept = tmp.join("kept-root");
-        fs::rename(&root_dir, &kept).unwrap();
-        fs::copy("/bin/true", kept.join("usr/bin/python3.13")).unwrap();
+        fs::rename(&root_dir, &kept)?;
+        fs::copy("/bin/true", kept.join("usr/bin/python3.13"))?;
         let fresh = ids.refresh(key, &policy).expect("refreshed through the open root");
-        let new = FileId::of(&fs::metadata(kept.join("usr/bin/python3.13")).unwrap());
+        let new = FileId::of(&fs::metadata(kept.join("usr/bin/python3.13"))?);
         assert!(fresh.python.contains(&new), "the new interpreter is known after the refresh");
-        fs::remove_dir_all(&tmp).unwrap();
+        fs::remove_dir_all(&tmp)
     }
 }
