@@ -21,7 +21,7 @@ pub struct KernelEnforcer {
     marks: BpfHash<MapData, u32, u32>,
     servers: BpfHash<MapData, u32, u32>,
     /// What we wrote, to avoid rewriting it per event.
-    enforced_now: HashMap<u64, u32>,
+    enforced_now: crate::IdMap<u64, u32>,
     allowed_now: HashMap<FileKey, u32>,
 }
 
@@ -56,7 +56,7 @@ impl KernelEnforcer {
         // What the kernel already enforces (pinned maps of the previous agent) is known from the
         // start, so discovery under a policy that no longer enforces a cgroup takes it off; an
         // agent restarted in monitor mode used to leave its predecessor's enforcement on.
-        let enforced_now: HashMap<u64, u32> =
+        let enforced_now: crate::IdMap<u64, u32> =
             enforced.iter().flatten().filter(|(cgroup, _)| *cgroup != ENFORCED_ANY).collect();
         let mut e = Self { enforced, allowed, marks, servers, enforced_now, allowed_now: HashMap::new() };
         // Maps adopted from an agent that predates ENFORCED_ANY: their cgroups stay enforced
