@@ -338,8 +338,61 @@ fn a_recorded_notebook_session_runs_under_its_profile_in_runc_and_nothing_else_d
     let out = output_within(&mut check, DRIVER_LIMIT).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(out.status.code(), Some(7), "check exits with the command's status");
 
+    // 6. A notebook stopped and continued mid-sleep (a debugger, a freezer, SIGSTOP/SIGCONT)
+    //    carries on under its profile: the kernel resumes the sleep through restart_syscall,
+    //    which the recorded session had no reason to make.
+    for sleep in [SLEEP_IN_POLL, SLEEP_ON_A_LOCK] {
+        let (code, stdout, stderr) = stopped_and_continued(&profile, sleep);
+        assert_eq!((code, stdout.as_str()), (Some(0), "sleeping\nresumed\n"), "{sleep}\n{stderr}");
+    }
 }
 
+/// Sleeps in poll(2) with a timeout, and in a futex wait with one: both resumed by
+/// restart_syscall after a stop.
+const SLEEP_IN_POLL: &str = "import select\nprint('sleeping', flush=True)\nselect.poll().poll(1500)\nprint('resumed')";
+const SLEEP_ON_A_LOCK: &str =
+    "import threading\nl = threading.Lock()\nl.acquire()\nprint('sleeping', flush=True)\nl.acquire(timeout=1.5)\nprint('resumed')";
+
+/// Runs `code` under `profile` with `guard seccomp check` (which execs it: the child is the
+/// Python process), stops it 300 ms into its sleep and continues it 200 ms later.
+fn stopped_and_continued(profile: &Path, code: &str) -> (Option<i32>, String, String) {
+    use nix::sys::signal::{kill, Signal};
+    use std::io::Read;
+    let mut child = Command::new(guard_bin())
+        .args(["seccomp", "check", profile.to_str().unwrap(), "--"])
+        .arg(test_python())
+        .args(["-c", code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    if first == "sleeping\n" {
+        std::thread::sleep(Duration::from_millis(300));
+        kill(pid, Signal::SIGSTOP).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        kill(pid, Signal::SIGCONT).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{code}: still running 30 s after it was continued");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut rest, mut stderr) = (String::new(), String::new());
+    stdout.read_to_string(&mut rest).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.code(), first + &rest, stderr)
+}
 
 #[test]
 fn int_0x80_calls_are_recorded_under_the_i386_table() {
