@@ -12,7 +12,8 @@ use std::{
 
 use guard::seccomp::{arch::Arch, recording::RecordingFile};
 use guard_tests::{
-    guard_bin, output_within, require_root, spawn_in, test_python, wait_ok, Exec, TempDir, TestCgroup, DRIVER_LIMIT,
+    guard_bin, output_within, require_root, spawn_in, test_python, wait_ok, wait_within, Exec, TempDir, TestCgroup,
+    DRIVER_LIMIT,
 };
 use serde_json::{json, Value};
 
@@ -70,7 +71,10 @@ impl Recording {
 
     fn stop(mut self) -> RecordingFile {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGINT).unwrap();
-        let status = self.child.wait().unwrap();
+        let Some(status) = wait_within(&mut self.child, Duration::from_secs(30)).unwrap() else {
+            let _ = self.child.kill();
+            panic!("the recorder did not stop within 30 s of SIGINT:\n{}", self.stderr.lock().unwrap());
+        };
         std::thread::sleep(Duration::from_millis(50));
         assert!(status.success(), "recorder: {status}\n{}", self.stderr.lock().unwrap());
         RecordingFile::load(&self.out).unwrap()

@@ -180,6 +180,20 @@ pub fn wait_ok(pid: Pid) -> Result<()> {
     }
 }
 
+/// Waits for `child` to exit, at most `limit`: `None` if it is still running then.
+pub fn wait_within(child: &mut std::process::Child, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs `cmd` to the end, as `Command::output`, but never waits past `limit`: a child that
 /// hangs (a runtime stuck on its container, a kernel that stopped answering) is killed with
 /// its whole process group, and the error carries what it printed. A hung test would
@@ -204,18 +218,11 @@ pub fn output_within(cmd: &mut std::process::Command, limit: Duration) -> Result
     };
     let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
     let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), nix::sys::signal::SIGKILL);
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_within(&mut child, limit)?;
+    if status.is_none() {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), nix::sys::signal::SIGKILL);
+        let _ = child.wait();
+    }
     // Anything that left the group and still holds the pipes must not hang the reader either.
     let collect = |h: std::thread::JoinHandle<Vec<u8>>| {
         let until = Instant::now() + Duration::from_secs(5);
@@ -422,7 +429,10 @@ impl GuardProcess {
     pub fn stop_keep_pins(mut self) -> Result<Vec<serde_json::Value>> {
         self.keep_pins = true;
         nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
-        let status = self.child.wait()?;
+        // Drop kills an agent that does not stop.
+        let Some(status) = wait_within(&mut self.child, Duration::from_secs(30))? else {
+            bail!("guard did not stop within 30 s of SIGTERM:\n{}", self.log());
+        };
         if !status.success() {
             bail!("guard exited with {status}:\n{}", self.log());
         }
