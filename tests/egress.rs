@@ -64,6 +64,8 @@ fn monitor_mode_alerts_on_forbidden_destinations_and_changes_nothing() {
     let results = run_client(&net, &cg);
     let ur = uring(&net, &cg, "10.0.0.5:80");
     let ur_packet = uring(&net, &cg, "packet-socket");
+    let ur_async = uring(&net, &cg, "packet-socket-async");
+    let ur_sqpoll = uring(&net, &cg, "packet-socket-sqpoll");
     std::thread::sleep(std::time::Duration::from_millis(400));
     let log = guard.log();
     let alerts: Vec<Value> =
@@ -110,6 +112,18 @@ fn monitor_mode_alerts_on_forbidden_destinations_and_changes_nothing() {
         "packet socket through io_uring:\n{}\n{log}",
         show()
     );
+    // Made by io_uring's own threads: an io-wq worker (IOSQE_ASYNC) and the SQPOLL thread,
+    // whose saved registers show io_uring_setup. Each alert names the thread that made it.
+    assert_eq!((ur_async.as_str(), ur_sqpoll.as_str()), ("ok", "ok"));
+    for thread in ["iou-wrk-", "iou-sqp-"] {
+        let made_by = |a: &&Value| {
+            let f = &a["output_fields"];
+            a["rule"] == "notebook.packet_socket"
+                && f["syscall.type"] == "io_uring_enter"
+                && f["proc.name"].as_str().is_some_and(|n| n.starts_with(thread))
+        };
+        assert!(alerts.iter().any(|a| made_by(&a)), "packet socket made by {thread}*:\n{}\n{log}", show());
+    }
 }
 
 #[test]

@@ -349,6 +349,8 @@ pub struct KernelOffsets {
     pub files_fdt: u32,
     pub fdtable_fd: u32,
     pub mm_exe_file: u32,
+    /// `task_struct.flags` (PF_*)
+    pub task_flags: u32,
 }
 
 /// Read-only configuration, written into the object's `.rodata` before load.

@@ -192,6 +192,8 @@ const NR_SOCKET: u64 = 41;
 const NR_IO_URING_ENTER: u64 = 426;
 const NR_I386_SOCKET: u64 = 359;
 const NR_I386_SOCKETCALL: u64 = 102;
+/// `task_struct.flags` bit of io_uring's kernel threads (5.12+).
+const PF_IO_WORKER: u32 = 0x10;
 
 // TP_PROTO(const struct cred *cred, struct user_namespace *target_ns,
 //          const struct user_namespace *capable_ns, int cap, int ret)
@@ -212,12 +214,19 @@ unsafe fn on_net_raw() {
     if cgroup_lookup(&EGRESS_CG, cgroup).is_none() {
         return;
     }
+    let task = bpf_get_current_task_btf();
+    // io_uring's own threads (the SQPOLL thread, io-wq workers) run requests with registers
+    // saved when they were created (io_uring_setup, for SQPOLL), so the number says nothing:
+    // whatever made them check CAP_NET_RAW was an io_uring request.
+    if super::read::<u32>(task.cast(), conf!(offsets.task_flags)) & PF_IO_WORKER != 0 {
+        emit_socket(cgroup, 0, 0, 0, NR_IO_URING_ENTER as u32);
+        return;
+    }
     let regs = conf!(regs);
     if regs.nr == NO_OFFSET {
         emit_socket(cgroup, 0, 0, 0, SYSCALL_UNKNOWN);
         return;
     }
-    let task = bpf_get_current_task_btf();
     let pt = bpf_task_pt_regs(task) as *const u8;
     if pt.is_null() {
         return;

@@ -65,6 +65,7 @@ static CONFIG: Config = Config {
         files_fdt: 0,
         fdtable_fd: 0,
         mm_exe_file: 0,
+        task_flags: 0,
     },
     regs: guard_abi::SyscallRegs { nr: 0, args: [0; 3], compat_args: [0; 3], _pad: 0 },
 };

@@ -66,6 +66,7 @@ impl OffsetResolver {
             files_fdt: self.field("files_struct", &["fdt"], 8)?,
             fdtable_fd: self.field("fdtable", &["fd"], 8)?,
             mm_exe_file: self.field("mm_struct", &["exe_file"], 8)?,
+            task_flags: self.field("task_struct", &["flags"], 4)?,
         })
     }
 
