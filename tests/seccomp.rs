@@ -381,16 +381,9 @@ fn stopped_and_continued(profile: &Path, code: &str) -> (Option<i32>, String, St
         std::thread::sleep(Duration::from_millis(200));
         kill(pid, Signal::SIGCONT).unwrap();
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{code}: still running 30 s after it was continued");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_within(&mut child, Duration::from_secs(30)).unwrap() else {
+        let _ = child.kill();
+        panic!("{code}: still running 30 s after it was continued");
     };
     let (mut rest, mut stderr) = (String::new(), String::new());
     stdout.read_to_string(&mut rest).unwrap();

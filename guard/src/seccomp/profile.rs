@@ -89,8 +89,8 @@ pub const RUNTIME_NEEDS: &[&str] = &[
     "exit",
     "exit_group",
     "rt_sigreturn",
-    // The kernel's own resumption of a sleep (nanosleep, poll, futex with a timeout) that a
-    // signal interrupted: a recording sees it only if a signal happened to land mid-sleep.
+    // The kernel's own resumption of a sleep (nanosleep, poll, a futex wait with a timeout)
+    // that a stop interrupted: a recording sees it only if a stop happened to land mid-sleep.
     "restart_syscall",
     "rt_sigaction",
     "rt_sigprocmask",
