@@ -20,7 +20,9 @@ fn targets() -> Value {
         {"name": "dns-udp", "kind": "udp-sendto", "host": "10.0.0.53", "port": 53},
         {"name": "loopback", "kind": "tcp", "host": "127.0.0.1", "port": 9},
         {"name": "sniffer", "kind": "packet", "host": "", "port": 0},
-        {"name": "raw-icmp", "kind": "raw", "host": "", "port": 0}
+        {"name": "raw-icmp", "kind": "raw", "host": "", "port": 0},
+        {"name": "ping4", "kind": "ping", "host": "10.0.0.5", "port": 0},
+        {"name": "ping6", "kind": "ping", "host": "2001:db8::10", "port": 0}
     ])
 }
 
@@ -113,6 +115,18 @@ fn monitor_mode_alerts_on_forbidden_destinations_and_changes_nothing() {
         "packet socket through io_uring:\n{}\n{log}",
         show()
     );
+    // ICMP datagram sockets: seen at creation (their sends pass no cgroup hook), and they work.
+    for (family, protocol) in [("AF_INET", 1), ("AF_INET6", 58)] {
+        let ping = alerts.iter().find(|a| {
+            let f = &a["output_fields"];
+            a["rule"] == "notebook.icmp_socket" && f["fd.family"] == family && f["fd.protocol"] == protocol
+        });
+        let ping = ping.unwrap_or_else(|| panic!("ICMP socket {family}:\n{}\n{log}", show()));
+        assert_eq!(
+            (ping["output_fields"]["fd.socket_type"].as_u64(), ping["output_fields"]["guard.action"].as_str()),
+            (Some(2), Some("alert"))
+        );
+    }
     // Made by io_uring's own threads: an io-wq worker (IOSQE_ASYNC) and the SQPOLL thread,
     // whose saved registers show io_uring_setup. Each alert names the thread that made it.
     assert_eq!((ur_async.as_str(), ur_sqpoll.as_str()), ("ok", "ok"));
@@ -151,6 +165,8 @@ fn enforce_mode_refuses_in_the_kernel() {
         "metadata-v4mapped",
         "private-udp-sendto",
         "private-udp-connect",
+        "ping4",
+        "ping6",
     ] {
         assert_eq!(want(denied), "EPERM", "{denied}: {results:?}");
     }
@@ -162,6 +178,11 @@ fn enforce_mode_refuses_in_the_kernel() {
     let denied: Vec<&Value> = alerts.iter().filter(|a| a["output_fields"]["guard.action"] == "denied").collect();
     assert!(denied.len() >= 5, "{alerts:#?}");
     assert!(alert_for(&alerts, "notebook.cloud_metadata_access", "169.254.169.254:80").is_some());
+    let pings = alerts.iter().filter(|a| a["rule"] == "notebook.icmp_socket").collect::<Vec<_>>();
+    assert!(
+        pings.len() == 2 && pings.iter().all(|a| a["output_fields"]["guard.action"] == "denied"),
+        "ICMP sockets refused and alerted: {pings:#?}"
+    );
 }
 
 #[test]

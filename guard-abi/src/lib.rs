@@ -44,6 +44,7 @@ pub mod names {
     pub const PROG_SOCKET_KPROBE: &str = "socket_create";
     pub const PROG_SOCKET_TRACEPOINT: &str = "sys_enter_socket";
     pub const PROG_SOCKET_CAPABLE: &str = "cap_net_raw";
+    pub const PROG_ICMP_SOCKET: &str = "icmp_socket";
     pub const REC_CONFIG: &str = "REC_CONFIG";
     pub const REC_TARGETS: &str = "REC_TARGETS";
     pub const REC_CACHE: &str = "REC_CACHE";
@@ -254,7 +255,8 @@ pub struct EgressEvent {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Emitted at `socket()` of a packet socket (AF_PACKET) or a raw IP socket in a notebook.
+/// Emitted at `socket()` of a packet socket (AF_PACKET), a raw IP socket or an ICMP datagram
+/// ("ping") socket in a notebook.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SocketEvent {
@@ -266,6 +268,9 @@ pub struct SocketEvent {
     pub protocol: u32,
     /// The system call it came through (native number; `SYSCALL_UNKNOWN` when not known).
     pub syscall: u32,
+    /// `egress_verdict::DENIED` when the kernel refused the socket; 0 when it was only seen.
+    pub verdict: u32,
+    pub _pad: u32,
     pub comm: [u8; COMM_LEN],
 }
 

@@ -1,7 +1,8 @@
 //! Egress: cgroup socket-address hooks (`connect4/6`, `sendmsg4/6`) judge each destination a
 //! notebook's process connects or sends to against its egress policy, in LPM tries, with no
 //! user-space round trip. These hooks sit below io_uring: its connects pass through them too.
-//! Plus `socket()` of packet and raw sockets (sniffing).
+//! Plus `socket()` of packet and raw sockets (sniffing), and of ICMP datagram sockets, whose
+//! sends no cgroup hook sees.
 
 use core::mem::size_of;
 
@@ -11,9 +12,9 @@ use aya_ebpf::{
         bpf_get_current_comm,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    macros::{btf_tracepoint, cgroup_sock_addr, kprobe, map, tracepoint},
+    macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, kprobe, map, tracepoint},
     maps::{lpm_trie::Key, HashMap, LpmTrie},
-    programs::{BtfTracePointContext, ProbeContext, SockAddrContext, TracePointContext},
+    programs::{BtfTracePointContext, ProbeContext, SockAddrContext, SockContext, TracePointContext},
     EbpfContext,
 };
 use guard_abi::{
@@ -36,7 +37,10 @@ const REFUSE: i32 = 0;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const AF_PACKET: u32 = 17;
+const SOCK_DGRAM: u32 = 2;
 const SOCK_RAW: u32 = 3;
+const IPPROTO_ICMP: u32 = 1;
+const IPPROTO_ICMPV6: u32 = 58;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -219,12 +223,12 @@ unsafe fn on_net_raw() {
     // saved when they were created (io_uring_setup, for SQPOLL), so the number says nothing:
     // whatever made them check CAP_NET_RAW was an io_uring request.
     if super::read::<u32>(task.cast(), conf!(offsets.task_flags)) & PF_IO_WORKER != 0 {
-        emit_socket(cgroup, 0, 0, 0, NR_IO_URING_ENTER as u32);
+        emit_socket(cgroup, 0, 0, 0, NR_IO_URING_ENTER as u32, 0);
         return;
     }
     let regs = conf!(regs);
     if regs.nr == NO_OFFSET {
-        emit_socket(cgroup, 0, 0, 0, SYSCALL_UNKNOWN);
+        emit_socket(cgroup, 0, 0, 0, SYSCALL_UNKNOWN, 0);
         return;
     }
     let pt = bpf_task_pt_regs(task) as *const u8;
@@ -237,14 +241,14 @@ unsafe fn on_net_raw() {
     // The notebook was checked above: report the kinds that count, without looking again.
     let report = |f: u64, t: u64, p: u64| {
         if is_packet_or_raw(f as u32, t as u32) {
-            emit_socket(cgroup, f as u32, t as u32, p as u32, nr as u32)
+            emit_socket(cgroup, f as u32, t as u32, p as u32, nr as u32, 0)
         }
     };
     match nr {
         NR_SOCKET => report(reg(regs.args[0]), reg(regs.args[1]), reg(regs.args[2])),
         NR_I386_SOCKET => report(reg(regs.compat_args[0]), reg(regs.compat_args[1]), reg(regs.compat_args[2])),
         // Arguments in a ring or in user memory: the kind of socket is not known here.
-        NR_IO_URING_ENTER | NR_I386_SOCKETCALL => emit_socket(cgroup, 0, 0, 0, nr as u32),
+        NR_IO_URING_ENTER | NR_I386_SOCKETCALL => emit_socket(cgroup, 0, 0, 0, nr as u32, 0),
         // setsockopt and the like: not a new socket.
         _ => {}
     }
@@ -271,18 +275,45 @@ fn on_socket(family: u32, sock_type: u32, protocol: u32, syscall: u32) {
     }
     let cgroup = current_cgroup();
     if cgroup_lookup(&EGRESS_CG, cgroup).is_some() {
-        emit_socket(cgroup, family, sock_type, protocol, syscall);
+        emit_socket(cgroup, family, sock_type, protocol, syscall, 0);
+    }
+}
+
+// ICMP datagram ("ping") sockets need no capability where `net.ipv4.ping_group_range` admits
+// the user (containerd 2 and Docker open it to every group), and the kernel has no cgroup hook
+// on their sends: what they send, and where, cannot be judged. So their creation is: reported,
+// and refused under enforcement. A `connect` of one still passes `connect4/6` and its rules.
+#[cgroup_sock(sock_create)]
+pub fn icmp_socket(ctx: SockContext) -> i32 {
+    let sk = ctx.sock;
+    let (family, sock_type, protocol) = unsafe { ((*sk).family, (*sk).type_, (*sk).protocol) };
+    let icmp = (family == AF_INET && protocol == IPPROTO_ICMP) || (family == AF_INET6 && protocol == IPPROTO_ICMPV6);
+    // Every inet socket on the node comes here: most leave on this test, before any lookup.
+    if !icmp || sock_type != SOCK_DGRAM {
+        return ALLOW;
+    }
+    let cgroup = current_cgroup();
+    let Some(pol) = cgroup_lookup(&EGRESS_CG, cgroup) else { return ALLOW };
+    let enforce = pol & EGRESS_ENFORCE != 0;
+    let verdict = if enforce { egress_verdict::DENIED } else { 0 };
+    emit_socket(cgroup, family, sock_type, protocol, SYSCALL_UNKNOWN, verdict);
+    if enforce {
+        REFUSE
+    } else {
+        ALLOW
     }
 }
 
 #[inline(always)]
-fn emit_socket(cgroup: u64, family: u32, sock_type: u32, protocol: u32, syscall: u32) {
+fn emit_socket(cgroup: u64, family: u32, sock_type: u32, protocol: u32, syscall: u32, verdict: u32) {
     let ev = SocketEvent {
         hdr: header(EventKind::Socket, aya_ebpf::helpers::bpf_get_current_pid_tgid(), cgroup),
         family,
         sock_type,
         protocol,
         syscall,
+        verdict,
+        _pad: 0,
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
     if EVENTS.output::<SocketEvent>(&ev, submit_flags()).is_err() {

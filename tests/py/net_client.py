@@ -1,6 +1,8 @@
 """Tries each destination of a JSON list and prints one JSON result per line.
 
-Each target: {"name", "kind": "tcp"|"udp-sendto"|"udp-connect"|"packet"|"raw", "host", "port"}.
+Each target: {"name", "kind": "tcp"|"udp-sendto"|"udp-connect"|"packet"|"raw"|"ping", "host",
+"port"}. "ping" sends an echo request from an ICMP datagram socket (no capability needed where
+net.ipv4.ping_group_range admits the group) and waits for the reply.
 Results: "ok", "EPERM", "timeout", or "error:<text>". A refused connect means the packet reached
 the other end (the destination namespace), so it counts as "ok" for policy purposes.
 """
@@ -22,6 +24,15 @@ def attempt(t):
             s.close()
             return "ok"
         fam = socket.AF_INET6 if ":" in t["host"] else socket.AF_INET
+        if kind == "ping":
+            proto = socket.IPPROTO_ICMPV6 if fam == socket.AF_INET6 else socket.IPPROTO_ICMP
+            s = socket.socket(fam, socket.SOCK_DGRAM, proto)
+            s.settimeout(1.5)
+            # Echo request (type 8, or 128 for ICMPv6); the kernel fills in the id and checksum.
+            s.sendto(bytes([128 if fam == socket.AF_INET6 else 8, 0, 0, 0, 0, 0, 0, 1]) + b"exfil", (t["host"], 0))
+            s.recv(64)
+            s.close()
+            return "ok"
         if kind == "tcp":
             s = socket.socket(fam, socket.SOCK_STREAM)
             s.settimeout(1.5)

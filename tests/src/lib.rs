@@ -577,6 +577,12 @@ impl TestNet {
             ip(&["-n", ns, "link", "set", dev, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        // ICMP datagram sockets open to every group, as containerd 2 and Docker set up pods.
+        let ping = "echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range";
+        let out = std::process::Command::new("ip").args(["netns", "exec", &a, "sh", "-c", ping]).output()?;
+        if !out.status.success() {
+            bail!("opening ping sockets in {a}: {}", String::from_utf8_lossy(&out.stderr));
+        }
         ip(&["-n", &a, "route", "add", "default", "via", "10.200.0.1"])?;
         ip(&["-n", &a, "-6", "route", "add", "default", "via", "fd00:200::1"])?;
         for addr in WORLD_ADDRS {

@@ -514,9 +514,13 @@ impl Detector {
         vec![a]
     }
 
-    /// A packet (AF_PACKET) or raw IP socket opened in a notebook.
+    /// A packet (AF_PACKET), raw IP or ICMP datagram socket opened in a notebook.
     pub fn on_socket(&mut self, k: &Socket, table: &mut ProcessTable, who: &Attribution) -> Vec<Alert> {
-        let mut a = self.net_alert(&rules::PACKET_SOCKET, &k.meta, &k.comm, table, who, Action::Alert);
+        // SOCK_DGRAM with ICMP or ICMPv6: a "ping" socket, an egress channel, not sniffing.
+        let icmp = k.sock_type == 2 && matches!((k.family, k.protocol), (2, 1) | (10, 58));
+        let rule = if icmp { &rules::ICMP_SOCKET } else { &rules::PACKET_SOCKET };
+        let action = if k.denied { Action::Denied } else { Action::Alert };
+        let mut a = self.net_alert(rule, &k.meta, &k.comm, table, who, action);
         let family = match k.family {
             17 => "AF_PACKET".to_string(),
             2 => "AF_INET".to_string(),
@@ -540,7 +544,7 @@ impl Detector {
             .set("fd.socket_type", k.sock_type)
             .set("fd.protocol", k.protocol)
             .set_opt("syscall.type", via);
-        a.finish_output(rules::PACKET_SOCKET.summary);
+        a.finish_output(rule.summary);
         vec![a]
     }
 

@@ -102,6 +102,12 @@ pub const PACKET_SOCKET: Rule = Rule {
     tags: &["notebook", "network", "sniffing", "mitre_credential_access", "T1040"],
     summary: "Packet or raw socket opened in a notebook (sniffing)",
 };
+pub const ICMP_SOCKET: Rule = Rule {
+    name: "notebook.icmp_socket",
+    priority: Priority::Warning,
+    tags: &["notebook", "network", "egress", "mitre_exfiltration", "T1048", "mitre_command_and_control", "T1095"],
+    summary: "ICMP socket opened in a notebook (egress its policy cannot judge)",
+};
 pub const SECCOMP_DRIFT: Rule = Rule {
     name: "notebook.seccomp_drift",
     priority: Priority::Warning,
@@ -170,6 +176,7 @@ pub const ALL: &[Rule] = &[
     UNEXPECTED_EGRESS,
     METADATA_ACCESS,
     PACKET_SOCKET,
+    ICMP_SOCKET,
     SECCOMP_DRIFT,
     EVENTS_LOST,
     GUARD_STARTED,

@@ -107,7 +107,7 @@ pub struct Egress {
     pub comm: String,
 }
 
-/// A packet or raw socket opened in a notebook.
+/// A packet, raw or ICMP datagram socket opened in a notebook.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Socket {
     pub meta: Meta,
@@ -117,6 +117,8 @@ pub struct Socket {
     pub protocol: u32,
     /// The system call it came through (native x86_64 numbering), when known.
     pub syscall: Option<u32>,
+    /// Refused in the kernel (an ICMP socket under enforcement).
+    pub denied: bool,
     pub comm: String,
 }
 
@@ -274,6 +276,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 sock_type: ev.sock_type & 0xf,
                 protocol: ev.protocol,
                 syscall: (ev.syscall != guard_abi::SYSCALL_UNKNOWN).then_some(ev.syscall),
+                denied: ev.verdict == egress_verdict::DENIED,
                 comm: String::from_utf8_lossy(cstr(&ev.comm)).into_owned(),
             }))
         }
