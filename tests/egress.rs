@@ -167,9 +167,12 @@ fn enforce_mode_refuses_in_the_kernel() {
         "private-udp-connect",
         "ping4",
         "ping6",
+        "raw-icmp",
     ] {
         assert_eq!(want(denied), "EPERM", "{denied}: {results:?}");
     }
+    // No cgroup hook can refuse a packet socket (it is not an inet socket): reported only.
+    assert_eq!(want("sniffer"), "ok", "{results:?}");
     for allowed in ["public-tcp4", "public-tcp6", "dns-udp", "loopback"] {
         assert_eq!(want(allowed), "ok", "{allowed}: {results:?}");
     }
@@ -178,6 +181,15 @@ fn enforce_mode_refuses_in_the_kernel() {
     let denied: Vec<&Value> = alerts.iter().filter(|a| a["output_fields"]["guard.action"] == "denied").collect();
     assert!(denied.len() >= 5, "{alerts:#?}");
     assert!(alert_for(&alerts, "notebook.cloud_metadata_access", "169.254.169.254:80").is_some());
+    // One alert per socket, saying what happened to it.
+    let sockets = |family: &str| {
+        alerts
+            .iter()
+            .filter(|a| a["rule"] == "notebook.packet_socket" && a["output_fields"]["fd.family"] == family)
+            .map(|a| a["output_fields"]["guard.action"].as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!((sockets("AF_INET"), sockets("AF_PACKET")), (vec!["denied"], vec!["alert"]), "{alerts:#?}");
     let pings = alerts.iter().filter(|a| a["rule"] == "notebook.icmp_socket").collect::<Vec<_>>();
     assert!(
         pings.len() == 2 && pings.iter().all(|a| a["output_fields"]["guard.action"] == "denied"),

@@ -44,7 +44,7 @@ pub mod names {
     pub const PROG_SOCKET_KPROBE: &str = "socket_create";
     pub const PROG_SOCKET_TRACEPOINT: &str = "sys_enter_socket";
     pub const PROG_SOCKET_CAPABLE: &str = "cap_net_raw";
-    pub const PROG_ICMP_SOCKET: &str = "icmp_socket";
+    pub const PROG_SOCK_CREATE: &str = "sock_create";
     pub const REC_CONFIG: &str = "REC_CONFIG";
     pub const REC_TARGETS: &str = "REC_TARGETS";
     pub const REC_CACHE: &str = "REC_CACHE";

@@ -51,7 +51,7 @@ pub struct ProcessSensor {
     enforcement: Option<crate::enforce::KernelEnforcer>,
     links: Vec<(&'static str, RawTracePointLinkId)>,
     sock_links: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
-    icmp_link: Option<aya::programs::cgroup_sock::CgroupSockLinkId>,
+    sock_create_link: Option<aya::programs::cgroup_sock::CgroupSockLinkId>,
     /// Links pinned in bpffs: they stay attached when the agent exits.
     pinned: Vec<aya::programs::links::PinnedLink>,
     pin_dir: Option<PathBuf>,
@@ -264,7 +264,7 @@ impl ProcessSensor {
             enforcement: Some(enforcement),
             links,
             sock_links: Vec::new(),
-            icmp_link: None,
+            sock_create_link: None,
             pinned,
             pin_dir: opts.pin_dir.clone(),
             ring_fill,
@@ -283,8 +283,8 @@ impl ProcessSensor {
         self.polling.take()
     }
 
-    /// Loads and attaches the egress hooks (cgroup `connect4/6`, `sendmsg4/6` and the ICMP
-    /// socket watch `sock_create` on the cgroup2 root) and the packet/raw socket watch
+    /// Loads and attaches the egress hooks (cgroup `connect4/6`, `sendmsg4/6` and
+    /// `sock_create`, for ICMP and raw IP sockets, on the cgroup2 root) and the packet/raw socket watch
     /// (`attach_socket_watch`). Without any packet/raw socket hook, that one check is off and
     /// the agent says so.
     pub fn attach_egress(&mut self, cgroup_root: &Path) -> Result<EgressMaps> {
@@ -306,14 +306,14 @@ impl ProcessSensor {
         }
         let prog: &mut CgroupSock = self
             .ebpf
-            .program_mut(names::PROG_ICMP_SOCKET)
-            .context("program icmp_socket missing from the object")?
+            .program_mut(names::PROG_SOCK_CREATE)
+            .context("program sock_create missing from the object")?
             .try_into()?;
-        prog.load().context("verifying icmp_socket")?;
+        prog.load().context("verifying sock_create")?;
         let link = prog
             .attach(&root, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching icmp_socket to {}", cgroup_root.display()))?;
-        self.icmp_link = Some(link);
+            .with_context(|| format!("attaching sock_create to {}", cgroup_root.display()))?;
+        self.sock_create_link = Some(link);
         // Packet/raw sockets: a kprobe where the kernel has them (costs only socket()), else
         // the cap_capable tracepoint (costs only capability checks), else the socket()
         // tracepoint (costs every syscall a little: the slow syscall path).
@@ -425,11 +425,11 @@ impl ProcessSensor {
     /// Detaches every program; events already in the ring stay readable. Pinned links stay:
     /// with pinning, enforcement continues after the agent and the next one adopts it.
     pub fn detach(&mut self) {
-        if let Some(link) = self.icmp_link.take() {
+        if let Some(link) = self.sock_create_link.take() {
             let prog: Option<&mut aya::programs::CgroupSock> =
-                self.ebpf.program_mut(names::PROG_ICMP_SOCKET).and_then(|p| p.try_into().ok());
+                self.ebpf.program_mut(names::PROG_SOCK_CREATE).and_then(|p| p.try_into().ok());
             if let Some(Err(e)) = prog.map(|p| p.detach(link)) {
-                tracing::warn!(program = names::PROG_ICMP_SOCKET, error = %e, "detaching");
+                tracing::warn!(program = names::PROG_SOCK_CREATE, error = %e, "detaching");
             }
         }
         for (name, link) in self.sock_links.drain(..) {
