@@ -13,6 +13,28 @@ import sys
 from jupyter_client.manager import KernelManager
 
 
+def start_kernel(env, attempts=3):
+    """Starts a kernel and waits until it answers. jupyter_client picks free TCP ports, then
+    the kernel binds them: another process can take one in between (tests run side by side),
+    and the kernel dies with "Address already in use". A kernel that died before answering is
+    started again, on new ports."""
+    for attempt in range(attempts):
+        km = KernelManager(kernel_name="python3")
+        km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        km.start_kernel(env=env)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            return km, kc
+        except RuntimeError:
+            if km.is_alive() or attempt == attempts - 1:
+                raise
+            print("run_cells: the kernel died before answering; starting it again", file=sys.stderr)
+            kc.stop_channels()
+            km.cleanup_resources()
+
+
 def main():
     cells_path, results_path = sys.argv[1], sys.argv[2]
     spec = json.load(open(cells_path))
@@ -23,12 +45,7 @@ def main():
     env = dict(os.environ)
     env["JPY_SESSION_NAME"] = spec["notebook"]
     env["JUPYTERHUB_API_TOKEN"] = env.get("GUARD_TEST_TOKEN", "")
-    km = KernelManager(kernel_name="python3")
-    km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    km.start_kernel(env=env)
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
+    km, kc = start_kernel(env)
     results = []
     for i, code in enumerate(spec["cells"]):
         out = []
