@@ -233,3 +233,35 @@ fn a_real_kernel_is_refused_and_repeats_aggregate() {
     assert_eq!(repeats.len(), 2, "{repeats:#?}");
     assert_eq!(repeats[1]["output_fields"]["guard.count"], 4);
 }
+
+/// Egress hooks are pinned like the exec programs: with the agent gone (a crash, a rolling
+/// update), forbidden destinations stay refused; the next agent replaces the hooks rather
+/// than stacking a second set; `cleanup` (here: `stop`) takes them off.
+#[test]
+fn egress_enforcement_holds_while_the_agent_restarts() {
+    if !require_root("egress_enforcement_holds_while_the_agent_restarts") {
+        return;
+    }
+    let net = TestNet::new().unwrap();
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let verdicts = || {
+        let r = run_client(&net, &cg);
+        ["metadata-tcp4", "private-udp-sendto", "ping4", "public-tcp4"].map(|n| r[n].clone())
+    };
+    let enforced = ["EPERM", "EPERM", "EPERM", "ok"].map(String::from);
+    let a = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let pins = a.pin_dir.clone();
+    assert_eq!(verdicts(), enforced, "under the agent:\n{}", a.log());
+    let a_ids = a.program_ids();
+    a.stop_keep_pins().unwrap();
+    assert_eq!(verdicts(), enforced, "the agent is gone, egress enforcement is not");
+
+    let b = GuardProcess::start_pinned(&policy(Some(&user)), &[], &[], pins).unwrap();
+    assert!(b.log().contains("adopting"), "{}", b.log());
+    assert_eq!(verdicts(), enforced, "under the adopting agent:\n{}", b.log());
+    let loaded: std::collections::HashSet<u32> =
+        aya::programs::loaded_programs().filter_map(|p| p.ok()).map(|p| p.id()).collect();
+    assert!(a_ids.iter().all(|id| !loaded.contains(id)), "the old agent's hooks are replaced, not stacked");
+    b.stop().unwrap();
+    assert_eq!(verdicts(), ["ok", "ok", "ok", "ok"].map(String::from), "after cleanup nothing is refused");
+}

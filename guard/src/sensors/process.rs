@@ -52,8 +52,8 @@ pub struct ProcessSensor {
     links: Vec<(&'static str, RawTracePointLinkId)>,
     sock_links: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
     sock_create_link: Option<aya::programs::cgroup_sock::CgroupSockLinkId>,
-    /// Links pinned in bpffs: they stay attached when the agent exits.
-    pinned: Vec<aya::programs::links::PinnedLink>,
+    /// Links pinned in bpffs, by program: they stay attached when the agent exits.
+    pinned: Vec<(&'static str, aya::programs::links::PinnedLink)>,
     pin_dir: Option<PathBuf>,
     ring_fill: aya::maps::Array<MapData, u64>,
     polling: Option<aya::maps::Array<MapData, u32>>,
@@ -240,7 +240,7 @@ impl ProcessSensor {
             match &opts.pin_dir {
                 Some(dir) => {
                     let link: aya::programs::links::FdLink = prog.take_link(id)?.into();
-                    pinned.push(pin_link(link, &dir.join("links").join(name))?);
+                    pinned.push((name, pin_link(link, &dir.join("links").join(name))?));
                 }
                 None => links.push((name, id)),
             }
@@ -284,12 +284,15 @@ impl ProcessSensor {
     }
 
     /// Loads and attaches the egress hooks (cgroup `connect4/6`, `sendmsg4/6` and
-    /// `sock_create`, for ICMP and raw IP sockets, on the cgroup2 root) and the packet/raw socket watch
-    /// (`attach_socket_watch`). Without any packet/raw socket hook, that one check is off and
-    /// the agent says so.
+    /// `sock_create`, for ICMP and raw IP sockets, on the cgroup2 root) and the packet/raw
+    /// socket watch (`attach_socket_watch`). Without any packet/raw socket hook, that one check
+    /// is off and the agent says so. With pinning, the cgroup hooks are pinned like the exec
+    /// programs: egress enforcement holds while the agent restarts, and the next one replaces
+    /// them without a gap.
     pub fn attach_egress(&mut self, cgroup_root: &Path) -> Result<EgressMaps> {
-        use aya::programs::{links::CgroupAttachMode, CgroupSock, CgroupSockAddr};
+        use aya::programs::{links::CgroupAttachMode, links::FdLink, CgroupSock, CgroupSockAddr};
         let root = std::fs::File::open(cgroup_root).with_context(|| format!("opening {}", cgroup_root.display()))?;
+        let attached = |name: &str| format!("attaching {name} to {}", cgroup_root.display());
         for name in [names::PROG_CONNECT4, names::PROG_CONNECT6, names::PROG_SENDMSG4, names::PROG_SENDMSG6] {
             let prog: &mut CgroupSockAddr = self
                 .ebpf
@@ -297,23 +300,29 @@ impl ProcessSensor {
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
-            let link = prog
-                // Links coexist with other programs on the cgroup whatever the mode; the kernel
-                // refuses flags on cgroup link creation, so Single (no flags) it is.
-                .attach(&root, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} to {}", cgroup_root.display()))?;
-            self.sock_links.push((name, link));
+            // Links coexist with other programs on the cgroup whatever the mode; the kernel
+            // refuses flags on cgroup link creation, so Single (no flags) it is.
+            let id = prog.attach(&root, CgroupAttachMode::Single).with_context(|| attached(name))?;
+            match &self.pin_dir {
+                Some(dir) => {
+                    let link = FdLink::try_from(prog.take_link(id)?).with_context(|| attached(name))?;
+                    self.pinned.push((name, pin_link(link, &dir.join("links").join(name))?));
+                }
+                None => self.sock_links.push((name, id)),
+            }
         }
-        let prog: &mut CgroupSock = self
-            .ebpf
-            .program_mut(names::PROG_SOCK_CREATE)
-            .context("program sock_create missing from the object")?
-            .try_into()?;
+        let name = names::PROG_SOCK_CREATE;
+        let prog: &mut CgroupSock =
+            self.ebpf.program_mut(name).context("program sock_create missing from the object")?.try_into()?;
         prog.load().context("verifying sock_create")?;
-        let link = prog
-            .attach(&root, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching sock_create to {}", cgroup_root.display()))?;
-        self.sock_create_link = Some(link);
+        let id = prog.attach(&root, CgroupAttachMode::Single).with_context(|| attached(name))?;
+        match &self.pin_dir {
+            Some(dir) => {
+                let link = FdLink::try_from(prog.take_link(id)?).with_context(|| attached(name))?;
+                self.pinned.push((name, pin_link(link, &dir.join("links").join(name))?));
+            }
+            None => self.sock_create_link = Some(id),
+        }
         // Packet/raw sockets: a kprobe where the kernel has them (costs only socket()), else
         // the cap_capable tracepoint (costs only capability checks), else the socket()
         // tracepoint (costs every syscall a little: the slow syscall path).
@@ -401,11 +410,12 @@ impl ProcessSensor {
     /// longer attached once the last reference goes.
     pub fn missing_pins(&self) -> Vec<String> {
         let Some(dir) = &self.pin_dir else { return vec![] };
-        let mut names = vec![names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT];
-        if !self.pinned.is_empty() && self.pinned.len() > 3 {
-            names.extend([names::PROG_CONNECT4, names::PROG_CONNECT6, names::PROG_SENDMSG4, names::PROG_SENDMSG6]);
-        }
-        names.into_iter().filter(|n| !dir.join("links").join(n).exists()).map(str::to_string).collect()
+        self.pinned
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| !dir.join("links").join(n).exists())
+            .map(str::to_string)
+            .collect()
     }
 
     /// Share of the ring buffer waiting to be read at the last submit (0..1).
