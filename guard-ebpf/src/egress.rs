@@ -268,10 +268,10 @@ fn is_packet_or_raw(family: u32, sock_type: u32) -> bool {
     family == AF_PACKET || ((family == AF_INET || family == AF_INET6) && sock_type & 0xf == SOCK_RAW)
 }
 
-#[inline(always)]
 /// Ahead of the socket's creation (the kprobe and tracepoint paths do not know whether the
 /// capability check will pass: under enforcement, an inet raw socket refused for want of
 /// CAP_NET_RAW goes unreported there).
+#[inline(always)]
 fn on_socket(family: u32, sock_type: u32, protocol: u32, syscall: u32) {
     if !is_packet_or_raw(family, sock_type) {
         return;

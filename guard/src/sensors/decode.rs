@@ -117,7 +117,7 @@ pub struct Socket {
     pub protocol: u32,
     /// The system call it came through (native x86_64 numbering), when known.
     pub syscall: Option<u32>,
-    /// Refused in the kernel (an ICMP socket under enforcement).
+    /// Refused in the kernel (an ICMP or raw IP socket under enforcement).
     pub denied: bool,
     pub comm: String,
 }
