@@ -155,8 +155,7 @@ impl<W: Write> Pipeline<W> {
             }
         }
         spares.give(batch);
-        stats.in_flight.fetch_sub(n, Ordering::AcqRel);
-        stats.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        stats.settled(n, bytes);
         Ok(())
     }
 

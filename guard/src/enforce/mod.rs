@@ -6,9 +6,6 @@
 //!
 //! With pinning (the default for `guard run`) the maps and programs outlive the agent, so
 //! enforcement continues across a restart and the next agent adopts these maps as they are.
-
-use std::collections::HashMap;
-
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHash, MapData};
 use guard_abi::{allow_class, enforce_flags, marks, FileKey, ENFORCED_ANY};
@@ -22,7 +19,7 @@ pub struct KernelEnforcer {
     servers: BpfHash<MapData, u32, u32>,
     /// What we wrote, to avoid rewriting it per event.
     enforced_now: crate::IdMap<u64, u32>,
-    allowed_now: HashMap<FileKey, u32>,
+    allowed_now: crate::IdMap<FileKey, u32>,
 }
 
 /// A user-space identity as the kernel keys it (kernel dev_t encoding).
@@ -58,7 +55,7 @@ impl KernelEnforcer {
         // agent restarted in monitor mode used to leave its predecessor's enforcement on.
         let enforced_now: crate::IdMap<u64, u32> =
             enforced.iter().flatten().filter(|(cgroup, _)| *cgroup != ENFORCED_ANY).collect();
-        let mut e = Self { enforced, allowed, marks, servers, enforced_now, allowed_now: HashMap::new() };
+        let mut e = Self { enforced, allowed, marks, servers, enforced_now, allowed_now: Default::default() };
         // Maps adopted from an agent that predates ENFORCED_ANY: their cgroups stay enforced
         // without a gap.
         if !e.enforced_now.is_empty() {

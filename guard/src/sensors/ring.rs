@@ -1,8 +1,8 @@
 //! Drains the kernel ring buffer into a user-space queue.
 //!
 //! Draining is decoupled from enrichment and sinks: a slow sink must not leave records in the
-//! kernel ring, where they would be lost. The queue is bounded (in events); what does not fit
-//! is counted. Each drain hands over one batch: one wake-up of the pipeline per drain, not one
+//! kernel ring, where they would be lost. The queue is bounded (in events and in bytes); what
+//! does not fit is counted. Each drain hands over one batch: one wake-up of the pipeline per drain, not one
 //! per event (under an exec storm the wake-ups were a quarter of the agent's CPU).
 //!
 //! A batch holds the records as the kernel wrote them; the pipeline decodes each one just
@@ -123,6 +123,20 @@ pub struct ReaderStats {
     pub in_flight: AtomicUsize,
     /// Their bytes, likewise.
     pub in_flight_bytes: AtomicUsize,
+}
+
+impl ReaderStats {
+    /// A batch of `n` records, `bytes` long, handed to the consumer.
+    fn queued(&self, n: usize, bytes: usize) {
+        self.in_flight.fetch_add(n, Ordering::AcqRel);
+        self.in_flight_bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// A batch handed over earlier is done with (handled, or never received).
+    pub fn settled(&self, n: usize, bytes: usize) {
+        self.in_flight.fetch_sub(n, Ordering::AcqRel);
+        self.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
 }
 
 /// How much may wait between the reader and the consumer. Records wait undecoded, an exec's
@@ -263,12 +277,10 @@ impl RingReader {
             return 0;
         }
         let bytes = batch.byte_len();
-        self.stats.in_flight.fetch_add(n, Ordering::AcqRel);
-        self.stats.in_flight_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.stats.queued(n, bytes);
         if self.tx.send(batch).is_err() {
             // The consumer is gone (shutting down): nothing will handle these.
-            self.stats.in_flight.fetch_sub(n, Ordering::AcqRel);
-            self.stats.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.stats.settled(n, bytes);
             self.stats.queue_full.fetch_add(n as u64, Ordering::Relaxed);
         }
         n
