@@ -6,6 +6,7 @@
 //!
 //! With pinning (the default for `guard run`) the maps and programs outlive the agent, so
 //! enforcement continues across a restart and the next agent adopts these maps as they are.
+
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHash, MapData};
 use guard_abi::{allow_class, enforce_flags, marks, FileKey, ENFORCED_ANY};
