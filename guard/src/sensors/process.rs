@@ -204,7 +204,8 @@ impl ProcessSensor {
         let config = Config {
             agent_tgid: std::process::id(),
             watch_all: opts.watch_all as u32,
-            wakeup_bytes: opts.wakeup_bytes,
+            // A threshold the ring cannot hold would leave a storm to the drain timer alone.
+            wakeup_bytes: opts.wakeup_bytes.min(u64::from(opts.ring_bytes) / 4),
             offsets,
             regs: resolver.syscall_regs(),
         };
