@@ -114,3 +114,43 @@ fn guard_keeps_guarding_after_its_log_pipe_closes() {
     }
     assert!(status.is_some_and(|s| s.success()), "guard stops cleanly on SIGINT with its stderr closed: {status:?}");
 }
+
+/// While the agent drains on its timer, the kernel wakes it only once a quarter of a small ring
+/// waits; it must drain then. A 200 ms poll lets the timer back off far past the time this
+/// paced stream (about 50 execs/s, 16 KiB of ring in a quarter second) takes to fill the ring.
+#[test]
+fn a_small_ring_is_drained_when_the_kernel_says_it_is_filling_not_only_on_the_timer() {
+    if !require_root("a_small_ring_is_drained_when_the_kernel_says_it_is_filling_not_only_on_the_timer") {
+        return;
+    }
+    let cg = TestCgroup::new("small-ring").unwrap();
+    let mut guard = Command::new(guard_bin())
+        .args(["run", "--no-pin", "--events", "--ring-bytes", "16384", "--poll-ms", "200", "--watch-cgroup"])
+        .arg(&cg.path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start guard (built by cargo xtask test)");
+    let lines = wait_running(&mut guard);
+    std::thread::spawn(move || for _ in lines {});
+
+    const EXECS: usize = 80;
+    for _ in 0..EXECS {
+        let t =
+            spawn_in(&cg, Exec::Path(Path::new("/bin/true")), &[OsStr::new("true"), OsStr::new("small-ring")]).unwrap();
+        wait_ok(t).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = guard.wait_with_output().unwrap();
+    assert!(out.status.success(), "guard exits 0 on SIGTERM: {:?}", out.status);
+    let records: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
+        .collect();
+    let got = records.iter().filter(|r| r["type"] == "exec" && r["argv"][1] == "small-ring").count();
+    let lost: Vec<_> = records.iter().filter(|r| r["type"] == "lost").collect();
+    assert_eq!((got, lost.len()), (EXECS, 0), "losses: {lost:?}");
+}
