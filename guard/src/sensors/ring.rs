@@ -192,8 +192,8 @@ impl RingReader {
         // ring), so an idle agent costs nothing and the first alert goes out at once. While
         // records flow: drain on a timer that starts short and doubles while records keep
         // coming, up to `poll` (BUSY_BACKOFF × `poll` while each drain finds a crowd), with
-        // the kernel told not to wake us (an exec storm must cost neither a wake-up per record
-        // nor two per drain). The idle timeout is a safety net.
+        // the kernel told not to wake us until `wakeup_bytes` wait (an exec storm must cost
+        // neither a wake-up per record nor two per drain). The idle timeout is a safety net.
         let mut gap = self.poll;
         let mut flowing = false;
         loop {
