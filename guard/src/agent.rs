@@ -825,8 +825,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let ring = pipe.sensor.take_ring().context("ring buffer already taken")?;
     let polling = pipe.sensor.take_polling_flag().context("polling flag already taken")?;
     let spares = Spares::default();
-    let reader = RingReader::new(ring, Some(polling), tx, spares.clone(), stats.clone(), opts.poll, QUEUE)?;
-    let reader = tokio::spawn(reader.run(stop_rx));
+    let reader =
+        RingReader::spawn_thread(ring, Some(polling), tx, spares.clone(), stats.clone(), opts.poll, QUEUE, stop_rx)
+            .context("starting the ring reader")?;
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -950,7 +951,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     pipe.poll_drift()?;
     pipe.drift = None;
     let _ = stop_tx.send(true);
-    reader.await.context("ring reader task")?;
+    tokio::task::spawn_blocking(move || reader.join())
+        .await
+        .context("waiting for the ring reader")?
+        .map_err(|_| anyhow::anyhow!("the ring reader thread panicked"))?;
     while let Ok(batch) = rx.try_recv() {
         pipe.handle_batch(batch, &stats, &spares)?;
     }

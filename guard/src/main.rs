@@ -21,11 +21,10 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.cmd {
         Cmd::Run(args) => args.options().and_then(|opts| {
-            // Two cores per node: two workers; the ring reader never waits on the pipeline.
-            // The agent runs as a task on a worker (not on this thread), so the reader's
-            // hand-over to the pipeline usually stays on one thread instead of a cross-thread
-            // wake-up per batch.
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            // The ring reader has a thread of its own (it must never wait on enrichment); the
+            // agent's work is one pipeline, on one worker: a second worker only moved the
+            // pipeline between threads, at a wake-up each time.
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
             rt.block_on(async { tokio::spawn(guard::agent::run(opts)).await? })
         }),
         Cmd::Policy(PolicyCmd::Check { file }) => match guard::policy::Policy::from_path(&file) {

@@ -28,7 +28,7 @@ const BUSY_BATCH: usize = 8;
 /// Longest wait between drains on a busy node, in units of the configured poll interval
 /// (24 ms at the default 2 ms). A drain after a pause starts with cold caches, which costs
 /// more than its records: under an exec storm the agent spent 7.4 µs per exec draining every
-/// 10 ms, and 4.3 µs every 24 ms. The records wait in the ring meanwhile (an exec storm fills
+/// 10 ms, and 4.3 µs every 24 ms (reader and pipeline then sharing a thread). The records wait in the ring meanwhile (an exec storm fills
 /// well under 256 KiB in that time, and the kernel wakes the agent past that).
 const BUSY_BACKOFF: u32 = 12;
 /// After a wake-up, the next look comes after `poll / FIRST_LOOK_DIVISOR`.
@@ -183,6 +183,60 @@ impl RingReader {
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
         Ok(Self { ring, polling, tx, spares, stats, poll, capacity, last_batch: (0, 0) })
+    }
+
+    /// Starts a reader on a thread of its own, with its own runtime, and returns once it is
+    /// registered. Enrichment runs synchronously on the agent's workers (a cgroup scan, a new
+    /// root's identities); sharing them, the reader's timer and the kernel's wake-up were
+    /// sometimes served a few hundred milliseconds late, long enough for a small ring to fill.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_thread(
+        ring: RingBuf<MapData>,
+        polling: Option<Array<MapData, u32>>,
+        tx: mpsc::UnboundedSender<Batch>,
+        spares: Spares,
+        stats: Arc<ReaderStats>,
+        poll: Duration,
+        capacity: QueueLimit,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("ring-reader".into()).spawn(move || {
+            let started = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| Ok((Self::new_in(&rt, ring, polling, tx, spares, stats, poll, capacity)?, rt)));
+            match started {
+                Ok((reader, rt)) => {
+                    let _ = ready_tx.send(Ok(()));
+                    rt.block_on(reader.run(stop));
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(thread),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::other("the ring reader thread ended before it started")),
+        }
+    }
+
+    /// `new` within `rt`, whose I/O driver then serves the ring's wake-ups.
+    #[allow(clippy::too_many_arguments)]
+    fn new_in(
+        rt: &tokio::runtime::Runtime,
+        ring: RingBuf<MapData>,
+        polling: Option<Array<MapData, u32>>,
+        tx: mpsc::UnboundedSender<Batch>,
+        spares: Spares,
+        stats: Arc<ReaderStats>,
+        poll: Duration,
+        capacity: QueueLimit,
+    ) -> std::io::Result<Self> {
+        let _entered = rt.enter();
+        Self::new(ring, polling, tx, spares, stats, poll, capacity)
     }
 
     /// Runs until `stop` turns true, then drains once more so nothing already in the ring is
