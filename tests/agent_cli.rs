@@ -20,22 +20,42 @@ fn wait_running(guard: &mut std::process::Child) -> std::io::Lines<BufReader<std
     lines
 }
 
+/// `guard run --no-pin --events` watching `cg` (plus `extra`), started and running, its log
+/// drained in the background.
+fn start_events_guard(extra: &[&str], cg: &TestCgroup) -> std::process::Child {
+    let mut guard = Command::new(guard_bin())
+        .args(["run", "--no-pin", "--events"])
+        .args(extra)
+        .arg("--watch-cgroup")
+        .arg(&cg.path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start guard (built by cargo xtask test)");
+    let lines = wait_running(&mut guard);
+    std::thread::spawn(move || for _ in lines {});
+    guard
+}
+
+/// SIGTERM, a clean exit, and the event records it printed.
+fn stop_events_guard(guard: std::process::Child) -> Vec<serde_json::Value> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = guard.wait_with_output().unwrap();
+    assert!(out.status.success(), "guard exits 0 on SIGTERM: {:?}", out.status);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
+        .collect()
+}
+
 #[test]
 fn guard_run_events_prints_exec_with_lineage_and_stops_cleanly() {
     if !require_root("guard_run_events_prints_exec_with_lineage_and_stops_cleanly") {
         return;
     }
     let cg = TestCgroup::new("agent").unwrap();
-    let mut guard = Command::new(guard_bin())
-        .args(["run", "--no-pin", "--events", "--watch-cgroup"])
-        .arg(&cg.path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start guard (built by cargo xtask test)");
-
-    let lines = wait_running(&mut guard);
-    std::thread::spawn(move || for _ in lines {});
+    let guard = start_events_guard(&[], &cg);
 
     let sh = spawn_in(
         &cg,
@@ -45,15 +65,7 @@ fn guard_run_events_prints_exec_with_lineage_and_stops_cleanly() {
     .unwrap();
     wait_ok(sh).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let out = guard.wait_with_output().unwrap();
-    assert!(out.status.success(), "guard exits 0 on SIGTERM: {:?}", out.status);
-
-    let records: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
-        .collect();
+    let records = stop_events_guard(guard);
     let execs: Vec<_> = records.iter().filter(|r| r["type"] == "exec").collect();
     let shell = execs.iter().find(|r| r["pid"] == sh.as_raw()).expect("the shell's exec");
     assert_eq!(shell["filename"], "/bin/sh");
@@ -124,15 +136,7 @@ fn a_small_ring_is_drained_when_the_kernel_says_it_is_filling_not_only_on_the_ti
         return;
     }
     let cg = TestCgroup::new("small-ring").unwrap();
-    let mut guard = Command::new(guard_bin())
-        .args(["run", "--no-pin", "--events", "--ring-bytes", "16384", "--poll-ms", "200", "--watch-cgroup"])
-        .arg(&cg.path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start guard (built by cargo xtask test)");
-    let lines = wait_running(&mut guard);
-    std::thread::spawn(move || for _ in lines {});
+    let guard = start_events_guard(&["--ring-bytes", "16384", "--poll-ms", "200"], &cg);
 
     const EXECS: usize = 80;
     for _ in 0..EXECS {
@@ -142,14 +146,7 @@ fn a_small_ring_is_drained_when_the_kernel_says_it_is_filling_not_only_on_the_ti
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let out = guard.wait_with_output().unwrap();
-    assert!(out.status.success(), "guard exits 0 on SIGTERM: {:?}", out.status);
-    let records: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
-        .collect();
+    let records = stop_events_guard(guard);
     let got = records.iter().filter(|r| r["type"] == "exec" && r["argv"][1] == "small-ring").count();
     let lost: Vec<_> = records.iter().filter(|r| r["type"] == "lost").collect();
     assert_eq!((got, lost.len()), (EXECS, 0), "losses: {lost:?}");

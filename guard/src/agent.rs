@@ -825,9 +825,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let ring = pipe.sensor.take_ring().context("ring buffer already taken")?;
     let polling = pipe.sensor.take_polling_flag().context("polling flag already taken")?;
     let spares = Spares::default();
-    let reader =
-        RingReader::spawn_thread(ring, Some(polling), tx, spares.clone(), stats.clone(), opts.poll, QUEUE, stop_rx)
-            .context("starting the ring reader")?;
+    let (reader_spares, reader_stats, poll) = (spares.clone(), stats.clone(), opts.poll);
+    let reader = RingReader::spawn_thread(
+        move || RingReader::new(ring, Some(polling), tx, reader_spares, reader_stats, poll, QUEUE),
+        stop_rx,
+    )
+    .context("starting the ring reader")?;
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

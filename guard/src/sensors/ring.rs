@@ -185,27 +185,24 @@ impl RingReader {
         Ok(Self { ring, polling, tx, spares, stats, poll, capacity, last_batch: (0, 0) })
     }
 
-    /// Starts a reader on a thread of its own, with its own runtime, and returns once it is
-    /// registered. Enrichment runs synchronously on the agent's workers (a cgroup scan, a new
-    /// root's identities); sharing them, the reader's timer and the kernel's wake-up were
-    /// sometimes served a few hundred milliseconds late, long enough for a small ring to fill.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts the reader `make` builds on a thread of its own, with its own runtime (whose I/O
+    /// driver then serves the ring's wake-ups), and returns once it is registered. Enrichment
+    /// runs synchronously on the agent's workers (a cgroup scan, a new root's identities);
+    /// sharing them, the reader's timer and the kernel's wake-up were sometimes served a few
+    /// hundred milliseconds late, long enough for a small ring to fill.
     pub fn spawn_thread(
-        ring: RingBuf<MapData>,
-        polling: Option<Array<MapData, u32>>,
-        tx: mpsc::UnboundedSender<Batch>,
-        spares: Spares,
-        stats: Arc<ReaderStats>,
-        poll: Duration,
-        capacity: QueueLimit,
+        make: impl FnOnce() -> std::io::Result<Self> + Send + 'static,
         stop: watch::Receiver<bool>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("ring-reader".into()).spawn(move || {
-            let started = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .and_then(|rt| Ok((Self::new_in(&rt, ring, polling, tx, spares, stats, poll, capacity)?, rt)));
+            let started = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|rt| {
+                let reader = {
+                    let _entered = rt.enter();
+                    make()?
+                };
+                Ok((reader, rt))
+            });
             match started {
                 Ok((reader, rt)) => {
                     let _ = ready_tx.send(Ok(()));
@@ -221,22 +218,6 @@ impl RingReader {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(std::io::Error::other("the ring reader thread ended before it started")),
         }
-    }
-
-    /// `new` within `rt`, whose I/O driver then serves the ring's wake-ups.
-    #[allow(clippy::too_many_arguments)]
-    fn new_in(
-        rt: &tokio::runtime::Runtime,
-        ring: RingBuf<MapData>,
-        polling: Option<Array<MapData, u32>>,
-        tx: mpsc::UnboundedSender<Batch>,
-        spares: Spares,
-        stats: Arc<ReaderStats>,
-        poll: Duration,
-        capacity: QueueLimit,
-    ) -> std::io::Result<Self> {
-        let _entered = rt.enter();
-        Self::new(ring, polling, tx, spares, stats, poll, capacity)
     }
 
     /// Runs until `stop` turns true, then drains once more so nothing already in the ring is
