@@ -28,8 +28,9 @@ const BUSY_BATCH: usize = 8;
 /// Longest wait between drains on a busy node, in units of the configured poll interval
 /// (24 ms at the default 2 ms). A drain after a pause starts with cold caches, which costs
 /// more than its records: under an exec storm the agent spent 7.4 µs per exec draining every
-/// 10 ms, and 4.3 µs every 24 ms (reader and pipeline then sharing a thread). The records wait in the ring meanwhile (an exec storm fills
-/// well under 256 KiB in that time, and the kernel wakes the agent past that).
+/// 10 ms, and 4.3 µs every 24 ms (reader and pipeline then sharing a thread). The records
+/// wait in the ring meanwhile (an exec storm fills well under 256 KiB in that time, and the
+/// kernel wakes the reader past that).
 const BUSY_BACKOFF: u32 = 12;
 /// After a wake-up, the next look comes after `poll / FIRST_LOOK_DIVISOR`.
 const FIRST_LOOK_DIVISOR: u32 = 4;
