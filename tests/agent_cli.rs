@@ -127,6 +127,46 @@ fn guard_keeps_guarding_after_its_log_pipe_closes() {
     assert!(status.is_some_and(|s| s.success()), "guard stops cleanly on SIGINT with its stderr closed: {status:?}");
 }
 
+/// A record after a quiet spell wakes the agent at once, even when the record before it came
+/// only just before: a notebook running commands one after another has each one's exec follow
+/// the last one's exit within a millisecond. The agent used to switch to its timer after any
+/// record, so that exec waited for the first timed look (a quarter of the poll: 250 ms here).
+#[test]
+fn an_exec_right_after_a_quiet_spell_is_delivered_without_waiting_for_the_timer() {
+    if !require_root("an_exec_right_after_a_quiet_spell_is_delivered_without_waiting_for_the_timer") {
+        return;
+    }
+    let cg = TestCgroup::new("sparse").unwrap();
+    let mut guard = start_events_guard(&["--poll-ms", "1000"], &cg);
+    let stdout = guard.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+
+    // A quiet spell longer than the poll: the sleep's exec, then nothing until its exit.
+    let quiet = spawn_in(&cg, Exec::Path(Path::new("/bin/sleep")), &[OsStr::new("sleep"), OsStr::new("1.5")]).unwrap();
+    wait_ok(quiet).unwrap();
+    let spawned = Instant::now();
+    let next =
+        spawn_in(&cg, Exec::Path(Path::new("/bin/true")), &[OsStr::new("true"), OsStr::new("after-quiet")]).unwrap();
+    wait_ok(next).unwrap();
+    let arrived = loop {
+        let (at, line) = rx.recv_timeout(Duration::from_secs(5)).expect("the exec after the quiet spell is reported");
+        let r: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+        if r["type"] == "exec" && r["argv"][1] == "after-quiet" {
+            break at;
+        }
+    };
+    let waited = arrived - spawned;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(guard.wait().unwrap().success(), "guard exits 0 on SIGTERM");
+    reader.join().unwrap();
+    assert!(waited < Duration::from_millis(120), "the exec waited {waited:?} to be reported");
+}
+
 /// While the agent drains on its timer, the kernel wakes it only once a quarter of a small ring
 /// waits; it must drain then. A 200 ms poll lets the timer back off far past the time this
 /// paced stream (about 50 execs/s, 16 KiB of ring in a quarter second) takes to fill the ring.

@@ -32,8 +32,11 @@ const BUSY_BATCH: usize = 8;
 /// wait in the ring meanwhile (an exec storm fills well under 256 KiB in that time, and the
 /// kernel wakes the reader past that).
 const BUSY_BACKOFF: u32 = 12;
-/// After a wake-up, the next look comes after `poll / FIRST_LOOK_DIVISOR`.
+/// Once records come densely, the first timed look comes after `poll / FIRST_LOOK_DIVISOR`.
 const FIRST_LOOK_DIVISOR: u32 = 4;
+/// A wake-up's drain finding this many records means they come densely (the kernel woke us
+/// for the first; the rest came while we woke).
+const DENSE_BATCH: usize = 2;
 /// An idle agent drains at least this often even without a wake-up.
 const IDLE_SAFETY_NET: Duration = Duration::from_millis(500);
 
@@ -224,14 +227,22 @@ impl RingReader {
     /// Runs until `stop` turns true, then drains once more so nothing already in the ring is
     /// left behind.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        // Idle: wait for the kernel's wake-up (it wakes us for the first record into an empty
-        // ring), so an idle agent costs nothing and the first alert goes out at once. While
-        // records flow: drain on a timer that starts short and doubles while records keep
-        // coming, up to `poll` (BUSY_BACKOFF × `poll` while each drain finds a crowd), with
-        // the kernel told not to wake us until `wakeup_bytes` wait (an exec storm must cost
-        // neither a wake-up per record nor two per drain). The idle timeout is a safety net.
+        // Sparse records: wait for the kernel's wake-up (it wakes us for the first record into
+        // an empty ring), so an idle agent costs nothing and each alert goes out at once. Dense
+        // records (a wake-up's drain finds several, or comes within `poll` of the last one, so
+        // at most a wake-up per `poll` is spent on them before the timer takes over):
+        // drain on a timer that starts short and doubles while records keep coming, up to
+        // `poll` (BUSY_BACKOFF × `poll` while each drain finds a crowd), with the kernel told
+        // not to wake us until `wakeup_bytes` wait (an exec storm must cost neither a wake-up
+        // per record nor two per drain). The idle timeout is a safety net.
+        //
+        // Going to the timer after any record cost light traffic its latency: a notebook
+        // running commands one after another has each exec follow the last one's exit by well
+        // under a millisecond, and the exec then waited for the timer (up to 2 ms at the
+        // default poll) instead of waking us.
         let mut gap = self.poll;
         let mut flowing = false;
+        let mut last_found: Option<tokio::time::Instant> = None;
         loop {
             if flowing {
                 tokio::select! {
@@ -266,13 +277,18 @@ impl RingReader {
                 }
             }
             let mut n = self.drain();
+            let now = tokio::time::Instant::now();
             if n > 0 && !flowing {
-                self.set_polling(true);
-                // A first look soon: a lone record (one exec, one exit) is over by then, and
-                // the agent is back to waiting for the kernel's wake-up before the next one
-                // comes, so light traffic is never left waiting on the timer.
-                gap = self.poll / FIRST_LOOK_DIVISOR;
-            } else if n == 0 && flowing {
+                let dense = n >= DENSE_BATCH || last_found.is_some_and(|t| now - t < self.poll);
+                if dense {
+                    self.set_polling(true);
+                    gap = self.poll / FIRST_LOOK_DIVISOR;
+                    flowing = true;
+                }
+                last_found = Some(now);
+                continue;
+            }
+            if n == 0 && flowing {
                 // Going idle: clear the flag first, then look once more, so a record that
                 // came while the kernel thought we were polling is not left waiting.
                 self.set_polling(false);
@@ -281,9 +297,10 @@ impl RingReader {
                     self.set_polling(true);
                 }
             }
-            // Records keep coming: look less often, up to `poll`, or BUSY_BACKOFF × `poll`
-            // while each drain finds a crowd.
-            if flowing && n > 0 {
+            if n > 0 {
+                last_found = Some(now);
+                // Records keep coming: look less often, up to `poll`, or BUSY_BACKOFF × `poll`
+                // while each drain finds a crowd.
                 let cap = if n >= BUSY_BATCH { self.poll * BUSY_BACKOFF } else { self.poll };
                 gap = (gap * 2).min(cap);
             }
