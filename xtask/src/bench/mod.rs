@@ -11,6 +11,7 @@ mod load;
 use std::{
     fs,
     io::{BufRead, Read},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -821,6 +822,13 @@ fn latency(c: &mut Ctx) -> Result<()> {
     let g = c.start_guard(&[])?;
     let (mut from_exec, mut from_spawn) = (Vec::new(), Vec::new());
     let mut offset = 0u64;
+    // The observer must not add its own delay to what it measures. Sleeping between looks at
+    // the file did: with curl busy on a core, a 200 µs sleep often ended a millisecond or more
+    // late (the woken observer waited for curl's time slice), which was most of the measured
+    // median and all of its tail. So the file's writes wake the observer (inotify), and it
+    // runs as a real-time thread while it measures, so it is served as soon as it wakes.
+    let watch = FileWatch::new(&g.alerts)?;
+    let realtime = Realtime::enter();
     for i in 0..SAMPLES + 5 {
         let marker = format!("bench-latency-{i}");
         let t = Instant::now();
@@ -851,7 +859,7 @@ fn latency(c: &mut Ctx) -> Result<()> {
             if t.elapsed() > Duration::from_secs(5) {
                 bail!("no alert for {marker} within 5 s");
             }
-            std::thread::sleep(Duration::from_micros(200));
+            watch.wait(Duration::from_millis(5));
         };
         let now = time::OffsetDateTime::now_utc();
         let spawn_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -883,11 +891,76 @@ fn latency(c: &mut Ctx) -> Result<()> {
     );
     eprintln!("bench: exec-to-alert p50 {:.2} ms, p99 {:.2} ms", q(&from_exec, 0.5), q(&from_exec, 0.99));
     c.md.push(format!(
-        "## Exec-to-alert latency\n\n`curl --version` spawned in the notebook ({SAMPLES} samples, one at a time), until its alert line is in the file sink. \"From the exec\" starts at the alert's own time (the kernel's timestamp of the exec); \"from the spawn\" also counts the fork and joining the notebook's cgroup.\n\n| measured | p50 | p90 | p99 | max |\n|---|---|---|---|---|\n{}\n{}\n",
+        "## Exec-to-alert latency\n\n`curl --version` spawned in the notebook ({SAMPLES} samples, one at a time), until its alert line is in the file sink. \"From the exec\" starts at the alert's own time (the kernel's timestamp of the exec); \"from the spawn\" also counts the fork and joining the notebook's cgroup. {}\n\n| measured | p50 | p90 | p99 | max |\n|---|---|---|---|---|\n{}\n{}\n",
+        if realtime.0 {
+            "The observer is woken by the file's writes (inotify) and runs as a real-time thread while it measures, so its own scheduling is not counted: it used to sleep 200 µs between looks, and with curl busy on a core those sleeps ended up to milliseconds late."
+        } else {
+            "The observer is woken by the file's writes (inotify); it could not run real-time, so its own scheduling delays are counted too."
+        },
         row("from the exec", &from_exec),
         row("from the spawn", &from_spawn)
     ));
     Ok(())
+}
+
+/// Wakes its owner when a file is written to (inotify `IN_MODIFY`).
+struct FileWatch(OwnedFd);
+
+impl FileWatch {
+    fn new(path: &Path) -> Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain inotify calls; the fd is owned from here on.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("inotify_init1");
+        }
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), cpath.as_ptr(), libc::IN_MODIFY) } < 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("watching {}", path.display()));
+        }
+        Ok(Self(fd))
+    }
+
+    /// Returns once the file was written to since the last call, or after `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let mut pfd = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut buf = [0u8; 4096];
+        // SAFETY: one pollfd; reads into a buffer of the size given.
+        unsafe {
+            libc::poll(&mut pfd, 1, timeout.as_millis() as i32);
+            while libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+        }
+    }
+}
+
+/// The calling thread runs as SCHED_FIFO until dropped; the processes it spawns do not
+/// (`SCHED_RESET_ON_FORK`). Without the privilege: a warning, and the thread's usual class.
+struct Realtime(bool);
+
+impl Realtime {
+    fn enter() -> Self {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: changes this thread's scheduling class only.
+        let ok = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) } == 0;
+        if !ok {
+            eprintln!(
+                "bench: the latency observer could not run real-time ({}): its own delays count",
+                std::io::Error::last_os_error()
+            );
+        }
+        Self(ok)
+    }
+}
+
+impl Drop for Realtime {
+    fn drop(&mut self) {
+        if self.0 {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: as above.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+        }
+    }
 }
 
 /// The agent at rest: RSS and CPU over ten idle seconds with a notebook present.
