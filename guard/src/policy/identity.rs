@@ -33,6 +33,11 @@ pub type RootKey = FileId;
 /// Opens `rel` (absolute inside the root) below `root_fd` without escaping it; follows
 /// symlinks as the container would.
 pub fn open_in_root(root_fd: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
+    open_in_root_as(root_fd, rel, libc::O_PATH)
+}
+
+/// As [`open_in_root`], opened with `flags` (an `O_PATH` handle, or a directory to list).
+fn open_in_root_as(root_fd: &OwnedFd, rel: &Path, flags: i32) -> std::io::Result<OwnedFd> {
     let c = CString::new(rel.as_os_str().as_bytes())?;
     /// `struct open_how` (libc's is non-exhaustive).
     #[repr(C)]
@@ -42,7 +47,7 @@ pub fn open_in_root(root_fd: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
         resolve: u64,
     }
     let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        flags: (flags | libc::O_CLOEXEC) as u64,
         mode: 0,
         resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
     };
@@ -64,8 +69,12 @@ pub fn open_in_root(root_fd: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
 }
 
 fn fstat(fd: &OwnedFd) -> std::io::Result<fs::Metadata> {
-    // O_PATH fds can be stat'ed through /proc/self/fd.
-    fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    // statx(fd, "", AT_EMPTY_PATH), which O_PATH fds allow, through a File that never closes
+    // the borrowed fd. Going by /proc/self/fd/N instead cost a path walk per file, thousands
+    // of them when a root's system binaries are indexed.
+    // SAFETY: the fd stays open for the borrow; ManuallyDrop keeps the File from closing it.
+    let f = std::mem::ManuallyDrop::new(unsafe { fs::File::from_raw_fd(fd.as_raw_fd()) });
+    f.metadata()
 }
 
 pub struct Root {
@@ -106,14 +115,43 @@ impl Root {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 
-    /// Paths (inside the root) matching an absolute glob.
+    /// The identity and entries of directory `rel`, resolved inside the root. The entries'
+    /// `metadata()` is an fstatat against the listed directory (symlinks not followed): no
+    /// path walk per entry.
+    pub fn list(&self, rel: &Path) -> std::io::Result<(FileId, fs::ReadDir)> {
+        let dir = open_in_root_as(&self.fd, rel, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let id = FileId::of(&fstat(&dir)?);
+        // The magic link reopens that very directory; nothing is resolved again.
+        Ok((id, fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?))
+    }
+
+    /// Paths (inside the root) that may match an absolute glob: its literal components are
+    /// taken as they are, its wildcard ones matched against listings made inside the root.
+    /// Callers stat what they get (a literal path need not exist). A glob walked through
+    /// the host's view of `/proc/PID/root` instead followed a container's absolute symlinks
+    /// out to the host, and stat'ed every entry of each directory it listed.
     pub fn glob(&self, pattern: &str) -> Vec<PathBuf> {
-        let base = self.base();
-        let full = format!("{}{}", base.display(), pattern);
-        let Ok(paths) = glob::glob(&full) else {
-            return vec![];
-        };
-        paths.flatten().filter_map(|p| p.strip_prefix(&base).ok().map(|r| Path::new("/").join(r))).collect()
+        let mut found = vec![PathBuf::from("/")];
+        for part in pattern.split('/').filter(|c| !c.is_empty()) {
+            if !part.contains(['*', '?', '[']) {
+                found.iter_mut().for_each(|p| p.push(part));
+                continue;
+            }
+            let Ok(pat) = glob::Pattern::new(part) else { return vec![] };
+            let mut next = Vec::new();
+            for dir in &found {
+                let Ok((_, entries)) = self.list(dir) else { continue };
+                let mut names: Vec<_> = entries
+                    .flatten()
+                    .map(|e| e.file_name())
+                    .filter(|n| n.to_str().is_some_and(|n| pat.matches(n)))
+                    .collect();
+                names.sort();
+                next.extend(names.into_iter().map(|n| dir.join(n)));
+            }
+            found = next;
+        }
+        found
     }
 
     pub fn read(&self, rel: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
@@ -139,14 +177,22 @@ impl SystemIndex {
     fn build(root: &Root) -> Self {
         let mut idx = SystemIndex::default();
         let mut names: HashMap<FileId, Vec<String>> = HashMap::new();
+        // With a merged /usr, /bin and /sbin are /usr/bin and /usr/sbin: list each once.
+        let mut listed = crate::IdSet::default();
         for dir in SYSTEM_DIRS {
-            let Ok(entries) = fs::read_dir(format!("{}{}", root.base().display(), dir)) else {
+            let Ok((id, entries)) = root.list(Path::new(dir)) else {
                 continue;
             };
+            if !listed.insert(id) {
+                continue;
+            }
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let rel = Path::new(dir).join(&name);
-                let Ok(md) = root.stat(&rel) else { continue };
+                // A regular file is stat'ed where it was listed; a symlink is followed inside
+                // the root.
+                let md = if e.file_type().is_ok_and(|t| t.is_file()) { e.metadata() } else { root.stat(&rel) };
+                let Ok(md) = md else { continue };
                 if !md.is_file() || md.mode() & 0o111 == 0 {
                     continue;
                 }
@@ -327,6 +373,52 @@ mod tests {
         // Both files are copies of /bin/true: content lookup finds one of them.
         assert!(ids.system_same_content(&content).is_some());
         assert!(ids.system_names(&py).unwrap().contains(&"python3".to_string()));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn globs_follow_a_containers_absolute_symlinks_inside_it() {
+        // conda images often link /opt/conda to an absolute path; on the host that path is
+        // somewhere else, or nowhere.
+        let dir = std::env::temp_dir().join(format!("guard-root-glob-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let inside = format!("/nbg-test-conda-{}", std::process::id());
+        assert!(!Path::new(&inside).exists());
+        fs::create_dir_all(dir.join(&inside[1..]).join("bin")).unwrap();
+        fs::create_dir_all(dir.join("opt")).unwrap();
+        std::os::unix::fs::symlink(&inside, dir.join("opt/conda")).unwrap();
+        for name in ["python3.11", "python3", "pip"] {
+            fs::copy("/bin/true", dir.join(&inside[1..]).join("bin").join(name)).unwrap();
+        }
+        let (_, root) = Root::open(&dir).unwrap();
+        assert_eq!(
+            root.glob("/opt/conda/bin/python3*"),
+            vec![PathBuf::from("/opt/conda/bin/python3"), PathBuf::from("/opt/conda/bin/python3.11")]
+        );
+        // Literal components are kept as they are; wildcard ones only match what exists.
+        assert_eq!(root.glob("/opt/conda/envs/*/bin/python3*"), Vec::<PathBuf>::new());
+        assert_eq!(root.glob("/usr/bin/uname"), vec![PathBuf::from("/usr/bin/uname")]);
+        let ids = RootIdentities::resolve(root, &Policy::default_policy());
+        let py = FileId::of(&fs::metadata(dir.join(&inside[1..]).join("bin/python3.11")).unwrap());
+        assert!(ids.python.contains(&py));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_merged_usr_is_indexed_once() {
+        let dir = std::env::temp_dir().join(format!("guard-root-merged-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("usr/bin")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", dir.join("bin")).unwrap();
+        fs::copy("/bin/true", dir.join("usr/bin/dash")).unwrap();
+        std::os::unix::fs::symlink("dash", dir.join("usr/bin/sh")).unwrap();
+        let (_, root) = Root::open(&dir).unwrap();
+        let mut ids = RootIdentities::resolve(root, &Policy::default_policy());
+        let dash = FileId::of(&fs::metadata(dir.join("usr/bin/dash")).unwrap());
+        let names = ids.system_names(&dash).unwrap();
+        assert_eq!(names.len(), 2, "dash and sh, each once: {names:?}");
+        let copies: usize = ids.system().by_size.values().map(Vec::len).sum();
+        assert_eq!(copies, 1, "/usr/bin/dash, not again as /bin/dash");
         fs::remove_dir_all(&dir).unwrap();
     }
 
