@@ -169,14 +169,15 @@ fn an_exec_right_after_a_quiet_spell_is_delivered_without_waiting_for_the_timer(
 
 /// While the agent drains on its timer, the kernel wakes it only once a quarter of a small ring
 /// waits; it must drain then. A 200 ms poll lets the timer back off far past the time this
-/// paced stream (about 50 execs/s, 16 KiB of ring in a quarter second) takes to fill the ring.
+/// paced stream (about 50 execs/s, some 200 bytes each: the smallest ring in half a second)
+/// takes to fill the ring.
 #[test]
 fn a_small_ring_is_drained_when_the_kernel_says_it_is_filling_not_only_on_the_timer() {
     if !require_root("a_small_ring_is_drained_when_the_kernel_says_it_is_filling_not_only_on_the_timer") {
         return;
     }
     let cg = TestCgroup::new("small-ring").unwrap();
-    let guard = start_events_guard(&["--ring-bytes", "16384", "--poll-ms", "200"], &cg);
+    let guard = start_events_guard(&["--ring-bytes", "4096", "--poll-ms", "200"], &cg);
 
     const EXECS: usize = 80;
     for _ in 0..EXECS {

@@ -2,8 +2,8 @@
 //! here once, `#[repr(C)]`, and compiled into both `guard-ebpf` (no_std) and `guard`.
 //!
 //! Records in the `EVENTS` ring buffer all start with [`EventHeader`]; `kind` says which struct
-//! follows. [`ExecEvent`] is variable-length on the wire: its `args` array is cut to `args_len`
-//! bytes so a short command line does not take a whole 4 KiB slot in the ring.
+//! follows. An exec ([`ExecWire`]) is variable-length: its strings follow its head, packed, so
+//! a short command takes about 150 bytes of the ring, not the 6 KiB its longest form needs.
 #![no_std]
 
 /// Bytes of `comm` (the kernel's TASK_COMM_LEN).
@@ -105,7 +105,7 @@ pub struct EventHeader {
     pub cgroup_id: u64,
 }
 
-/// `ExecEvent::flags` bits.
+/// `ExecHead::flags` bits.
 pub mod exec_flags {
     /// argv was longer than `ARGS_LEN`; `args` holds the first `ARGS_LEN` bytes.
     pub const ARGS_TRUNCATED: u32 = 1 << 0;
@@ -168,10 +168,10 @@ pub struct FileKey {
 pub const MAX_ALLOWED: u32 = 65536;
 pub const MAX_MARKED: u32 = 65536;
 
-/// Emitted at `sched_process_exec`: after the new image is loaded, before its first instruction.
+/// The scalar part of an exec record ([`ExecWire`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct ExecEvent {
+pub struct ExecHead {
     pub hdr: EventHeader,
     /// tgid of `real_parent`.
     pub ppid: u32,
@@ -180,7 +180,7 @@ pub struct ExecEvent {
     pub flags: u32,
     /// The true argument count (`bprm->argc`), even when `args` is truncated.
     pub argc: u32,
-    /// Bytes of `args` that are valid (NUL-separated strings).
+    /// Bytes of argv that are valid (NUL-separated strings).
     pub args_len: u32,
     /// Identity of the file actually loaded (`bprm->file`): kernel dev_t (MAJOR<<20|MINOR) + inode.
     pub exe_dev: u32,
@@ -192,17 +192,37 @@ pub struct ExecEvent {
     /// Bits 0..2: stdin, stdout, stderr are sockets (a reverse shell's signature).
     pub stdio_sockets: u32,
     pub comm: [u8; COMM_LEN],
-    /// `bprm->filename`: the path as the kernel resolved it (`/dev/fd/N` for fd-based exec).
-    pub filename: [u8; PATH_LEN],
-    /// `bprm->interp` when it differs from the filename.
-    pub interp: [u8; PATH_LEN],
-    /// Dentry name of the loaded file.
-    pub exe_name: [u8; DNAME_LEN],
-    pub args: [u8; ARGS_LEN],
+    /// Bytes of `filename`, `interp` and `exe_name`, without their NUL.
+    pub filename_len: u16,
+    pub interp_len: u16,
+    pub exe_name_len: u16,
+    pub _pad: u16,
 }
 
-/// Byte offset of `args` in [`ExecEvent`]: the wire size is `EXEC_FIXED_LEN + args_len`.
-pub const EXEC_FIXED_LEN: usize = core::mem::offset_of!(ExecEvent, args);
+/// Emitted at `sched_process_exec`: after the new image is loaded, before its first
+/// instruction. The head, then the bytes of `bprm->filename` (the path as the kernel resolved
+/// it: `/dev/fd/N` for fd-based exec), `bprm->interp` (when it differs from the filename), the
+/// loaded file's dentry name and argv, packed (their lengths are in the head); the kernel
+/// assembles it in place, so only the record's own bytes go to the ring. Fixed places for each
+/// string instead cost every exec 1.2 KiB of mostly zeros, written by the kernel and read,
+/// copied and decoded by the agent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecWire {
+    pub head: ExecHead,
+    pub tail: [u8; EXEC_TAIL_MAX],
+}
+
+/// Bytes of [`ExecHead`]: the wire size is this plus the four lengths.
+pub const EXEC_HEAD_LEN: usize = core::mem::size_of::<ExecHead>();
+
+/// Room the kernel needs to pack the tail with offsets masked to powers of two, which is how
+/// the verifier sees each copy stay inside it (filename at 0, up to PATH_LEN; interp below 512;
+/// exe name below 1024; argv below 2048, up to ARGS_LEN).
+pub const EXEC_TAIL_MAX: usize = 2048 + ARGS_LEN;
+
+// The kernel's masks rely on these sizes.
+const _: () = assert!(PATH_LEN == 512 && DNAME_LEN <= 512 && ARGS_LEN.is_power_of_two());
 
 /// Emitted at `sched_process_fork` for new processes (not threads). The header is the parent.
 #[repr(C)]

@@ -30,9 +30,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use guard_abi::{
-    allow_class, enforce_flags, exec_flags, marks, Config, EventHeader, EventKind, ExecEvent, ExitEvent, FileKey,
-    ForkEvent, ARGS_LEN, ENFORCED_ANY, EVENT_KINDS, EXEC_FIXED_LEN, MAX_ALLOWED, MAX_MARKED, MAX_WATCHED_CGROUPS,
-    PATH_LEN,
+    allow_class, enforce_flags, exec_flags, marks, Config, EventHeader, EventKind, ExecWire, ExitEvent, FileKey,
+    ForkEvent, ARGS_LEN, DNAME_LEN, ENFORCED_ANY, EVENT_KINDS, EXEC_HEAD_LEN, MAX_ALLOWED, MAX_MARKED,
+    MAX_WATCHED_CGROUPS, PATH_LEN,
 };
 
 /// Filled in by the agent before load (`.rodata`).
@@ -104,10 +104,10 @@ static SERVERS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 #[map]
 static SCAN_TMP: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU space to assemble an exec record (too big for the 512-byte stack); only
-/// `EXEC_FIXED_LEN + args_len` bytes of it go to the ring.
+/// Per-CPU space to assemble an exec record (too big for the 512-byte stack), packed as it goes
+/// to the ring: each string is read in right after the one before.
 #[map]
-static SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
+static WIRE: PerCpuArray<ExecWire> = PerCpuArray::with_max_entries(1, 0);
 
 macro_rules! conf {
     ($($f:ident).+) => {{
@@ -210,19 +210,37 @@ fn header(kind: EventKind, pid_tgid: u64, cgroup: u64) -> EventHeader {
     }
 }
 
-/// Copies a kernel string into `dst`; returns the truncation flag `flag` when the source did
-/// not fit (checked by reading the byte the copy had to replace with NUL).
+/// Copies a kernel string of at most `max` bytes (NUL included) to `dst`; returns its length
+/// without the NUL, and the truncation flag `flag` when the source did not fit (checked by
+/// reading the byte the copy had to replace with NUL).
 #[inline(always)]
-unsafe fn copy_kstr(dst: *mut [u8; PATH_LEN], src: *const u8, flag: u32) -> u32 {
-    (*dst)[0] = 0;
+unsafe fn copy_kstr(dst: *mut u8, src: *const u8, max: u32, flag: u32) -> (u16, u32) {
     if src.is_null() {
-        return 0;
+        return (0, 0);
     }
-    let n = bpf_probe_read_kernel_str(dst.cast(), PATH_LEN as u32, src.cast());
-    if n == PATH_LEN as i64 && read::<u8>(src, PATH_LEN as u32 - 1) != 0 {
-        return flag;
+    let n = bpf_probe_read_kernel_str(dst.cast(), max, src.cast());
+    let len = if n > 0 { (n - 1) as u16 } else { 0 };
+    if n == max as i64 && read::<u8>(src, max - 1) != 0 {
+        return (len, flag);
     }
-    0
+    (len, 0)
+}
+
+/// Where the next string goes in the tail: the lengths so far, read back from map memory and
+/// masked, so the verifier sees one bounded offset (not one state per way the lengths were
+/// computed), masked to a power of two that keeps the next copy inside `ExecWire::tail`.
+#[inline(always)]
+unsafe fn tail_off(lens: &[*const u16], mask: u32) -> u32 {
+    let mut off = 0u32;
+    for l in lens {
+        off += core::ptr::read_volatile(*l) as u32 & (PATH_LEN as u32 - 1);
+    }
+    off & mask
+}
+
+#[inline(always)]
+unsafe fn tail_at(w: *mut ExecWire, off: u32) -> *mut u8 {
+    addr_of_mut!((*w).tail).cast::<u8>().add(off as usize)
 }
 
 // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
@@ -239,49 +257,59 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64, cgroup: u64) {
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+    let Some(w) = WIRE.get_ptr_mut(0) else {
         return;
     };
     let task: *const u8 = ctx.arg::<*const c_void>(0).cast();
     let old_pid: u64 = ctx.arg(1);
     let bprm: *const u8 = ctx.arg::<*const c_void>(2).cast();
 
-    (*ev).hdr = header(EventKind::Exec, pid_tgid, cgroup);
+    let h = addr_of_mut!((*w).head);
+    (*h).hdr = header(EventKind::Exec, pid_tgid, cgroup);
     let parent = read_ptr(task, conf!(offsets.task_real_parent));
-    (*ev).ppid = read::<u32>(parent, conf!(offsets.task_tgid));
+    (*h).ppid = read::<u32>(parent, conf!(offsets.task_tgid));
     let ugid = bpf_get_current_uid_gid();
-    (*ev).uid = ugid as u32;
-    (*ev).gid = (ugid >> 32) as u32;
-    (*ev).old_pid = old_pid as u32;
-    (*ev).comm = bpf_get_current_comm().unwrap_or_default();
+    (*h).uid = ugid as u32;
+    (*h).gid = (ugid >> 32) as u32;
+    (*h).old_pid = old_pid as u32;
+    (*h).comm = bpf_get_current_comm().unwrap_or_default();
 
+    // The strings, back to back in the tail: filename, interp, exe name, argv.
+    let fl_p = addr_of_mut!((*h).filename_len);
+    let il_p = addr_of_mut!((*h).interp_len);
+    let el_p = addr_of_mut!((*h).exe_name_len);
     let mut flags = 0;
     let filename = read_ptr(bprm, conf!(offsets.bprm_filename));
     let interp = read_ptr(bprm, conf!(offsets.bprm_interp));
-    flags |= copy_kstr(addr_of_mut!((*ev).filename), filename, exec_flags::FILENAME_TRUNCATED);
+    let (len, f) = copy_kstr(tail_at(w, 0), filename, PATH_LEN as u32, exec_flags::FILENAME_TRUNCATED);
+    *fl_p = len;
+    flags |= f;
+    *il_p = 0;
     if !interp.is_null() && interp != filename {
         flags |= exec_flags::HAS_INTERP;
-        flags |= copy_kstr(addr_of_mut!((*ev).interp), interp, exec_flags::INTERP_TRUNCATED);
-    } else {
-        (*ev).interp[0] = 0;
+        let dst = tail_at(w, tail_off(&[fl_p], 511));
+        let (len, f) = copy_kstr(dst, interp, PATH_LEN as u32, exec_flags::INTERP_TRUNCATED);
+        *il_p = len;
+        flags |= f;
     }
 
     // The file that was actually loaded (for a script: its interpreter's ELF).
     let file = read_ptr(bprm, conf!(offsets.bprm_file));
     let inode = read_ptr(file, conf!(offsets.file_inode));
     let sb = read_ptr(inode, conf!(offsets.inode_sb));
-    (*ev).exe_ino = read::<u64>(inode, conf!(offsets.inode_ino));
-    (*ev).exe_nlink = read::<u32>(inode, conf!(offsets.inode_nlink));
-    (*ev).exe_dev = read::<u32>(sb, conf!(offsets.sb_dev));
+    (*h).exe_ino = read::<u64>(inode, conf!(offsets.inode_ino));
+    (*h).exe_nlink = read::<u32>(inode, conf!(offsets.inode_nlink));
+    (*h).exe_dev = read::<u32>(sb, conf!(offsets.sb_dev));
     let dentry = read_ptr(file, conf!(offsets.file_dentry));
     let dname = read_ptr(dentry, conf!(offsets.dentry_name));
-    (*ev).exe_name[0] = 0;
+    *el_p = 0;
     if !dname.is_null() {
-        bpf_probe_read_kernel_str(addr_of_mut!((*ev).exe_name).cast(), guard_abi::DNAME_LEN as u32, dname.cast());
+        let (len, _) = copy_kstr(tail_at(w, tail_off(&[fl_p, il_p], 1023)), dname, DNAME_LEN as u32, 0);
+        *el_p = len;
     }
 
     // argv lives in the new image's stack, between mm->arg_start and mm->arg_end.
-    (*ev).argc = read::<u32>(bprm, conf!(offsets.bprm_argc));
+    (*h).argc = read::<u32>(bprm, conf!(offsets.bprm_argc));
     let mm = read_ptr(task, conf!(offsets.task_mm));
     let start = read::<u64>(mm, conf!(offsets.mm_arg_start));
     let end = read::<u64>(mm, conf!(offsets.mm_arg_end));
@@ -293,25 +321,27 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64, cgroup: u64) {
     // Re-bound for the verifier, which cannot always see through the comparison above.
     let len = (len as u32) & (2 * ARGS_LEN as u32 - 1);
     let len = if len > ARGS_LEN as u32 { ARGS_LEN as u32 } else { len };
+    let args = tail_at(w, tail_off(&[fl_p, il_p, el_p], 2047));
     let mut args_len = 0;
     if len > 0 {
-        if bpf_probe_read_user(addr_of_mut!((*ev).args).cast(), len, start as *const c_void) == 0 {
+        if bpf_probe_read_user(args.cast(), len, start as *const c_void) == 0 {
             args_len = len;
         } else {
             flags |= exec_flags::ARGS_UNREADABLE;
         }
     }
-    (*ev).args_len = args_len;
-    (*ev).flags = flags;
-    (*ev).stdio_sockets = stdio_sockets(task);
-    enforce(ev, task, pid_tgid, cgroup);
+    (*h).args_len = args_len;
+    (*h).flags = flags;
+    (*h).stdio_sockets = stdio_sockets(task);
+    enforce(w, args, task, pid_tgid, cgroup);
 
-    // Read back from map memory: the verifier then sees one unknown size instead of one
-    // state per combination of flags computed above.
-    let args_len = core::ptr::read_volatile(&(*ev).args_len) & (2 * ARGS_LEN as u32 - 1);
-    let size = (EXEC_FIXED_LEN as u32 + args_len) as u64;
-    let size = if size > size_of::<ExecEvent>() as u64 { size_of::<ExecEvent>() as u64 } else { size };
-    let bytes = core::slice::from_raw_parts(ev.cast::<u8>(), size as usize);
+    // Read back from map memory: the verifier then sees one bounded size instead of one state
+    // per combination of flags computed above.
+    let args_len = core::ptr::read_volatile(&(*h).args_len) & (2 * ARGS_LEN as u32 - 1);
+    let args_len = if args_len > ARGS_LEN as u32 { ARGS_LEN as u32 } else { args_len };
+    let size = EXEC_HEAD_LEN + (tail_off(&[fl_p, il_p, el_p], 2047) + args_len) as usize;
+    let size = if size > size_of::<ExecWire>() { size_of::<ExecWire>() } else { size };
+    let bytes = core::slice::from_raw_parts(w.cast::<u8>(), size);
     if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
         count_lost(EventKind::Exec);
     }
@@ -330,7 +360,8 @@ fn enforcing() -> bool {
 /// outcome in the event's flags. Everything is re-read from the event in map memory, so the
 /// verifier walks this once rather than once per path through the field copying above.
 #[inline(always)]
-unsafe fn enforce(ev: *mut ExecEvent, task: *const u8, pid_tgid: u64, cgroup: u64) {
+unsafe fn enforce(w: *mut ExecWire, args: *const u8, task: *const u8, pid_tgid: u64, cgroup: u64) {
+    let ev = addr_of_mut!((*w).head);
     // Nothing enforced anywhere (monitor mode): no walk up the cgroup tree on every exec.
     if !enforcing() {
         return;
@@ -348,7 +379,7 @@ unsafe fn enforce(ev: *mut ExecEvent, task: *const u8, pid_tgid: u64, cgroup: u6
     let ppid = core::ptr::read_volatile(&(*ev).ppid);
     let args_len = core::ptr::read_volatile(&(*ev).args_len);
     let parent = read_ptr(task, conf!(offsets.task_real_parent));
-    let (verdict, mark) = decide(enf, &key, (pid_tgid >> 32) as u32, ppid, parent, ev, args_len);
+    let (verdict, mark) = decide(enf, &key, (pid_tgid >> 32) as u32, ppid, parent, args, args_len);
     if mark & marks::UNDER_PYTHON != 0 {
         flags |= exec_flags::UNDER_PYTHON;
     }
@@ -414,11 +445,10 @@ fn forget_precision(v: u32) -> u32 {
 /// exec only Python (`marks::PIP_SHELL`); its builtins are the residual risk. Raw reads with
 /// explicit bounds, since an indexing panic path would not load.
 #[inline(always)]
-unsafe fn is_pip_shell(ev: *const ExecEvent, args_len: u32) -> bool {
+unsafe fn is_pip_shell(args: *const u8, args_len: u32) -> bool {
     // argv[0] is the shell (`/bin/sh`); argv[2] starts with the interpreter's path.
     const SHELL_SCAN: usize = 48;
     const CMD_SCAN: usize = 160;
-    let args = (*ev).args.as_ptr();
     let len = if (args_len as usize) < ARGS_LEN { args_len as usize } else { ARGS_LEN };
     // A constant bound the verifier can see, with slack for the `+ k` reads below.
     let at = |i: usize| -> u8 {
@@ -473,7 +503,7 @@ unsafe fn decide(
     tgid: u32,
     ppid: u32,
     parent: *const u8,
-    ev: *const ExecEvent,
+    args: *const u8,
     args_len: u32,
 ) -> (bool, u32) {
     let mut mark = MARKS.get(&tgid).copied().unwrap_or(0);
@@ -501,7 +531,7 @@ unsafe fn decide(
             let _ = MARKS.insert(&tgid, &mark, 0);
             return (true, mark);
         }
-        if enf & enforce_flags::PIP_MAGIC != 0 && parent_is_python && is_pip_shell(ev, args_len) {
+        if enf & enforce_flags::PIP_MAGIC != 0 && parent_is_python && is_pip_shell(args, args_len) {
             mark |= marks::PIP_SHELL;
             let _ = MARKS.insert(&tgid, &mark, 0);
             return (true, mark);

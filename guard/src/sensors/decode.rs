@@ -4,8 +4,8 @@
 use std::{ffi::OsString, os::unix::ffi::OsStringExt, path::PathBuf};
 
 use guard_abi::{
-    egress_verdict, exec_flags, EgressEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, SocketEvent,
-    ARGS_LEN, EXEC_FIXED_LEN,
+    egress_verdict, exec_flags, EgressEvent, EventHeader, EventKind, ExecHead, ExitEvent, ForkEvent, SocketEvent,
+    ARGS_LEN, DNAME_LEN, EXEC_HEAD_LEN, PATH_LEN,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("exec record claims {0} argv bytes (max {ARGS_LEN})")]
     ArgsLen(u32),
+    #[error("exec record claims a {field} of {len} bytes (max {max})")]
+    StringLen { field: &'static str, len: usize, max: usize },
 }
 
 /// Fields every event has.
@@ -178,50 +180,54 @@ pub fn split_args(block: &[u8]) -> Vec<OsString> {
     body.split(|&c| c == 0).map(|a| OsString::from_vec(a.to_vec())).collect()
 }
 
-thread_local! {
-    /// The fixed part of the exec record being decoded. Reused: zeroing and copying a whole
-    /// 5 KiB record (most of it argv space) for every exec showed in profiles; argv is read
-    /// from the ring's bytes instead.
-    static EXEC_SCRATCH: std::cell::RefCell<Box<ExecEvent>> =
-        // SAFETY: ExecEvent is made of integers and byte arrays: all-zero is valid.
-        std::cell::RefCell::new(unsafe { Box::<ExecEvent>::new_zeroed().assume_init() });
-}
-
-/// An exec record of at least `EXEC_FIXED_LEN` bytes.
-fn decode_exec(ev: &mut ExecEvent, buf: &[u8]) -> Result<Event, DecodeError> {
-    // SAFETY: the caller checked that `buf` holds the fixed part; ExecEvent is repr(C) integers
-    // and byte arrays, valid for any bytes. Its `args` (after the fixed part) are left as they
-    // were and not read.
-    unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), (ev as *mut ExecEvent).cast::<u8>(), EXEC_FIXED_LEN) };
-    if ev.args_len as usize > ARGS_LEN {
-        return Err(DecodeError::ArgsLen(ev.args_len));
+/// An exec record: its head, then filename, interp, exe name and argv, packed.
+fn decode_exec(buf: &[u8]) -> Result<Event, DecodeError> {
+    let h: ExecHead = read_record(buf, EXEC_HEAD_LEN, EventKind::Exec)?;
+    if h.args_len as usize > ARGS_LEN {
+        return Err(DecodeError::ArgsLen(h.args_len));
     }
-    let need = EXEC_FIXED_LEN + ev.args_len as usize;
+    let lens = [
+        ("filename", h.filename_len as usize, PATH_LEN - 1),
+        ("interp", h.interp_len as usize, PATH_LEN - 1),
+        ("exe name", h.exe_name_len as usize, DNAME_LEN - 1),
+    ];
+    if let Some(&(field, len, max)) = lens.iter().find(|(_, len, max)| len > max) {
+        return Err(DecodeError::StringLen { field, len, max });
+    }
+    let need = EXEC_HEAD_LEN + lens.iter().map(|l| l.1).sum::<usize>() + h.args_len as usize;
     if buf.len() < need {
         return Err(DecodeError::Truncated { kind: "exec", len: buf.len(), need });
     }
-    let f = ev.flags;
-    let path = |b: &[u8]| PathBuf::from(OsString::from_vec(cstr(b).to_vec()));
+    let mut rest = &buf[EXEC_HEAD_LEN..need];
+    let mut take = |n: usize| {
+        let (a, b) = rest.split_at(n);
+        rest = b;
+        a
+    };
+    let (filename, interp, exe_name) = (take(lens[0].1), take(lens[1].1), take(lens[2].1));
+    let args = take(h.args_len as usize);
+    let f = h.flags;
+    let path = |b: &[u8]| PathBuf::from(OsString::from_vec(b.to_vec()));
     Ok(Event::Exec(Box::new(Exec {
-        meta: meta(&ev.hdr),
-        ppid: ev.ppid,
-        old_pid: ev.old_pid,
-        uid: ev.uid,
-        gid: ev.gid,
-        comm: String::from_utf8_lossy(cstr(&ev.comm)).into_owned(),
-        filename: path(&ev.filename),
+        meta: meta(&h.hdr),
+        ppid: h.ppid,
+        old_pid: h.old_pid,
+        uid: h.uid,
+        gid: h.gid,
+        comm: String::from_utf8_lossy(cstr(&h.comm)).into_owned(),
+        filename: path(filename),
         filename_truncated: f & exec_flags::FILENAME_TRUNCATED != 0,
-        interp: (f & exec_flags::HAS_INTERP != 0).then(|| path(&ev.interp)),
+        interp: (f & exec_flags::HAS_INTERP != 0).then(|| path(interp)),
         interp_truncated: f & exec_flags::INTERP_TRUNCATED != 0,
-        exe: FileId::from_kernel(ev.exe_dev, ev.exe_ino),
-        exe_nlink: ev.exe_nlink,
-        exe_name: OsString::from_vec(cstr(&ev.exe_name).to_vec()),
-        argc: ev.argc,
-        argv: split_args(&buf[EXEC_FIXED_LEN..need]).into(),
+        exe: FileId::from_kernel(h.exe_dev, h.exe_ino),
+        exe_nlink: h.exe_nlink,
+        exe_name: OsString::from_vec(exe_name.to_vec()),
+        argc: h.argc,
+        argv: split_args(args).into(),
         argv_truncated: f & exec_flags::ARGS_TRUNCATED != 0,
         argv_unreadable: f & exec_flags::ARGS_UNREADABLE != 0,
         kernel_flags: f,
-        stdio_sockets: ev.stdio_sockets,
+        stdio_sockets: h.stdio_sockets,
     })))
 }
 
@@ -231,12 +237,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     }
     let h: EventHeader = read_record(buf, std::mem::size_of::<EventHeader>(), EventKind::Exec)?;
     match EventKind::from_u32(h.kind) {
-        Some(EventKind::Exec) => {
-            if buf.len() < EXEC_FIXED_LEN {
-                return Err(DecodeError::Truncated { kind: "exec", len: buf.len(), need: EXEC_FIXED_LEN });
-            }
-            EXEC_SCRATCH.with_borrow_mut(|ev| decode_exec(ev, buf))
-        }
+        Some(EventKind::Exec) => decode_exec(buf),
         Some(EventKind::Fork) => {
             let ev: ForkEvent = read_record(buf, std::mem::size_of::<ForkEvent>(), EventKind::Fork)?;
             Ok(Event::Fork(Fork { meta: meta(&ev.hdr), child_tgid: ev.child_tgid }))
@@ -293,18 +294,29 @@ mod tests {
         unsafe { std::slice::from_raw_parts((v as *const T).cast(), std::mem::size_of::<T>()) }
     }
 
+    fn exec_head(args_len: usize, flags: u32) -> ExecHead {
+        // SAFETY: all-zero is a valid ExecHead.
+        let mut h: ExecHead = unsafe { std::mem::zeroed() };
+        h.hdr.kind = EventKind::Exec as u32;
+        h.hdr.tgid = 42;
+        h.flags = flags;
+        h.args_len = args_len as u32;
+        h.filename_len = 7;
+        h.exe_name_len = 4;
+        h.exe_dev = (8 << 20) | 1;
+        h.exe_ino = 99;
+        h
+    }
+
+    /// A record as the kernel packs it: head, filename, interp, exe name, argv.
+    fn packed(h: &ExecHead, strings: &[&[u8]]) -> Vec<u8> {
+        let mut rec = bytes_of(h).to_vec();
+        strings.iter().for_each(|s| rec.extend_from_slice(s));
+        rec
+    }
+
     fn exec_with_args(args: &[u8], flags: u32) -> Vec<u8> {
-        // SAFETY: all-zero is a valid ExecEvent.
-        let mut ev: ExecEvent = unsafe { std::mem::zeroed() };
-        ev.hdr.kind = EventKind::Exec as u32;
-        ev.hdr.tgid = 42;
-        ev.flags = flags;
-        ev.args_len = args.len() as u32;
-        ev.args[..args.len()].copy_from_slice(args);
-        ev.filename[..7].copy_from_slice(b"/bin/sh");
-        ev.exe_dev = (8 << 20) | 1;
-        ev.exe_ino = 99;
-        bytes_of(&ev)[..EXEC_FIXED_LEN + args.len()].to_vec()
+        packed(&exec_head(args.len(), flags), &[b"/bin/sh", b"", b"dash", args])
     }
 
     #[test]
@@ -313,8 +325,24 @@ mod tests {
         let Event::Exec(e) = decode(&rec).unwrap() else { panic!() };
         assert_eq!(*e.argv, ["sh", "-c", "", "echo hi"].map(OsString::from));
         assert_eq!(e.filename, PathBuf::from("/bin/sh"));
+        assert_eq!(e.exe_name, OsString::from("dash"));
         assert_eq!(e.exe, FileId { dev: libc::makedev(8, 1), ino: 99 });
         assert!(e.interp.is_none() && !e.argv_truncated);
+        assert_eq!(rec.len(), EXEC_HEAD_LEN + 7 + 4 + 15, "only the strings' bytes follow the head");
+    }
+
+    #[test]
+    fn a_script_exec_carries_its_interpreter_between_filename_and_exe_name() {
+        let mut h = exec_head(9, exec_flags::HAS_INTERP);
+        h.filename_len = 8;
+        h.interp_len = 15;
+        h.exe_name_len = 10;
+        let rec = packed(&h, &[b"./run.py", b"/usr/bin/python", b"python3.12", b"run.py\0x\0"]);
+        let Event::Exec(e) = decode(&rec).unwrap() else { panic!() };
+        assert_eq!(e.filename, PathBuf::from("./run.py"));
+        assert_eq!(e.interp, Some(PathBuf::from("/usr/bin/python")));
+        assert_eq!(e.exe_name, OsString::from("python3.12"));
+        assert_eq!(*e.argv, ["run.py", "x"].map(OsString::from));
     }
 
     #[test]
@@ -329,14 +357,23 @@ mod tests {
     fn malformed_records_are_errors() {
         assert_eq!(decode(&[0u8; 3]), Err(DecodeError::Short(3)));
         let mut rec = exec_with_args(b"abc\0", 0);
-        rec.truncate(EXEC_FIXED_LEN + 2);
+        rec.truncate(rec.len() - 2);
+        assert!(matches!(decode(&rec), Err(DecodeError::Truncated { kind: "exec", .. })));
+        rec.truncate(EXEC_HEAD_LEN - 1);
         assert!(matches!(decode(&rec), Err(DecodeError::Truncated { kind: "exec", .. })));
         let mut bad = exec_with_args(b"", 0);
         bad[0] = 77;
         assert_eq!(decode(&bad), Err(DecodeError::UnknownKind(77)));
         let mut huge = exec_with_args(b"", 0);
-        let off = std::mem::offset_of!(ExecEvent, args_len);
+        let off = std::mem::offset_of!(ExecHead, args_len);
         huge[off..off + 4].copy_from_slice(&(ARGS_LEN as u32 + 1).to_ne_bytes());
         assert_eq!(decode(&huge), Err(DecodeError::ArgsLen(ARGS_LEN as u32 + 1)));
+        let mut long_name = exec_with_args(b"", 0);
+        let off = std::mem::offset_of!(ExecHead, exe_name_len);
+        long_name[off..off + 2].copy_from_slice(&(DNAME_LEN as u16).to_ne_bytes());
+        assert_eq!(
+            decode(&long_name),
+            Err(DecodeError::StringLen { field: "exe name", len: DNAME_LEN, max: DNAME_LEN - 1 })
+        );
     }
 }

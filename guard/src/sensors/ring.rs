@@ -43,7 +43,7 @@ const IDLE_SAFETY_NET: Duration = Duration::from_millis(500);
 /// Spare batch buffers kept at most: one per batch in flight is plenty.
 const MAX_SPARES: usize = 4;
 /// A buffer larger than this (a burst's) is freed rather than kept. An exec record is about
-/// 1.3 KiB: this keeps a busy drain's buffer (a few hundred execs) for the next one.
+/// 150 bytes: this keeps a busy drain's buffer (thousands of execs) for the next one.
 const MAX_SPARE_BYTES: usize = 1 << 20;
 
 /// The records of one drain, copied out of the kernel ring.
@@ -148,8 +148,8 @@ impl ReaderStats {
 }
 
 /// How much may wait between the reader and the consumer. Records wait undecoded, an exec's
-/// about 1.3 KiB: the bytes bound keeps a stalled consumer from holding the count's worth of
-/// the largest records.
+/// about 150 bytes and at most 6 KiB: the bytes bound keeps a stalled consumer from holding
+/// the count's worth of the largest records.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueLimit {
     pub events: usize,

@@ -37,7 +37,7 @@ const RECORDER_ROUNDS: usize = 25;
 pub const SECTIONS: &[&str] = &["storms", "recorder", "peers", "loss", "latency", "footprint"];
 /// Ring size for the overload part of the loss section: small enough that this machine's
 /// fastest exec storm overflows it.
-const SMALL_RING: u32 = 16 << 10;
+const SMALL_RING: u32 = 4 << 10;
 
 fn cgroup2_mount() -> Result<PathBuf> {
     let m = fs::read_to_string("/proc/self/mountinfo")?;
