@@ -592,7 +592,7 @@ fn storms(c: &mut Ctx) -> Result<()> {
     c.md.push(format!(
         "### Overhead by CPU accounting\n\nThe rounds above swing more than the guard costs, so some ratios' intervals stay wide. A second measure, from one more guard-on run of each load ({ACCOUNTING_RUNS} exec storms, after a warm-up of {WARM_UP_EXECS} execs{}; {} s of a steady load): of the CPU time the machine was busy (user, system, irq; not idle or the host's steal), the share the guard's kernel programs ran (BPF run-time statistics, switched on for this run only) and the agent used. A share of the same seconds, so the VM's speed changes barely move it; 1 − share is the throughput left to the load if it is CPU-bound. Not counted: the kernel's cost of calling each program (runs per operation below; each about an empty program's cost, see the recorder section), and slowdown by shared caches.\n\n| scenario | operations | CPU per operation | guard programs per operation (share) | agent per operation (share) | program runs per operation | 1 − share |\n|---|---|---|---|---|---|---|\n{}\n",
         warm_up_agent_ms.map_or(String::new(), |ms| format!(
-            ": in the notebook, whose first exec resolves the root's identities once, the agent spent {ms:.1} ms of CPU on them"
+            ": in the notebook, whose first exec resolves the root's identities once, the agent spent {ms:.1} ms of CPU on the warm-up, those included"
         )),
         ACCOUNTING_WINDOW.as_secs_f64(),
         accounting_rows.join("\n")
