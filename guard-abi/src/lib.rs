@@ -91,10 +91,16 @@ impl EventKind {
     }
 }
 
+/// Layout version of the ring's records, in the top half of [`EventHeader::kind`]. Bump it when
+/// any record's layout changes: an agent adopts the previous one's pinned ring, which holds
+/// whatever that one's programs wrote after it stopped, in their layout.
+pub const RECORD_FORMAT: u32 = 1;
+
 /// Common prefix of every ring-buffer record. `pid`/`tgid` are in the initial PID namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct EventHeader {
+    /// [`EventKind`] in the low 16 bits, [`RECORD_FORMAT`] in the high 16.
     pub kind: u32,
     pub cpu: u32,
     /// CLOCK_BOOTTIME nanoseconds (bpf_ktime_get_boot_ns), so suspend does not skew it.

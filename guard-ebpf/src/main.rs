@@ -32,7 +32,7 @@ use aya_ebpf::{
 use guard_abi::{
     allow_class, enforce_flags, exec_flags, marks, Config, EventHeader, EventKind, ExecWire, ExitEvent, FileKey,
     ForkEvent, ARGS_LEN, DNAME_LEN, ENFORCED_ANY, EVENT_KINDS, EXEC_HEAD_LEN, MAX_ALLOWED, MAX_MARKED,
-    MAX_WATCHED_CGROUPS, PATH_LEN,
+    MAX_WATCHED_CGROUPS, PATH_LEN, RECORD_FORMAT,
 };
 
 /// Filled in by the agent before load (`.rodata`).
@@ -201,7 +201,7 @@ fn submit_flags() -> u64 {
 #[inline(always)]
 fn header(kind: EventKind, pid_tgid: u64, cgroup: u64) -> EventHeader {
     EventHeader {
-        kind: kind as u32,
+        kind: kind as u32 | RECORD_FORMAT << 16,
         cpu: unsafe { bpf_get_smp_processor_id() },
         ktime_ns: unsafe { bpf_ktime_get_boot_ns() },
         pid: pid_tgid as u32,

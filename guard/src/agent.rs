@@ -36,7 +36,7 @@ use crate::{
     process::table::{cmdline, ProcessTable, Role},
     seccomp::drift::DriftWatch,
     sensors::{
-        decode::{Event, Exec},
+        decode::{DecodeError, Event, Exec},
         process::{KernelLosses, ProcessSensor, SensorOptions},
         ring::{Batch, QueueLimit, ReaderStats, RingReader, Spares},
     },
@@ -148,6 +148,13 @@ impl<W: Write> Pipeline<W> {
         for ev in batch.events() {
             match ev {
                 Ok(ev) => self.handle(ev)?,
+                // What another version's programs left in the adopted ring (an upgrade): counted,
+                // and said once, not once per record.
+                Err((e @ DecodeError::Format { .. }, len)) => {
+                    if stats.other_format.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!(error = %e, len, "dropping records another guard version left in the ring");
+                    }
+                }
                 Err((e, len)) => {
                     stats.malformed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, len, "malformed ring buffer record");
@@ -980,6 +987,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         lost_kernel = kernel.total(),
         lost_queue = stats.queue_full.load(Ordering::Relaxed),
         malformed = stats.malformed.load(Ordering::Relaxed),
+        other_format = stats.other_format.load(Ordering::Relaxed),
         "stopped"
     );
     Ok(())

@@ -5,7 +5,7 @@ use std::{ffi::OsString, os::unix::ffi::OsStringExt, path::PathBuf};
 
 use guard_abi::{
     egress_verdict, exec_flags, EgressEvent, EventHeader, EventKind, ExecHead, ExitEvent, ForkEvent, SocketEvent,
-    ARGS_LEN, DNAME_LEN, EXEC_HEAD_LEN, PATH_LEN,
+    ARGS_LEN, DNAME_LEN, EXEC_HEAD_LEN, PATH_LEN, RECORD_FORMAT,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -16,6 +16,10 @@ pub enum DecodeError {
     Truncated { kind: &'static str, len: usize, need: usize },
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
+    /// Written in another layout: by an earlier guard's programs into the ring this agent
+    /// adopted from it.
+    #[error("record in layout {found}, not this guard's {RECORD_FORMAT} (written by another version's programs)")]
+    Format { found: u32 },
     #[error("exec record claims {0} argv bytes (max {ARGS_LEN})")]
     ArgsLen(u32),
     #[error("exec record claims a {field} of {len} bytes (max {max})")]
@@ -236,7 +240,11 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         return Err(DecodeError::Short(buf.len()));
     }
     let h: EventHeader = read_record(buf, std::mem::size_of::<EventHeader>(), EventKind::Exec)?;
-    match EventKind::from_u32(h.kind) {
+    if h.kind >> 16 != RECORD_FORMAT {
+        return Err(DecodeError::Format { found: h.kind >> 16 });
+    }
+    let kind = h.kind & 0xffff;
+    match EventKind::from_u32(kind) {
         Some(EventKind::Exec) => decode_exec(buf),
         Some(EventKind::Fork) => {
             let ev: ForkEvent = read_record(buf, std::mem::size_of::<ForkEvent>(), EventKind::Fork)?;
@@ -281,7 +289,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 comm: String::from_utf8_lossy(cstr(&ev.comm)).into_owned(),
             }))
         }
-        None => Err(DecodeError::UnknownKind(h.kind)),
+        None => Err(DecodeError::UnknownKind(kind)),
     }
 }
 
@@ -297,7 +305,7 @@ mod tests {
     fn exec_head(args_len: usize, flags: u32) -> ExecHead {
         // SAFETY: all-zero is a valid ExecHead.
         let mut h: ExecHead = unsafe { std::mem::zeroed() };
-        h.hdr.kind = EventKind::Exec as u32;
+        h.hdr.kind = EventKind::Exec as u32 | RECORD_FORMAT << 16;
         h.hdr.tgid = 42;
         h.flags = flags;
         h.args_len = args_len as u32;
@@ -364,6 +372,10 @@ mod tests {
         let mut bad = exec_with_args(b"", 0);
         bad[0] = 77;
         assert_eq!(decode(&bad), Err(DecodeError::UnknownKind(77)));
+        // An earlier guard's record: layout 0 (no version), its filename where lengths are now.
+        let mut old = exec_with_args(b"", 0);
+        old[..4].copy_from_slice(&(EventKind::Exec as u32).to_ne_bytes());
+        assert_eq!(decode(&old), Err(DecodeError::Format { found: 0 }));
         let mut huge = exec_with_args(b"", 0);
         let off = std::mem::offset_of!(ExecHead, args_len);
         huge[off..off + 4].copy_from_slice(&(ARGS_LEN as u32 + 1).to_ne_bytes());

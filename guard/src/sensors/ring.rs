@@ -125,6 +125,9 @@ pub struct ReaderStats {
     pub received: AtomicU64,
     /// Records that could not be decoded (logged; counted by the consumer, which decodes).
     pub malformed: AtomicU64,
+    /// Records in another guard version's layout, left in an adopted ring (counted by the
+    /// consumer).
+    pub other_format: AtomicU64,
     /// Events dropped because the user-space queue was full.
     pub queue_full: AtomicU64,
     /// Events handed over and not yet handled (the consumer subtracts what it handled).
