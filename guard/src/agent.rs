@@ -331,8 +331,9 @@ impl<W: Write> Pipeline<W> {
     fn poll_drift(&mut self) -> Result<()> {
         let Some(d) = self.drift.as_mut() else { return Ok(()) };
         for drift in d.poll()? {
-            let a = self.detector.seccomp_drift(&drift);
-            self.emit(a)?;
+            if let Some(a) = self.detector.seccomp_drift(&drift) {
+                self.emit(a)?;
+            }
         }
         Ok(())
     }

@@ -449,13 +449,18 @@ impl Detector {
         KernelCtx { kernel_id: kernel_id(argv), notebook_path: env_var(&environ, "JPY_SESSION_NAME") }
     }
 
+    /// False for a rule the policy's `rules.disabled` switches off. Enforcement is not a rule:
+    /// a disabled rule's exec is still killed, its connect still refused, with no alert.
+    fn enabled(&self, rule: &Rule) -> bool {
+        !self.policy.rules.disabled.iter().any(|d| d == rule.name)
+    }
+
     fn alerts(&self, f: &Facts<'_>, fired: &[(Rule, String)], eff: &Effective) -> Vec<Alert> {
-        let disabled = &self.policy.rules.disabled;
         let action = if f.e.flags_killed() { Action::Killed } else { Action::Alert };
         let _ = eff;
         fired
             .iter()
-            .filter(|(r, _)| !disabled.iter().any(|d| d == r.name))
+            .filter(|(r, _)| self.enabled(r))
             .map(|(rule, detail)| self.alert(rule, detail, f, action))
             .collect()
     }
@@ -499,6 +504,9 @@ impl Detector {
     pub fn on_egress(&mut self, g: &Egress, table: &mut ProcessTable, who: &Attribution) -> Vec<Alert> {
         let metadata = crate::policy::egress::is_metadata(&g.addr);
         let rule = if metadata { rules::METADATA_ACCESS } else { rules::UNEXPECTED_EGRESS };
+        if !self.enabled(&rule) {
+            return vec![];
+        }
         let action = if g.denied { Action::Denied } else { Action::Alert };
         let mut a = self.net_alert(&rule, &g.meta, &g.comm, table, who, action);
         let name = match g.addr {
@@ -519,6 +527,9 @@ impl Detector {
         // SOCK_DGRAM with ICMP or ICMPv6: a "ping" socket, an egress channel, not sniffing.
         let icmp = k.sock_type == 2 && matches!((k.family, k.protocol), (2, 1) | (10, 58));
         let rule = if icmp { &rules::ICMP_SOCKET } else { &rules::PACKET_SOCKET };
+        if !self.enabled(rule) {
+            return vec![];
+        }
         let action = if k.denied { Action::Denied } else { Action::Alert };
         let mut a = self.net_alert(rule, &k.meta, &k.comm, table, who, action);
         let family = match k.family {
@@ -576,7 +587,10 @@ impl Detector {
 
     /// A syscall outside a notebook's assigned seccomp profile (from the recorder's bitmap:
     /// the notebook is known, the process is not).
-    pub fn seccomp_drift(&self, d: &crate::seccomp::drift::Drift) -> Alert {
+    pub fn seccomp_drift(&self, d: &crate::seccomp::drift::Drift) -> Option<Alert> {
+        if !self.enabled(&rules::SECCOMP_DRIFT) {
+            return None;
+        }
         let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc());
         let who = &d.who;
         let mut a = Alert::new(&rules::SECCOMP_DRIFT, now, &self.hostname, Action::Alert);
@@ -593,7 +607,7 @@ impl Detector {
             d.arch,
             d.verdict
         ));
-        a
+        Some(a)
     }
 
     /// An alert not tied to an exec (agent health).
@@ -749,6 +763,54 @@ mod tests {
         ] {
             assert_eq!(in_system_dir(Path::new(p)), want, "{p}");
         }
+    }
+
+    #[test]
+    fn disabled_rules_silence_network_and_drift_alerts_too() {
+        use crate::discovery::attribution::{Attribution, Source};
+        use crate::sensors::decode::{Egress, Meta, Socket};
+        let meta = Meta { ktime_ns: 1, cpu: 0, pid: 1, tgid: 1, cgroup_id: 7 };
+        let egress = Egress {
+            meta: meta.clone(),
+            addr: "192.0.2.1".parse().unwrap(),
+            port: 443,
+            protocol: "tcp".into(),
+            denied: true,
+            sendmsg: false,
+            comm: "curl".into(),
+        };
+        let packet = Socket {
+            meta,
+            family: 17,
+            sock_type: 3,
+            protocol: 0,
+            syscall: Some(41),
+            denied: false,
+            comm: "tcpdump".into(),
+        };
+        let who = Attribution::new(Source::Tljh, PathBuf::from("/sys/fs/cgroup/x"));
+        let drift = crate::seccomp::drift::Drift {
+            who: Arc::new(who.clone()),
+            arch: crate::seccomp::arch::Arch::X86_64,
+            syscall: "ptrace".into(),
+            profile: "notebook.json".into(),
+            verdict: "SCMP_ACT_ERRNO(1)".into(),
+        };
+        let mut table = ProcessTable::new();
+        let detector = |yaml: &str| {
+            let p = Policy::from_str("p.yaml", yaml).unwrap();
+            Detector::new(Arc::new(p), None, PathBuf::from("/nonexistent"))
+        };
+        let mut on = detector("");
+        assert_eq!(on.on_egress(&egress, &mut table, &who).len(), 1);
+        assert_eq!(on.on_socket(&packet, &mut table, &who).len(), 1);
+        assert!(on.seccomp_drift(&drift).is_some());
+        let mut off = detector(
+            "rules:\n  disabled: [notebook.unexpected_egress, notebook.packet_socket, notebook.seccomp_drift]\n",
+        );
+        assert!(off.on_egress(&egress, &mut table, &who).is_empty(), "a refused connect, with its rule off");
+        assert!(off.on_socket(&packet, &mut table, &who).is_empty());
+        assert!(off.seccomp_drift(&drift).is_none());
     }
 
     #[test]

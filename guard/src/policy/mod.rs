@@ -422,6 +422,15 @@ impl Policy {
                     format!("unknown rule {r:?} (known: {})", rules::rule_names().join(", ")),
                 ));
             }
+            if r.starts_with("guard.") {
+                return Err(err(
+                    format!("rules.disabled[{i}]"),
+                    r,
+                    format!(
+                        "{r:?} is the agent's own health alert and always goes out (the heartbeat's interval is heartbeat_seconds; 0 stops it)"
+                    ),
+                ));
+            }
         }
         for (i, w) in self.writable_paths.iter().enumerate() {
             if !w.starts_with('/') {
@@ -572,6 +581,10 @@ mod tests {
         assert_eq!(e.line, Some(4));
         let e = Policy::from_str("p.yaml", "rules:\n  disabled: [notebook.nope]\n").unwrap_err();
         assert_eq!((e.key.as_str(), e.line), ("rules.disabled[0]", Some(2)));
+        let e = Policy::from_str("p.yaml", "rules:\n  disabled: [notebook.package_manager, guard.events_lost]\n")
+            .unwrap_err();
+        assert_eq!(e.key, "rules.disabled[1]");
+        assert!(e.to_string().contains("always goes out"), "{e}");
         let e = Policy::from_str("p.yaml", "python:\n  interpreters: [python3]\n").unwrap_err();
         assert_eq!(e.key, "python.interpreters[0]");
         let e = Policy::from_str("p.yaml", "overrides:\n  - name: o\n    match: {}\n").unwrap_err();
