@@ -125,7 +125,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 256 << 10)]
     pub wakeup_bytes: u64,
     /// While records flow, how often the agent drains the ring, in milliseconds (it backs off
-    /// to 12× this under a storm; an idle agent waits for the kernel's wake-up instead).
+    /// to 50× this, at most a second, while they keep coming; sparse records wake it instead).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub poll_ms: u64,
     /// Kernel BTF used to find struct offsets.

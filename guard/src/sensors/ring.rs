@@ -23,15 +23,15 @@ use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 
 use super::decode::{decode, DecodeError, Event};
 
-/// A drain that finds this many records means a busy node.
-const BUSY_BATCH: usize = 8;
-/// Longest wait between drains on a busy node, in units of the configured poll interval
-/// (24 ms at the default 2 ms). A drain after a pause starts with cold caches, which costs
-/// more than its records: under an exec storm the agent spent 7.4 µs per exec draining every
-/// 10 ms, and 4.3 µs every 24 ms (reader and pipeline then sharing a thread). The records
-/// wait in the ring meanwhile (an exec storm fills well under 256 KiB in that time, and the
-/// kernel wakes the reader past that).
-const BUSY_BACKOFF: u32 = 12;
+/// Longest wait between drains while records keep coming, in units of the configured poll
+/// interval (100 ms at the default 2 ms), and never more than [`MAX_GAP`]. A drain after a
+/// pause starts with cold caches and costs two thread wake-ups, far more than its records:
+/// under an exec storm the agent spent 5.0 µs per exec draining every 24 ms and 2.8 µs every
+/// 100 ms; at a steady 300 execs/s, which kept the gap at 2 ms, 120 µs. The records wait in
+/// the ring meanwhile (a storm fills well under 256 KiB in that time, and the kernel wakes
+/// the reader past that), so in a stream an alert is up to this late.
+const FLOW_BACKOFF: u32 = 50;
+const MAX_GAP: Duration = Duration::from_secs(1);
 /// Once records come densely, the first timed look comes after `poll / FIRST_LOOK_DIVISOR`.
 const FIRST_LOOK_DIVISOR: u32 = 4;
 /// A wake-up's drain finding this many records means they come densely (the kernel woke us
@@ -235,7 +235,7 @@ impl RingReader {
         // records (a wake-up's drain finds several, or comes within `poll` of the last one, so
         // at most a wake-up per `poll` is spent on them before the timer takes over):
         // drain on a timer that starts short and doubles while records keep coming, up to
-        // `poll` (BUSY_BACKOFF × `poll` while each drain finds a crowd), with the kernel told
+        // FLOW_BACKOFF × `poll`, with the kernel told
         // not to wake us until `wakeup_bytes` wait (an exec storm must cost neither a wake-up
         // per record nor two per drain). The idle timeout is a safety net.
         //
@@ -302,10 +302,10 @@ impl RingReader {
             }
             if n > 0 {
                 last_found = Some(now);
-                // Records keep coming: look less often, up to `poll`, or BUSY_BACKOFF × `poll`
-                // while each drain finds a crowd.
-                let cap = if n >= BUSY_BATCH { self.poll * BUSY_BACKOFF } else { self.poll };
-                gap = (gap * 2).min(cap);
+                // Records keep coming: look less often. Backing off only while each drain found
+                // a crowd left a steady stream too thin for one (up to 4000 records/s at the
+                // default poll) drained every `poll`, at a cost per exec forty times a storm's.
+                gap = (gap * 2).min((self.poll * FLOW_BACKOFF).min(MAX_GAP));
             }
             flowing = n > 0;
         }
