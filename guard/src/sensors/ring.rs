@@ -31,6 +31,7 @@ use super::decode::{decode, DecodeError, Event};
 /// the ring meanwhile (a storm fills well under 256 KiB in that time, and the kernel wakes
 /// the reader past that), so in a stream an alert is up to this late.
 const FLOW_BACKOFF: u32 = 50;
+/// The longest gap at any poll setting (at `--poll-ms 1000`, 50× would be 50 s).
 const MAX_GAP: Duration = Duration::from_secs(1);
 /// Once records come densely, the first timed look comes after `poll / FIRST_LOOK_DIVISOR`.
 const FIRST_LOOK_DIVISOR: u32 = 4;
