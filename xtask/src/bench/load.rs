@@ -94,6 +94,10 @@ pub struct Steady {
     /// The window's median time of the reference work timed after each chunk (loads that do
     /// one: the exec storm), in ns: how fast this VM ran kernel work the guard has no part in.
     pub reference: Option<f64>,
+    /// For loads with reference work: each thread's median chunk time over its own median
+    /// reference time, their geometric mean over threads. Each thread is pinned to one CPU,
+    /// and this VM's CPUs change speed apart from each other, so each is corrected by its own.
+    pub normalized: Option<f64>,
 }
 
 const FASTEST_SHARE: f64 = 0.1;
@@ -150,24 +154,33 @@ impl Drop for SteadyLoad {
 pub struct Chunks {
     chunk: u64,
     spans: Vec<(u64, u64)>,
-    /// Per span, the ns its reference work took (empty for a load without one).
-    reference: Vec<u64>,
+    /// Per span, the ns its reference work took and the thread that timed it (empty for a
+    /// load without reference work).
+    reference: Vec<(u64, u32)>,
+}
+
+/// Chunks a thread must have in a window for its own median.
+const MIN_THREAD_CHUNKS: usize = 5;
+
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 impl Chunks {
-    /// A load's output: one line per chunk, its start and end, and the ns of its reference
-    /// work if the load does one. All lines have the same shape.
+    /// A load's output: one line per chunk, its start and end, and for a load with reference
+    /// work that work's ns and the timing thread's index. All lines have the same shape.
     fn parse(chunk: u64, out: &str) -> Result<Self> {
         let mut c = Chunks { chunk, spans: Vec::new(), reference: Vec::new() };
         for l in out.lines() {
             let w = l.split_whitespace().map(str::parse::<u64>).collect::<Result<Vec<_>, _>>();
             match w.as_deref() {
                 Ok(&[a, b]) if c.reference.is_empty() => c.spans.push((a, b)),
-                Ok(&[a, b, r]) if c.reference.len() == c.spans.len() => {
+                Ok(&[a, b, r, t]) if c.reference.len() == c.spans.len() && t < 64 => {
                     c.spans.push((a, b));
-                    c.reference.push(r);
+                    c.reference.push((r, t as u32));
                 }
-                _ => bail!("bench-load printed {l:?}, not a chunk's start and end (and its reference work)"),
+                _ => bail!("bench-load printed {l:?}, not a chunk's start and end (and its reference work and thread)"),
             }
         }
         Ok(c)
@@ -180,18 +193,35 @@ impl Chunks {
         if inside.len() < 10 {
             bail!("only {} chunks in a {} ms window: the load stalled", inside.len(), (w.end - w.start) / 1_000_000);
         }
-        let mut ns: Vec<f64> =
-            inside.iter().map(|&i| (self.spans[i].1 - self.spans[i].0) as f64 / self.chunk as f64).collect();
+        let per_op = |i: usize| (self.spans[i].1 - self.spans[i].0) as f64 / self.chunk as f64;
+        let mut ns: Vec<f64> = inside.iter().map(|&i| per_op(i)).collect();
         let all = ns.iter().sum::<f64>() / ns.len() as f64;
         ns.sort_by(f64::total_cmp);
         let median = ns[ns.len() / 2];
         let fastest = &ns[..(ns.len() as f64 * FASTEST_SHARE).ceil() as usize];
-        let reference = (!self.reference.is_empty()).then(|| {
-            let mut r: Vec<u64> = inside.iter().map(|&i| self.reference[i]).collect();
-            r.sort_unstable();
-            r[r.len() / 2] as f64
-        });
-        Ok(Steady { fastest: fastest.iter().sum::<f64>() / fastest.len() as f64, all, median, reference })
+        let (mut reference, mut normalized) = (None, None);
+        if !self.reference.is_empty() {
+            reference = Some(median_of(inside.iter().map(|&i| self.reference[i].0 as f64).collect()));
+            let mut threads: Vec<u32> = inside.iter().map(|&i| self.reference[i].1).collect();
+            threads.sort_unstable();
+            threads.dedup();
+            let mut log_sum = 0.0;
+            for &t in &threads {
+                let mine: Vec<usize> = inside.iter().copied().filter(|&i| self.reference[i].1 == t).collect();
+                if mine.len() < MIN_THREAD_CHUNKS {
+                    bail!(
+                        "thread {t} timed only {} chunks in a {} ms window",
+                        mine.len(),
+                        (w.end - w.start) / 1_000_000
+                    );
+                }
+                let exec = median_of(mine.iter().map(|&i| per_op(i)).collect());
+                let work = median_of(mine.iter().map(|&i| self.reference[i].0 as f64).collect());
+                log_sum += (exec / work).ln();
+            }
+            normalized = Some((log_sum / threads.len() as f64).exp());
+        }
+        Ok(Steady { fastest: fastest.iter().sum::<f64>() / fastest.len() as f64, all, median, reference, normalized })
     }
 
     /// Operations made in `w` (by the chunks wholly inside it).
@@ -228,25 +258,39 @@ fn exec_storm(n: u64, threads: u64, rate: u64) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Pins the calling thread to the last CPU it may use, so a migration between cores (cold
-/// caches, another core's clock) is not among what differs between windows.
-fn pin_to_one_cpu() -> Result<()> {
-    // SAFETY: cpu_set_t is plain data; the calls get a valid pointer and its size.
+/// The CPUs the calling thread may use, in order.
+fn allowed_cpus() -> Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; the call gets a valid pointer and its size.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        if libc::sched_getaffinity(0, size, &mut set) != 0 {
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
         }
-        let last =
-            (0..libc::CPU_SETSIZE as usize).rev().find(|&c| libc::CPU_ISSET(c, &set)).context("no CPU allowed")?;
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(last, &mut set);
-        if libc::sched_setaffinity(0, size, &set) != 0 {
-            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect();
+        if cpus.is_empty() {
+            bail!("no CPU allowed");
+        }
+        Ok(cpus)
+    }
+}
+
+/// Pins the calling thread (and what it forks from now on) to `cpu`.
+fn pin_to(cpu: usize) -> Result<()> {
+    // SAFETY: as above.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!("sched_setaffinity to CPU {cpu}: {}", std::io::Error::last_os_error());
         }
     }
     Ok(())
+}
+
+/// Pins the calling thread to the last CPU it may use, so a migration between cores (cold
+/// caches, another core's clock) is not among what differs between windows.
+fn pin_to_one_cpu() -> Result<()> {
+    pin_to(*allowed_cpus()?.last().context("no CPU allowed")?)
 }
 
 /// Set when the parent closes our stdin: the steady load's end.
@@ -273,69 +317,52 @@ fn chunks_until(stop: &AtomicBool, chunk: u64, mut op: impl FnMut() -> Result<()
     Ok(spans)
 }
 
-/// Pages the reference work faults in per repetition, and its repetitions (about 0.7 ms here,
-/// against 40 ms for a chunk of execs).
-const REFERENCE_PAGES: usize = 16;
-const REFERENCE_REPS: usize = 20;
+/// Files the reference work opens, reads and closes (about 0.5 ms here, against 40 ms for a
+/// chunk of execs).
+const REFERENCE_OPENS: usize = 100;
+/// The file it opens: the one the storm execs, whose path lookup an exec also makes.
+const REFERENCE_FILE: &str = "/bin/true";
 /// The reference work's size, as BENCHMARKS.md describes it.
 pub fn reference_size() -> String {
-    format!("{REFERENCE_REPS} × {REFERENCE_PAGES} pages of")
+    format!("{REFERENCE_OPENS} × open, read, fstat and close of `{REFERENCE_FILE}`")
 }
 
-/// Work timed after each exec chunk to read the VM's speed at that moment: page faults on
-/// pages just dropped with MADV_DONTNEED. This VM's speed for kernel work jumps 10-20%
-/// between seconds. Without a guard, 2 s windows of the storm 2-6 s apart differ by 7-10%
-/// (sd) in median exec time, by 4-6% in median exec time over this work's median. The guard
-/// has no program on this path: no syscall it watches, no capability check (a fresh mmap
-/// would have one, for memory accounting, which the guard's cap_capable program sees).
+/// Work timed after each exec chunk to read the VM's speed at that moment: path lookups and
+/// file opens, the kernel work an exec begins with. This VM's speed for kernel work jumps
+/// 10-20% between seconds, and each of its CPUs on its own. Without a guard, 2 s windows of the
+/// pinned storm 2-6 s apart differ by 7-8% (sd) in median exec time; by 3.5-4% in each
+/// thread's median exec time over its median of this work (4% with page faults on
+/// MADV_DONTNEED'ed pages, the reference before this one). The guard has no program on this
+/// path: no syscall it watches, and root opening a world-readable file checks no capability
+/// (the guard's cap_capable program would see one).
 struct Reference {
-    region: *mut u8,
-    page: usize,
+    path: std::ffi::CString,
 }
 
 impl Reference {
     fn new() -> Result<Self> {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let len = REFERENCE_PAGES * page;
-        // SAFETY: a fresh private anonymous mapping; checked for failure.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            bail!("mmap for the reference work: {}", std::io::Error::last_os_error());
-        }
-        Ok(Self { region: p.cast(), page })
+        Ok(Self { path: std::ffi::CString::new(REFERENCE_FILE)? })
     }
 
     /// Runs the reference work once; returns its ns.
-    fn time(&self) -> u64 {
+    fn time(&self) -> Result<u64> {
+        let mut buf = [0u8; 512];
         let a = monotonic_ns();
-        for _ in 0..REFERENCE_REPS {
-            // SAFETY: the region is ours, mapped for REFERENCE_PAGES pages; DONTNEED on private
-            // anonymous memory only drops its pages, and the writes fault fresh zero pages in.
+        for _ in 0..REFERENCE_OPENS {
+            // SAFETY: a NUL-terminated path, a buffer of the length given, a stat struct to
+            // fill, and the fd closed right after.
             unsafe {
-                libc::madvise(self.region.cast(), REFERENCE_PAGES * self.page, libc::MADV_DONTNEED);
-                for page in 0..REFERENCE_PAGES {
-                    std::ptr::write_volatile(self.region.add(page * self.page), 1);
+                let fd = libc::open(self.path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    bail!("opening {REFERENCE_FILE} for the reference work: {}", std::io::Error::last_os_error());
                 }
+                libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::fstat(fd, &mut st);
+                libc::close(fd);
             }
         }
-        monotonic_ns() - a
-    }
-}
-
-impl Drop for Reference {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the mapping made in `new`, which nothing uses any more.
-        unsafe { libc::munmap(self.region.cast(), REFERENCE_PAGES * self.page) };
+        Ok(monotonic_ns() - a)
     }
 }
 
@@ -349,14 +376,20 @@ fn run_steady(chunk: u64, op: impl FnMut() -> Result<()>) -> Result<()> {
 }
 
 /// The steady exec storm, in the child: fork+exec of /bin/true from two threads (both cores,
-/// as in the finite storm), each timing its own chunks and, after each, the [`Reference`]
-/// work, until stdin closes.
+/// as in the finite storm), each pinned to its own CPU with its children (which inherit the
+/// pinning), each timing its own chunks and, after each, the [`Reference`] work, until stdin
+/// closes. Pinned, a thread's reference work reads the speed of the CPU its execs ran on:
+/// this VM's two CPUs change speed apart from each other, and unpinned execs migrate between
+/// them.
 fn exec_steady(chunk: u64) -> Result<()> {
     let stop = stop_on_stdin_close();
+    let cpus = allowed_cpus()?;
     let spans = std::thread::scope(|s| {
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                s.spawn(|| -> Result<Vec<(u64, u64, u64)>> {
+        let threads: Vec<_> = (0..2usize)
+            .map(|t| {
+                let (stop, cpu) = (&stop, cpus[t % cpus.len()]);
+                s.spawn(move || -> Result<Vec<(u64, u64, u64)>> {
+                    pin_to(cpu)?;
                     let reference = Reference::new()?;
                     let mut spans = Vec::with_capacity(1 << 14);
                     while !stop.load(Ordering::Relaxed) {
@@ -365,7 +398,7 @@ fn exec_steady(chunk: u64) -> Result<()> {
                             Command::new("/bin/true").status()?;
                         }
                         let b = monotonic_ns();
-                        spans.push((a, b, reference.time()));
+                        spans.push((a, b, reference.time()?));
                     }
                     Ok(spans)
                 })
@@ -377,8 +410,10 @@ fn exec_steady(chunk: u64) -> Result<()> {
             .collect::<Result<Vec<_>>>()
     })?;
     let mut out = String::new();
-    for (a, b, r) in spans.into_iter().flatten() {
-        out.push_str(&format!("{a} {b} {r}\n"));
+    for (t, mine) in spans.into_iter().enumerate() {
+        for (a, b, r) in mine {
+            out.push_str(&format!("{a} {b} {r} {t}\n"));
+        }
     }
     print!("{out}");
     Ok(())
@@ -463,14 +498,36 @@ mod tests {
     #[test]
     fn a_window_reads_its_chunks_reference_work() {
         // Ten chunks inside the window with reference work 100..=1000 ns, and one outside it.
-        let out: String = (0..11u64).map(|i| format!("{} {} {}\n", 1000 * i, 1000 * i + 500, 100 * (i + 1))).collect();
+        let out: String =
+            (0..11u64).map(|i| format!("{} {} {} 0\n", 1000 * i, 1000 * i + 500, 100 * (i + 1))).collect();
         let c = Chunks::parse(10, &out).unwrap();
         let s = c.in_window(Window { start: 0, end: 10_000 }).unwrap();
         assert_eq!(s.reference, Some(600.0)); // the sixth of ten: the median's rule above
+        assert_eq!(s.normalized, Some(50.0 / 600.0)); // one thread: 50 ns/op over 600 ns
 
-        // Lines of both shapes, or other text, are a broken load.
-        assert!(Chunks::parse(10, "1 2 3\n4 5\n").is_err());
-        assert!(Chunks::parse(10, "1 2\n4 5 6\n").is_err());
+        // Lines of several shapes, or other text, are a broken load.
+        assert!(Chunks::parse(10, "1 2 3 0\n4 5\n").is_err());
+        assert!(Chunks::parse(10, "1 2\n4 5 6 1\n").is_err());
+        assert!(Chunks::parse(10, "1 2 3\n").is_err());
         assert!(Chunks::parse(10, "1 x\n").is_err());
+    }
+
+    #[test]
+    fn each_thread_is_corrected_by_its_own_reference_work() {
+        // Thread 0 runs at 10 ns/op with 100 ns of reference work, thread 1 at 40 ns/op with
+        // 100 ns: speeds (0.1, 0.4), geometric mean 0.2. Their pooled medians would say 0.4.
+        let mut out = String::new();
+        for i in 0..6u64 {
+            out.push_str(&format!("{} {} 100 0\n", 1000 * i, 1000 * i + 100));
+            out.push_str(&format!("{} {} 100 1\n", 1000 * i, 1000 * i + 400));
+        }
+        let c = Chunks::parse(10, &out).unwrap();
+        let s = c.in_window(Window { start: 0, end: 10_000 }).unwrap();
+        assert!((s.normalized.unwrap() - 0.2).abs() < 1e-12, "{:?}", s.normalized);
+
+        // A thread with too few chunks of its own in the window has no median to speak of.
+        out.push_str("7000 7100 100 2\n");
+        let c = Chunks::parse(10, &out).unwrap();
+        assert!(c.in_window(Window { start: 0, end: 10_000 }).is_err());
     }
 }
