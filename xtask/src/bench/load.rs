@@ -85,12 +85,9 @@ pub struct Steady {
     /// a host steal or a timer tick spoils the chunk it lands in, not the comparison, while
     /// what the guard adds to every operation is in every chunk.
     pub fastest: f64,
-    /// ns per operation over all of the window's chunks, noise included.
+    /// ns per operation over all of the window's chunks, noise included: for a load whose cost
+    /// includes work done beside it in bursts (the agent's drains), which only some chunks hold.
     pub all: f64,
-    /// ns per operation of the window's median chunk: for a load whose cost includes work
-    /// done beside it in bursts (the agent's drains), which lands in most chunks, not in the
-    /// fastest ones, while a steal still spoils only the chunks it hits.
-    pub median: f64,
     /// The window's median time of the reference work timed after each chunk (loads that do
     /// one: the exec storm), in ns: how fast this VM ran kernel work the guard has no part in.
     pub reference: Option<f64>,
@@ -200,7 +197,6 @@ impl Chunks {
         let mut ns: Vec<f64> = inside.iter().map(|&i| per_op(i)).collect();
         let all = ns.iter().sum::<f64>() / ns.len() as f64;
         ns.sort_by(f64::total_cmp);
-        let median = ns[ns.len() / 2];
         let fastest = &ns[..(ns.len() as f64 * FASTEST_SHARE).ceil() as usize];
         let (mut reference, mut normalized) = (None, None);
         if !self.reference.is_empty() {
@@ -224,7 +220,7 @@ impl Chunks {
             }
             normalized = Some((log_sum / threads.len() as f64).exp());
         }
-        Ok(Steady { fastest: fastest.iter().sum::<f64>() / fastest.len() as f64, all, median, reference, normalized })
+        Ok(Steady { fastest: fastest.iter().sum::<f64>() / fastest.len() as f64, all, reference, normalized })
     }
 
     /// Operations made in `w` (by the chunks wholly inside it).
@@ -492,7 +488,6 @@ mod tests {
         let s = c.in_window(Window { start: 1000, end: 30_000 }).unwrap();
         assert_eq!(s.fastest, 10.5); // the fastest two of twenty: 10 and 11
         assert_eq!(s.all, 19.5);
-        assert_eq!(s.median, 20.0); // the eleventh of twenty, 10..=29
         assert_eq!(s.reference, None);
 
         assert!(c.in_window(Window { start: 0, end: 2000 }).is_err());

@@ -361,14 +361,14 @@ const CONNECT_CHUNK: u64 = 100;
 /// rounds that ran the guard-off half first came out 2-4% below those that ran it second, even
 /// outside notebooks, where the guard takes 0.2% of the CPU.
 const EXEC_SETTLE: Duration = Duration::from_secs(2);
-/// Execs per timed chunk of the steady exec storm, per thread (about 40 ms here: several of
-/// the agent's drains).
+/// Execs per timed chunk of the steady exec storm, per thread (about 40 ms here).
 const EXEC_CHUNK: u64 = 50;
 /// How long each half of an exec round runs.
 const EXEC_WINDOW: Duration = Duration::from_secs(2);
 
 /// After an exec storm, the agent's CPU is still counted this long: what the storm queued is
-/// part of its cost (the agent drains at least every 10 ms, so this is ample), while the round's
+/// part of its cost (while records flow the agent drains at most 100 ms apart, so this is
+/// ample), while the round's
 /// other half should follow soon, since this VM's speed drifts over seconds.
 const EXEC_TAIL: Duration = Duration::from_millis(500);
 
@@ -462,10 +462,12 @@ impl Overhead {
 
 /// An exec storm as one steady load (two threads of fork+exec) for the whole scenario, a
 /// window of it with the guard off and one with it on per round, in alternating order, each
-/// EXEC_SETTLE after a guard's start or stop. A window counts its median chunk: the agent's
-/// drains (a fraction of a millisecond every few ms, on either core) land in nearly every
-/// chunk of EXEC_CHUNK execs, so its work is in the median, while a host steal spoils only the
-/// chunks it hits. Separate whole runs, seconds apart on a VM whose speed jumps, swung ±25%.
+/// EXEC_SETTLE after a guard's start or stop. A window counts all its chunks: while records
+/// flow the agent drains up to 100 ms apart, a millisecond or so each on either core, so its
+/// drains land in some chunks of EXEC_CHUNK execs and not in others, and only the mean counts
+/// every one (it was also the steadier measure without a guard: 6-8% sd between windows,
+/// against 6.5-11% for the median chunk). Separate whole runs, seconds apart on a VM whose
+/// speed jumps, swung ±25%.
 fn exec_overhead(c: &Ctx, cgroup: Option<&Path>, rounds: usize) -> Result<Overhead> {
     let mut o = Overhead::default();
     let load = SteadyLoad::start("exec-steady", EXEC_CHUNK, cgroup)?;
@@ -481,10 +483,9 @@ fn exec_overhead(c: &Ctx, cgroup: Option<&Path>, rounds: usize) -> Result<Overhe
     for (off, on) in pairs {
         let (off, on) = (chunks.in_window(off)?, chunks.in_window(on)?);
         // ns per exec of one thread; two threads run.
-        o.off.push(2e9 / off.median);
-        o.on.push(2e9 / on.median);
-        o.ratios.push(off.median / on.median);
-        o.all_chunk_ratios.push(off.all / on.all);
+        o.off.push(2e9 / off.all);
+        o.on.push(2e9 / on.all);
+        o.ratios.push(off.all / on.all);
         let (Some(ref_off), Some(ref_on), Some(norm_off), Some(norm_on)) =
             (off.reference, on.reference, off.normalized, on.normalized)
         else {
@@ -589,7 +590,7 @@ fn storms(c: &mut Ctx) -> Result<()> {
     }
     c.results.insert("storms".into(), json.into());
     c.md.push(format!(
-        "## Overhead\n\nRounds with the guard off and on (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios of guard-on to guard-off performance, with the rounds' range: 1.0 means no measurable cost.\n\n- Exec storms: {ROUNDS_NOTEBOOK} rounds in the notebook, {ROUNDS_OUTSIDE} outside (where the guard costs a fifth as much), of one load process for the whole scenario, fork+exec of `/bin/true` from two threads, each pinned with its children to its own CPU (both cores), each timing chunks of {EXEC_CHUNK} execs (about 40 ms); each half is a {} s window of it, starting {} s after a guard's start or stop (what that leaves the kernel to do slows a storm; `ratio_by_order` in the JSON compares the rounds that ran guard-off first with those that ran it second), and counts its median chunk: the agent's drains, every few ms on either core, land in nearly every chunk, so its work is in the median, while a host steal spoils only the chunks it hits. After each chunk the thread also times reference work, {reference}: path lookups and opens, kernel work an exec also does and the guard has no program on. It shows how fast the VM ran that thread's CPU in that window; the speed-corrected ratio compares each half's exec time over reference time (per thread, its mean time per exec over all its chunks over its mean reference time, then the geometric mean of the two threads), which takes out most of the VM's speed changes between the halves, each CPU's apart (the reference's own on/off ratio per round is `reference_speed_on_over_off` in the JSON). The reference follows the storm's speed only in part, so its interval covers this run's rounds only: runs minutes apart have differed by more. Agent CPU is over the window (100% = one core).\n- Connect and getppid: {STEADY_ROUNDS} rounds of one load process for the whole scenario, pinned to one CPU, timing every chunk of {CONNECT_CHUNK} connects or {NULL_CHUNK} calls (1–3 ms each); each half is a {} s window of it, and counts the fastest tenth of its chunks, so that a preemption or a host steal spoils a chunk and not the comparison. This VM's speed jumps between levels 10–20% apart within seconds, far more than the guard's cost; separate runs cannot resolve that, adjacent windows of one process can. `ratio_all_chunks` in the JSON is the same ratio over every chunk. Agent CPU is over the window.\n\nAgent RSS is its peak (VmHWM) over the scenario.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | speed-corrected ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|---|\n{}\n",
+        "## Overhead\n\nRounds with the guard off and on (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios of guard-on to guard-off performance, with the rounds' range: 1.0 means no measurable cost.\n\n- Exec storms: {ROUNDS_NOTEBOOK} rounds in the notebook, {ROUNDS_OUTSIDE} outside (where the guard costs a fifth as much), of one load process for the whole scenario, fork+exec of `/bin/true` from two threads, each pinned with its children to its own CPU (both cores), each timing chunks of {EXEC_CHUNK} execs (about 40 ms); each half is a {} s window of it, starting {} s after a guard's start or stop (what that leaves the kernel to do slows a storm; `ratio_by_order` in the JSON compares the rounds that ran guard-off first with those that ran it second), and counts all its chunks: while records flow the agent drains up to 100 ms apart, on either core, so its drains land in some chunks and not others, and only a mean counts every one. After each chunk the thread also times reference work, {reference}: path lookups and opens, kernel work an exec also does and the guard has no program on. It shows how fast the VM ran that thread's CPU in that window; the speed-corrected ratio compares each half's exec time over reference time (per thread, its mean time per exec over all its chunks over its mean reference time, then the geometric mean of the two threads), which takes out most of the VM's speed changes between the halves, each CPU's apart (the reference's own on/off ratio per round is `reference_speed_on_over_off` in the JSON). The reference follows the storm's speed only in part, so its interval covers this run's rounds only: runs minutes apart have differed by more. Agent CPU is over the window (100% = one core).\n- Connect and getppid: {STEADY_ROUNDS} rounds of one load process for the whole scenario, pinned to one CPU, timing every chunk of {CONNECT_CHUNK} connects or {NULL_CHUNK} calls (1–3 ms each); each half is a {} s window of it, and counts the fastest tenth of its chunks, so that a preemption or a host steal spoils a chunk and not the comparison. This VM's speed jumps between levels 10–20% apart within seconds, far more than the guard's cost; separate runs cannot resolve that, adjacent windows of one process can. `ratio_all_chunks` in the JSON is the same ratio over every chunk. Agent CPU is over the window.\n\nAgent RSS is its peak (VmHWM) over the scenario.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | speed-corrected ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|---|\n{}\n",
         EXEC_WINDOW.as_secs_f64(),
         EXEC_SETTLE.as_secs_f64(),
         WINDOW.as_secs_f64(),
