@@ -1092,7 +1092,11 @@ fn target_row(
         _ if meets(v) => "yes".into(),
         _ => "**no**".into(),
     };
-    let interval = interval.map(|(lo, hi)| format!("{lo:.digits$}–{hi:.digits$}")).unwrap_or_default();
+    // Rounded outwards, so that an interval that straddles the target never prints as if it
+    // cleared it (0.9795 is "0.979", not "0.980").
+    let scale = 10f64.powi(digits as i32);
+    let (down, up) = (|v: f64| (v * scale + 1e-9).floor() / scale, |v: f64| (v * scale - 1e-9).ceil() / scale);
+    let interval = interval.map(|(lo, hi)| format!("{:.digits$}–{:.digits$}", down(lo), up(hi))).unwrap_or_default();
     format!("| {what} | {target} | {v:.digits$}{unit} | {interval} | {verdict} |")
 }
 
@@ -1161,7 +1165,7 @@ fn targets(r: &Map<String, Value>) -> String {
     rows.push(target_row("exec-to-alert p99", p99, None, true, 10.0, " ms", 2));
     rows.push(target_row("agent peak RSS", peak_rss.map(|k| k / 1024.0), None, true, 64.0, " MiB", 0));
     format!(
-        "## Targets\n\nThe overhead ratios are medians over rounds; their 95% interval (distribution-free, from the rounds' order statistics) says how far this VM's noise leaves the median uncertain. Where the interval straddles the target, this run does not settle whether it is met, and the table says so rather than reading a verdict off the median. The exec storms' rows come three ways: the raw ratio; speed-corrected, each half's exec time over the time of reference kernel work the guard has no part in, timed by the same threads in the same window (see Overhead); and by CPU accounting.\n\n| what | target | this run | 95% interval | met |\n|---|---|---|---|---|\n{}\n",
+        "## Targets\n\nThe overhead ratios are medians over rounds; their 95% interval (distribution-free, from the rounds' order statistics; rounded outwards here) says how far this VM's noise leaves the median uncertain. Where the interval straddles the target, this run does not settle whether it is met, and the table says so rather than reading a verdict off the median. The exec storms' rows come three ways: the raw ratio; speed-corrected, each half's exec time over the time of reference kernel work the guard has no part in, timed by the same threads in the same window (see Overhead); and by CPU accounting.\n\n| what | target | this run | 95% interval | met |\n|---|---|---|---|---|\n{}\n",
         rows.join("\n")
     )
 }
@@ -1202,6 +1206,12 @@ mod tests {
             "| exec | ≥ 0.98 | 0.999 | 0.995–1.010 | yes |"
         );
         assert_eq!(target_row("lost", None, None, true, 0.0, "", 0), "| lost | ≤ 0 | not measured | | — |");
+        // An interval that reaches below the target by less than the last digit shown still
+        // shows it: rounded outwards.
+        assert_eq!(
+            target_row("exec", Some(1.001), Some((0.97955, 1.01379)), false, 0.98, "", 3),
+            "| exec | ≥ 0.98 | 1.001 | 0.979–1.014 | not resolved: median meets it |"
+        );
     }
 
     #[test]
