@@ -159,7 +159,7 @@ pub struct Chunks {
     reference: Vec<(u64, u32)>,
 }
 
-/// Chunks a thread must have in a window for its own median.
+/// Chunks a thread must have in a window for its own means.
 const MIN_THREAD_CHUNKS: usize = 5;
 
 fn median_of(mut v: Vec<f64>) -> f64 {
@@ -500,8 +500,9 @@ mod tests {
             (0..11u64).map(|i| format!("{} {} {} 0\n", 1000 * i, 1000 * i + 500, 100 * (i + 1))).collect();
         let c = Chunks::parse(10, &out).unwrap();
         let s = c.in_window(Window { start: 0, end: 10_000 }).unwrap();
-        assert_eq!(s.reference, Some(600.0)); // the sixth of ten: the median's rule above
-                                              // One thread: 50 ns/op over a mean 550 ns (a geometric mean of one, so not bit-exact).
+        // The sixth of ten: the median's rule above.
+        assert_eq!(s.reference, Some(600.0));
+        // One thread: 50 ns/op over a mean 550 ns (a geometric mean of one, so not bit-exact).
         assert!((s.normalized.unwrap() - 50.0 / 550.0).abs() < 1e-12, "{:?}", s.normalized);
 
         // Lines of several shapes, or other text, are a broken load.
@@ -524,7 +525,7 @@ mod tests {
         let s = c.in_window(Window { start: 0, end: 10_000 }).unwrap();
         assert!((s.normalized.unwrap() - 0.2).abs() < 1e-12, "{:?}", s.normalized);
 
-        // A thread with too few chunks of its own in the window has no median to speak of.
+        // A thread with too few chunks of its own in the window has no mean to speak of.
         out.push_str("7000 7100 100 2\n");
         let c = Chunks::parse(10, &out).unwrap();
         assert!(c.in_window(Window { start: 0, end: 10_000 }).is_err());
