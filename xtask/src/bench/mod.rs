@@ -368,8 +368,8 @@ const EXEC_WINDOW: Duration = Duration::from_secs(2);
 
 /// After an exec storm, the agent's CPU is still counted this long: what the storm queued is
 /// part of its cost (while records flow the agent drains at most 100 ms apart, so this is
-/// ample), while the round's
-/// other half should follow soon, since this VM's speed drifts over seconds.
+/// ample), while the round's other half should follow soon, since this VM's speed drifts over
+/// seconds.
 const EXEC_TAIL: Duration = Duration::from_millis(500);
 
 /// The best of BEST_OF exec storms: the highest rate.
