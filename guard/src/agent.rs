@@ -32,7 +32,7 @@ use crate::{
         workload::Workload,
     },
     enforce::{flags_for, KernelEnforcer},
-    policy::{AutoBool, Mode, Policy},
+    policy::{watch::PolicyFile, AutoBool, Mode, Policy, PolicyError},
     process::table::{cmdline, ProcessTable, Role},
     seccomp::drift::DriftWatch,
     sensors::{
@@ -53,6 +53,9 @@ const TABLE_SWEEP: Duration = Duration::from_secs(60);
 /// How often new notebook cgroups (units, scopes, pods' cgroups) are looked for.
 const SCAN: Duration = Duration::from_millis(250);
 const AGGREGATE_WINDOW: Duration = Duration::from_secs(10);
+/// How often the policy file is looked at; a change is loaded once it has held still for
+/// `policy::watch::SETTLE`.
+const CONFIG_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -205,8 +208,8 @@ impl<W: Write> Pipeline<W> {
     /// Swaps in a new policy without a gap: new egress rules are written beside the old ones,
     /// every known notebook is re-evaluated (mode, allowances, egress) and switched over, and
     /// only then are the old rules removed. A policy that does not parse changes nothing.
-    fn reload(&mut self, path: &std::path::Path) -> Result<()> {
-        let new = match Policy::from_path(path) {
+    fn reload(&mut self, path: &std::path::Path, parsed: Result<Policy, PolicyError>) -> Result<()> {
+        let new = match parsed {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 tracing::error!(error = %e, "policy rejected; the previous one stays in force");
@@ -843,15 +846,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    // ConfigMap updates swap a symlink: watch what the path resolves to.
-    let stamp = |p: &std::path::Path| {
-        std::fs::metadata(p).ok().map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            (m.ino(), m.mtime(), m.mtime_nsec(), m.len())
-        })
-    };
-    let mut config_stamp = opts.config_path.as_deref().and_then(stamp);
-    let mut config_tick = tokio::time::interval(Duration::from_secs(2));
+    // ConfigMap updates swap a symlink: what the path resolves to is watched.
+    let mut config = opts.config_path.as_deref().map(PolicyFile::new);
+    let mut config_tick = tokio::time::interval(CONFIG_POLL);
     let hb = policy.heartbeat_seconds;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(if hb == 0 { 3600 * 24 * 365 } else { hb }));
     heartbeat.tick().await;
@@ -931,18 +928,19 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 tracing::debug!(gone, live = pipe.table.len(), "process table swept");
             }
             _ = sighup.recv() => {
-                match &opts.config_path {
-                    Some(p) => { pipe.reload(p)?; config_stamp = stamp(p); }
+                match config.as_mut() {
+                    Some(c) => {
+                        let parsed = c.load_now();
+                        pipe.reload(c.path(), parsed)?;
+                    }
                     None => tracing::warn!("SIGHUP: no --config file to reload (the embedded policy is in force)"),
                 }
                 pipe.flush()?;
             }
-            _ = config_tick.tick(), if opts.config_path.is_some() => {
-                if let Some(p) = &opts.config_path {
-                    let now = stamp(p);
-                    if now.is_some() && now != config_stamp {
-                        config_stamp = now;
-                        pipe.reload(p)?;
+            _ = config_tick.tick(), if config.is_some() => {
+                if let Some(c) = config.as_mut() {
+                    if let Some(parsed) = c.poll(Instant::now()) {
+                        pipe.reload(c.path(), parsed)?;
                         pipe.flush()?;
                     }
                 }

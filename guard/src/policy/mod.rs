@@ -4,6 +4,7 @@
 
 pub mod egress;
 pub mod identity;
+pub mod watch;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -274,14 +275,18 @@ impl Policy {
     }
 
     pub fn from_path(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-            origin: path.display().to_string(),
-            line: None,
-            column: None,
-            key: "(file)".into(),
-            message: e.to_string(),
-        })?;
-        Self::from_str(&path.display().to_string(), &text)
+        Self::from_read(path, std::fs::read_to_string(path))
+    }
+
+    /// Parses what was read from `path`, or says why it could not be read.
+    pub fn from_read(path: &Path, text: std::io::Result<String>) -> Result<Self, PolicyError> {
+        let origin = path.display().to_string();
+        match text {
+            Ok(text) => Self::from_str(&origin, &text),
+            Err(e) => {
+                Err(PolicyError { origin, line: None, column: None, key: "(file)".into(), message: e.to_string() })
+            }
+        }
     }
 
     /// Parses `text` over the embedded default and validates the result. Nothing is applied
