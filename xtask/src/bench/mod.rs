@@ -27,13 +27,17 @@ use load::{in_cgroup, load, SteadyLoad};
 /// Rounds of the exec storms. A round's speed-corrected ratio still swings 3-4% (sd) on this
 /// VM, while the guard costs about 1% in the notebook (1.3% by timing in 71 rounds), 0.2%
 /// outside: the median's 95% interval is about ±2.5 sd/√rounds, and clears a target 1% away
-/// only after some 100 rounds. Outside notebooks, where the guard costs a fifth as much, fewer
-/// settle it.
+/// only after some 100 rounds. Outside notebooks the guard costs a fifth as much, but with its
+/// median near 1.0 at 41 rounds the interval still reached 0.975 raw and 0.979 speed-corrected:
+/// twice the rounds narrow it by 1/√2.
 const ROUNDS_NOTEBOOK: usize = 101;
-const ROUNDS_OUTSIDE: usize = 41;
+const ROUNDS_OUTSIDE: usize = 81;
 /// Rounds of the steady loads: their windows are short, and the VM's speed shifts between
-/// regimes (±10%) within seconds, which only many rounds outvote.
-const STEADY_ROUNDS: usize = 25;
+/// regimes (±10%) within seconds, which only many rounds outvote. The connect storm's guard
+/// costs about 1% (0.990, interval 0.979–1.004 at 25 rounds), so it needs the narrower
+/// interval of some 60 rounds to settle a target 1% away; getppid settles in 25.
+const CONNECT_ROUNDS: usize = 61;
+const NULL_ROUNDS: usize = 25;
 /// Peers take seconds to start and stop (bpftrace compiles its script): fewer rounds, enough
 /// that the exec storms' ±10% rounds still leave a median (auditd and bpftrace cost 10-40%).
 const PEER_ROUNDS: usize = 7;
@@ -500,11 +504,17 @@ fn exec_overhead(c: &Ctx, cgroup: Option<&Path>, rounds: usize) -> Result<Overhe
 /// A steady load in the notebook: one process for the whole scenario, a window with the guard
 /// off and one with it on per round, back to back and in alternating order. `per_op` turns ns
 /// per operation into the unit shown.
-fn steady_overhead(c: &Ctx, kind: &str, chunk: u64, per_op: fn(f64) -> f64) -> Result<(Overhead, Value)> {
+fn steady_overhead(
+    c: &Ctx,
+    kind: &str,
+    chunk: u64,
+    rounds: usize,
+    per_op: fn(f64) -> f64,
+) -> Result<(Overhead, Value)> {
     let mut o = Overhead::default();
     let load = SteadyLoad::start(kind, chunk, Some(&c.nb))?;
     let mut pairs = Vec::new();
-    for round in 0..STEADY_ROUNDS {
+    for round in 0..rounds {
         let first_off = (round % 2 == 0).then(|| load.window(WINDOW));
         let on = o.with_guard(c, Duration::ZERO, Duration::ZERO, || Ok(load.window(WINDOW)))?;
         std::thread::sleep(SETTLE);
@@ -567,8 +577,8 @@ fn storms(c: &mut Ctx) -> Result<()> {
     let warm_up_agent_ms = accounting_nb["warm_up"]["agent_ms"].as_f64();
     let exec_out = exec_overhead(c, None, ROUNDS_OUTSIDE)?;
     let accounting_out = exec_accounting(c, None)?;
-    let (connect, accounting_connect) = steady_overhead(c, "connect", CONNECT_CHUNK, |ns| 1e9 / ns)?;
-    let (null, accounting_null) = steady_overhead(c, "null", NULL_CHUNK, |ns| ns)?;
+    let (connect, accounting_connect) = steady_overhead(c, "connect", CONNECT_CHUNK, CONNECT_ROUNDS, |ns| 1e9 / ns)?;
+    let (null, accounting_null) = steady_overhead(c, "null", NULL_CHUNK, NULL_ROUNDS, |ns| ns)?;
     let scenarios: [(&str, &str, &str, Overhead, Value); 4] = [
         ("exec storm (notebook cgroup)", "ops/s", "exec", exec_nb, accounting_nb),
         ("exec storm (outside notebooks)", "ops/s", "exec", exec_out, accounting_out),
@@ -590,7 +600,7 @@ fn storms(c: &mut Ctx) -> Result<()> {
     }
     c.results.insert("storms".into(), json.into());
     c.md.push(format!(
-        "## Overhead\n\nRounds with the guard off and on (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios of guard-on to guard-off performance, with the rounds' range: 1.0 means no measurable cost.\n\n- Exec storms: {ROUNDS_NOTEBOOK} rounds in the notebook, {ROUNDS_OUTSIDE} outside (where the guard costs a fifth as much), of one load process for the whole scenario, fork+exec of `/bin/true` from two threads, each pinned with its children to its own CPU (both cores), each timing chunks of {EXEC_CHUNK} execs (about 40 ms); each half is a {} s window of it, starting {} s after a guard's start or stop (what that leaves the kernel to do slows a storm; `ratio_by_order` in the JSON compares the rounds that ran guard-off first with those that ran it second), and counts all its chunks: while records flow the agent drains up to 100 ms apart, on either core, so its drains land in some chunks and not others, and only a mean counts every one. After each chunk the thread also times reference work, {reference}: path lookups and opens, kernel work an exec also does and the guard has no program on. It shows how fast the VM ran that thread's CPU in that window; the speed-corrected ratio compares each half's exec time over reference time (per thread, its mean time per exec over all its chunks over its mean reference time, then the geometric mean of the two threads), which takes out most of the VM's speed changes between the halves, each CPU's apart (the reference's own on/off ratio per round is `reference_speed_on_over_off` in the JSON). The reference follows the storm's speed only in part, so its interval covers this run's rounds only: runs minutes apart have differed by more. Agent CPU is over the window (100% = one core).\n- Connect and getppid: {STEADY_ROUNDS} rounds of one load process for the whole scenario, pinned to one CPU, timing every chunk of {CONNECT_CHUNK} connects or {NULL_CHUNK} calls (1–3 ms each); each half is a {} s window of it, and counts the fastest tenth of its chunks, so that a preemption or a host steal spoils a chunk and not the comparison. This VM's speed jumps between levels 10–20% apart within seconds, far more than the guard's cost; separate runs cannot resolve that, adjacent windows of one process can. `ratio_all_chunks` in the JSON is the same ratio over every chunk. Agent CPU is over the window.\n\nAgent RSS is its peak (VmHWM) over the scenario.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | speed-corrected ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|---|\n{}\n",
+        "## Overhead\n\nRounds with the guard off and on (monitor mode, default policy), back to back and in alternating order. The ratio is the median of the rounds' ratios of guard-on to guard-off performance, with the rounds' range: 1.0 means no measurable cost.\n\n- Exec storms: {ROUNDS_NOTEBOOK} rounds in the notebook, {ROUNDS_OUTSIDE} outside (where the guard costs a fifth as much), of one load process for the whole scenario, fork+exec of `/bin/true` from two threads, each pinned with its children to its own CPU (both cores), each timing chunks of {EXEC_CHUNK} execs (about 40 ms); each half is a {} s window of it, starting {} s after a guard's start or stop (what that leaves the kernel to do slows a storm; `ratio_by_order` in the JSON compares the rounds that ran guard-off first with those that ran it second), and counts all its chunks: while records flow the agent drains up to 100 ms apart, on either core, so its drains land in some chunks and not others, and only a mean counts every one. After each chunk the thread also times reference work, {reference}: path lookups and opens, kernel work an exec also does and the guard has no program on. It shows how fast the VM ran that thread's CPU in that window; the speed-corrected ratio compares each half's exec time over reference time (per thread, its mean time per exec over all its chunks over its mean reference time, then the geometric mean of the two threads), which takes out most of the VM's speed changes between the halves, each CPU's apart (the reference's own on/off ratio per round is `reference_speed_on_over_off` in the JSON). The reference follows the storm's speed only in part, so its interval covers this run's rounds only: runs minutes apart have differed by more. Agent CPU is over the window (100% = one core).\n- Connect and getppid: {CONNECT_ROUNDS} and {NULL_ROUNDS} rounds of one load process for the whole scenario, pinned to one CPU, timing every chunk of {CONNECT_CHUNK} connects or {NULL_CHUNK} calls (1–3 ms each); each half is a {} s window of it, and counts the fastest tenth of its chunks, so that a preemption or a host steal spoils a chunk and not the comparison. This VM's speed jumps between levels 10–20% apart within seconds, far more than the guard's cost; separate runs cannot resolve that, adjacent windows of one process can. `ratio_all_chunks` in the JSON is the same ratio over every chunk. Agent CPU is over the window.\n\nAgent RSS is its peak (VmHWM) over the scenario.\n\n| scenario | guard off, median (min–max) | guard on, median (min–max) | ratio (range) | speed-corrected ratio (range) | agent CPU | agent peak RSS | events lost |\n|---|---|---|---|---|---|---|---|\n{}\n",
         EXEC_WINDOW.as_secs_f64(),
         EXEC_SETTLE.as_secs_f64(),
         WINDOW.as_secs_f64(),
