@@ -76,8 +76,9 @@ pub struct RunOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// Attach the egress hooks.
     pub egress: bool,
-    /// The policy file, reloaded on SIGHUP and when it changes (ConfigMap updates).
-    pub config_path: Option<PathBuf>,
+    /// The policy file `policy` was read from, reloaded on SIGHUP and when it changes
+    /// (ConfigMap updates, edits).
+    pub config: Option<PolicyFile>,
     /// Where network sinks spool undelivered alerts.
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
@@ -96,7 +97,7 @@ impl Default for RunOptions {
             outputs: Vec::new(),
             listen: None,
             egress: true,
-            config_path: None,
+            config: None,
             spool_dir: PathBuf::from("/var/lib/notebook-guard/spool"),
             spool_max_bytes: 64 << 20,
         }
@@ -847,7 +848,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     // ConfigMap updates swap a symlink: what the path resolves to is watched.
-    let mut config = opts.config_path.as_deref().map(PolicyFile::new);
+    let mut config = opts.config.clone();
     let mut config_tick = tokio::time::interval(CONFIG_POLL);
     let hb = policy.heartbeat_seconds;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(if hb == 0 { 3600 * 24 * 365 } else { hb }));

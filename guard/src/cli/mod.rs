@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use anyhow::{Context, Result};
 use guard::{
     agent::RunOptions,
-    policy::{Mode, Policy},
+    policy::{watch::PolicyFile, Mode, Policy},
     sensors::process::SensorOptions,
     sinks::OutputSpec,
 };
@@ -135,8 +135,10 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn options(&self) -> Result<RunOptions> {
-        let policy = match &self.config {
-            Some(p) => Policy::from_path(p).context("loading the policy")?,
+        // The file's version is noted before it is read: a change from then on is reloaded.
+        let mut config = self.config.as_deref().map(PolicyFile::new);
+        let policy = match config.as_mut() {
+            Some(f) => f.load_now().context("loading the policy")?,
             None => Policy::default_policy(),
         };
         Ok(RunOptions {
@@ -154,7 +156,7 @@ impl RunArgs {
             mode_flag: self.mode,
             outputs: self.output.clone(),
             listen: self.listen,
-            config_path: self.config.clone(),
+            config,
             egress: !self.no_egress,
             spool_dir: self.spool_dir.clone(),
             spool_max_bytes: self.spool_max_bytes,

@@ -26,6 +26,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
     std::fs::metadata(path).ok().map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
 }
 
+#[derive(Clone, Debug)]
 pub struct PolicyFile {
     path: PathBuf,
     /// The version last loaded (or rejected): not loaded again.
