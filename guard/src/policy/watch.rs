@@ -45,7 +45,7 @@ impl PolicyFile {
         &self.path
     }
 
-    /// Reads the file now (SIGHUP: the operator says it is complete).
+    /// Reads the file now: at start, and on SIGHUP (the operator says it is complete).
     pub fn load_now(&mut self) -> Result<Policy, PolicyError> {
         self.loaded = stamp(&self.path);
         self.pending = None;
