@@ -35,6 +35,8 @@ pub mod names {
     pub const PROG_EXEC: &str = "sched_process_exec";
     pub const PROG_FORK: &str = "sched_process_fork";
     pub const PROG_EXIT: &str = "sched_process_exit";
+    pub const INCARNATIONS: &str = "INCARNATIONS";
+    pub const PROG_CGROUP_MKDIR: &str = "cgroup_mkdir";
     pub const EGRESS_CG: &str = "EGRESS_CG";
     pub const EGRESS_RULES: &str = "EGRESS_RULES";
     pub const PROG_CONNECT4: &str = "connect4";
@@ -173,6 +175,45 @@ pub struct FileKey {
 /// Entries in the enforcement maps.
 pub const MAX_ALLOWED: u32 = 65536;
 pub const MAX_MARKED: u32 = 65536;
+
+/// Notebook cgroups are often made again at the same path: a TLJH or SystemdSpawner unit
+/// restarted (`systemctl restart`, the hub's stop and start), a DockerSpawner container
+/// restarted. Each incarnation is a new cgroup with a new id. `INCARNATIONS` maps the hash of a
+/// notebook cgroup's path ([`cgroup_path_hash`]) to what its incarnations get; the
+/// `cgroup_mkdir` program writes it into `ENFORCED` and `EGRESS_CG` for the new id before any
+/// process can enter the cgroup, so the new incarnation is judged from its first exec whatever
+/// the agent is doing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Incarnation {
+    /// `enforce_flags` for `ENFORCED` (0: not enforced).
+    pub enforce: u32,
+    /// `EGRESS_CG` value (0: no egress policy).
+    pub egress: u32,
+}
+
+pub const MAX_INCARNATIONS: u32 = 4096;
+/// Bytes of a cgroup path the hash covers; longer paths are not remembered.
+pub const INCARNATION_PATH_MAX: usize = 256;
+
+/// FNV-1a (64-bit) of a cgroup path as the kernel's cgroup tracepoints print it (relative to
+/// the hierarchy's root, with a leading `/`), stopping at a NUL or after
+/// [`INCARNATION_PATH_MAX`] bytes. The same code runs on both sides of the ABI.
+#[inline(always)]
+pub fn cgroup_path_hash(path: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < INCARNATION_PATH_MAX && i < path.len() {
+        let b = path[i];
+        if b == 0 {
+            break;
+        }
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    h
+}
 
 /// The scalar part of an exec record ([`ExecWire`]).
 #[repr(C)]
@@ -382,6 +423,16 @@ pub struct KernelOffsets {
     pub mm_exe_file: u32,
     /// `task_struct.flags` (PF_*)
     pub task_flags: u32,
+    /// `task_struct.cgroups` (struct css_set *)
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp`: the task's cgroup v2 cgroup
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.root`: which hierarchy a cgroup belongs to
+    pub cgroup_root: u32,
+    /// `cgroup.kn` (struct kernfs_node *)
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (u64): the cgroup id user space sees as the directory's inode
+    pub kernfs_node_id: u32,
 }
 
 /// Read-only configuration, written into the object's `.rodata` before load.
@@ -505,4 +556,5 @@ mod user {
     unsafe impl aya::Pod for super::FileKey {}
     unsafe impl aya::Pod for super::EgressKey {}
     unsafe impl aya::Pod for super::EgressRule {}
+    unsafe impl aya::Pod for super::Incarnation {}
 }

@@ -26,7 +26,7 @@ use crate::{cgroup_lookup, count_lost, current_cgroup, header, submit_flags, CON
 
 /// Notebook cgroups with an egress policy: policy id | `EGRESS_ENFORCE`.
 #[map]
-static EGRESS_CG: HashMap<u64, u32> = HashMap::with_max_entries(MAX_WATCHED_CGROUPS, 0);
+pub(crate) static EGRESS_CG: HashMap<u64, u32> = HashMap::with_max_entries(MAX_WATCHED_CGROUPS, 0);
 
 /// (policy, protocol, family, port, address prefix) → allow / deny.
 #[map]

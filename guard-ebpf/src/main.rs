@@ -66,6 +66,11 @@ static CONFIG: Config = Config {
         fdtable_fd: 0,
         mm_exe_file: 0,
         task_flags: 0,
+        task_cgroups: 0,
+        css_set_dfl_cgrp: 0,
+        cgroup_root: 0,
+        cgroup_kn: 0,
+        kernfs_node_id: 0,
     },
     regs: guard_abi::SyscallRegs { nr: 0, args: [0; 3], compat_args: [0; 3], _pad: 0 },
 };
@@ -120,6 +125,7 @@ macro_rules! conf {
 }
 
 mod egress;
+mod incarnation;
 
 #[inline(always)]
 unsafe fn read<T: Copy + Default>(base: *const u8, off: u32) -> T {

@@ -15,14 +15,22 @@ pub struct Aggregator {
 }
 
 /// What makes two alerts the same: the rule and the fields below, each as JSON (so that
-/// null and "" differ), separated by a character no JSON text holds unescaped.
+/// null and "" differ), separated by a character no JSON text holds unescaped. The cgroup's
+/// id tells incarnations of one path apart: a server restarted at once reports on its own.
 fn key(a: &Alert) -> String {
     use std::fmt::Write;
     let mut k = String::with_capacity(256);
     k.push_str(a.rule);
-    for field in
-        ["container.cgroup", "proc.exepath", "proc.cmdline", "fd.name", "fd.family", "syscall.type", "guard.action"]
-    {
+    for field in [
+        "container.cgroup",
+        "container.cgroup_id",
+        "proc.exepath",
+        "proc.cmdline",
+        "fd.name",
+        "fd.family",
+        "syscall.type",
+        "guard.action",
+    ] {
         k.push('\u{1f}');
         if let Some(v) = a.output_fields.get(field) {
             // Writing to a String cannot fail.

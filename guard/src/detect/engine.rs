@@ -634,6 +634,9 @@ fn notebook_fields(a: &mut Alert, who: &Attribution, kernel: Option<&KernelCtx>)
         .set_opt("notebook.path", kernel.and_then(|k| k.notebook_path.clone()))
         .set_opt("notebook.kernel_id", kernel.and_then(|k| k.kernel_id.clone()))
         .set("container.cgroup", who.cgroup.to_string_lossy().into_owned());
+    if who.cgroup_id != 0 {
+        a.set("container.cgroup_id", who.cgroup_id);
+    }
 }
 
 /// stdin and stdout are both sockets: the classic `bash -i >& /dev/tcp/…` / `socat exec:` shape.

@@ -43,6 +43,9 @@ pub struct Attribution {
     pub container_name: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub cgroup: PathBuf,
+    /// The cgroup's id: which incarnation of `cgroup` (a unit restarted at once is made again
+    /// at the same path with a new id). 0 when not known.
+    pub cgroup_id: u64,
 }
 
 impl Attribution {
@@ -59,6 +62,7 @@ impl Attribution {
             container_name: None,
             labels: BTreeMap::new(),
             cgroup,
+            cgroup_id: 0,
         }
     }
 
@@ -113,6 +117,7 @@ impl Attributor {
         }
         let path = self.cgroups.resolve(id)?;
         let (answer, is_final) = self.classify(&path, pid);
+        let answer = answer.map(|a| Arc::new(Attribution { cgroup_id: id, ..Arc::unwrap_or_clone(a) }));
         if is_final {
             if self.cache.len() >= CACHE_MAX {
                 self.cache.clear();
@@ -120,6 +125,12 @@ impl Attributor {
             self.cache.insert(id, answer.clone());
         }
         answer
+    }
+
+    /// Forgets cgroup `id` (removed, or replaced by a new incarnation at its path).
+    pub fn forget(&mut self, id: u64) {
+        self.cache.remove(&id);
+        self.cgroups.forget(id);
     }
 
     /// Forget cached answers (pods changed).

@@ -131,6 +131,11 @@ impl CgroupResolver {
         Some(Path::new("/").join(rel))
     }
 
+    /// True while cgroup `id` exists (asked of the kernel, not the cache).
+    pub fn exists(&self, id: u64) -> bool {
+        self.lookup(id).is_some()
+    }
+
     /// Invalidates a cached id (cgroup removed).
     pub fn forget(&mut self, id: u64) {
         self.cache.remove(&id);

@@ -7,17 +7,23 @@
 //! With pinning (the default for `guard run`) the maps and programs outlive the agent, so
 //! enforcement continues across a restart and the next agent adopts these maps as they are.
 
+pub mod incarnations;
+
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHash, MapData};
-use guard_abi::{allow_class, enforce_flags, marks, FileKey, ENFORCED_ANY};
+use guard_abi::{allow_class, enforce_flags, marks, FileKey, Incarnation, ENFORCED_ANY};
 
 use crate::{policy::Effective, policy::Mode, sensors::decode::FileId};
+use incarnations::Incarnations;
 
 pub struct KernelEnforcer {
     enforced: BpfHash<MapData, u64, u32>,
     allowed: BpfHash<MapData, FileKey, u32>,
     marks: BpfHash<MapData, u32, u32>,
     servers: BpfHash<MapData, u32, u32>,
+    incarnations: Incarnations,
     /// What we wrote, to avoid rewriting it per event.
     enforced_now: crate::IdMap<u64, u32>,
     allowed_now: crate::IdMap<FileKey, u32>,
@@ -50,13 +56,16 @@ impl KernelEnforcer {
         allowed: BpfHash<MapData, FileKey, u32>,
         marks: BpfHash<MapData, u32, u32>,
         servers: BpfHash<MapData, u32, u32>,
+        incarnations: BpfHash<MapData, u64, Incarnation>,
     ) -> Self {
         // What the kernel already enforces (pinned maps of the previous agent) is known from the
         // start, so discovery under a policy that no longer enforces a cgroup takes it off; an
         // agent restarted in monitor mode used to leave its predecessor's enforcement on.
         let enforced_now: crate::IdMap<u64, u32> =
             enforced.iter().flatten().filter(|(cgroup, _)| *cgroup != ENFORCED_ANY).collect();
-        let mut e = Self { enforced, allowed, marks, servers, enforced_now, allowed_now: Default::default() };
+        let incarnations = Incarnations::new(incarnations);
+        let mut e =
+            Self { enforced, allowed, marks, servers, incarnations, enforced_now, allowed_now: Default::default() };
         // Maps adopted from an agent that predates ENFORCED_ANY: their cgroups stay enforced
         // without a gap.
         if !e.enforced_now.is_empty() {
@@ -77,16 +86,54 @@ impl KernelEnforcer {
                 tracing::debug!(cgroup_id, flags = f, "cgroup enforced");
                 self.enforced_now.insert(cgroup_id, f);
             }
-            None if self.enforced_now.remove(&cgroup_id).is_some() => {
-                let _ = self.enforced.remove(&cgroup_id);
-                if self.enforced_now.is_empty() {
-                    let _ = self.enforced.remove(&ENFORCED_ANY);
-                    self.forget_processes();
+            None => {
+                // Also when we never wrote it: the kernel enforces a new incarnation by itself.
+                let had = self.enforced_now.remove(&cgroup_id).is_some();
+                if self.enforced.remove(&cgroup_id).is_ok() || had {
+                    self.settle();
                 }
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Takes the marker off, and forgets the per-process state, once nothing is enforced and
+    /// no incarnation to come would be.
+    fn settle(&mut self) {
+        if self.enforced_now.is_empty() && !self.incarnations.enforcing() {
+            let _ = self.enforced.remove(&ENFORCED_ANY);
+            self.forget_processes();
+        }
+    }
+
+    /// What a new cgroup made at `rel` gets from the kernel before its first exec: these
+    /// enforcement flags (None: not enforced) and this `EGRESS_CG` value (0: none).
+    pub fn remember_incarnation(&mut self, rel: &Path, flags: Option<u32>, egress: u32) -> Result<()> {
+        self.incarnations.remember(rel, Incarnation { enforce: flags.unwrap_or(0), egress })?;
+        self.settle();
+        Ok(())
+    }
+
+    /// Forgets every remembered path (policy reload: placing the notebooks writes them again).
+    pub fn forget_incarnations(&mut self) {
+        self.incarnations.clear();
+        self.settle();
+    }
+
+    /// Removes the entries of cgroups that no longer exist (`alive` says which do): the
+    /// kernel's own entries for incarnations the agent never saw exec, and any the agent
+    /// missed the removal of. Returns how many went.
+    pub fn sweep(&mut self, alive: impl Fn(u64) -> bool) -> usize {
+        let dead: Vec<u64> = self.enforced.keys().flatten().filter(|id| *id != ENFORCED_ANY && !alive(*id)).collect();
+        for id in &dead {
+            let _ = self.enforced.remove(id);
+            self.enforced_now.remove(id);
+        }
+        if !dead.is_empty() {
+            self.settle();
+        }
+        dead.len()
     }
 
     /// Empties `MARKS` and `SERVERS` once nothing is enforced: the kernel stops keeping them

@@ -67,6 +67,11 @@ impl OffsetResolver {
             fdtable_fd: self.field("fdtable", &["fd"], 8)?,
             mm_exe_file: self.field("mm_struct", &["exe_file"], 8)?,
             task_flags: self.field("task_struct", &["flags"], 4)?,
+            task_cgroups: self.field("task_struct", &["cgroups"], 8)?,
+            css_set_dfl_cgrp: self.field("css_set", &["dfl_cgrp"], 8)?,
+            cgroup_root: self.field("cgroup", &["root"], 8)?,
+            cgroup_kn: self.field("cgroup", &["kn"], 8)?,
+            kernfs_node_id: self.field("kernfs_node", &["id"], 8)?,
         })
     }
 

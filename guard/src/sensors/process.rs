@@ -1,5 +1,6 @@
 //! The process-lifecycle sensor: `sched_process_exec`, `sched_process_fork` and
-//! `sched_process_exit` raw tracepoints feeding one ring buffer.
+//! `sched_process_exit` raw tracepoints feeding one ring buffer, and `cgroup_mkdir`, which
+//! gives a notebook cgroup made again at a known path its enforcement before its first exec.
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +73,7 @@ const PINNED_MAPS: &[&str] = &[
     names::EGRESS_CG,
     names::EGRESS_RULES,
     names::RING_FILL,
+    names::INCARNATIONS,
 ];
 
 /// bpffs's magic number (statfs f_type).
@@ -231,7 +233,7 @@ impl ProcessSensor {
             loader.load(EBPF_OBJECT).context("loading the eBPF object (needs root or CAP_BPF+CAP_PERFMON)")?;
         let mut links = Vec::new();
         let mut pinned = Vec::new();
-        for name in [names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT] {
+        for name in [names::PROG_EXEC, names::PROG_FORK, names::PROG_EXIT, names::PROG_CGROUP_MKDIR] {
             let prog: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -256,6 +258,7 @@ impl ProcessSensor {
             HashMap::try_from(take(&mut ebpf, names::ALLOWED)?)?,
             HashMap::try_from(take(&mut ebpf, names::MARKS)?)?,
             HashMap::try_from(take(&mut ebpf, names::SERVERS)?)?,
+            HashMap::try_from(take(&mut ebpf, names::INCARNATIONS)?)?,
         );
         Ok(Self {
             ebpf,

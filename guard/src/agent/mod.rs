@@ -18,22 +18,15 @@ use tokio::{
 
 use crate::{
     clock::BootClock,
-    detect::{
-        aggregate::Aggregator,
-        alert::Alert,
-        engine::{role_of, Detector},
-        rules,
-    },
+    detect::{aggregate::Aggregator, alert::Alert, engine::Detector, rules},
     discovery::{
         attribution::{Attribution, AttributionOptions, Attributor, Source},
-        cgroup::{cgroup_id, find_cgroup2_mount, CgroupResolver},
+        cgroup::{find_cgroup2_mount, CgroupResolver},
         kube::{KubeOptions, PodCache, PodChange, PodInfo},
-        scan::{find_pod_cgroup, notebook_cgroups},
-        workload::Workload,
     },
     enforce::{flags_for, KernelEnforcer},
     policy::{watch::PolicyFile, AutoBool, Mode, Policy, PolicyError},
-    process::table::{cmdline, ProcessTable, Role},
+    process::table::{cmdline, ProcessTable},
     seccomp::drift::DriftWatch,
     sensors::{
         decode::{DecodeError, Event, Exec},
@@ -43,7 +36,9 @@ use crate::{
     server::metrics::{AlertLabels, EventCounters, LossLabels, Metrics, SinkLabels},
     sinks::{events::ExecRecord, events::JsonLines, events::LostRecord, OutputSpec, Sink},
 };
-use guard_abi::{exec_flags, EventKind};
+use guard_abi::EventKind;
+
+mod placement;
 
 /// What may wait between the ring reader and enrichment: events, and their bytes (about
 /// 25000 exec records).
@@ -118,8 +113,10 @@ struct Pipeline<W: Write> {
     reported_queue: u64,
     /// Roots whose identities were pushed to the kernel allow-list.
     synced_roots: HashSet<crate::policy::identity::RootKey>,
-    /// Watched cgroups (path → id) found by scanning.
+    /// Watched cgroups found by scanning: path → the id of its current incarnation.
     watched: HashMap<PathBuf, u64>,
+    /// Notebook cgroups placed, and under what (`placement::place`).
+    placed: crate::IdMap<u64, crate::policy::Effective>,
     /// Notebook pods whose cgroup is not there yet.
     pending_pods: HashMap<String, Arc<PodInfo>>,
     /// Pod UID → its cgroup id (for un-enforcing on delete).
@@ -233,23 +230,21 @@ impl<W: Write> Pipeline<W> {
         self.generation = new_gen;
         self.synced_roots.clear();
         self.attributor.invalidate();
-        // Re-evaluate every notebook we know of under the new policy: units and scopes are
+        // Re-place every notebook we know of under the new policy: units and scopes are
         // found again by a scan, pods are placed again, the rest by their cached attribution.
+        let known: Vec<u64> = self.placed.keys().copied().collect();
+        self.placed.clear();
+        self.enforcer.forget_incarnations();
         self.watched.clear();
         self.scan(self.kube_on)?;
         let pods: Vec<Arc<PodInfo>> = self.pods_placed.values().cloned().collect();
         for pod in pods {
             self.place_pod(pod)?;
         }
-        let drifting: Vec<u64> = self.drift.as_ref().map(|d| d.watched_ids()).unwrap_or_default();
-        let lazily: Vec<u64> =
-            self.egress_now.keys().chain(self.enforcer_cgroups().iter()).chain(drifting.iter()).copied().collect();
-        for id in lazily {
+        for id in known {
             if let Some(who) = self.attributor.attribute(id, 0) {
                 let eff = new.effective(Some(&who), self.detector.mode_flag);
-                self.enforce_cgroup(id, flags_for(&eff))?;
-                self.set_egress(id, &eff)?;
-                self.set_drift(id, &eff, who)?;
+                self.place(id, &who, &eff)?;
             }
         }
         if !new.any_seccomp_profile() && self.drift.take().is_some() {
@@ -287,51 +282,6 @@ impl<W: Write> Pipeline<W> {
         Ok(())
     }
 
-    fn enforcer_cgroups(&self) -> Vec<u64> {
-        self.enforcer.cgroups()
-    }
-
-    /// Puts a notebook cgroup under its egress policy (monitor or enforce).
-    fn set_egress(&mut self, cgroup_id: u64, eff: &crate::policy::Effective) -> Result<()> {
-        let Some(maps) = self.egress.as_mut() else { return Ok(()) };
-        let mut v = egress_id(self.generation, eff.egress_policy);
-        if eff.mode == Mode::Enforce {
-            v |= guard_abi::EGRESS_ENFORCE;
-        }
-        if self.egress_now.get(&cgroup_id) == Some(&v) {
-            return Ok(());
-        }
-        maps.cgroups.insert(cgroup_id, v, 0).with_context(|| format!("egress policy for cgroup {cgroup_id}"))?;
-        self.egress_now.insert(cgroup_id, v);
-        Ok(())
-    }
-
-    /// Watches a notebook cgroup against its assigned seccomp profile (or stops watching it).
-    /// The recorder is attached on first use: nodes whose policy assigns no profile never pay
-    /// for a `sys_enter` program.
-    fn set_drift(&mut self, cgroup_id: u64, eff: &crate::policy::Effective, who: Arc<Attribution>) -> Result<()> {
-        let policy = self.detector.policy.clone();
-        match policy.seccomp_profile_by_id(eff.seccomp_profile) {
-            Some((path, profile)) => {
-                let drift = match &mut self.drift {
-                    Some(d) => d,
-                    None => {
-                        let d = DriftWatch::start(&self.btf).context("attaching the seccomp drift watch")?;
-                        tracing::info!("seccomp drift watch attached (raw tracepoint sys_enter)");
-                        self.drift.insert(d)
-                    }
-                };
-                drift.assign(cgroup_id, who, eff.seccomp_profile, path, profile)
-            }
-            None => {
-                if let Some(d) = self.drift.as_mut() {
-                    d.unassign(cgroup_id);
-                }
-                Ok(())
-            }
-        }
-    }
-
     fn poll_drift(&mut self) -> Result<()> {
         let Some(d) = self.drift.as_mut() else { return Ok(()) };
         for drift in d.poll()? {
@@ -364,22 +314,10 @@ impl<W: Write> Pipeline<W> {
         // A LocalProcessSpawner server shares the hub's cgroup: enforcing it would judge the
         // hub's own children, so those notebooks are monitored only.
         let enforceable = who.as_ref().filter(|w| w.source != Source::LocalProcessSpawner);
-        if let (Some(_), Some(eff)) = (enforceable, outcome.effective) {
-            self.set_egress(e.meta.cgroup_id, &eff)?;
-        }
         if let (Some(who), Some(eff)) = (enforceable, outcome.effective) {
-            if let Some(flags) = flags_for(&eff) {
-                self.enforce_notebook(e, who, flags, outcome.root)?;
-                if matches!(outcome.role, Role::Server | Role::Kernel | Role::Python)
-                    && e.kernel_flags & exec_flags::UNDER_PYTHON == 0
-                {
-                    // The kernel judged this exec before it knew the cgroup or the identity.
-                    self.enforcer.mark_under_python(e.meta.tgid)?;
-                }
-                // The kernel exempts a terminal by its parent, under enforcement only.
-                if let Some(server) = outcome.server {
-                    self.enforcer.add_server(server)?;
-                }
+            self.place(e.meta.cgroup_id, who, &eff)?;
+            if flags_for(&eff).is_some() {
+                self.enforced_exec(e, outcome.role, outcome.root, outcome.server)?;
             }
         }
         if tracing::enabled!(tracing::Level::DEBUG) || (self.events.is_none() && self.sinks.is_empty()) {
@@ -409,90 +347,6 @@ impl<W: Write> Pipeline<W> {
         self.detector.redactor.learn_environ(&environ);
         tracing::info!(user = ?who.user, pid = e.meta.tgid, "local notebook server");
         Some(who)
-    }
-
-    /// Puts a notebook under kernel enforcement: its cgroup, its root's identities, and the
-    /// Python processes it already runs.
-    fn enforce_notebook(
-        &mut self,
-        e: &Exec,
-        who: &Attribution,
-        flags: u32,
-        root: Option<crate::policy::identity::RootKey>,
-    ) -> Result<()> {
-        let cg = e.meta.cgroup_id;
-        if !self.enforcer.is_enforced(cg) && !self.pod_enforced(who) {
-            self.enforce_cgroup(cg, Some(flags))?;
-        }
-        if let Some(root) = root {
-            if self.synced_roots.insert(root) {
-                self.sync_identities(cg, e.meta.tgid, e.ppid)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets a cgroup's enforcement; a newly enforced one gets its running Python marked.
-    fn enforce_cgroup(&mut self, id: u64, flags: Option<u32>) -> Result<()> {
-        let was = self.enforcer.is_enforced(id);
-        self.enforcer.set_cgroup(id, flags)?;
-        if flags.is_some() && !was {
-            self.backfill_marks(id)?;
-        }
-        Ok(())
-    }
-
-    fn pod_enforced(&self, who: &Attribution) -> bool {
-        who.pod_uid.as_ref().and_then(|u| self.pod_cgroups.get(u)).is_some_and(|id| self.enforcer.is_enforced(*id))
-    }
-
-    fn sync_identities(&mut self, cg: u64, tgid: u32, ppid: u32) -> Result<()> {
-        let shells = self.detector.policy.shells.clone();
-        let Some((_, ids)) = self.detector.root_identities(cg, &[tgid, ppid]) else { return Ok(()) };
-        let helpers: Vec<_> = ids.helpers.keys().copied().collect();
-        let shell_ids = ids.system_ids_named(&shells);
-        let python = ids.python.clone();
-        tracing::info!(
-            python = python.len(),
-            helpers = helpers.len(),
-            shells = shell_ids.len(),
-            "exec allow-list loaded for a notebook root"
-        );
-        self.enforcer.allow(&python, &helpers, &shell_ids)
-    }
-
-    /// Marks the Python processes (and their descendants) already running in `cg` or below
-    /// it, and registers its notebook servers: they started before the kernel could judge them
-    /// (agent restart, policy change).
-    fn backfill_marks(&mut self, cg: u64) -> Result<()> {
-        let Some(base) = self.attributor.cgroups.resolve(cg) else { return Ok(()) };
-        let candidates: Vec<(u32, u32, u64)> =
-            self.table.iter().filter(|p| p.cgroup_id != 0).map(|p| (p.pid, p.ppid, p.cgroup_id)).collect();
-        let (mut marked, mut servers) = (0, 0);
-        for (pid, ppid, pcg) in candidates {
-            if pcg != cg && !self.attributor.cgroups.resolve(pcg).is_some_and(|p| p.starts_with(&base)) {
-                continue;
-            }
-            let chain: Vec<_> = self.table.chain(pid, 32).into_iter().map(|p| p.exe_id).collect();
-            // The allow-list first, so helpers are not killed before the first exec event.
-            if let Some((root, _)) = self.detector.root_identities(pcg, &[pid, ppid]) {
-                if self.synced_roots.insert(root) {
-                    self.sync_identities(pcg, pid, ppid)?;
-                }
-            }
-            let Some((_, ids)) = self.detector.root_identities(pcg, &[pid, ppid]) else { continue };
-            if chain.iter().flatten().any(|id| ids.python.contains(id)) {
-                self.enforcer.mark_under_python(pid)?;
-                marked += 1;
-            }
-            let is_python = chain.first().copied().flatten().is_some_and(|id| ids.python.contains(&id));
-            if self.table.get(pid).is_some_and(|p| role_of(p, is_python) == Role::Server) {
-                self.enforcer.add_server(pid)?;
-                servers += 1;
-            }
-        }
-        tracing::info!(cgroup = cg, marked, servers, "cgroup under enforcement");
-        Ok(())
     }
 
     fn emit(&mut self, alert: Alert) -> Result<()> {
@@ -582,87 +436,6 @@ impl<W: Write> Pipeline<W> {
                 tracing::error!(sink = %s.name(), error = %e, "sink flush failed");
             }
         }
-        Ok(())
-    }
-
-    /// Watches new notebook cgroups and applies enforcement to those the policy enforces.
-    fn scan(&mut self, kube: bool) -> Result<()> {
-        let d = &self.detector.policy.discovery;
-        let found = notebook_cgroups(&self.mount, kube, d.tljh, d.docker);
-        for (path, workload) in found {
-            if self.watched.contains_key(&path) {
-                continue;
-            }
-            let Ok(id) = cgroup_id(&path) else { continue };
-            if !self.watch_all {
-                self.sensor.watch_cgroup(id)?;
-            }
-            self.watched.insert(path.clone(), id);
-            let user = match &workload {
-                Workload::Tljh { user } | Workload::SystemdSpawner { user } => Some(user.clone()),
-                _ => None,
-            };
-            if let Some(user) = user {
-                let source = match workload {
-                    Workload::SystemdSpawner { .. } => Source::SystemdSpawner,
-                    _ => Source::Tljh,
-                };
-                let who = Attribution { user: Some(user), ..Attribution::new(source, path.clone()) };
-                let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
-                self.enforce_cgroup(id, flags_for(&eff))?;
-                self.set_egress(id, &eff)?;
-                self.set_drift(id, &eff, Arc::new(who))?;
-            }
-            tracing::info!(cgroup = %path.display(), id, "watching notebook cgroup");
-        }
-        // Drop what disappeared.
-        self.watched.retain(|p, _| p.exists());
-        // Pods whose cgroup did not exist yet.
-        let pending: Vec<Arc<PodInfo>> = self.pending_pods.values().cloned().collect();
-        for pod in pending {
-            self.place_pod(pod)?;
-        }
-        Ok(())
-    }
-
-    fn on_pod(&mut self, change: PodChange) -> Result<()> {
-        self.attributor.invalidate();
-        match change {
-            PodChange::Upsert(pod) => self.place_pod(pod)?,
-            PodChange::Removed(uid) => {
-                self.pending_pods.remove(&uid);
-                self.pods_placed.remove(&uid);
-                if let Some(id) = self.pod_cgroups.remove(&uid) {
-                    self.enforcer.set_cgroup(id, None)?;
-                    if let Some(d) = self.drift.as_mut() {
-                        d.unassign(id);
-                    }
-                    if let Some(m) = self.egress.as_mut() {
-                        let _ = m.cgroups.remove(&id);
-                    }
-                    self.egress_now.remove(&id);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Enforcement at the pod level, registered before the pod's containers start.
-    fn place_pod(&mut self, pod: Arc<PodInfo>) -> Result<()> {
-        let Some(path) = find_pod_cgroup(&self.mount, &pod.uid) else {
-            self.pending_pods.insert(pod.uid.clone(), pod);
-            return Ok(());
-        };
-        self.pending_pods.remove(&pod.uid);
-        let id = cgroup_id(&path)?;
-        let who = Attribution::of_pod(&pod, path.clone());
-        let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
-        self.enforce_cgroup(id, flags_for(&eff))?;
-        self.set_egress(id, &eff)?;
-        self.set_drift(id, &eff, Arc::new(who))?;
-        self.pod_cgroups.insert(pod.uid.clone(), id);
-        self.pods_placed.insert(pod.uid.clone(), pod.clone());
-        tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), user = ?pod.user, mode = %eff.mode, "notebook pod on this node");
         Ok(())
     }
 }
@@ -812,6 +585,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         reported_queue: 0,
         synced_roots: HashSet::new(),
         watched: HashMap::new(),
+        placed: Default::default(),
         pending_pods: HashMap::new(),
         pod_cgroups: HashMap::new(),
         pods_placed: HashMap::new(),
@@ -926,6 +700,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             _ = sweep_tick.tick() => {
                 let gone = pipe.table.sweep(&opts.proc_root);
+                pipe.sweep_dead_cgroups()?;
                 tracing::debug!(gone, live = pipe.table.len(), "process table swept");
             }
             _ = sighup.recv() => {

@@ -1,0 +1,73 @@
+//! Notebook cgroups made again at a path the agent already placed (a restarted TLJH or
+//! SystemdSpawner unit, a restarted DockerSpawner container): the `cgroup_mkdir` raw
+//! tracepoint gives each new incarnation what the agent decided for that path (`INCARNATIONS`,
+//! keyed by the path's hash) in `ENFORCED` and `EGRESS_CG`, before any process can enter the
+//! new cgroup. Without it the new id was unknown until the agent handled the incarnation's
+//! first exec, and what that exec's children ran meanwhile went unjudged.
+//!
+//! Costs nothing per exec or connect: it runs only when a cgroup is created.
+
+use core::{ffi::c_void, ptr::addr_of_mut};
+
+use aya_ebpf::{
+    helpers::generated::{bpf_get_current_task, bpf_probe_read_kernel_str},
+    macros::{map, raw_tracepoint},
+    maps::{HashMap, PerCpuArray},
+    programs::RawTracePointContext,
+};
+use guard_abi::{cgroup_path_hash, Incarnation, ENFORCED_ANY, INCARNATION_PATH_MAX, MAX_INCARNATIONS};
+
+use crate::{egress::EGRESS_CG, read, read_ptr, CONFIG, ENFORCED};
+
+/// Hash of a notebook cgroup's path → what every new cgroup made at that path gets.
+#[map]
+static INCARNATIONS: HashMap<u64, Incarnation> = HashMap::with_max_entries(MAX_INCARNATIONS, 0);
+
+/// Per-CPU room for the path (too big for the 512-byte stack).
+#[map]
+static PATH_BUF: PerCpuArray<[u8; INCARNATION_PATH_MAX]> = PerCpuArray::with_max_entries(1, 0);
+
+// TP_PROTO(struct cgroup *cgrp, const char *path)
+#[raw_tracepoint(tracepoint = "cgroup_mkdir")]
+pub fn cgroup_mkdir(ctx: RawTracePointContext) -> i32 {
+    // SAFETY: the tracepoint's arguments are a live `struct cgroup *` and a NUL-terminated
+    // path; every field is read with bpf_probe_read_kernel at offsets resolved from BTF.
+    unsafe { on_mkdir(&ctx) };
+    0
+}
+
+#[inline(always)]
+unsafe fn on_mkdir(ctx: &RawTracePointContext) {
+    let cgrp: *const u8 = ctx.arg::<*const c_void>(0).cast();
+    let path: *const u8 = ctx.arg::<*const c_void>(1).cast();
+    // Only the cgroup v2 hierarchy: on hybrid hosts every v1 hierarchy fires this tracepoint
+    // too, and their ids are another id space. The v2 root is the one the current task's
+    // `dfl_cgrp` belongs to.
+    let task = bpf_get_current_task() as *const u8;
+    let css_set = read_ptr(task, conf!(offsets.task_cgroups));
+    let dfl = read_ptr(css_set, conf!(offsets.css_set_dfl_cgrp));
+    let dfl_root = read_ptr(dfl, conf!(offsets.cgroup_root));
+    if dfl_root.is_null() || read_ptr(cgrp, conf!(offsets.cgroup_root)) != dfl_root {
+        return;
+    }
+    let Some(buf) = PATH_BUF.get_ptr_mut(0) else { return };
+    let n = bpf_probe_read_kernel_str(addr_of_mut!(*buf).cast(), INCARNATION_PATH_MAX as u32, path.cast());
+    // A path that fills the buffer may have been cut: such paths are never remembered.
+    if n <= 0 || n as usize >= INCARNATION_PATH_MAX {
+        return;
+    }
+    let Some(inc) = INCARNATIONS.get(&cgroup_path_hash(&*buf)).copied() else { return };
+    let kn = read_ptr(cgrp, conf!(offsets.cgroup_kn));
+    let id: u64 = read(kn, conf!(offsets.kernfs_node_id));
+    if id == 0 {
+        return;
+    }
+    if inc.enforce != 0 {
+        // The marker first: exec looks at the cgroups only while it is there.
+        let _ = ENFORCED.insert(&ENFORCED_ANY, &1, 0);
+        let _ = ENFORCED.insert(&id, &inc.enforce, 0);
+    }
+    if inc.egress != 0 {
+        let _ = EGRESS_CG.insert(&id, &inc.egress, 0);
+    }
+}

@@ -1,0 +1,306 @@
+//! Notebook placement: which cgroups are notebooks and what the kernel enforces for each —
+//! found by scanning (units, scopes, pods' cgroups), by the pod watch, or at a notebook's
+//! first exec. All of them go through [`Pipeline::place`]. A cgroup made again at the same
+//! path (a restarted unit or container) is a new incarnation with a new id: it is placed on
+//! its own, and everything kept under the old id is forgotten.
+
+use std::{io::Write, path::Path, sync::Arc};
+
+use anyhow::{Context, Result};
+
+use super::{egress_id, Pipeline};
+use crate::{
+    detect::engine::role_of,
+    discovery::{
+        attribution::{Attribution, Source},
+        cgroup::cgroup_id,
+        kube::{PodChange, PodInfo},
+        scan::{find_pod_cgroup, notebook_cgroups},
+        workload::Workload,
+    },
+    enforce::flags_for,
+    policy::{Effective, Mode},
+    process::table::Role,
+    sensors::decode::Exec,
+};
+
+impl<W: Write> Pipeline<W> {
+    /// Puts notebook cgroup `id` under the policy's decision for `who`: exec enforcement,
+    /// egress, the seccomp drift watch, and — for notebooks known by their cgroup's path —
+    /// what the kernel gives the next cgroup made at that path. Cheap when nothing changed.
+    pub(super) fn place(&mut self, id: u64, who: &Arc<Attribution>, eff: &Effective) -> Result<()> {
+        if self.placed.get(&id) == Some(eff) {
+            return Ok(());
+        }
+        let flags = flags_for(eff);
+        // A pod's containers are enforced through the pod's own cgroup, registered before they
+        // start; its seccomp drift is watched there too.
+        let container_of_pod = who.source == Source::Kubernetes && who.container_id.is_some();
+        if !(container_of_pod && self.pod_enforced(who)) {
+            self.enforce_cgroup(id, flags)?;
+        }
+        self.set_egress(id, eff)?;
+        if !container_of_pod {
+            self.set_drift(id, eff, who.clone())?;
+        }
+        if matches!(who.source, Source::Tljh | Source::SystemdSpawner | Source::DockerSpawner) {
+            let egress = self.egress_now.get(&id).copied().unwrap_or(0);
+            self.enforcer.remember_incarnation(&who.cgroup, flags, egress)?;
+        }
+        self.placed.insert(id, *eff);
+        Ok(())
+    }
+
+    /// Forgets everything kept under cgroup `id` (removed, or replaced by a new incarnation).
+    pub(super) fn forget_cgroup(&mut self, id: u64) -> Result<()> {
+        self.enforcer.set_cgroup(id, None)?;
+        if let Some(m) = self.egress.as_mut() {
+            let _ = m.cgroups.remove(&id);
+        }
+        self.egress_now.remove(&id);
+        if let Some(d) = self.drift.as_mut() {
+            d.unassign(id);
+        }
+        self.placed.remove(&id);
+        self.detector.identities.forget_cgroup(id);
+        self.attributor.forget(id);
+        if !self.watch_all {
+            let _ = self.sensor.unwatch_cgroup(id);
+        }
+        Ok(())
+    }
+
+    /// Drops kernel entries of cgroups that are gone: those the kernel itself gave to an
+    /// incarnation the agent never saw exec, and removals a scan missed.
+    pub(super) fn sweep_dead_cgroups(&mut self) -> Result<()> {
+        let resolver = &self.attributor.cgroups;
+        let swept = self.enforcer.sweep(|id| resolver.exists(id));
+        let mut dead: Vec<u64> = self.placed.keys().copied().filter(|id| !resolver.exists(*id)).collect();
+        if let Some(m) = self.egress.as_ref() {
+            dead.extend(m.cgroups.keys().flatten().filter(|id| !resolver.exists(*id)));
+        }
+        dead.sort_unstable();
+        dead.dedup();
+        for id in &dead {
+            self.forget_cgroup(*id)?;
+        }
+        if swept + dead.len() > 0 {
+            tracing::debug!(enforced = swept, placed_or_egress = dead.len(), "entries of removed cgroups dropped");
+        }
+        Ok(())
+    }
+
+    /// Kernel enforcement work for an exec in an enforced notebook: its root's allow-list,
+    /// the Python mark the kernel could not give (it judged the exec before the cgroup or the
+    /// identity was known), and a server's registration (terminals are shells it starts).
+    pub(super) fn enforced_exec(
+        &mut self,
+        e: &Exec,
+        role: Role,
+        root: Option<crate::policy::identity::RootKey>,
+        server: Option<u32>,
+    ) -> Result<()> {
+        if let Some(root) = root {
+            if self.synced_roots.insert(root) {
+                self.sync_identities(e.meta.cgroup_id, e.meta.tgid, e.ppid)?;
+            }
+        }
+        if matches!(role, Role::Server | Role::Kernel | Role::Python)
+            && e.kernel_flags & guard_abi::exec_flags::UNDER_PYTHON == 0
+        {
+            self.enforcer.mark_under_python(e.meta.tgid)?;
+        }
+        if let Some(server) = server {
+            self.enforcer.add_server(server)?;
+        }
+        Ok(())
+    }
+
+    /// Puts a notebook cgroup under its egress policy (monitor or enforce).
+    pub(super) fn set_egress(&mut self, cgroup_id: u64, eff: &Effective) -> Result<()> {
+        let Some(maps) = self.egress.as_mut() else { return Ok(()) };
+        let mut v = egress_id(self.generation, eff.egress_policy);
+        if eff.mode == Mode::Enforce {
+            v |= guard_abi::EGRESS_ENFORCE;
+        }
+        if self.egress_now.get(&cgroup_id) == Some(&v) {
+            return Ok(());
+        }
+        maps.cgroups.insert(cgroup_id, v, 0).with_context(|| format!("egress policy for cgroup {cgroup_id}"))?;
+        self.egress_now.insert(cgroup_id, v);
+        Ok(())
+    }
+
+    /// Watches a notebook cgroup against its assigned seccomp profile (or stops watching it).
+    /// The recorder is attached on first use: nodes whose policy assigns no profile never pay
+    /// for a `sys_enter` program.
+    fn set_drift(&mut self, cgroup_id: u64, eff: &Effective, who: Arc<Attribution>) -> Result<()> {
+        let policy = self.detector.policy.clone();
+        match policy.seccomp_profile_by_id(eff.seccomp_profile) {
+            Some((path, profile)) => {
+                let drift = match &mut self.drift {
+                    Some(d) => d,
+                    None => {
+                        let d = crate::seccomp::drift::DriftWatch::start(&self.btf)
+                            .context("attaching the seccomp drift watch")?;
+                        tracing::info!("seccomp drift watch attached (raw tracepoint sys_enter)");
+                        self.drift.insert(d)
+                    }
+                };
+                drift.assign(cgroup_id, who, eff.seccomp_profile, path, profile)
+            }
+            None => {
+                if let Some(d) = self.drift.as_mut() {
+                    d.unassign(cgroup_id);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets a cgroup's enforcement; a newly enforced one gets its running Python marked.
+    fn enforce_cgroup(&mut self, id: u64, flags: Option<u32>) -> Result<()> {
+        let was = self.enforcer.is_enforced(id);
+        self.enforcer.set_cgroup(id, flags)?;
+        if flags.is_some() && !was {
+            self.backfill_marks(id)?;
+        }
+        Ok(())
+    }
+
+    fn pod_enforced(&self, who: &Attribution) -> bool {
+        who.pod_uid.as_ref().and_then(|u| self.pod_cgroups.get(u)).is_some_and(|id| self.enforcer.is_enforced(*id))
+    }
+
+    fn sync_identities(&mut self, cg: u64, tgid: u32, ppid: u32) -> Result<()> {
+        let shells = self.detector.policy.shells.clone();
+        let Some((_, ids)) = self.detector.root_identities(cg, &[tgid, ppid]) else { return Ok(()) };
+        let helpers: Vec<_> = ids.helpers.keys().copied().collect();
+        let shell_ids = ids.system_ids_named(&shells);
+        let python = ids.python.clone();
+        tracing::info!(
+            python = python.len(),
+            helpers = helpers.len(),
+            shells = shell_ids.len(),
+            "exec allow-list loaded for a notebook root"
+        );
+        self.enforcer.allow(&python, &helpers, &shell_ids)
+    }
+
+    /// Marks the Python processes (and their descendants) already running in `cg` or below
+    /// it, and registers its notebook servers: they started before the kernel could judge them
+    /// (agent restart, policy change).
+    fn backfill_marks(&mut self, cg: u64) -> Result<()> {
+        let Some(base) = self.attributor.cgroups.resolve(cg) else { return Ok(()) };
+        let candidates: Vec<(u32, u32, u64)> =
+            self.table.iter().filter(|p| p.cgroup_id != 0).map(|p| (p.pid, p.ppid, p.cgroup_id)).collect();
+        let (mut marked, mut servers) = (0, 0);
+        for (pid, ppid, pcg) in candidates {
+            if pcg != cg && !self.attributor.cgroups.resolve(pcg).is_some_and(|p| p.starts_with(&base)) {
+                continue;
+            }
+            let chain: Vec<_> = self.table.chain(pid, 32).into_iter().map(|p| p.exe_id).collect();
+            // The allow-list first, so helpers are not killed before the first exec event.
+            if let Some((root, _)) = self.detector.root_identities(pcg, &[pid, ppid]) {
+                if self.synced_roots.insert(root) {
+                    self.sync_identities(pcg, pid, ppid)?;
+                }
+            }
+            let Some((_, ids)) = self.detector.root_identities(pcg, &[pid, ppid]) else { continue };
+            if chain.iter().flatten().any(|id| ids.python.contains(id)) {
+                self.enforcer.mark_under_python(pid)?;
+                marked += 1;
+            }
+            let is_python = chain.first().copied().flatten().is_some_and(|id| ids.python.contains(&id));
+            if self.table.get(pid).is_some_and(|p| role_of(p, is_python) == Role::Server) {
+                self.enforcer.add_server(pid)?;
+                servers += 1;
+            }
+        }
+        tracing::info!(cgroup = %base.display(), id = cg, marked, servers, "cgroup under enforcement");
+        Ok(())
+    }
+
+    /// Watches new notebook cgroups and places them; a path whose cgroup was made again is
+    /// placed again under its new id and the old id forgotten; removed ones are forgotten.
+    pub(super) fn scan(&mut self, kube: bool) -> Result<()> {
+        let d = &self.detector.policy.discovery;
+        let found = notebook_cgroups(&self.mount, kube, d.tljh, d.docker);
+        for (path, workload) in found {
+            let Ok(id) = cgroup_id(&path) else { continue };
+            let old = self.watched.insert(path.clone(), id);
+            if old == Some(id) {
+                continue;
+            }
+            if !self.watch_all {
+                self.sensor.watch_cgroup(id)?;
+            }
+            let rel = Path::new("/").join(path.strip_prefix(&self.mount).unwrap_or(&path));
+            let unit = match workload {
+                Workload::Tljh { user } => Some((Source::Tljh, user)),
+                Workload::SystemdSpawner { user } => Some((Source::SystemdSpawner, user)),
+                _ => None,
+            };
+            if let Some((source, user)) = unit {
+                let who =
+                    Arc::new(Attribution { user: Some(user), cgroup_id: id, ..Attribution::new(source, rel.clone()) });
+                let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
+                self.place(id, &who, &eff)?;
+            }
+            match old {
+                Some(old) => {
+                    tracing::info!(cgroup = %rel.display(), id, old, "notebook cgroup made again: a new incarnation");
+                    self.forget_cgroup(old)?;
+                }
+                None => tracing::info!(cgroup = %rel.display(), id, "watching notebook cgroup"),
+            }
+        }
+        let gone: Vec<(std::path::PathBuf, u64)> =
+            self.watched.iter().filter(|(p, _)| !p.exists()).map(|(p, id)| (p.clone(), *id)).collect();
+        for (path, id) in gone {
+            self.watched.remove(&path);
+            self.forget_cgroup(id)?;
+        }
+        // Pods whose cgroup did not exist yet.
+        let pending: Vec<Arc<PodInfo>> = self.pending_pods.values().cloned().collect();
+        for pod in pending {
+            self.place_pod(pod)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_pod(&mut self, change: PodChange) -> Result<()> {
+        self.attributor.invalidate();
+        match change {
+            PodChange::Upsert(pod) => self.place_pod(pod)?,
+            PodChange::Removed(uid) => {
+                self.pending_pods.remove(&uid);
+                self.pods_placed.remove(&uid);
+                if let Some(id) = self.pod_cgroups.remove(&uid) {
+                    self.forget_cgroup(id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Enforcement at the pod level, registered before the pod's containers start.
+    pub(super) fn place_pod(&mut self, pod: Arc<PodInfo>) -> Result<()> {
+        let Some(path) = find_pod_cgroup(&self.mount, &pod.uid) else {
+            self.pending_pods.insert(pod.uid.clone(), pod);
+            return Ok(());
+        };
+        self.pending_pods.remove(&pod.uid);
+        let id = cgroup_id(&path)?;
+        let rel = Path::new("/").join(path.strip_prefix(&self.mount).unwrap_or(&path));
+        let who = Arc::new(Attribution { cgroup_id: id, ..Attribution::of_pod(&pod, rel) });
+        let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
+        if let Some(old) = self.pod_cgroups.insert(pod.uid.clone(), id).filter(|old| *old != id) {
+            self.forget_cgroup(old)?;
+        }
+        self.place(id, &who, &eff)?;
+        self.pods_placed.insert(pod.uid.clone(), pod.clone());
+        tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), user = ?pod.user, mode = %eff.mode, "notebook pod on this node");
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! Notebook lifecycles the guard must never go blind in: a server restarted at once (its unit's
+//! cgroup removed and made again at the same path, as `systemctl restart` and the hub's stop
+//! and start do) or after a pause, with the agent running, stopped, or adopting the pinned
+//! state. Servers are started by a systemd stand-in (`unitd`) inside their unit, as uid 1000,
+//! in a network namespace of the test's own.
+
+use std::{path::Path, time::Duration};
+
+use guard_tests::{unit::Unit, *};
+use serde_json::Value;
+
+/// The embedded default (Python is `/usr/bin/python3*`) plus the supervisor as a launcher;
+/// `enforce_user`'s notebooks enforced (tests run side by side, and every agent sees every
+/// test's notebooks).
+fn policy(enforce_user: Option<&str>) -> String {
+    let default = guard::policy::Policy::default_policy();
+    let mut launchers: Vec<String> = default.launchers.iter().cloned().collect();
+    launchers.push("unitd".into());
+    let overrides = match enforce_user {
+        Some(u) => format!("overrides:\n  - name: under-test\n    match: {{users: [{u}]}}\n    mode: enforce\n"),
+        None => String::new(),
+    };
+    format!("mode: monitor\nlaunchers: {}\n{overrides}", serde_json::to_string(&launchers).unwrap())
+}
+
+/// A notebook server stand-in: once its incarnation's `go-N` file appears it runs a shell
+/// command through `os.system` and connects to a private address (refused by the default
+/// egress policy), prints what happened, and stays up.
+const SERVER: &str = r#"
+import os, socket, sys, time
+n = os.environ["NBG_INCARNATION"]
+go = os.path.join(sys.argv[1], "go-" + n)
+deadline = time.time() + 60
+while not os.path.exists(go) and time.time() < deadline:
+    time.sleep(0.01)
+rc = os.system("/bin/echo EXEC-RAN")
+try:
+    socket.create_connection(("10.0.0.5", 80), timeout=3).close()
+    res = "connected"
+except OSError as e:
+    res = "errno %s" % e.errno
+print("inc %s rc %s connect %s" % (n, rc, res), flush=True)
+time.sleep(600)
+"#;
+
+fn go(dir: &TempDir, n: usize) {
+    std::fs::write(dir.0.join(format!("go-{n}")), "").unwrap();
+}
+
+/// Waits until the agent has placed the unit's current incarnation (its first scan or exec).
+fn wait_placed(guard: &GuardProcess, unit: &Unit) {
+    let id = format!("id={}", unit.ids.last().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !guard.log().lines().any(|l| l.contains(unit.rel.to_str().unwrap()) && l.contains(&id)) {
+        assert!(std::time::Instant::now() < deadline, "the unit was never placed:\n{}", guard.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn field<'a>(a: &'a Value, k: &str) -> &'a Value {
+    &a["output_fields"][k]
+}
+
+/// The unit, and the directory its server looks for its go files in.
+fn start_unit(user: &str, net: &TestNet) -> (Unit, TempDir) {
+    let python = "/usr/bin/python3";
+    assert!(Path::new(python).exists(), "Debian's python3 is needed for uid-1000 notebooks");
+    let dir = TempDir::new("go").unwrap();
+    let unit = Unit::start(user, &[python, "-c", SERVER, dir.0.to_str().unwrap()], Some(&net.notebook)).unwrap();
+    (unit, dir)
+}
+
+#[test]
+fn every_incarnation_of_a_restarted_server_is_enforced_with_or_without_the_agent() {
+    if !require_root("every_incarnation_of_a_restarted_server_is_enforced_with_or_without_the_agent") {
+        return;
+    }
+    let net = TestNet::new().unwrap();
+    let user = Unit::new_user();
+    let a = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let pins = a.pin_dir.clone();
+    let (mut unit, dir) = start_unit(&user, &net);
+    wait_placed(&a, &unit);
+    go(&dir, 0);
+    let line = unit.wait_for("inc 0 ", Duration::from_secs(20)).unwrap();
+    assert_eq!(line, "inc 0 rc 9 connect errno 1", "first incarnation:\n{}", a.log());
+    // Restarted at once (twice) and after a pause: each new incarnation's first exec is its
+    // server's, and that server runs the forbidden command straight away.
+    for (n, pause) in [(1, false), (2, false), (3, true)] {
+        go(&dir, n);
+        unit.restart(pause).unwrap();
+        let line = unit.wait_for(&format!("inc {n} "), Duration::from_secs(20)).unwrap();
+        assert_eq!(line, format!("inc {n} rc 9 connect errno 1"), "incarnation {n}:\n{}", unit.log());
+    }
+    let alerts = a.stop_keep_pins().unwrap();
+    // With no agent at all, the kernel still gives the new incarnation its enforcement.
+    go(&dir, 4);
+    unit.restart(false).unwrap();
+    let line = unit.wait_for("inc 4 ", Duration::from_secs(20)).unwrap();
+    assert_eq!(line, "inc 4 rc 9 connect errno 1", "restarted while no agent ran:\n{}", unit.log());
+    // An agent adopting the pinned state keeps doing it.
+    let b = GuardProcess::start_pinned(&policy(Some(&user)), &[], &[], pins).unwrap();
+    go(&dir, 5);
+    unit.restart(false).unwrap();
+    let line = unit.wait_for("inc 5 ", Duration::from_secs(20)).unwrap();
+    assert_eq!(line, "inc 5 rc 9 connect errno 1", "restarted under the adopting agent:\n{}", b.log());
+    let adopted = b.stop().unwrap();
+    // Control: with the guard gone the same server runs its command and reaches the address.
+    go(&dir, 6);
+    unit.restart(false).unwrap();
+    let line = unit.wait_for("inc 6 ", Duration::from_secs(20)).unwrap();
+    assert_eq!(line, "inc 6 rc 0 connect errno 111", "after cleanup nothing is judged:\n{}", unit.log());
+    assert_eq!(unit.log().matches("EXEC-RAN").count(), 1, "only the unguarded run printed:\n{}", unit.log());
+
+    // Each guarded incarnation's kill is reported under its own cgroup id, with the user.
+    let killed = |alerts: &[Value], id: u64| {
+        alerts.iter().any(|a| {
+            a["rule"] == "notebook.non_python_exec"
+                && field(a, "guard.action") == "killed"
+                && field(a, "container.cgroup_id") == id
+                && field(a, "jupyterhub.user") == user.as_str()
+        })
+    };
+    for (n, id) in unit.ids[..4].iter().enumerate() {
+        assert!(killed(&alerts, *id), "incarnation {n} (cgroup {id}) has no kill alert:\n{alerts:#?}");
+    }
+    assert!(killed(&adopted, unit.ids[5]), "the adopting agent reported incarnation 5:\n{adopted:#?}");
+    let denied =
+        alerts.iter().filter(|a| field(a, "guard.action") == "denied" && field(a, "jupyterhub.user") == user.as_str());
+    assert!(denied.count() >= 4, "egress refusals reported:\n{alerts:#?}");
+}
+
+#[test]
+fn every_incarnation_of_a_restarted_server_is_reported_on_its_own() {
+    if !require_root("every_incarnation_of_a_restarted_server_is_reported_on_its_own") {
+        return;
+    }
+    let net = TestNet::new().unwrap();
+    let user = Unit::new_user();
+    let g = GuardProcess::start(&policy(None), &[]).unwrap();
+    let (mut unit, dir) = start_unit(&user, &net);
+    wait_placed(&g, &unit);
+    go(&dir, 0);
+    unit.wait_for("inc 0 ", Duration::from_secs(20)).unwrap();
+    for (n, pause) in [(1, false), (2, false), (3, true)] {
+        go(&dir, n);
+        unit.restart(pause).unwrap();
+        let line = unit.wait_for(&format!("inc {n} "), Duration::from_secs(20)).unwrap();
+        assert_eq!(line, format!("inc {n} rc 0 connect errno 111"), "monitor mode lets it run:\n{}", unit.log());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let alerts = g.stop().unwrap();
+    let mine: Vec<&Value> = alerts.iter().filter(|a| field(a, "jupyterhub.user") == user.as_str()).collect();
+    // The same command in every incarnation: not folded into one alert, one per incarnation.
+    for rule in ["notebook.non_python_exec", "notebook.unexpected_egress"] {
+        let mut ids: Vec<u64> = mine
+            .iter()
+            .filter(|a| a["rule"] == rule && field(a, "proc.exepath") != "/bin/echo")
+            .filter_map(|a| field(a, "container.cgroup_id").as_u64())
+            .collect();
+        ids.sort_unstable();
+        let mut want = unit.ids.clone();
+        want.sort_unstable();
+        assert_eq!(ids, want, "{rule}: one alert per incarnation:\n{mine:#?}");
+    }
+}

@@ -1,0 +1,119 @@
+//! Notebook servers started the way TLJH / SystemdSpawner start them: by a supervisor (`unitd`,
+//! a stand-in for systemd) that makes the unit's cgroup and starts the server inside it as the
+//! notebook's uid. Restarting removes the cgroup and makes it again, as `systemctl restart` does.
+
+use std::{
+    io::{BufRead, BufReader, Lines},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use guard::discovery::cgroup::find_cgroup2_mount;
+use nix::{sys::signal::Signal, unistd::Pid};
+
+use crate::{wait_within, TempDir};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// uid and gid notebooks run as (docker-stacks' `NB_UID` and `users` group).
+pub const NB_UID: u32 = 1000;
+pub const NB_GID: u32 = 100;
+
+/// The supervisor binary, built with the tests (target/debug/unitd).
+pub fn unitd_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).map(|d| d.join("unitd")).expect("target dir")
+}
+
+/// A TLJH-shaped unit, `system.slice/jupyter-<user>.service`, run by `unitd`.
+pub struct Unit {
+    pub user: String,
+    /// Path relative to the cgroup2 root, as alerts name it.
+    pub rel: PathBuf,
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    /// Incarnations so far: their cgroup ids, in order.
+    pub ids: Vec<u64>,
+    pub log_path: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Unit {
+    /// A fresh user name (the unit is `jupyter-<user>.service`), for a policy written before
+    /// the unit starts. The harness's leftover sweep knows this shape (`nbtest<pid>x<n>`).
+    pub fn new_user() -> String {
+        format!("nbtest{}x{}", std::process::id(), 1000 + NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Starts `argv` as uid 1000 in the unit of `user` (inside network namespace `netns` if
+    /// given), and waits for its first incarnation.
+    pub fn start(user: &str, argv: &[&str], netns: Option<&str>) -> Result<Self> {
+        let user = user.to_string();
+        let rel = PathBuf::from(format!("/system.slice/jupyter-{user}.service"));
+        let cgroup = find_cgroup2_mount()?.join(rel.strip_prefix("/")?);
+        let dir = TempDir::new("unit")?;
+        let log_path = dir.0.join("unit.log");
+        let mut child = Command::new(unitd_bin())
+            .arg(&cgroup)
+            .args([NB_UID.to_string(), NB_GID.to_string(), netns.unwrap_or("-").to_string()])
+            .arg(&log_path)
+            .arg("--")
+            .args(argv)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting unitd (built with the tests)")?;
+        let lines = BufReader::new(child.stdout.take().context("unitd stdout")?).lines();
+        let mut u = Self { user, rel, child, lines, ids: Vec::new(), log_path, dir };
+        u.next_incarnation()?;
+        Ok(u)
+    }
+
+    fn next_incarnation(&mut self) -> Result<u64> {
+        let line = self.lines.next().context("unitd ended")??;
+        let id = line.split_whitespace().nth(2).and_then(|s| s.parse().ok());
+        let Some(id) = id else { bail!("unitd said {line:?}") };
+        self.ids.push(id);
+        Ok(id)
+    }
+
+    /// `systemctl restart`: the cgroup is removed and made again at once (or after 1.2 s);
+    /// returns the new incarnation's cgroup id.
+    pub fn restart(&mut self, pause: bool) -> Result<u64> {
+        let sig = if pause { Signal::SIGUSR1 } else { Signal::SIGHUP };
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), sig)?;
+        self.next_incarnation()
+    }
+
+    /// What the unit's processes printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the unit's output has a line containing `needle`.
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> Result<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if let Some(l) = log.lines().find(|l| l.contains(needle)) {
+                return Ok(l.to_string());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("no line with {needle:?} within {limit:?}; the unit printed:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        if !matches!(wait_within(&mut self.child, Duration::from_secs(15)), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
