@@ -561,3 +561,54 @@ fn policy_reloads_atomically_and_bad_policies_are_rejected() {
     assert!(all.iter().any(|a| a["rule"] == "guard.policy_reloaded"));
     assert!(alerts.iter().any(|a| field(a, "guard.action") == "killed"));
 }
+
+#[test]
+fn kernels_and_local_servers_running_before_the_agent_carry_their_notebook() {
+    if !require_root("kernels_and_local_servers_running_before_the_agent_carry_their_notebook") {
+        return;
+    }
+    // Every DaemonSet rollout meets notebooks that are already running.
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let dir = TempDir::new("predates").unwrap();
+    let (ready, go) = (dir.0.join("ready"), dir.0.join("go"));
+    let cell = "import os\nos.system('echo ' + os.environ['JUPYTERHUB_API_TOKEN'] + ' > /dev/null')";
+    let spec = serde_json::json!({"notebook": NOTEBOOK, "cells": [cell], "ready_file": ready, "wait_for": go});
+    let kernel = std::thread::spawn(move || run_notebook_spec(&cg, None, TOKEN, spec));
+    // A LocalProcessSpawner server in the hub's cgroup, also up before the agent.
+    let hub = TestCgroup::new_under(Path::new("system.slice"), "jupyterhub-test").unwrap();
+    let go_path = go.display().to_string();
+    let server = format!(
+        "import os, subprocess, time\nwhile not os.path.exists('{go_path}'):\n    time.sleep(0.02)\nsubprocess.run(['curl', '--version'], capture_output=True)\n"
+    );
+    let local = std::thread::spawn(move || {
+        run_server_script(&hub, "jupyterhub-singleuser", &server, &[("JUPYTERHUB_USER", "erin-predates")])
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(std::time::Instant::now() < deadline, "the kernel never answered");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let guard = GuardProcess::start(&policy(None), &[]).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let results = kernel.join().unwrap().unwrap();
+    assert_eq!(results[0].status, "ok", "{results:?}");
+    assert_eq!(local.join().unwrap().0, 0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let all = guard.stop().unwrap();
+    let alerts = mine(all.clone(), &user);
+    let shell = alerts
+        .iter()
+        .find(|a| {
+            a["rule"] == "notebook.non_python_exec"
+                && field(a, "proc.cmdline").as_str().is_some_and(|c| c.starts_with("sh -c echo"))
+        })
+        .unwrap_or_else(|| panic!("no alert for the cell's shell:\n{}", summary(&alerts)));
+    assert_eq!(field(shell, "notebook.path"), NOTEBOOK, "{shell:#}");
+    assert!(field(shell, "notebook.kernel_id").as_str().is_some_and(|k| !k.is_empty()), "{shell:#}");
+    assert!(!serde_json::to_string(&alerts).unwrap().contains(TOKEN), "the seeded kernel's token is masked");
+    let erin = all
+        .iter()
+        .find(|a| field(a, "jupyterhub.user") == "erin-predates" && a["rule"] == "notebook.network_tool")
+        .unwrap_or_else(|| panic!("no alert for the LocalProcessSpawner server:\n{}", summary(&all)));
+    assert_eq!(field(erin, "jupyterhub.source"), "localprocessspawner");
+}

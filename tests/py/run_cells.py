@@ -1,7 +1,9 @@
 """Runs notebook cells in a real IPython kernel, the way a notebook server does.
 
 Usage: run_cells.py CELLS.json RESULTS.json
-CELLS.json: {"notebook": "path/of/notebook.ipynb", "cells": ["code", ...]}
+CELLS.json: {"notebook": "path/of/notebook.ipynb", "cells": ["code", ...]}, optionally with
+"ready_file" (written once the kernel answers) and "wait_for" (a file to wait for, 60 s at
+most, before the cells run): a kernel that was running before the agent started.
 Before starting the kernel this process moves itself into the cgroup named by $GUARD_CGROUP
 (so the kernel starts inside it, as under a spawner). One JSON object per cell is written to
 RESULTS.json: {"cell": i, "status": "ok"|"error"|"dead", "stdout": ..., "ename": ...}.
@@ -46,6 +48,13 @@ def main():
     env["JPY_SESSION_NAME"] = spec["notebook"]
     env["JUPYTERHUB_API_TOKEN"] = env.get("GUARD_TEST_TOKEN", "")
     km, kc = start_kernel(env)
+    if spec.get("ready_file"):
+        open(spec["ready_file"], "w").close()
+    if spec.get("wait_for"):
+        import time
+        deadline = time.time() + 60
+        while not os.path.exists(spec["wait_for"]) and time.time() < deadline:
+            time.sleep(0.02)
     results = []
     for i, code in enumerate(spec["cells"]):
         out = []

@@ -545,10 +545,20 @@ pub fn run_notebook_in(
     token: &str,
     cells: &[&str],
 ) -> Result<Vec<CellResult>> {
+    run_notebook_spec(cgroup, netns, token, serde_json::json!({"notebook": notebook, "cells": cells}))
+}
+
+/// As `run_notebook_in`, with the driver's whole spec (`py/run_cells.py` says what it takes).
+pub fn run_notebook_spec(
+    cgroup: &TestCgroup,
+    netns: Option<&str>,
+    token: &str,
+    spec_json: serde_json::Value,
+) -> Result<Vec<CellResult>> {
     let dir = TempDir::new("cells")?;
     let spec = dir.0.join("cells.json");
     let results = dir.0.join("results.json");
-    fs::write(&spec, serde_json::to_vec(&serde_json::json!({"notebook": notebook, "cells": cells}))?)?;
+    fs::write(&spec, serde_json::to_vec(&spec_json)?)?;
     let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/run_cells.py");
     // `ip netns exec` mounts a fresh /sys, so the cgroup is joined before entering it.
     let mut cmd = match netns {

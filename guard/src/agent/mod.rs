@@ -562,19 +562,29 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         drop(pod_tx);
     }
 
-    // Seed after attaching, so no process can slip between the snapshot and the first event.
-    let mut table = ProcessTable::with_cgroup_mount(mount.clone());
-    table.seed_from_proc(&opts.proc_root);
     let attr_opts = AttributionOptions {
         notebook_container: policy.discovery.kubernetes.notebook_container.clone(),
         tljh: policy.discovery.tljh,
         docker: policy.discovery.docker,
         proc_root: opts.proc_root.clone(),
     };
+    let attributor = Attributor::new(CgroupResolver::new(mount.clone())?, pods.clone(), attr_opts);
+    let mut detector = Detector::new(policy.clone(), opts.mode_flag, opts.proc_root.clone());
+    // Seed after attaching, so no process can slip between the snapshot and the first event;
+    // kernels and LocalProcessSpawner servers already running get their notebook as if their
+    // exec had been seen.
+    let mut table = ProcessTable::with_cgroup_mount(mount.clone());
+    let cgroups = &attributor.cgroups;
+    let local = |p: &crate::process::table::ProcInfo, environ: &[u8]| {
+        let cgroup = cgroups.lookup(p.cgroup_id).unwrap_or_default();
+        let server = crate::discovery::attribution::local_server(environ, cgroup)?;
+        policy.discovery.local_process.then(|| Arc::new(server))
+    };
+    table.seed_from_proc(&opts.proc_root, &mut |env| detector.redactor.learn_environ(env), &local);
     let mut pipe = Pipeline {
         table,
-        attributor: Attributor::new(CgroupResolver::new(mount.clone())?, pods.clone(), attr_opts),
-        detector: Detector::new(policy.clone(), opts.mode_flag, opts.proc_root.clone()),
+        attributor,
+        detector,
         enforcer,
         sensor,
         sinks,

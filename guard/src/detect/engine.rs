@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     clock::BootClock,
-    discovery::attribution::{env_var, Attribution},
+    discovery::attribution::Attribution,
     policy::{
         identity::{Identities, RootIdentities, RootKey, REFRESH_AFTER, SYSTEM_DIRS},
         ArgMatcher, Effective, HelperParent, Mode, Policy,
@@ -100,13 +100,6 @@ fn is_server_argv(argv: &[String]) -> bool {
     }) || argv.windows(2).any(|w| {
         w[0] == "-m" && matches!(w[1].as_str(), "jupyter_server" | "jupyterlab" | "notebook" | "jupyterhub.singleuser")
     })
-}
-
-/// The kernel's id from its `-f …/kernel-<id>.json` connection file.
-fn kernel_id(argv: &[String]) -> Option<String> {
-    let f = argv.windows(2).find(|w| w[0] == "-f").map(|w| w[1].clone())?;
-    let name = Path::new(&f).file_name()?.to_string_lossy().into_owned();
-    Some(name.strip_prefix("kernel-").unwrap_or(&name).trim_end_matches(".json").to_string())
 }
 
 /// An absolute path with no `//` and no component starting with a dot: its bytes are its
@@ -264,7 +257,11 @@ impl Detector {
         if let Some(p) = table.get_mut(tgid) {
             p.role = role;
             if role == Role::Kernel {
-                p.kernel = Some(Arc::new(self.read_kernel_ctx(tgid, &f.argv)));
+                let redactor = &mut self.redactor;
+                let ctx = crate::process::kernel::read(&self.proc_root, tgid, &f.argv, &mut |env| {
+                    redactor.learn_environ(env)
+                });
+                p.kernel = Some(Arc::new(ctx));
             }
         }
         if role == Role::Server {
@@ -440,13 +437,6 @@ impl Detector {
             fired.push((rules::NON_PYTHON_EXEC, String::new()));
         }
         (Role::Other, fired)
-    }
-
-    fn read_kernel_ctx(&mut self, tgid: u32, argv: &[String]) -> KernelCtx {
-        let environ = std::fs::read(self.proc_root.join(tgid.to_string()).join("environ")).unwrap_or_default();
-        // The kernel's own secrets (its API token) are masked wherever they show up later.
-        self.redactor.learn_environ(&environ);
-        KernelCtx { kernel_id: kernel_id(argv), notebook_path: env_var(&environ, "JPY_SESSION_NAME") }
     }
 
     /// False for a rule the policy's `rules.disabled` switches off. Enforcement is not a rule:
@@ -711,10 +701,6 @@ mod tests {
         ])));
         assert!(is_server_argv(&v(&["python", "-m", "jupyter_server"])));
         assert!(!is_server_argv(&v(&["python", "-c", "print('jupyter-lab')"])));
-        assert_eq!(
-            kernel_id(&v(&["p", "-m", "ipykernel_launcher", "-f", "/r/kernel-1234-ab.json"])).as_deref(),
-            Some("1234-ab")
-        );
     }
 
     #[test]

@@ -110,7 +110,8 @@ impl CgroupResolver {
         found
     }
 
-    fn lookup(&self, id: u64) -> Option<PathBuf> {
+    /// As `resolve`, asking the kernel every time.
+    pub fn lookup(&self, id: u64) -> Option<PathBuf> {
         let handle = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
         // SAFETY: the handle is a valid struct file_handle of 8 payload bytes.
         let fd = unsafe {

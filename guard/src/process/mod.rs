@@ -1,3 +1,4 @@
-//! Process lineage: who started what.
+//! Process lineage: who started what, and which notebook a kernel serves.
 
+pub mod kernel;
 pub mod table;

@@ -26,13 +26,7 @@ pub enum Role {
     Other,
 }
 
-/// The notebook a kernel serves, read once from the kernel's environment and argv.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KernelCtx {
-    pub kernel_id: Option<String>,
-    /// `JPY_SESSION_NAME`: user-controlled, a hint.
-    pub notebook_path: Option<String>,
-}
+pub use super::kernel::KernelCtx;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -82,11 +76,46 @@ impl ProcessTable {
     }
 
     /// Fills the table from `/proc` (`proc_root`), for processes that started before the agent.
-    pub fn seed_from_proc(&mut self, proc_root: &std::path::Path) {
+    /// Kernels among them get their notebook context as if their exec had been seen (their
+    /// environment goes to `learn`, for its secrets), and `local_server` names the notebook of
+    /// a LocalProcessSpawner server from its environment; both pass to their descendants.
+    pub fn seed_from_proc(
+        &mut self,
+        proc_root: &std::path::Path,
+        learn: &mut dyn FnMut(&[u8]),
+        local_server: &dyn Fn(&ProcInfo, &[u8]) -> Option<Arc<crate::discovery::attribution::Attribution>>,
+    ) {
         let Ok(dir) = fs::read_dir(proc_root) else { return };
         for entry in dir.flatten() {
             if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
                 self.seed_one(proc_root, pid);
+            }
+        }
+        for p in self.procs.values_mut() {
+            if super::kernel::kernel_id(&p.argv).is_some() {
+                p.kernel = Some(Arc::new(super::kernel::read(proc_root, p.pid, &p.argv, learn)));
+            } else if p.argv.iter().take(3).any(|a| a.to_string_lossy().ends_with("jupyterhub-singleuser")) {
+                let environ = fs::read(proc_root.join(p.pid.to_string()).join("environ")).unwrap_or_default();
+                learn(&environ);
+                p.notebook = local_server(p, &environ);
+            }
+        }
+        self.inherit_seeded();
+    }
+
+    /// Gives seeded processes the kernel context and notebook of their nearest ancestor that
+    /// has one, as forks would have.
+    fn inherit_seeded(&mut self) {
+        let pids: Vec<u32> = self.procs.keys().copied().collect();
+        for pid in pids {
+            let (mut kernel, mut notebook) = (None, None);
+            for p in self.chain(pid, 32) {
+                kernel = kernel.or_else(|| p.kernel.clone());
+                notebook = notebook.or_else(|| p.notebook.clone());
+            }
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.kernel = kernel;
+                p.notebook = notebook;
             }
         }
     }
@@ -327,7 +356,7 @@ mod tests {
     #[test]
     fn seeds_from_proc_and_sweeps() {
         let mut t = ProcessTable::new();
-        t.seed_from_proc(std::path::Path::new("/proc"));
+        t.seed_from_proc(std::path::Path::new("/proc"), &mut |_| (), &|_, _| None);
         let me = t.get(std::process::id()).expect("this test process is in /proc");
         assert_eq!(me.ppid, std::os::unix::process::parent_id());
         t.procs.insert(u32::MAX - 1, me.clone());
