@@ -28,6 +28,9 @@ pub enum Role {
 
 pub use super::kernel::KernelCtx;
 
+/// The notebook a process serves when its cgroup does not say.
+pub type Notebook = Arc<crate::discovery::attribution::Attribution>;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcInfo {
     pub pid: u32,
@@ -45,7 +48,7 @@ pub struct ProcInfo {
     pub kernel: Option<Arc<KernelCtx>>,
     /// The notebook this process serves when its cgroup does not say (LocalProcessSpawner:
     /// set on the server from its environment, inherited by descendants).
-    pub notebook: Option<Arc<crate::discovery::attribution::Attribution>>,
+    pub notebook: Option<Notebook>,
 }
 
 /// The parent chain of an exec, nearest first.
@@ -83,7 +86,7 @@ impl ProcessTable {
         &mut self,
         proc_root: &std::path::Path,
         learn: &mut dyn FnMut(&[u8]),
-        local_server: &dyn Fn(&ProcInfo, &[u8]) -> Option<Arc<crate::discovery::attribution::Attribution>>,
+        local_server: &dyn Fn(&ProcInfo, &[u8]) -> Option<Notebook>,
     ) {
         let Ok(dir) = fs::read_dir(proc_root) else { return };
         for entry in dir.flatten() {
