@@ -164,3 +164,53 @@ fn every_incarnation_of_a_restarted_server_is_reported_on_its_own() {
         assert_eq!(ids, want, "{rule}: one alert per incarnation:\n{mine:#?}");
     }
 }
+
+/// A Python script named `name` (`#!/usr/bin/python3`), for servers started by a test.
+fn script(dir: &TempDir, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.0.join(name);
+    std::fs::write(&path, format!("#!/usr/bin/python3\n{body}")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+/// Runs a command, reports what it printed.
+const PROBE: &str = r#"
+import os, socket, subprocess, sys, time
+time.sleep(float(sys.argv[1]))
+r = subprocess.run(["/bin/echo", "EXEC-RAN"], capture_output=True, text=True)
+try:
+    socket.create_connection(("10.0.0.5", 80), timeout=3).close()
+    res = "connected"
+except OSError as e:
+    res = "errno %s" % e.errno
+print("rc %s out %s connect %s" % (r.returncode, r.stdout.strip() or "-", res), flush=True)
+"#;
+
+#[test]
+fn a_local_process_spawner_notebook_is_enforced_by_process_and_the_hub_is_not() {
+    if !require_root("a_local_process_spawner_notebook_is_enforced_by_process_and_the_hub_is_not") {
+        return;
+    }
+    // LocalProcessSpawner: the hub and every user's server share the hub's cgroup.
+    let net = TestNet::new().unwrap();
+    let hub = TestCgroup::new_under(Path::new("system.slice"), "jupyterhub-local").unwrap();
+    let user = Unit::new_user();
+    let g = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let dir = TempDir::new("local").unwrap();
+    let server = script(&dir, "jupyterhub-singleuser", PROBE);
+    let hub_proc = script(&dir, "jupyterhub", PROBE);
+    let user_env = format!("JUPYTERHUB_USER={user}");
+    // The server waits a moment, as a real one does before it starts kernels.
+    let out = net.run_in(&hub, &["/usr/bin/env", &user_env, &server, "0.3"]).unwrap();
+    assert_eq!(out.trim(), "rc -9 out - connect errno 1", "the notebook's exec and connect:\n{}", g.log());
+    let out = net.run_in(&hub, &[&hub_proc, "0"]).unwrap();
+    assert_eq!(out.trim(), "rc 0 out EXEC-RAN connect errno 111", "the hub itself is not judged");
+    std::thread::sleep(Duration::from_millis(300));
+    let alerts = g.stop().unwrap();
+    let mine: Vec<&Value> = alerts.iter().filter(|a| field(a, "jupyterhub.user") == user.as_str()).collect();
+    let killed = mine.iter().find(|a| field(a, "guard.action") == "killed").unwrap_or_else(|| panic!("{mine:#?}"));
+    assert_eq!(field(killed, "jupyterhub.source"), "localprocessspawner");
+    assert_eq!(field(killed, "proc.exepath"), "/bin/echo");
+    assert!(mine.iter().any(|a| field(a, "guard.action") == "denied"), "egress refusal reported:\n{mine:#?}");
+}

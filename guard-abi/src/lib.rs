@@ -36,6 +36,7 @@ pub mod names {
     pub const PROG_FORK: &str = "sched_process_fork";
     pub const PROG_EXIT: &str = "sched_process_exit";
     pub const INCARNATIONS: &str = "INCARNATIONS";
+    pub const SCOPES: &str = "SCOPES";
     pub const PROG_CGROUP_MKDIR: &str = "cgroup_mkdir";
     pub const EGRESS_CG: &str = "EGRESS_CG";
     pub const EGRESS_RULES: &str = "EGRESS_RULES";
@@ -160,6 +161,8 @@ pub mod marks {
     pub const EXEMPT: u32 = 1 << 1;
     /// A `%pip` shell: it may exec only Python.
     pub const PIP_SHELL: u32 = 1 << 2;
+    /// The process's scope (`SCOPES` key, 0: none) sits in the top half.
+    pub const SCOPE_SHIFT: u32 = 16;
 }
 
 /// Key of the `ALLOWED` map: a file identity as the kernel sees it.
@@ -176,21 +179,29 @@ pub struct FileKey {
 pub const MAX_ALLOWED: u32 = 65536;
 pub const MAX_MARKED: u32 = 65536;
 
-/// Notebook cgroups are often made again at the same path: a TLJH or SystemdSpawner unit
-/// restarted (`systemctl restart`, the hub's stop and start), a DockerSpawner container
-/// restarted. Each incarnation is a new cgroup with a new id. `INCARNATIONS` maps the hash of a
-/// notebook cgroup's path ([`cgroup_path_hash`]) to what its incarnations get; the
-/// `cgroup_mkdir` program writes it into `ENFORCED` and `EGRESS_CG` for the new id before any
-/// process can enter the cgroup, so the new incarnation is judged from its first exec whatever
-/// the agent is doing.
+/// What the kernel applies to a notebook it knows by something other than a registered cgroup
+/// id, in the encodings of `ENFORCED` and `EGRESS_CG`:
+/// - `INCARNATIONS`: notebook cgroups are often made again at the same path (a TLJH or
+///   SystemdSpawner unit restarted, a DockerSpawner container restarted), each time with a new
+///   id. It maps the hash of the path ([`cgroup_path_hash`]) to this; the `cgroup_mkdir`
+///   program writes it for the new id before any process can enter the cgroup.
+/// - `SCOPES`: notebooks that share a cgroup with processes that are not notebooks
+///   (LocalProcessSpawner servers run in the hub's cgroup) are known by process: the server
+///   and its descendants carry a scope in their `MARKS` (`marks::SCOPE_SHIFT`), inherited at
+///   fork, and the scope says what applies.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Incarnation {
-    /// `enforce_flags` for `ENFORCED` (0: not enforced).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Placement {
+    /// `enforce_flags` (0: not enforced).
     pub enforce: u32,
     /// `EGRESS_CG` value (0: no egress policy).
     pub egress: u32,
 }
+
+/// The `SCOPES` key present while any scope exists: without it, connects in cgroups without an
+/// egress policy skip the per-process lookup.
+pub const SCOPE_ANY: u32 = 0;
+pub const MAX_SCOPES: u32 = 4096;
 
 pub const MAX_INCARNATIONS: u32 = 4096;
 /// Bytes of a cgroup path the hash covers; longer paths are not remembered.
@@ -556,5 +567,5 @@ mod user {
     unsafe impl aya::Pod for super::FileKey {}
     unsafe impl aya::Pod for super::EgressKey {}
     unsafe impl aya::Pod for super::EgressRule {}
-    unsafe impl aya::Pod for super::Incarnation {}
+    unsafe impl aya::Pod for super::Placement {}
 }

@@ -22,7 +22,7 @@ use guard_abi::{
     EGRESS_ENFORCE, EGRESS_KEY_FIXED_BITS, MAX_EGRESS_RULES, MAX_WATCHED_CGROUPS, SYSCALL_UNKNOWN,
 };
 
-use crate::{cgroup_lookup, count_lost, current_cgroup, header, submit_flags, CONFIG, EVENTS};
+use crate::{cgroup_lookup, count_lost, current_cgroup, header, scope, submit_flags, CONFIG, EVENTS};
 
 /// Notebook cgroups with an egress policy: policy id | `EGRESS_ENFORCE`.
 #[map]
@@ -31,6 +31,17 @@ pub(crate) static EGRESS_CG: HashMap<u64, u32> = HashMap::with_max_entries(MAX_W
 /// (policy, protocol, family, port, address prefix) → allow / deny.
 #[map]
 static EGRESS_RULES: LpmTrie<EgressKey, EgressRule> = LpmTrie::with_max_entries(MAX_EGRESS_RULES, BPF_F_NO_PREALLOC);
+
+/// The egress policy of the current task: its cgroup's (or the nearest registered
+/// ancestor's), else its process scope's (a LocalProcessSpawner notebook in the hub's cgroup).
+#[inline(always)]
+fn policy_of(cgroup: u64) -> Option<u32> {
+    if let Some(pol) = cgroup_lookup(&EGRESS_CG, cgroup) {
+        return Some(pol);
+    }
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    scope::of_task(tgid).map(|p| p.egress).filter(|e| *e != 0)
+}
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
@@ -139,7 +150,7 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
         return ALLOW;
     }
     let cgroup = current_cgroup();
-    let Some(pol) = cgroup_lookup(&EGRESS_CG, cgroup) else { return ALLOW };
+    let Some(pol) = policy_of(cgroup) else { return ALLOW };
     let policy = pol & !EGRESS_ENFORCE;
     if verdict(policy, proto, family, port_be, addr) != EGRESS_DENY {
         return ALLOW;
@@ -217,7 +228,7 @@ pub fn cap_net_raw(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 unsafe fn on_net_raw(granted: bool) {
     let cgroup = current_cgroup();
-    let Some(pol) = cgroup_lookup(&EGRESS_CG, cgroup) else { return };
+    let Some(pol) = policy_of(cgroup) else { return };
     let task = bpf_get_current_task_btf();
     // io_uring's own threads (the SQPOLL thread, io-wq workers) run requests with registers
     // saved when they were created (io_uring_setup, for SQPOLL), so the number says nothing:
@@ -277,7 +288,7 @@ fn on_socket(family: u32, sock_type: u32, protocol: u32, syscall: u32) {
         return;
     }
     let cgroup = current_cgroup();
-    if let Some(pol) = cgroup_lookup(&EGRESS_CG, cgroup) {
+    if let Some(pol) = policy_of(cgroup) {
         if !refused_at_creation(pol, family, sock_type) {
             emit_socket(cgroup, family, sock_type, protocol, syscall, 0);
         }
@@ -312,7 +323,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         return ALLOW;
     }
     let cgroup = current_cgroup();
-    let Some(pol) = cgroup_lookup(&EGRESS_CG, cgroup) else { return ALLOW };
+    let Some(pol) = policy_of(cgroup) else { return ALLOW };
     let enforce = pol & EGRESS_ENFORCE != 0;
     if !icmp && !enforce {
         return ALLOW;

@@ -15,13 +15,13 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
-use guard_abi::{cgroup_path_hash, Incarnation, ENFORCED_ANY, INCARNATION_PATH_MAX, MAX_INCARNATIONS};
+use guard_abi::{cgroup_path_hash, Placement, ENFORCED_ANY, INCARNATION_PATH_MAX, MAX_INCARNATIONS};
 
 use crate::{egress::EGRESS_CG, read, read_ptr, CONFIG, ENFORCED};
 
 /// Hash of a notebook cgroup's path → what every new cgroup made at that path gets.
 #[map]
-static INCARNATIONS: HashMap<u64, Incarnation> = HashMap::with_max_entries(MAX_INCARNATIONS, 0);
+static INCARNATIONS: HashMap<u64, Placement> = HashMap::with_max_entries(MAX_INCARNATIONS, 0);
 
 /// Per-CPU room for the path (too big for the 512-byte stack).
 #[map]

@@ -126,6 +126,7 @@ macro_rules! conf {
 
 mod egress;
 mod incarnation;
+mod scope;
 
 #[inline(always)]
 unsafe fn read<T: Copy + Default>(base: *const u8, off: u32) -> T {
@@ -372,7 +373,15 @@ unsafe fn enforce(w: *mut ExecWire, args: *const u8, task: *const u8, pid_tgid: 
     if !enforcing() {
         return;
     }
-    let Some(enf) = cgroup_lookup(&ENFORCED, cgroup) else { return };
+    let tgid = (pid_tgid >> 32) as u32;
+    // A notebook known by its cgroup, else by its process's scope (LocalProcessSpawner).
+    let enf = match cgroup_lookup(&ENFORCED, cgroup) {
+        Some(enf) => enf,
+        None => match scope::of_task(tgid) {
+            Some(p) => p.enforce,
+            None => return,
+        },
+    };
     if enf & enforce_flags::ON == 0 {
         return;
     }
@@ -385,7 +394,7 @@ unsafe fn enforce(w: *mut ExecWire, args: *const u8, task: *const u8, pid_tgid: 
     let ppid = core::ptr::read_volatile(&(*ev).ppid);
     let args_len = core::ptr::read_volatile(&(*ev).args_len);
     let parent = read_ptr(task, conf!(offsets.task_real_parent));
-    let (verdict, mark) = decide(enf, &key, (pid_tgid >> 32) as u32, ppid, parent, args, args_len);
+    let (verdict, mark) = decide(enf, &key, tgid, ppid, parent, args, args_len);
     if mark & marks::UNDER_PYTHON != 0 {
         flags |= exec_flags::UNDER_PYTHON;
     }

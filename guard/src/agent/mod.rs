@@ -247,6 +247,7 @@ impl<W: Write> Pipeline<W> {
                 self.place(id, &who, &eff)?;
             }
         }
+        self.scope_local_notebooks()?;
         if !new.any_seccomp_profile() && self.drift.take().is_some() {
             tracing::info!("no seccomp profile assigned any more: drift watch detached");
         }
@@ -305,17 +306,21 @@ impl<W: Write> Pipeline<W> {
             rec.argv = self.detector.redactor.argv(&rec.argv);
             out.write(&rec)?;
         }
+        let was_local = self.table.get(e.meta.tgid).is_some_and(|p| p.notebook.is_some());
         let outcome = self.detector.on_exec(e, &mut self.table, who.as_ref());
-        if let Some(w) = who.as_ref().filter(|w| w.source == Source::LocalProcessSpawner) {
-            if let Some(p) = self.table.get_mut(e.meta.tgid) {
-                p.notebook = Some(w.clone());
+        if let (Some(who), Some(eff)) = (who.as_ref(), outcome.effective) {
+            if who.source == Source::LocalProcessSpawner {
+                // The server shares the hub's cgroup: it is known by process. Its scope passes
+                // to what it starts, in the kernel.
+                if let Some(p) = self.table.get_mut(e.meta.tgid) {
+                    p.notebook = Some(who.clone());
+                }
+                if !was_local {
+                    self.place_local(e.meta.tgid, who, &eff, outcome.role == crate::process::table::Role::Server)?;
+                }
+            } else {
+                self.place(e.meta.cgroup_id, who, &eff)?;
             }
-        }
-        // A LocalProcessSpawner server shares the hub's cgroup: enforcing it would judge the
-        // hub's own children, so those notebooks are monitored only.
-        let enforceable = who.as_ref().filter(|w| w.source != Source::LocalProcessSpawner);
-        if let (Some(who), Some(eff)) = (enforceable, outcome.effective) {
-            self.place(e.meta.cgroup_id, who, &eff)?;
             if flags_for(&eff).is_some() {
                 self.enforced_exec(e, outcome.role, outcome.root, outcome.server)?;
             }
@@ -614,6 +619,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     metrics.sensors_attached.store(true, Ordering::Relaxed);
     pipe.scan(kube.is_some())?;
+    pipe.scope_local_notebooks()?;
 
     let stats = Arc::new(ReaderStats::default());
     let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();

@@ -116,13 +116,71 @@ impl<W: Write> Pipeline<W> {
         Ok(())
     }
 
+    /// The kernel's egress value for `eff` (`EGRESS_CG` encoding; 0 when the hooks are off).
+    fn egress_value(&self, eff: &Effective) -> u32 {
+        if self.egress.is_none() {
+            return 0;
+        }
+        let v = egress_id(self.generation, eff.egress_policy);
+        match eff.mode {
+            Mode::Enforce => v | guard_abi::EGRESS_ENFORCE,
+            Mode::Monitor => v,
+        }
+    }
+
+    /// A LocalProcessSpawner notebook's process `tgid` (its server, or at start-up what the
+    /// server already runs) gets the notebook's scope: the kernel then judges its exec and
+    /// egress, and its descendants', never the hub's, the proxy's or other users' servers in
+    /// the same cgroup.
+    pub(super) fn place_local(
+        &mut self,
+        tgid: u32,
+        who: &Attribution,
+        eff: &Effective,
+        under_python: bool,
+    ) -> Result<()> {
+        let key = (who.user.clone().unwrap_or_default(), who.server.clone().unwrap_or_default());
+        let placement = guard_abi::Placement { enforce: flags_for(eff).unwrap_or(0), egress: self.egress_value(eff) };
+        self.enforcer.scope_process(tgid, &key, placement, under_python)
+    }
+
+    /// Scopes every LocalProcessSpawner notebook process the table knows (start-up, where they
+    /// were seeded from /proc; a policy reload), claiming scopes a previous agent gave them.
+    pub(super) fn scope_local_notebooks(&mut self) -> Result<()> {
+        let local: Vec<(u32, u32, u64, Arc<Attribution>)> = self
+            .table
+            .iter()
+            .filter_map(|p| Some((p.pid, p.ppid, p.cgroup_id, p.notebook.clone()?)))
+            .filter(|(.., who)| who.source == Source::LocalProcessSpawner)
+            .collect();
+        for (pid, _, _, who) in &local {
+            let key = (who.user.clone().unwrap_or_default(), who.server.clone().unwrap_or_default());
+            self.enforcer.adopt_scope(*pid, &key);
+        }
+        for (pid, ppid, cg, who) in local {
+            let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
+            let chain: Vec<_> = self.table.chain(pid, 32).into_iter().map(|p| p.exe_id).collect();
+            let Some((root, ids)) = self.detector.root_identities(cg, &[pid, ppid]) else { continue };
+            let under_python = chain.iter().flatten().any(|id| ids.python.contains(id));
+            let is_server = chain.first().copied().flatten().is_some_and(|id| ids.python.contains(&id))
+                && self.table.get(pid).is_some_and(|p| role_of(p, true) == Role::Server);
+            self.place_local(pid, &who, &eff, under_python)?;
+            if flags_for(&eff).is_some() {
+                if self.synced_roots.insert(root) {
+                    self.sync_identities(cg, pid, ppid)?;
+                }
+                if is_server {
+                    self.enforcer.add_server(pid)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Puts a notebook cgroup under its egress policy (monitor or enforce).
     pub(super) fn set_egress(&mut self, cgroup_id: u64, eff: &Effective) -> Result<()> {
+        let v = self.egress_value(eff);
         let Some(maps) = self.egress.as_mut() else { return Ok(()) };
-        let mut v = egress_id(self.generation, eff.egress_policy);
-        if eff.mode == Mode::Enforce {
-            v |= guard_abi::EGRESS_ENFORCE;
-        }
         if self.egress_now.get(&cgroup_id) == Some(&v) {
             return Ok(());
         }

@@ -6,13 +6,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHash, MapData};
-use guard_abi::{cgroup_path_hash, Incarnation, INCARNATION_PATH_MAX};
+use guard_abi::{cgroup_path_hash, Placement, INCARNATION_PATH_MAX};
 
 pub struct Incarnations {
-    map: BpfHash<MapData, u64, Incarnation>,
+    map: BpfHash<MapData, u64, Placement>,
     /// What we wrote (path hash → value), to skip rewrites and to know whether any
     /// incarnation would be enforced.
-    now: crate::IdMap<u64, Incarnation>,
+    now: crate::IdMap<u64, Placement>,
 }
 
 /// The key of `rel` (a path relative to the cgroup2 root, as `/system.slice/x.service`), or
@@ -25,7 +25,7 @@ pub fn key(rel: &Path) -> Option<u64> {
 impl Incarnations {
     /// Takes over the map; what a previous agent left there is dropped (its policy may differ,
     /// and its egress policy ids are gone): each notebook the agent places writes its own.
-    pub fn new(mut map: BpfHash<MapData, u64, Incarnation>) -> Self {
+    pub fn new(mut map: BpfHash<MapData, u64, Placement>) -> Self {
         let old: Vec<u64> = map.keys().flatten().collect();
         for k in old {
             let _ = map.remove(&k);
@@ -33,10 +33,10 @@ impl Incarnations {
         Self { map, now: Default::default() }
     }
 
-    /// What every new cgroup at `rel` gets (`Incarnation::default()`: nothing).
-    pub fn remember(&mut self, rel: &Path, inc: Incarnation) -> Result<()> {
+    /// What every new cgroup at `rel` gets (`Placement::default()`: nothing).
+    pub fn remember(&mut self, rel: &Path, inc: Placement) -> Result<()> {
         let Some(k) = key(rel) else { return Ok(()) };
-        if inc == Incarnation::default() {
+        if inc == Placement::default() {
             if self.now.remove(&k).is_some() {
                 let _ = self.map.remove(&k);
             }

@@ -8,15 +8,17 @@
 //! enforcement continues across a restart and the next agent adopts these maps as they are.
 
 pub mod incarnations;
+pub mod scopes;
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHash, MapData};
-use guard_abi::{allow_class, enforce_flags, marks, FileKey, Incarnation, ENFORCED_ANY};
+use guard_abi::{allow_class, enforce_flags, marks, FileKey, Placement, ENFORCED_ANY};
 
 use crate::{policy::Effective, policy::Mode, sensors::decode::FileId};
 use incarnations::Incarnations;
+use scopes::{NotebookKey, Scopes};
 
 pub struct KernelEnforcer {
     enforced: BpfHash<MapData, u64, u32>,
@@ -24,6 +26,7 @@ pub struct KernelEnforcer {
     marks: BpfHash<MapData, u32, u32>,
     servers: BpfHash<MapData, u32, u32>,
     incarnations: Incarnations,
+    scopes: Scopes,
     /// What we wrote, to avoid rewriting it per event.
     enforced_now: crate::IdMap<u64, u32>,
     allowed_now: crate::IdMap<FileKey, u32>,
@@ -56,7 +59,8 @@ impl KernelEnforcer {
         allowed: BpfHash<MapData, FileKey, u32>,
         marks: BpfHash<MapData, u32, u32>,
         servers: BpfHash<MapData, u32, u32>,
-        incarnations: BpfHash<MapData, u64, Incarnation>,
+        incarnations: BpfHash<MapData, u64, Placement>,
+        scopes: BpfHash<MapData, u32, Placement>,
     ) -> Self {
         // What the kernel already enforces (pinned maps of the previous agent) is known from the
         // start, so discovery under a policy that no longer enforces a cgroup takes it off; an
@@ -64,8 +68,17 @@ impl KernelEnforcer {
         let enforced_now: crate::IdMap<u64, u32> =
             enforced.iter().flatten().filter(|(cgroup, _)| *cgroup != ENFORCED_ANY).collect();
         let incarnations = Incarnations::new(incarnations);
-        let mut e =
-            Self { enforced, allowed, marks, servers, incarnations, enforced_now, allowed_now: Default::default() };
+        let scopes = Scopes::new(scopes);
+        let mut e = Self {
+            enforced,
+            allowed,
+            marks,
+            servers,
+            incarnations,
+            scopes,
+            enforced_now,
+            allowed_now: Default::default(),
+        };
         // Maps adopted from an agent that predates ENFORCED_ANY: their cgroups stay enforced
         // without a gap.
         if !e.enforced_now.is_empty() {
@@ -80,7 +93,7 @@ impl KernelEnforcer {
             Some(f) if self.enforced_now.get(&cgroup_id) != Some(&f) => {
                 // The marker first: the exec program looks at the cgroups only while it is there.
                 if self.enforced_now.is_empty() {
-                    self.enforced.insert(ENFORCED_ANY, 1, 0).context("marking enforcement on")?;
+                    self.marker_on()?;
                 }
                 self.enforced.insert(cgroup_id, f, 0).with_context(|| format!("enforcing cgroup {cgroup_id}"))?;
                 tracing::debug!(cgroup_id, flags = f, "cgroup enforced");
@@ -98,10 +111,14 @@ impl KernelEnforcer {
         Ok(())
     }
 
-    /// Takes the marker off, and forgets the per-process state, once nothing is enforced and
-    /// no incarnation to come would be.
+    fn marker_on(&mut self) -> Result<()> {
+        self.enforced.insert(ENFORCED_ANY, 1, 0).context("marking enforcement on")
+    }
+
+    /// Takes the marker off, and forgets the per-process state, once nothing is enforced, no
+    /// incarnation to come would be, and no process scope exists.
     fn settle(&mut self) {
-        if self.enforced_now.is_empty() && !self.incarnations.enforcing() {
+        if self.enforced_now.is_empty() && !self.incarnations.enforcing() && !self.scopes.any() {
             let _ = self.enforced.remove(&ENFORCED_ANY);
             self.forget_processes();
         }
@@ -110,7 +127,7 @@ impl KernelEnforcer {
     /// What a new cgroup made at `rel` gets from the kernel before its first exec: these
     /// enforcement flags (None: not enforced) and this `EGRESS_CG` value (0: none).
     pub fn remember_incarnation(&mut self, rel: &Path, flags: Option<u32>, egress: u32) -> Result<()> {
-        self.incarnations.remember(rel, Incarnation { enforce: flags.unwrap_or(0), egress })?;
+        self.incarnations.remember(rel, Placement { enforce: flags.unwrap_or(0), egress })?;
         self.settle();
         Ok(())
     }
@@ -187,6 +204,34 @@ impl KernelEnforcer {
         let m = self.marks.get(&tgid, 0).unwrap_or(0) | marks::UNDER_PYTHON;
         tracing::debug!(tgid, marks = m, "marking process under Python");
         self.marks.insert(tgid, m, 0).context("marking a process")
+    }
+
+    /// Gives process `tgid` the scope of `notebook` (its descendants inherit it in the kernel),
+    /// with `placement` applying to the scope; `under_python` marks it as Python's too.
+    pub fn scope_process(
+        &mut self,
+        tgid: u32,
+        notebook: &NotebookKey,
+        placement: Placement,
+        under_python: bool,
+    ) -> Result<()> {
+        let id = self.scopes.assign(notebook, placement)?;
+        // Marks are kept (and inherited at fork) only while the marker is there.
+        self.marker_on()?;
+        let mut m =
+            (self.marks.get(&tgid, 0).unwrap_or(0) & ((1 << marks::SCOPE_SHIFT) - 1)) | id << marks::SCOPE_SHIFT;
+        if under_python {
+            m |= marks::UNDER_PYTHON;
+        }
+        tracing::debug!(tgid, scope = id, marks = m, "process scoped");
+        self.marks.insert(tgid, m, 0).context("scoping a process")
+    }
+
+    /// Claims the scope process `tgid` carries (given by a previous agent) for `notebook`.
+    pub fn adopt_scope(&mut self, tgid: u32, notebook: &NotebookKey) {
+        if let Ok(m) = self.marks.get(&tgid, 0) {
+            self.scopes.adopt(notebook, m >> marks::SCOPE_SHIFT);
+        }
     }
 
     pub fn add_server(&mut self, tgid: u32) -> Result<()> {

@@ -74,6 +74,7 @@ const PINNED_MAPS: &[&str] = &[
     names::EGRESS_RULES,
     names::RING_FILL,
     names::INCARNATIONS,
+    names::SCOPES,
 ];
 
 /// bpffs's magic number (statfs f_type).
@@ -259,6 +260,7 @@ impl ProcessSensor {
             HashMap::try_from(take(&mut ebpf, names::MARKS)?)?,
             HashMap::try_from(take(&mut ebpf, names::SERVERS)?)?,
             HashMap::try_from(take(&mut ebpf, names::INCARNATIONS)?)?,
+            HashMap::try_from(take(&mut ebpf, names::SCOPES)?)?,
         );
         Ok(Self {
             ebpf,
