@@ -51,14 +51,25 @@ impl Unit {
     /// Starts `argv` as uid 1000 in the unit of `user` (inside network namespace `netns` if
     /// given), and waits for its first incarnation.
     pub fn start(user: &str, argv: &[&str], netns: Option<&str>) -> Result<Self> {
-        let user = user.to_string();
         let rel = PathBuf::from(format!("/system.slice/jupyter-{user}.service"));
+        Self::start_in(&rel, (NB_UID, NB_GID), user, argv, netns)
+    }
+
+    /// As `start`, in the cgroup `rel` (relative to the cgroup2 root) as `uid_gid`.
+    pub fn start_in(
+        rel: &Path,
+        (uid, gid): (u32, u32),
+        user: &str,
+        argv: &[&str],
+        netns: Option<&str>,
+    ) -> Result<Self> {
+        let (user, rel) = (user.to_string(), rel.to_path_buf());
         let cgroup = find_cgroup2_mount()?.join(rel.strip_prefix("/")?);
         let dir = TempDir::new("unit")?;
         let log_path = dir.0.join("unit.log");
         let mut child = Command::new(unitd_bin())
             .arg(&cgroup)
-            .args([NB_UID.to_string(), NB_GID.to_string(), netns.unwrap_or("-").to_string()])
+            .args([uid.to_string(), gid.to_string(), netns.unwrap_or("-").to_string()])
             .arg(&log_path)
             .arg("--")
             .args(argv)

@@ -82,8 +82,10 @@ fn main() -> Result<()> {
             build_agent(false)?;
             ensure_test_packages()?;
             let python = ensure_python_env()?;
+            let (hubenv, chp) = ensure_hub()?;
             let mut cmd = cargo();
             cmd.args(["test", "--workspace"]).args(&args);
+            cmd.env("GUARD_HUB_ENV", hubenv).env("GUARD_CHP", chp);
             cmd.env("GUARD_BIN", workspace_root().join("target/debug/guard"));
             cmd.env("GUARD_TEST_PYTHON", python);
             run(&mut cmd)
@@ -211,7 +213,17 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[("/usr/include/seccomp.h", "libseccomp
 /// Debian packages the integration tests drive for real: rsyslog (the syslog sink's receiver),
 /// iproute2 (network namespaces for the egress tests) and runc (a real OCI runtime applies the
 /// generated seccomp profiles).
-const TEST_PACKAGES: &[(&str, &str)] = &[("rsyslogd", "rsyslog"), ("ip", "iproute2"), ("runc", "runc")];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("rsyslogd", "rsyslog"),
+    ("ip", "iproute2"),
+    ("runc", "runc"),
+    // Notebooks that run as their own users need an interpreter those users can execute
+    // (the toolchain's Python may live under /root), and the hub's proxy runs on node.
+    ("/usr/bin/python3", "python3-venv"),
+    ("node", "nodejs"),
+    ("npm", "npm"),
+    ("useradd", "passwd"),
+];
 
 fn on_path(bin: &str) -> bool {
     if bin.starts_with('/') {
@@ -269,6 +281,41 @@ fn ensure_python_env() -> Result<PathBuf> {
         .args(["install", "--quiet", "--disable-pip-version-check"])
         .args(PY_PACKAGES))?;
     Ok(python)
+}
+
+/// A real JupyterHub for the hub tests: a venv made from Debian's /usr/bin/python3 (users'
+/// servers and kernels run from it as those users, so it must not sit behind /root) with
+/// jupyterhub, jupyter_server and ipykernel from PyPI, and configurable-http-proxy from npm.
+/// Fast when already there.
+fn ensure_hub() -> Result<(PathBuf, PathBuf)> {
+    let venv = workspace_root().join("target/hubenv");
+    let chp_dir = workspace_root().join("target/chp");
+    let chp = chp_dir.join("node_modules/.bin/configurable-http-proxy");
+    let ready = Command::new(venv.join("bin/python"))
+        .args(["-c", "import jupyterhub, jupyter_server, ipykernel, jupyter_client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        eprintln!("xtask: installing jupyterhub, jupyter_server and ipykernel into {}", venv.display());
+        if !venv.join("bin/python").exists() {
+            run(Command::new("/usr/bin/python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check"]).args([
+            "jupyterhub>=5",
+            "jupyter_server>=2",
+            "ipykernel",
+            "jupyter_client",
+        ]))?;
+    }
+    if !chp.exists() {
+        eprintln!("xtask: installing configurable-http-proxy into {}", chp_dir.display());
+        fs::create_dir_all(&chp_dir)?;
+        run(Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&chp_dir)
+            .arg("configurable-http-proxy"))?;
+    }
+    Ok((venv, chp))
 }
 
 /// Classic tracepoints need tracefs; raw tracepoints do not, but tools and later sensors do.
