@@ -20,6 +20,9 @@ import time
 import urllib.error
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cells import run_cells  # noqa: E402
+
 HUB, PROXY, PROXY_API = 8081, 8000, 8001
 TOKEN = "guard-test-service-token-5f1c2a"
 
@@ -74,30 +77,6 @@ c.Spawner.environment = {{"PATH": "{bin_}:/usr/bin:/bin"}}
 c.Spawner.start_timeout = 90
 c.Spawner.http_timeout = 90
 """
-
-
-def run_cells(connection_file, cells):
-    from jupyter_client import BlockingKernelClient
-
-    kc = BlockingKernelClient(connection_file=connection_file)
-    kc.load_connection_file()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
-    out = []
-    for code in cells:
-        text = []
-
-        def hook(msg):
-            if msg["msg_type"] == "stream":
-                text.append(msg["content"]["text"])
-
-        try:
-            reply = kc.execute_interactive(code, timeout=60, output_hook=hook, allow_stdin=False)
-            out.append({"status": reply["content"]["status"], "stdout": "".join(text)})
-        except Exception as e:  # the kernel died or timed out
-            out.append({"status": "dead", "stdout": "".join(text), "error": type(e).__name__})
-    kc.stop_channels()
-    return out
 
 
 def main():

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod image;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_TARGET: &str = "bpfel-unknown-none";
@@ -83,9 +84,10 @@ fn main() -> Result<()> {
             ensure_test_packages()?;
             let python = ensure_python_env()?;
             let (hubenv, chp) = ensure_hub()?;
+            let image = image::ensure_notebook_image(&workspace_root())?;
             let mut cmd = cargo();
             cmd.args(["test", "--workspace"]).args(&args);
-            cmd.env("GUARD_HUB_ENV", hubenv).env("GUARD_CHP", chp);
+            cmd.env("GUARD_HUB_ENV", hubenv).env("GUARD_CHP", chp).env("GUARD_NOTEBOOK_IMAGE", image);
             cmd.env("GUARD_BIN", workspace_root().join("target/debug/guard"));
             cmd.env("GUARD_TEST_PYTHON", python);
             run(&mut cmd)
@@ -223,6 +225,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("node", "nodejs"),
     ("npm", "npm"),
     ("useradd", "passwd"),
+    ("mmdebstrap", "mmdebstrap"),
 ];
 
 fn on_path(bin: &str) -> bool {

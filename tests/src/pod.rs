@@ -1,0 +1,243 @@
+//! Notebook pods as real containers: the notebook image (`cargo xtask test` builds it with
+//! mmdebstrap: Debian plus jupyter_server and ipykernel in an /opt/conda owned by uid 1000) as
+//! the lower layer of an overlay root, run by runc with their own PID, mount, IPC and UTS
+//! namespaces as uid 1000 with a fresh home volume, inside a kubelet-shaped pod cgroup
+//! (systemd or cgroupfs driver) and a test network namespace. A real Jupyter server runs in
+//! it; kernels are started through its sessions API.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use guard::discovery::cgroup::find_cgroup2_mount;
+use serde_json::{json, Value};
+
+use crate::{output_within, unit::NB_GID, unit::NB_UID, CellResult, TempDir};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The notebook image's root file system (`GUARD_NOTEBOOK_IMAGE`, made by `cargo xtask test`).
+pub fn image() -> PathBuf {
+    let p = std::env::var_os("GUARD_NOTEBOOK_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/images/notebook/rootfs"));
+    assert!(
+        p.join("opt/conda/bin/jupyter-server").exists(),
+        "{} is not built (cargo xtask test builds it)",
+        p.display()
+    );
+    p
+}
+
+/// How kubelet names cgroups.
+#[derive(Clone, Copy, Debug)]
+pub enum Driver {
+    /// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice/cri-containerd-<id>.scope`
+    Systemd,
+    /// `kubepods/burstable/pod<uid>/<id>`
+    Cgroupfs,
+}
+
+pub const TOKEN: &str = "pod-server-token-8c1d0e";
+
+pub struct Pod {
+    pub name: String,
+    pub uid: String,
+    pub user: String,
+    pub container_id: String,
+    /// Where its Jupyter server listens (pods may share the test's network namespace).
+    pub port: u16,
+    /// Pod-level and container cgroups, relative to the cgroup2 root.
+    pub pod_cgroup: PathBuf,
+    pub ctr_cgroup: PathBuf,
+    /// The home volume as the host sees it.
+    pub home: PathBuf,
+    /// The container's writable overlay layer as the host sees it.
+    pub upper: PathBuf,
+    runc_id: String,
+    state: PathBuf,
+    rootfs: PathBuf,
+    pub dir: TempDir,
+}
+
+fn hex_id(n: u32) -> String {
+    format!("{:08x}{:08x}", std::process::id(), n).repeat(4)
+}
+
+impl Pod {
+    /// A pod of `user`'s notebook: names and ids only; `manifest` is what the API serves.
+    pub fn new(name: &str, user: &str, driver: Driver) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let uid = format!("{:08x}-{:04x}-4000-8000-{:012x}", std::process::id(), n, n);
+        let container_id = hex_id(n);
+        let pod_cgroup = match driver {
+            Driver::Systemd => PathBuf::from(format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+                uid.replace('-', "_")
+            )),
+            Driver::Cgroupfs => PathBuf::from(format!("/kubepods/burstable/pod{uid}")),
+        };
+        let ctr_cgroup = match driver {
+            Driver::Systemd => pod_cgroup.join(format!("cri-containerd-{container_id}.scope")),
+            Driver::Cgroupfs => pod_cgroup.join(&container_id),
+        };
+        let dir = TempDir::new("pod")?;
+        let home = dir.0.join("home");
+        let upper = dir.0.join("upper");
+        let rootfs = dir.0.join("bundle/rootfs");
+        Ok(Self {
+            name: name.into(),
+            uid,
+            user: user.into(),
+            container_id,
+            port: 8800 + (n % 100) as u16,
+            pod_cgroup,
+            ctr_cgroup,
+            home,
+            upper,
+            runc_id: format!("nbg-pod-{}-{n}", std::process::id()),
+            state: dir.0.join("runc"),
+            rootfs,
+            dir,
+        })
+    }
+
+    /// The pod as the API server serves it (Z2JH's labels and annotations).
+    pub fn manifest(&self) -> Value {
+        crate::fake_kube::notebook_pod(&self.name, &self.uid, &self.user, "", &self.container_id, &"0".repeat(64))
+    }
+
+    /// Makes the pod cgroup (kubelet does, before any container), mounts the overlay root and
+    /// starts the Jupyter server container in network namespace `netns`.
+    pub fn start(&self, netns: &str) -> Result<()> {
+        let mount = find_cgroup2_mount()?;
+        fs::create_dir_all(mount.join(self.ctr_cgroup.strip_prefix("/")?))?;
+        for d in [&self.home, &self.upper, &self.dir.0.join("work"), &self.rootfs] {
+            fs::create_dir_all(d)?;
+        }
+        let own = |p: &Path| nix::unistd::chown(p, Some(NB_UID.into()), Some(NB_GID.into()));
+        own(&self.home)?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            image().display(),
+            self.upper.display(),
+            self.dir.0.join("work").display()
+        );
+        let out = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&self.rootfs).output()?;
+        if !out.status.success() {
+            bail!("mounting the overlay root: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let config = json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": NB_UID, "gid": NB_GID},
+                "args": ["/opt/conda/bin/jupyter-server", "--ServerApp.ip=127.0.0.1", format!("--ServerApp.port={}", self.port), "--ServerApp.port_retries=0",
+                         format!("--IdentityProvider.token={TOKEN}"), "--ServerApp.root_dir=/home/jovyan",
+                         "--ServerApp.open_browser=False"],
+                "env": ["PATH=/opt/conda/bin:/usr/local/bin:/usr/bin:/bin", "HOME=/home/jovyan", "LANG=C.UTF-8",
+                        format!("JUPYTERHUB_USER={}", self.user)],
+                "cwd": "/home/jovyan",
+                "capabilities": {"bounding": [], "effective": [], "permitted": []},
+                "noNewPrivileges": true,
+            },
+            "root": {"path": "rootfs", "readonly": false},
+            "hostname": self.name,
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
+                {"destination": "/home/jovyan", "type": "bind", "source": self.home, "options": ["rbind", "rw"]},
+            ],
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                               {"type": "network", "path": format!("/run/netns/{netns}")}],
+                "rootfsPropagation": "rprivate",
+            },
+        });
+        fs::write(self.dir.0.join("bundle/config.json"), serde_json::to_vec_pretty(&config)?)?;
+        let log = fs::File::create(self.dir.0.join("container.log"))?;
+        let mut create = Command::new("runc");
+        create.arg("--root").arg(&self.state).args(["create", "--bundle"]).arg(self.dir.0.join("bundle"));
+        create.arg(&self.runc_id).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let status = create.status().context("runc (cargo xtask test installs it)")?;
+        if !status.success() {
+            bail!("runc create: {status}\n{}", self.log());
+        }
+        // Where a pure cgroup v2 node's runtime puts it: the init process joins the container
+        // cgroup before its first instruction.
+        let state = output_within(
+            Command::new("runc").arg("--root").arg(&self.state).args(["state", &self.runc_id]),
+            Duration::from_secs(30),
+        )?;
+        let pid = serde_json::from_slice::<Value>(&state.stdout)?["pid"].as_u64().context("runc state: no pid")?;
+        fs::write(mount.join(self.ctr_cgroup.strip_prefix("/")?).join("cgroup.procs"), pid.to_string())?;
+        let out = output_within(
+            Command::new("runc").arg("--root").arg(&self.state).args(["start", &self.runc_id]),
+            Duration::from_secs(30),
+        )?;
+        if !out.status.success() {
+            bail!("runc start: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// What the container printed.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.0.join("container.log")).unwrap_or_default()
+    }
+
+    /// Opens a session on `notebook` through the server's sessions API and runs `cells` in its
+    /// kernel (the driver runs in `netns`, outside the pod). Returns (kernel id, results).
+    pub fn run_cells(&self, netns: &str, notebook: &str, cells: &[&str]) -> Result<(String, Vec<CellResult>)> {
+        let spec = self.dir.0.join(format!("session-{}.json", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let results = spec.with_extension("out");
+        let body = json!({"url": format!("http://127.0.0.1:{}", self.port), "token": TOKEN, "notebook": notebook, "cells": cells,
+                          "runtime_dir": self.home.join(".local/share/jupyter/runtime")});
+        fs::write(&spec, body.to_string())?;
+        let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/server_session.py");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(crate::test_python()).arg(driver).arg(&spec).arg(&results);
+        let out = output_within(&mut cmd, crate::DRIVER_LIMIT)?;
+        if !out.status.success() {
+            bail!(
+                "session driver: {}\n{}\ncontainer:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            );
+        }
+        let v: Value = serde_json::from_slice(&fs::read(&results)?)?;
+        let kid = v["kernel_id"].as_str().unwrap_or_default().to_string();
+        Ok((kid, serde_json::from_value(v["cells"].clone())?))
+    }
+
+    /// Stops and removes the container (as kubelet does when the pod is deleted); the pod
+    /// cgroup goes with it.
+    pub fn stop(&self) {
+        let runc = |args: &[&str]| {
+            let _ = Command::new("runc").arg("--root").arg(&self.state).args(args).output();
+        };
+        runc(&["kill", &self.runc_id, "KILL"]);
+        std::thread::sleep(Duration::from_millis(100));
+        runc(&["delete", "--force", &self.runc_id]);
+        let _ = Command::new("umount").arg("-l").arg(&self.rootfs).status();
+        if let Ok(mount) = find_cgroup2_mount() {
+            for cg in [&self.ctr_cgroup, &self.pod_cgroup] {
+                let p = mount.join(cg.strip_prefix("/").unwrap_or(cg));
+                let _ = fs::remove_dir(&p);
+            }
+        }
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
