@@ -66,8 +66,8 @@ fn field<'a>(a: &'a Value, k: &str) -> &'a Value {
 }
 
 #[test]
-fn a_real_hubs_local_process_notebooks_are_enforced_across_an_agent_restart() {
-    if !require_root("a_real_hubs_local_process_notebooks_are_enforced_across_an_agent_restart") {
+fn a_real_hubs_local_process_notebooks_are_enforced_across_agent_and_server_restarts() {
+    if !require_root("a_real_hubs_local_process_notebooks_are_enforced_across_agent_and_server_restarts") {
         return;
     }
     let (hubenv, chp) = hub_parts();
@@ -76,8 +76,9 @@ fn a_real_hubs_local_process_notebooks_are_enforced_across_an_agent_restart() {
     let dir = TempDir::new("hub").unwrap();
     let go = dir.0.join("go");
     let spec = serde_json::json!({
-        "hubenv": hubenv, "chp": chp, "dir": dir.0.join("w"), "users": [&alice.0, &bob.0],
-        "notebook": NOTEBOOK, "cells": CELLS, "go": go,
+        "hubenv": hubenv, "chp": chp, "dir": dir.0.join("w"),
+        "servers": [&alice.0, format!("{}/gpu", alice.0), &bob.0],
+        "notebook": NOTEBOOK, "cells": CELLS, "go": go, "restart": true,
     });
     std::fs::write(dir.0.join("spec.json"), spec.to_string()).unwrap();
     let results = dir.0.join("results.json");
@@ -118,29 +119,47 @@ fn a_real_hubs_local_process_notebooks_are_enforced_across_an_agent_restart() {
     let after = second.stop().unwrap();
     drop(hub);
     let r: Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
-    let out =
-        |user: &str, cell: usize| r["users"][user]["cells"][cell]["stdout"].as_str().unwrap_or("").trim().to_string();
     assert_eq!(r["hub_ok_after"], true, "the hub and the proxy kept working: {r:#}");
+    let named = format!("{}/gpu", alice.0);
+    let enforced = |run: &Value, what: &str| {
+        let out = |cell: usize| run["cells"][cell]["stdout"].as_str().unwrap_or("").trim().to_string();
+        // The shell is killed and the connect refused; Python work runs, not as root.
+        assert_eq!(
+            [out(0), out(1), out(2), out(3)],
+            ["rc 9", "errno 1", "42", "alive True"].map(String::from),
+            "{what}: {run:#}\n{log}"
+        );
+    };
+    let monitored = |run: &Value, what: &str| {
+        let out = |cell: usize| run["cells"][cell]["stdout"].as_str().unwrap_or("").trim().to_string();
+        // (the shell's output and the cell's own reach the front end in either order)
+        assert!(out(0).contains("HUB-EXEC") && out(0).contains("rc 0") && out(1) == "errno 111", "{what}: {run:#}");
+    };
+    // alice's default server and her named one are enforced, bob's monitored; again after each
+    // user stopped and started their server (a new server process, a new scope holder).
+    for (phase, runs) in [("after the agent restart", &r["servers"]), ("after the servers restarted", &r["restarted"])]
+    {
+        enforced(&runs[alice.0.as_str()], &format!("alice, {phase}"));
+        enforced(&runs[named.as_str()], &format!("alice/gpu, {phase}"));
+        monitored(&runs[bob.0.as_str()], &format!("bob, {phase}"));
+    }
 
-    // alice is enforced: her kernel's shell is killed and her connect refused; Python work runs.
-    assert_eq!(out(&alice.0, 0), "rc 9", "{r:#}\n{log}");
-    assert_eq!(out(&alice.0, 1), "errno 1", "{r:#}");
-    assert_eq!(out(&alice.0, 2), "42", "{r:#}");
-    assert_eq!(out(&alice.0, 3), "alive True", "{r:#}");
-    // bob is monitored: the same cells run, and are reported.
-    assert_eq!(out(&bob.0, 0), "HUB-EXEC\nrc 0", "{r:#}");
-    assert_eq!(out(&bob.0, 1), "errno 111", "{r:#}");
-
-    // The adopting agent names user, notebook and kernel for kernels it never saw start.
-    for (user, action) in [(&alice.0, "killed"), (&bob.0, "alert")] {
-        let a = after
-            .iter()
-            .find(|a| a["rule"] == "notebook.non_python_exec" && field(a, "jupyterhub.user") == user.as_str())
-            .unwrap_or_else(|| panic!("no exec alert for {user}:\n{after:#?}\n{log}"));
-        assert_eq!(field(a, "guard.action"), action, "{a:#}");
-        assert_eq!(field(a, "jupyterhub.source"), "localprocessspawner");
-        assert_eq!(field(a, "notebook.path"), format!("/home/{user}/analysis.ipynb").as_str(), "{a:#}");
-        assert_eq!(field(a, "notebook.kernel_id"), &r["users"][user.as_str()]["kernel_id"], "{a:#}");
+    // The adopting agent names user, server, notebook and kernel, also for kernels it never saw
+    // start; the named server is told apart from the default one.
+    for (key, server, action) in [(&alice.0, "", "killed"), (&named, "gpu", "killed"), (&bob.0, "", "alert")] {
+        let user = key.split('/').next().unwrap();
+        for phase in ["servers", "restarted"] {
+            let kid = &r[phase][key.as_str()]["kernel_id"];
+            let a = after
+                .iter()
+                .find(|a| a["rule"] == "notebook.non_python_exec" && &a["output_fields"]["notebook.kernel_id"] == kid)
+                .unwrap_or_else(|| panic!("no exec alert for {key} ({phase}):\n{after:#?}\n{log}"));
+            assert_eq!(field(a, "guard.action"), action, "{a:#}");
+            assert_eq!(field(a, "jupyterhub.user"), user, "{a:#}");
+            assert_eq!(field(a, "jupyterhub.server").as_str().unwrap_or(""), server, "{a:#}");
+            assert_eq!(field(a, "jupyterhub.source"), "localprocessspawner");
+            assert_eq!(field(a, "notebook.path"), format!("/home/{user}/analysis.ipynb").as_str(), "{a:#}");
+        }
     }
     assert!(after
         .iter()

@@ -92,8 +92,10 @@ fn every_incarnation_of_a_restarted_server_is_enforced_with_or_without_the_agent
         let line = unit.wait_for(&format!("inc {n} "), Duration::from_secs(20)).unwrap();
         assert_eq!(line, format!("inc {n} rc 9 connect errno 1"), "incarnation {n}:\n{}", unit.log());
     }
-    let alerts = a.stop_keep_pins().unwrap();
-    // With no agent at all, the kernel still gives the new incarnation its enforcement.
+    std::thread::sleep(Duration::from_millis(300));
+    // The agent is killed (a crash, an OOM kill): nothing is cleaned up. With no agent at
+    // all, the kernel still gives the new incarnation its enforcement.
+    let alerts = a.kill_keep_pins().unwrap();
     go(&dir, 4);
     unit.restart(false).unwrap();
     let line = unit.wait_for("inc 4 ", Duration::from_secs(20)).unwrap();

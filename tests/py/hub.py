@@ -5,12 +5,14 @@ UI would drive it.
 Usage: hub.py SPEC.json RESULTS.json   (as root: LocalProcessSpawner starts servers as users)
 
 SPEC: {"hubenv": DIR (a venv with jupyterhub, jupyter_server, ipykernel), "chp": PATH,
-       "dir": WORKDIR, "users": [NAME, ...], "notebook": "dir/name.ipynb",
-       "cells": ["code", ...], "go": PATH (optional: waited for before the cells run)}
-For each user: create the user, start the server, open a session on `notebook` through the
-server's sessions API behind the proxy (which starts the kernel and sets JPY_SESSION_NAME),
-run the cells in that kernel through its connection file, stop the server. RESULTS: {"users":
-{NAME: {"kernel_id", "cells": [{"status", "stdout"}]}}, "hub_ok_after": bool}.
+       "dir": WORKDIR, "servers": ["user" | "user/name", ...], "notebook": "dir/name.ipynb",
+       "cells": ["code", ...], "go": PATH (optional: waited for before the cells run),
+       "restart": bool (optional: then stop and start every server and run the cells again)}
+For each server (a user's default one, or a named one): create the user, start the server,
+open a session on `notebook` through the server's sessions API behind the proxy (which starts
+the kernel and sets JPY_SESSION_NAME), run the cells in that kernel through its connection
+file, stop the server. RESULTS: {"servers": {KEY: {"kernel_id", "cells": [...]}},
+"restarted": {KEY: ...}, "hub_ok_after": bool}.
 """
 import json
 import os
@@ -69,6 +71,7 @@ c.JupyterHub.db_url = "sqlite:///{spec["dir"]}/hub.sqlite"
 c.JupyterHub.cookie_secret_file = "{spec["dir"]}/cookie_secret"
 c.JupyterHub.pid_file = "{spec["dir"]}/hub.pid"
 c.Authenticator.allow_all = True
+c.JupyterHub.allow_named_servers = True
 c.JupyterHub.services = [{{"name": "guard-test", "api_token": {TOKEN!r}}}]
 c.JupyterHub.load_roles = [{{"name": "guard-test", "services": ["guard-test"],
     "scopes": ["admin:users", "admin:servers", "access:servers"]}}]
@@ -79,9 +82,32 @@ c.Spawner.http_timeout = 90
 """
 
 
+def start_server(base, key, notebook):
+    """Starts `key`'s server ("user" or "user/name") and a kernel in it; (kernel id, connection file)."""
+    user, _, name = key.partition("/")
+    api("POST", f"{base}/hub/api/users/{user}", ok=(409,))
+    api("POST", f"{base}/hub/api/users/{user}/" + (f"servers/{name}" if name else "server"), {})
+    until(f"{key}'s server", lambda: api("GET", f"{base}/hub/api/users/{user}")[1]["servers"][name]["ready"])
+    prefix = f"{base}/user/{user}/{name}/" if name else f"{base}/user/{user}/"
+    _, session = api("POST", f"{prefix}api/sessions",
+                     {"path": notebook, "name": os.path.basename(notebook), "type": "notebook",
+                      "kernel": {"name": "python3"}})
+    kid = session["kernel"]["id"]
+    cf = os.path.join(os.path.expanduser(f"~{user}"), ".local/share/jupyter/runtime", f"kernel-{kid}.json")
+    until(f"{key}'s connection file", lambda: os.path.exists(cf))
+    return kid, cf
+
+
+def stop_server(base, key):
+    user, _, name = key.partition("/")
+    api("DELETE", f"{base}/hub/api/users/{user}/" + (f"servers/{name}" if name else "server"))
+    until(f"{key}'s server to stop",
+          lambda: name not in api("GET", f"{base}/hub/api/users/{user}")[1]["servers"])
+
+
 def main():
     spec = json.load(open(sys.argv[1]))
-    results = {"users": {}}
+    results = {"servers": {}, "restarted": {}}
     os.makedirs(spec["dir"], exist_ok=True)
     cfg = os.path.join(spec["dir"], "jupyterhub_config.py")
     open(cfg, "w").write(config(spec))
@@ -91,27 +117,20 @@ def main():
     base = f"http://127.0.0.1:{PROXY}"
     try:
         until("the hub", lambda: api("GET", f"{base}/hub/api/")[0] == 200)
-        kernels = {}
-        for user in spec["users"]:
-            api("POST", f"{base}/hub/api/users/{user}", ok=(409,))
-            api("POST", f"{base}/hub/api/users/{user}/server", {})
-            until(f"{user}'s server", lambda: api("GET", f"{base}/hub/api/users/{user}")[1]["servers"][""]["ready"])
-            name = os.path.basename(spec["notebook"])
-            _, session = api("POST", f"{base}/user/{user}/api/sessions",
-                             {"path": spec["notebook"], "name": name, "type": "notebook",
-                              "kernel": {"name": "python3"}})
-            kid = session["kernel"]["id"]
-            home = os.path.expanduser(f"~{user}")
-            cf = os.path.join(home, ".local/share/jupyter/runtime", f"kernel-{kid}.json")
-            until(f"{user}'s connection file", lambda: os.path.exists(cf))
-            kernels[user] = (kid, cf)
+        kernels = {key: start_server(base, key, spec["notebook"]) for key in spec["servers"]}
         if spec.get("go"):
             open(os.path.join(spec["dir"], "ready"), "w").close()
             until("the go file", lambda: os.path.exists(spec["go"]), limit=120)
-        for user, (kid, cf) in kernels.items():
-            results["users"][user] = {"kernel_id": kid, "cells": run_cells(cf, spec["cells"])}
-        for user in spec["users"]:
-            api("DELETE", f"{base}/hub/api/users/{user}/server")
+        for key, (kid, cf) in kernels.items():
+            results["servers"][key] = {"kernel_id": kid, "cells": run_cells(cf, spec["cells"])}
+        for key in spec["servers"]:
+            stop_server(base, key)
+        if spec.get("restart"):
+            # The users stop their servers and start them again (a new server process each).
+            for key in spec["servers"]:
+                kid, cf = start_server(base, key, spec["notebook"])
+                results["restarted"][key] = {"kernel_id": kid, "cells": run_cells(cf, spec["cells"])}
+                stop_server(base, key)
         results["hub_ok_after"] = api("GET", f"{base}/hub/api/users")[0] == 200
     finally:
         hub.terminate()

@@ -488,6 +488,15 @@ impl GuardProcess {
         Ok(self.alerts())
     }
 
+    /// SIGKILL (a crash, an OOM kill): nothing is cleaned up, the pins stay. Returns the
+    /// alerts it had written.
+    pub fn kill_keep_pins(mut self) -> Result<Vec<serde_json::Value>> {
+        self.keep_pins = true;
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(self.alerts())
+    }
+
     /// Program ids it logged at start-up.
     pub fn program_ids(&self) -> Vec<u32> {
         let log = self.log();

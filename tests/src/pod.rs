@@ -226,7 +226,7 @@ impl Pod {
         runc(&["kill", &self.runc_id, "KILL"]);
         std::thread::sleep(Duration::from_millis(100));
         runc(&["delete", "--force", &self.runc_id]);
-        let _ = Command::new("umount").arg("-l").arg(&self.rootfs).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.rootfs).stderr(Stdio::null()).status();
         if let Ok(mount) = find_cgroup2_mount() {
             for cg in [&self.ctr_cgroup, &self.pod_cgroup] {
                 let p = mount.join(cg.strip_prefix("/").unwrap_or(cg));

@@ -358,7 +358,7 @@ impl<W: Write> Pipeline<W> {
         }
         self.place(id, &who, &eff)?;
         self.pods_placed.insert(pod.uid.clone(), pod.clone());
-        tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), user = ?pod.user, mode = %eff.mode, "notebook pod on this node");
+        tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), uid = %pod.uid, user = ?pod.user, mode = %eff.mode, "notebook pod on this node");
         Ok(())
     }
 }

@@ -16,7 +16,8 @@ pub struct Aggregator {
 
 /// What makes two alerts the same: the rule and the fields below, each as JSON (so that
 /// null and "" differ), separated by a character no JSON text holds unescaped. The cgroup's
-/// id tells incarnations of one path apart: a server restarted at once reports on its own.
+/// id tells incarnations of one path apart (a server restarted at once reports on its own);
+/// user, server and kernel tell apart notebooks that share a cgroup (LocalProcessSpawner).
 fn key(a: &Alert) -> String {
     use std::fmt::Write;
     let mut k = String::with_capacity(256);
@@ -24,6 +25,9 @@ fn key(a: &Alert) -> String {
     for field in [
         "container.cgroup",
         "container.cgroup_id",
+        "jupyterhub.user",
+        "jupyterhub.server",
+        "notebook.kernel_id",
         "proc.exepath",
         "proc.cmdline",
         "fd.name",
@@ -109,5 +113,24 @@ mod tests {
         assert_eq!(out[0].output_fields["guard.count"], 4);
         assert!(out[0].output.contains("[repeated 4 more times]"), "{}", out[0].output);
         assert_eq!(g.pending(), 0);
+    }
+
+    #[test]
+    fn notebooks_sharing_a_cgroup_and_incarnations_of_one_are_not_folded_together() {
+        let mut g = Aggregator::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let of = |user: &str, server: &str, cgroup_id: u64| {
+            let mut a = alert("sh -c id");
+            a.set("container.cgroup", "/system.slice/jupyterhub.service")
+                .set("container.cgroup_id", cgroup_id)
+                .set("jupyterhub.user", user)
+                .set("jupyterhub.server", server);
+            a
+        };
+        assert!(g.admit(of("alice", "", 7), t0).is_some());
+        assert!(g.admit(of("alice", "gpu", 7), t0).is_some(), "a named server next to the default one");
+        assert!(g.admit(of("bob", "", 7), t0).is_some(), "another user in the hub's cgroup");
+        assert!(g.admit(of("alice", "", 8), t0).is_some(), "the next incarnation of a restarted unit");
+        assert!(g.admit(of("alice", "", 7), t0).is_none(), "a true repeat is counted");
     }
 }
