@@ -166,3 +166,93 @@ fn a_pod_deleted_and_made_again_with_the_same_name_is_the_new_pod() {
     assert!(!log.contains("ERROR"), "{log}");
     drop((first, second));
 }
+
+/// A notebook session's ordinary work: files on the home volume, a thread, a listening socket,
+/// a Python child.
+const SESSION: &[&str] = &[
+    "open('/home/jovyan/data.txt', 'w').write('x' * 1000)\nprint(len(open('/home/jovyan/data.txt').read()))",
+    "import threading\nt = threading.Thread(target=sum, args=([1, 2],))\nt.start(); t.join()\nprint('thread ok')",
+    "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\ns.close()\nprint('listen ok')",
+    "import subprocess, sys\nprint(subprocess.run([sys.executable, '-c', 'print(5)'], capture_output=True, text=True).stdout.strip())",
+];
+
+/// What a notebook never needs and an unprivileged process may still do: read a process's
+/// memory (ptrace-class; here its own). Prints the errno (0: it worked).
+const VM_READ: &str = "import ctypes, os\n\
+libc = ctypes.CDLL(None, use_errno=True)\n\
+class iovec(ctypes.Structure):\n    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\n\
+dst, src = ctypes.create_string_buffer(8), ctypes.create_string_buffer(b'abcdefg')\n\
+l, r = iovec(ctypes.cast(dst, ctypes.c_void_p), 8), iovec(ctypes.cast(src, ctypes.c_void_p), 8)\n\
+n = libc.process_vm_readv(os.getpid(), ctypes.byref(l), 1, ctypes.byref(r), 1, 0)\n\
+print('errno', 0 if n == 8 else ctypes.get_errno())";
+
+#[test]
+fn a_pod_recorded_in_a_real_container_runs_its_session_under_the_generated_profile() {
+    if !require_root("a_pod_recorded_in_a_real_container_runs_its_session_under_the_generated_profile") {
+        return;
+    }
+    let net = TestNet::new().unwrap();
+    let dir = TempDir::new("pods-seccomp").unwrap();
+    let recorded = Pod::new("jupyter-dana---9f8e7d6c", "Dana", Driver::Systemd).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(FakeKube::start(vec![recorded.manifest()]));
+    let kc = dir.0.join("kubeconfig");
+    std::fs::write(&kc, api.kubeconfig()).unwrap();
+    // 1. Record the pod from its pod-level cgroup, from before its container starts.
+    recorded.prepare().unwrap();
+    let rec_path = dir.0.join("dana.json");
+    let mut rec = std::process::Command::new(guard_bin())
+        .env("KUBECONFIG", &kc)
+        .env("NODE_NAME", "node-1")
+        .args(["seccomp", "record", "--pod", &format!("jhub/{}", recorded.name), "--duration", "300", "-o"])
+        .arg(&rec_path)
+        .stderr(std::fs::File::create(dir.0.join("rec.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(dir.0.join("rec.log")).unwrap_or_default().contains("recording") {
+        assert!(std::time::Instant::now() < deadline, "{}", std::fs::read_to_string(dir.0.join("rec.log")).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    recorded.start(&net.notebook).unwrap();
+    let (_, first) = recorded.run_cells(&net.notebook, NOTEBOOK, SESSION).unwrap_or_else(|e| panic!("{e:#}"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.id() as i32), nix::sys::signal::SIGINT).unwrap();
+    assert!(wait_within(&mut rec, Duration::from_secs(30)).unwrap().is_some_and(|s| s.success()));
+    // Unconfined, the call the session never made works.
+    let (_, control) = recorded.run_cells(&net.notebook, NOTEBOOK, &[VM_READ]).unwrap();
+    assert_eq!(control[0].stdout.trim(), "errno 0", "{control:?}");
+    recorded.stop();
+    let file: Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    let r = &file["recordings"][0];
+    assert_eq!(r["target"]["user"], "Dana");
+    assert_eq!(r["target"]["pod"], recorded.name.as_str());
+    assert_eq!(r["target"]["namespace"], "jhub");
+    let calls: Vec<&str> =
+        r["syscalls"]["SCMP_ARCH_X86_64"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for c in ["execve", "listen", "bind", "openat", "write"] {
+        assert!(calls.contains(&c), "{c} not recorded: {calls:?}");
+    }
+    assert!(!calls.contains(&"process_vm_readv"));
+
+    // 2. A profile from the recording; the same session in a new pod under it.
+    let profile = dir.0.join("profile.json");
+    let out = std::process::Command::new(guard_bin())
+        .args(["seccomp", "generate"])
+        .arg(&rec_path)
+        .args(["--format", "oci", "-o"])
+        .arg(&profile)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let profile: Value = serde_json::from_slice(&std::fs::read(&profile).unwrap()).unwrap();
+    let confined = Pod::new("jupyter-dana---1a2b3c4d", "Dana", Driver::Cgroupfs).unwrap();
+    confined.start_with(&net.notebook, Some(&profile)).unwrap();
+    let mut cells = SESSION.to_vec();
+    cells.push(VM_READ);
+    let (_, second) =
+        confined.run_cells(&net.notebook, NOTEBOOK, &cells).unwrap_or_else(|e| panic!("{e:#}\n{}", confined.log()));
+    let outs = |r: &[CellResult]| r.iter().take(SESSION.len()).map(|c| c.stdout.clone()).collect::<Vec<_>>();
+    assert_eq!(outs(&second), outs(&first), "every cell gives the same output under the profile");
+    assert_eq!(second[SESSION.len()].stdout.trim(), "errno 1", "what the session never did is refused: {second:?}");
+    drop((recorded, confined));
+}

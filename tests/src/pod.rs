@@ -112,11 +112,23 @@ impl Pod {
         crate::fake_kube::notebook_pod(&self.name, &self.uid, &self.user, "", &self.container_id, &"0".repeat(64))
     }
 
-    /// Makes the pod cgroup (kubelet does, before any container), mounts the overlay root and
-    /// starts the Jupyter server container in network namespace `netns`.
-    pub fn start(&self, netns: &str) -> Result<()> {
+    /// Makes the pod's cgroups, as kubelet does before any container starts.
+    pub fn prepare(&self) -> Result<()> {
         let mount = find_cgroup2_mount()?;
         fs::create_dir_all(mount.join(self.ctr_cgroup.strip_prefix("/")?))?;
+        Ok(())
+    }
+
+    /// Makes the pod cgroup, mounts the overlay root and starts the Jupyter server container in
+    /// network namespace `netns`.
+    pub fn start(&self, netns: &str) -> Result<()> {
+        self.start_with(netns, None)
+    }
+
+    /// As `start`, under seccomp profile `seccomp` (OCI `linux.seccomp`) when given.
+    pub fn start_with(&self, netns: &str, seccomp: Option<&Value>) -> Result<()> {
+        self.prepare()?;
+        let mount = find_cgroup2_mount()?;
         for d in [&self.home, &self.upper, &self.dir.0.join("work"), &self.rootfs] {
             fs::create_dir_all(d)?;
         }
@@ -160,6 +172,10 @@ impl Pod {
                 "rootfsPropagation": "rprivate",
             },
         });
+        let mut config = config;
+        if let Some(profile) = seccomp {
+            config["linux"]["seccomp"] = profile.clone();
+        }
         fs::write(self.dir.0.join("bundle/config.json"), serde_json::to_vec_pretty(&config)?)?;
         let log = fs::File::create(self.dir.0.join("container.log"))?;
         let mut create = Command::new("runc");
