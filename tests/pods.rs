@@ -256,3 +256,81 @@ fn a_pod_recorded_in_a_real_container_runs_its_session_under_the_generated_profi
     assert_eq!(second[SESSION.len()].stdout.trim(), "errno 1", "what the session never did is refused: {second:?}");
     drop((recorded, confined));
 }
+
+/// What the notebook's user can do to the interpreter tree it owns (docker-stacks' /opt/conda):
+/// each cell prints `rc <returncode> <stdout>`.
+const TREE: &[&str] = &[
+    // Shell bytes under an interpreter path: a copy of dash named python3 in a new env.
+    "import os, shutil, subprocess\nos.makedirs('/opt/conda/envs/x/bin', exist_ok=True)\nshutil.copy('/usr/bin/dash', '/opt/conda/envs/x/bin/python3')\nr = subprocess.run(['/opt/conda/envs/x/bin/python3', '-c', 'echo SHELL-RAN'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout.strip() or '-')",
+    // A copy of the interpreter with one byte changed.
+    "import os, shutil, subprocess\nos.makedirs('/opt/conda/envs/y/bin', exist_ok=True)\nshutil.copy('/opt/conda/bin/python3.11', '/opt/conda/envs/y/bin/python3')\nopen('/opt/conda/envs/y/bin/python3', 'ab').write(b'\\0')\nr = subprocess.run(['/opt/conda/envs/y/bin/python3', '-c', 'print(6*7)'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout.strip() or '-')",
+    // The image's own interpreter, not running, changed in place.
+    "import subprocess\nopen('/opt/conda/bin/python3.11', 'ab').write(b'\\0')\nr = subprocess.run(['/opt/conda/bin/python3.11', '-c', 'print(1)'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout.strip() or '-')",
+    // The running interpreter, as Python starts its children.
+    "import subprocess, sys\nr = subprocess.run([sys.executable, '-c', 'print(5)'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout.strip() or '-')",
+];
+
+/// A byte-identical copy, as `conda create` makes (after the 5 s an unknown interpreter waits
+/// before the agent looks at the tree again).
+const CONDA_COPY: &str = "import os, shutil, subprocess, time\nos.makedirs('/opt/conda/envs/z/bin', exist_ok=True)\nshutil.copy('/opt/conda/bin/python3', '/opt/conda/envs/z/bin/python3')\ntime.sleep(5.5)\nr = subprocess.run(['/opt/conda/envs/z/bin/python3', '-c', 'print(6*7)'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout.strip() or '-')";
+
+/// The shell bytes again, after the agent has looked at the tree again (the copy above made
+/// it): still not Python.
+const AGAIN: &str = "import subprocess\nr = subprocess.run(['/opt/conda/envs/x/bin/python3', '-c', 'echo AGAIN'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout.strip() or '-')";
+
+#[test]
+fn what_the_notebook_user_writes_in_the_interpreter_tree_it_owns_is_never_python() {
+    if !require_root("what_the_notebook_user_writes_in_the_interpreter_tree_it_owns_is_never_python") {
+        return;
+    }
+    let net = TestNet::new().unwrap();
+    let dir = TempDir::new("pods-trust").unwrap();
+    let enforced = Pod::new("jupyter-erin---2b3c4d5e", "erin", Driver::Systemd).unwrap();
+    let monitored = Pod::new("jupyter-frank---3c4d5e6f", "frank", Driver::Cgroupfs).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(FakeKube::start(vec![enforced.manifest(), monitored.manifest()]));
+    let g = start_agent(&api, &dir, "erin");
+    enforced.start(&net.notebook).unwrap();
+    monitored.start(&net.notebook).unwrap();
+    wait_placed(&g, &enforced);
+    wait_placed(&g, &monitored);
+    let (_, e) = enforced.run_cells(&net.notebook, NOTEBOOK, TREE).unwrap_or_else(|err| panic!("{err:#}"));
+    let mut cells = TREE.to_vec();
+    cells.extend([CONDA_COPY, AGAIN]);
+    let (_, m) = monitored.run_cells(&net.notebook, NOTEBOOK, &cells).unwrap_or_else(|err| panic!("{err:#}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let log = g.log();
+    let alerts = g.stop().unwrap();
+    let out = |r: &[CellResult], i: usize| r[i].stdout.trim().to_string();
+
+    // Enforced: none of it runs as Python; the running interpreter still does.
+    for i in 0..3 {
+        assert_eq!(out(&e, i), "rc -9 -", "cell {i} was let through: {e:?}\n{log}");
+    }
+    assert_eq!(out(&e, 3), "rc 0 5", "{e:?}");
+    // Monitored: it runs, and each is reported; the conda-style copy is Python.
+    assert_eq!(
+        [out(&m, 0), out(&m, 1), out(&m, 2), out(&m, 3)],
+        ["rc 0 SHELL-RAN", "rc 0 42", "rc 0 1", "rc 0 5"],
+        "{m:?}"
+    );
+    assert_eq!(out(&m, 4), "rc 0 42", "{m:?}");
+    assert_eq!(out(&m, 5), "rc 0 AGAIN", "{m:?}");
+    let of = |pod: &Pod, exe: &str| {
+        alerts
+            .iter()
+            .filter(|a| field(a, "k8s.pod.name") == pod.name.as_str() && field(a, "proc.exepath") == exe)
+            .count()
+    };
+    for exe in ["/opt/conda/envs/x/bin/python3", "/opt/conda/envs/y/bin/python3", "/opt/conda/bin/python3.11"] {
+        assert!(of(&monitored, exe) > 0, "no alert for {exe}:\n{alerts:#?}");
+        assert!(of(&enforced, exe) > 0, "no kill reported for {exe}:\n{alerts:#?}");
+    }
+    assert_eq!(of(&monitored, "/opt/conda/envs/z/bin/python3"), 0, "a byte-identical copy is Python:\n{alerts:#?}");
+    assert!(
+        alerts.iter().any(|a| field(a, "k8s.pod.name") == monitored.name.as_str()
+            && field(a, "proc.cmdline").as_str().is_some_and(|c| c.ends_with("echo AGAIN"))),
+        "looking at the tree again did not make the shell bytes Python:\n{alerts:#?}"
+    );
+    assert!(log.contains("not trusted as Python"), "the agent says what it refused:\n{log}");
+}

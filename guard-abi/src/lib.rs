@@ -97,7 +97,7 @@ impl EventKind {
 /// Layout version of the ring's records, in the top half of [`EventHeader::kind`]. Bump it when
 /// any record's layout changes: an agent adopts the previous one's pinned ring, which holds
 /// whatever that one's programs wrote after it stopped, in their layout.
-pub const RECORD_FORMAT: u32 = 1;
+pub const RECORD_FORMAT: u32 = 2;
 
 /// Common prefix of every ring-buffer record. `pid`/`tgid` are in the initial PID namespace.
 #[repr(C)]
@@ -165,14 +165,21 @@ pub mod marks {
     pub const SCOPE_SHIFT: u32 = 16;
 }
 
-/// Key of the `ALLOWED` map: a file identity as the kernel sees it.
+/// The nanoseconds of an inode's change time are below 10^9 < 2^30; kernels with multigrain
+/// timestamps (6.13+) keep a flag in bit 31 of the same word (`I_CTIME_QUERIED`).
+pub const CTIME_NSEC_MASK: u32 = (1 << 30) - 1;
+
+/// Key of the `ALLOWED` map: a file identity as the kernel sees it, with the inode's change
+/// time: a file modified after it was trusted (written, truncated, chmod'ed) no longer matches,
+/// even where its device and inode stay the same (an overlayfs copy-up keeps the inode number).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FileKey {
     /// Kernel dev_t: MAJOR << 20 | MINOR.
     pub dev: u32,
-    pub _pad: u32,
+    pub ctime_nsec: u32,
     pub ino: u64,
+    pub ctime_sec: i64,
 }
 
 /// Entries in the enforcement maps.
@@ -255,6 +262,10 @@ pub struct ExecHead {
     pub interp_len: u16,
     pub exe_name_len: u16,
     pub _pad: u16,
+    /// The loaded file's inode change time: part of its identity (see [`FileKey`]).
+    pub exe_ctime_sec: i64,
+    pub exe_ctime_nsec: u32,
+    pub _pad2: u32,
 }
 
 /// Emitted at `sched_process_exec`: after the new image is loaded, before its first
@@ -444,6 +455,10 @@ pub struct KernelOffsets {
     pub cgroup_kn: u32,
     /// `kernfs_node.id` (u64): the cgroup id user space sees as the directory's inode
     pub kernfs_node_id: u32,
+    /// The inode's change time: seconds (8 bytes) and nanoseconds (the low 4 bytes, wherever
+    /// the kernel keeps them in a `long`).
+    pub inode_ctime_sec: u32,
+    pub inode_ctime_nsec: u32,
 }
 
 /// Read-only configuration, written into the object's `.rodata` before load.

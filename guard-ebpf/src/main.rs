@@ -30,7 +30,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use guard_abi::{
-    allow_class, enforce_flags, exec_flags, marks, Config, EventHeader, EventKind, ExecWire, ExitEvent, FileKey,
+    allow_class, enforce_flags, exec_flags, marks, Config, CTIME_NSEC_MASK, EventHeader, EventKind, ExecWire, ExitEvent, FileKey,
     ForkEvent, ARGS_LEN, DNAME_LEN, ENFORCED_ANY, EVENT_KINDS, EXEC_HEAD_LEN, MAX_ALLOWED, MAX_MARKED,
     MAX_WATCHED_CGROUPS, PATH_LEN, RECORD_FORMAT,
 };
@@ -71,6 +71,8 @@ static CONFIG: Config = Config {
         cgroup_root: 0,
         cgroup_kn: 0,
         kernfs_node_id: 0,
+        inode_ctime_sec: 0,
+        inode_ctime_nsec: 0,
     },
     regs: guard_abi::SyscallRegs { nr: 0, args: [0; 3], compat_args: [0; 3], _pad: 0 },
 };
@@ -307,6 +309,8 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64, cgroup: u64) {
     (*h).exe_ino = read::<u64>(inode, conf!(offsets.inode_ino));
     (*h).exe_nlink = read::<u32>(inode, conf!(offsets.inode_nlink));
     (*h).exe_dev = read::<u32>(sb, conf!(offsets.sb_dev));
+    (*h).exe_ctime_sec = read::<i64>(inode, conf!(offsets.inode_ctime_sec));
+    (*h).exe_ctime_nsec = read::<u32>(inode, conf!(offsets.inode_ctime_nsec)) & CTIME_NSEC_MASK;
     let dentry = read_ptr(file, conf!(offsets.file_dentry));
     let dname = read_ptr(dentry, conf!(offsets.dentry_name));
     *el_p = 0;
@@ -388,8 +392,9 @@ unsafe fn enforce(w: *mut ExecWire, args: *const u8, task: *const u8, pid_tgid: 
     let mut flags = core::ptr::read_volatile(&(*ev).flags) | exec_flags::ENFORCED;
     let key = FileKey {
         dev: core::ptr::read_volatile(&(*ev).exe_dev),
-        _pad: 0,
+        ctime_nsec: core::ptr::read_volatile(&(*ev).exe_ctime_nsec),
         ino: core::ptr::read_volatile(&(*ev).exe_ino),
+        ctime_sec: core::ptr::read_volatile(&(*ev).exe_ctime_sec),
     };
     let ppid = core::ptr::read_volatile(&(*ev).ppid);
     let args_len = core::ptr::read_volatile(&(*ev).args_len);
@@ -433,7 +438,12 @@ unsafe fn stdio_sockets(task: *const u8) -> u32 {
 unsafe fn file_key(file: *const u8) -> FileKey {
     let inode = read_ptr(file, conf!(offsets.file_inode));
     let sb = read_ptr(inode, conf!(offsets.inode_sb));
-    FileKey { dev: read::<u32>(sb, conf!(offsets.sb_dev)), _pad: 0, ino: read::<u64>(inode, conf!(offsets.inode_ino)) }
+    FileKey {
+        dev: read::<u32>(sb, conf!(offsets.sb_dev)),
+        ctime_nsec: read::<u32>(inode, conf!(offsets.inode_ctime_nsec)) & CTIME_NSEC_MASK,
+        ino: read::<u64>(inode, conf!(offsets.inode_ino)),
+        ctime_sec: read::<i64>(inode, conf!(offsets.inode_ctime_sec)),
+    }
 }
 
 #[inline(always)]

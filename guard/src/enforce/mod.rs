@@ -35,7 +35,7 @@ pub struct KernelEnforcer {
 /// A user-space identity as the kernel keys it (kernel dev_t encoding).
 pub fn file_key(id: &FileId) -> FileKey {
     let (maj, min) = (libc::major(id.dev), libc::minor(id.dev));
-    FileKey { dev: (maj << 20) | (min & 0xfffff), _pad: 0, ino: id.ino }
+    FileKey { dev: (maj << 20) | (min & 0xfffff), ctime_nsec: id.ctime_nsec, ino: id.ino, ctime_sec: id.ctime_sec }
 }
 
 /// `ENFORCED` flags for an effective policy (None: not enforced).
@@ -254,7 +254,8 @@ mod tests {
 
     #[test]
     fn kernel_dev_encoding() {
-        let k = file_key(&FileId { dev: libc::makedev(254, 3), ino: 7 });
+        let k = file_key(&FileId { dev: libc::makedev(254, 3), ino: 7, ctime_sec: 9, ctime_nsec: 8 });
+        assert_eq!((k.ctime_sec, k.ctime_nsec), (9, 8));
         assert_eq!(k.dev, (254 << 20) | 3);
         assert_eq!(k.ino, 7);
     }

@@ -12,7 +12,10 @@ use std::{
     io::Read,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::{ffi::OsStrExt, fs::MetadataExt},
+        unix::{
+            ffi::{OsStrExt, OsStringExt},
+            fs::MetadataExt,
+        },
     },
     path::{Path, PathBuf},
     sync::Arc,
@@ -21,7 +24,10 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use super::Policy;
+use super::{
+    provenance::{self, Layers, Provenance},
+    Policy,
+};
 use crate::sensors::decode::FileId;
 
 /// Directories whose binaries are "system binaries" (masquerade and name lookups).
@@ -68,6 +74,19 @@ fn open_in_root_as(root_fd: &OwnedFd, rel: &Path, flags: i32) -> std::io::Result
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// The target of the symlink `fd` (an `O_PATH | O_NOFOLLOW` handle) is.
+fn readlink_fd(fd: &OwnedFd) -> Option<PathBuf> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: an empty path with a symlink's O_PATH fd reads that link (readlinkat(2)); the
+    // buffer is as long as we say.
+    let n = unsafe { libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 || n as usize >= buf.len() {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(PathBuf::from(std::ffi::OsString::from_vec(buf)))
+}
+
 fn fstat(fd: &OwnedFd) -> std::io::Result<fs::Metadata> {
     // statx(fd, "", AT_EMPTY_PATH), which O_PATH fds allow, through a File that never closes
     // the borrowed fd. Going by /proc/self/fd/N instead cost a path walk per file, thousands
@@ -80,6 +99,8 @@ fn fstat(fd: &OwnedFd) -> std::io::Result<fs::Metadata> {
 pub struct Root {
     pub path: PathBuf,
     fd: OwnedFd,
+    /// The container's writable layer, for an overlay root.
+    pub layers: Layers,
 }
 
 impl Root {
@@ -92,15 +113,58 @@ impl Root {
         }
         // SAFETY: fresh fd.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let key = FileId::of(&fstat(&fd)?);
-        Ok((key, Self { path: path.to_path_buf(), fd }))
+        // The root's directory changes whenever an entry of `/` does: it is known by its inode.
+        let key = FileId::of(&fstat(&fd)?).file();
+        // `/proc/PID/root`: that process's mounts say whether the root is an overlay.
+        let layers = match (path.file_name(), path.parent()) {
+            (Some(n), Some(pid_dir)) if n == "root" => match (pid_dir.file_name(), pid_dir.parent()) {
+                (Some(pid), Some(proc_root)) => Layers::of_process(proc_root, &pid.to_string_lossy()),
+                _ => Layers::default(),
+            },
+            _ => Layers::default(),
+        };
+        Ok((key, Self { path: path.to_path_buf(), fd, layers }))
     }
 
     /// The same root, opened afresh through this one (its `path` may be gone by now).
     pub fn reopen(&self) -> std::io::Result<Self> {
         let (_, mut root) = Self::open(&self.base())?;
         root.path = self.path.clone();
+        root.layers = self.layers.clone();
         Ok(root)
+    }
+
+    /// `rel` with every symlink on the way resolved inside the root, as the container sees
+    /// it (None when it does not resolve, or loops).
+    pub fn real_path(&self, rel: &Path) -> Option<PathBuf> {
+        let mut todo: Vec<PathBuf> = rel.components().rev().map(|c| PathBuf::from(c.as_os_str())).collect();
+        let mut out = PathBuf::from("/");
+        let mut hops = 0;
+        while let Some(c) = todo.pop() {
+            if c == Path::new("/") || c == Path::new(".") {
+                continue;
+            }
+            if c == Path::new("..") {
+                out.pop();
+                continue;
+            }
+            let next = out.join(&c);
+            let fd = open_in_root_as(&self.fd, &next, libc::O_PATH | libc::O_NOFOLLOW).ok()?;
+            if !fstat(&fd).ok()?.file_type().is_symlink() {
+                out = next;
+                continue;
+            }
+            hops += 1;
+            if hops > 40 {
+                return None;
+            }
+            let target = readlink_fd(&fd)?;
+            if target.is_absolute() {
+                out = PathBuf::from("/");
+            }
+            todo.extend(target.components().rev().map(|c| PathBuf::from(c.as_os_str())));
+        }
+        Some(provenance::normalize(&out))
     }
 
     /// Metadata of `rel` inside the root (symlinks followed inside the root).
@@ -120,7 +184,7 @@ impl Root {
     /// path walk per entry.
     pub fn list(&self, rel: &Path) -> std::io::Result<(FileId, fs::ReadDir)> {
         let dir = open_in_root_as(&self.fd, rel, libc::O_RDONLY | libc::O_DIRECTORY)?;
-        let id = FileId::of(&fstat(&dir)?);
+        let id = FileId::of(&fstat(&dir)?).file();
         // The magic link reopens that very directory; nothing is resolved again.
         Ok((id, fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?))
     }
@@ -233,24 +297,59 @@ pub struct RootIdentities {
 
 impl RootIdentities {
     pub fn resolve(root: Root, policy: &Policy) -> Self {
-        let ids = |patterns: &mut dyn Iterator<Item = &String>| -> crate::IdSet<FileId> {
-            let mut out = crate::IdSet::default();
+        // (identity, provenance, path) of every file the globs lead to.
+        let find = |patterns: &mut dyn Iterator<Item = &String>| -> Vec<(FileId, Provenance, PathBuf)> {
+            let mut out = Vec::new();
             for pat in patterns {
                 for p in root.glob(pat) {
                     if let Ok(md) = root.stat(&p) {
                         if md.is_file() {
-                            out.insert(FileId::of(&md));
+                            out.push((FileId::of(&md), provenance::of_file(&root, &root.layers, &p, &md), p));
                         }
                     }
                 }
             }
             out
         };
-        let python = ids(&mut policy.python.interpreters.iter());
-        let loaders = ids(&mut policy.loaders.iter());
+        let trusted = |found: Vec<(FileId, Provenance, PathBuf)>| -> crate::IdSet<FileId> {
+            found.into_iter().filter(|(_, p, _)| p.trusted()).map(|(id, ..)| id).collect()
+        };
+        let candidates = find(&mut policy.python.interpreters.iter());
+        let mut python: crate::IdSet<FileId> =
+            candidates.iter().filter(|(_, p, _)| p.trusted()).map(|(id, ..)| *id).collect();
+        // What the notebook's user could have written is Python only as a byte-identical copy
+        // of a trusted interpreter (conda's copies and hard links when it makes an env).
+        let sealed: Vec<&PathBuf> = candidates.iter().filter(|(_, p, _)| p.trusted()).map(|(.., path)| path).collect();
+        let mut refused = Vec::new();
+        for (id, _, path) in candidates.iter().filter(|(_, p, _)| !p.trusted()) {
+            if python.contains(id) {
+                continue;
+            }
+            if same_content_as_any(&root, path, &sealed) {
+                python.insert(*id);
+            } else {
+                refused.push(path.display().to_string());
+            }
+        }
+        if !refused.is_empty() {
+            refused.dedup();
+            tracing::info!(
+                root = %root.path.display(),
+                paths = %refused.join(" "),
+                "not trusted as Python: the notebook's user could have written these"
+            );
+        }
+        tracing::debug!(
+            root = %root.path.display(),
+            overlay = root.layers.is_overlay(),
+            candidates = candidates.len(),
+            python = python.len(),
+            "interpreters resolved"
+        );
+        let loaders = find(&mut policy.loaders.iter()).into_iter().map(|(id, ..)| id).collect();
         let mut helpers: crate::IdMap<FileId, Vec<usize>> = Default::default();
         for (i, h) in policy.helpers.iter().enumerate() {
-            for id in ids(&mut h.paths.iter()) {
+            for id in trusted(find(&mut h.paths.iter())) {
                 helpers.entry(id).or_default().push(i);
             }
         }
@@ -291,6 +390,21 @@ impl RootIdentities {
     pub fn age(&self) -> Duration {
         self.resolved_at.elapsed()
     }
+}
+
+/// Largest interpreter compared byte for byte.
+const MAX_COMPARED: u64 = 256 << 20;
+
+/// True when the file at `path` has the content of one of `trusted` (sizes first).
+fn same_content_as_any(root: &Root, path: &Path, trusted: &[&PathBuf]) -> bool {
+    let Ok(size) = root.stat(path).map(|m| m.len()) else { return false };
+    let same_size: Vec<&&PathBuf> = trusted.iter().filter(|t| root.stat(t).is_ok_and(|m| m.len() == size)).collect();
+    if same_size.is_empty() || size > MAX_COMPARED {
+        return false;
+    }
+    let Ok(content) = root.read(path, size + 1) else { return false };
+    let want = Sha256::digest(&content);
+    same_size.iter().any(|t| root.read(t, size + 1).is_ok_and(|c| Sha256::digest(&c) == want))
 }
 
 /// Identities of every root seen, keyed by root; cgroups map to their root.

@@ -4,6 +4,7 @@
 
 pub mod egress;
 pub mod identity;
+pub mod provenance;
 pub mod watch;
 
 use std::{

@@ -320,7 +320,7 @@ mod tests {
             filename_truncated: false,
             interp: None,
             interp_truncated: false,
-            exe: FileId { dev: 1, ino: 2 },
+            exe: FileId { dev: 1, ino: 2, ..FileId::default() },
             exe_nlink: 1,
             exe_name: OsString::new(),
             argc: argv.len() as u32,

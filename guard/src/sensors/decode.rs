@@ -36,24 +36,33 @@ pub struct Meta {
     pub cgroup_id: u64,
 }
 
-/// The identity of a loaded binary: which file, not which name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The identity of a loaded binary: which file, not which name, as it was — the inode's
+/// change time is part of it, so a file modified in place (write, truncate, chmod) is another
+/// identity, even where the inode number stays (an overlayfs copy-up keeps it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FileId {
     /// Userspace dev_t (as `stat(2)` reports it).
     pub dev: u64,
     pub ino: u64,
+    pub ctime_sec: i64,
+    pub ctime_nsec: u32,
 }
 
 impl FileId {
-    pub fn from_kernel(kdev: u32, ino: u64) -> Self {
+    pub fn from_kernel(kdev: u32, ino: u64, ctime_sec: i64, ctime_nsec: u32) -> Self {
         // The kernel's internal dev_t is MAJOR<<20 | MINOR.
         let dev = libc::makedev(kdev >> 20, kdev & 0xfffff);
-        Self { dev, ino }
+        Self { dev, ino, ctime_sec, ctime_nsec }
     }
 
     pub fn of(meta: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
-        Self { dev: meta.dev(), ino: meta.ino() }
+        Self { dev: meta.dev(), ino: meta.ino(), ctime_sec: meta.ctime(), ctime_nsec: meta.ctime_nsec() as u32 }
+    }
+
+    /// Which file, whatever has changed in it since (a directory whose entries change).
+    pub fn file(self) -> Self {
+        Self { ctime_sec: 0, ctime_nsec: 0, ..self }
     }
 }
 
@@ -223,7 +232,7 @@ fn decode_exec(buf: &[u8]) -> Result<Event, DecodeError> {
         filename_truncated: f & exec_flags::FILENAME_TRUNCATED != 0,
         interp: (f & exec_flags::HAS_INTERP != 0).then(|| path(interp)),
         interp_truncated: f & exec_flags::INTERP_TRUNCATED != 0,
-        exe: FileId::from_kernel(h.exe_dev, h.exe_ino),
+        exe: FileId::from_kernel(h.exe_dev, h.exe_ino, h.exe_ctime_sec, h.exe_ctime_nsec),
         exe_nlink: h.exe_nlink,
         exe_name: OsString::from_vec(exe_name.to_vec()),
         argc: h.argc,
@@ -313,6 +322,8 @@ mod tests {
         h.exe_name_len = 4;
         h.exe_dev = (8 << 20) | 1;
         h.exe_ino = 99;
+        h.exe_ctime_sec = 1_700_000_000;
+        h.exe_ctime_nsec = 5;
         h
     }
 
@@ -334,7 +345,7 @@ mod tests {
         assert_eq!(*e.argv, ["sh", "-c", "", "echo hi"].map(OsString::from));
         assert_eq!(e.filename, PathBuf::from("/bin/sh"));
         assert_eq!(e.exe_name, OsString::from("dash"));
-        assert_eq!(e.exe, FileId { dev: libc::makedev(8, 1), ino: 99 });
+        assert_eq!(e.exe, FileId { dev: libc::makedev(8, 1), ino: 99, ctime_sec: 1_700_000_000, ctime_nsec: 5 });
         assert!(e.interp.is_none() && !e.argv_truncated);
         assert_eq!(rec.len(), EXEC_HEAD_LEN + 7 + 4 + 15, "only the strings' bytes follow the head");
     }

@@ -42,7 +42,10 @@ impl OffsetResolver {
     /// Everything the programs read. Sizes are what the programs load: pointers and
     /// `unsigned long` 8 bytes, `pid_t`/`int`/`dev_t` 4 bytes.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, OffsetError> {
+        let (inode_ctime_sec, inode_ctime_nsec) = self.inode_ctime()?;
         Ok(KernelOffsets {
+            inode_ctime_sec,
+            inode_ctime_nsec,
             task_pid: self.field("task_struct", &["pid"], 4)?,
             task_tgid: self.field("task_struct", &["tgid"], 4)?,
             task_real_parent: self.field("task_struct", &["real_parent"], 8)?,
@@ -73,6 +76,21 @@ impl OffsetResolver {
             cgroup_kn: self.field("cgroup", &["kn"], 8)?,
             kernfs_node_id: self.field("kernfs_node", &["id"], 8)?,
         })
+    }
+
+    /// Where an inode keeps its change time: `i_ctime_sec` and `i_ctime_nsec` (6.11+),
+    /// `__i_ctime` (6.6–6.10) or `i_ctime` (before), the last two a `struct timespec64` whose
+    /// nanoseconds are a `long`: its low 4 bytes are read (BPF and its hosts are little-endian).
+    fn inode_ctime(&self) -> Result<(u32, u32), OffsetError> {
+        if let Ok(sec) = self.field("inode", &["i_ctime_sec"], 8) {
+            return Ok((sec, self.field("inode", &["i_ctime_nsec"], 4)?));
+        }
+        for name in ["__i_ctime", "i_ctime"] {
+            if let Ok(sec) = self.field("inode", &[name, "tv_sec"], 8) {
+                return Ok((sec, self.field("inode", &[name, "tv_nsec"], 8)?));
+            }
+        }
+        Err(OffsetError::NoMember { strukt: "inode".into(), member: "i_ctime_sec (or __i_ctime, i_ctime)".into() })
     }
 
     /// Where the syscall number and arguments are in `pt_regs`, for the architectures whose
