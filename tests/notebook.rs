@@ -612,3 +612,54 @@ fn kernels_and_local_servers_running_before_the_agent_carry_their_notebook() {
         .unwrap_or_else(|| panic!("no alert for the LocalProcessSpawner server:\n{}", summary(&all)));
     assert_eq!(field(erin, "jupyterhub.source"), "localprocessspawner");
 }
+
+#[test]
+fn policy_suggest_turns_a_noisy_monitoring_period_into_a_quiet_policy() {
+    if !require_root("policy_suggest_turns_a_noisy_monitoring_period_into_a_quiet_policy") {
+        return;
+    }
+    // Ordinary calls the default policy does not know: joblib's CPU count, a file's size.
+    let cells = [
+        "import subprocess\nsubprocess.run(['lscpu', '--parse=core'], capture_output=True)",
+        "import subprocess\nsubprocess.run(['stat', '-c', '%s', '/etc/hostname'], capture_output=True)",
+    ];
+    let noisy = |policy: &str| {
+        let (cg, user) = TestCgroup::tljh().unwrap();
+        let guard = GuardProcess::start(policy, &[]).unwrap();
+        let results = run_notebook(&cg, NOTEBOOK, TOKEN, &cells).unwrap();
+        assert!(results.iter().all(|r| r.status == "ok"), "{results:?}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        mine(guard.stop().unwrap(), &user)
+    };
+    let before = noisy(&policy(None));
+    let execs = |alerts: &[Value]| -> Vec<String> {
+        alerts
+            .iter()
+            .filter(|a| a["rule"] == "notebook.non_python_exec")
+            .filter_map(|a| field(a, "proc.exepath").as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(execs(&before).len(), 2, "the monitoring period was noisy: {}", summary(&before));
+    let dir = TempDir::new("suggest").unwrap();
+    let log = dir.0.join("alerts.json");
+    std::fs::write(&log, before.iter().map(|a| a.to_string() + "\n").collect::<String>()).unwrap();
+    let fragment = dir.0.join("suggested.yaml");
+    let out = std::process::Command::new(guard_bin())
+        .args(["policy", "suggest"])
+        .arg(&log)
+        .arg("-o")
+        .arg(&fragment)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&fragment).unwrap();
+    assert!(text.contains("suggested-lscpu") && text.contains("suggested-stat"), "{text}");
+    // The operator keeps it: the test's own policy plus the proposed helpers.
+    let kept = format!("{}\n{text}", policy(None));
+    let file = dir.0.join("kept.yaml");
+    std::fs::write(&file, &kept).unwrap();
+    let check = std::process::Command::new(guard_bin()).args(["policy", "check"]).arg(&file).output().unwrap();
+    assert!(check.status.success(), "{}\n{kept}", String::from_utf8_lossy(&check.stdout));
+    let after = noisy(&kept);
+    assert!(execs(&after).is_empty(), "still noisy under the suggested policy: {}", summary(&after));
+}

@@ -52,6 +52,9 @@ fn main() -> ExitCode {
             Ok(code) => return ExitCode::from(code as u8),
             Err(e) => Err(e),
         },
+        Cmd::Policy(PolicyCmd::Suggest { files, policy, output }) => {
+            cli::suggest(&files, policy.as_deref(), output.as_deref())
+        }
         Cmd::Policy(PolicyCmd::Default) => {
             print!("{}", guard::policy::DEFAULT_POLICY);
             Ok(())

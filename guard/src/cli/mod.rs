@@ -62,6 +62,23 @@ pub enum PolicyCmd {
     Check { file: PathBuf },
     /// Print the embedded default policy.
     Default,
+    /// Propose helper allowances from the alerts of a monitoring period (JSON lines, files or
+    /// stdin): program and place, parent, argument shapes, counts and users, as a `helpers:`
+    /// section that `guard policy check` accepts. Never applied by itself.
+    ///
+    /// Examples:
+    ///   guard policy suggest /var/log/notebook-guard/alerts.json -o suggested.yaml
+    ///   kubectl logs ds/notebook-guard | guard policy suggest --policy policy.yaml
+    Suggest {
+        /// Alert files (JSON lines); none or `-`: standard input.
+        files: Vec<PathBuf>,
+        /// The policy in force, whose helpers are kept (default: the embedded one).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Write here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -162,5 +179,33 @@ impl RunArgs {
             spool_max_bytes: self.spool_max_bytes,
             ..RunOptions::default()
         })
+    }
+}
+
+/// `guard policy suggest`.
+pub fn suggest(files: &[PathBuf], policy: Option<&std::path::Path>, output: Option<&std::path::Path>) -> Result<()> {
+    use std::io::Read;
+    let current = match policy {
+        Some(p) => Policy::from_path(p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => Policy::default_policy(),
+    };
+    let mut alerts = String::new();
+    if files.is_empty() || files.iter().any(|f| f.as_os_str() == "-") {
+        std::io::stdin().read_to_string(&mut alerts).context("reading alerts from standard input")?;
+    }
+    for f in files.iter().filter(|f| f.as_os_str() != "-") {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        // Each file's errors name the file.
+        guard::policy::suggest::suggest(&text, &[]).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        alerts.push_str(&text);
+        alerts.push('\n');
+    }
+    let text = guard::policy::suggest::suggest(&alerts, &current.helpers).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match output {
+        Some(o) => std::fs::write(o, text).with_context(|| format!("writing {}", o.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
     }
 }

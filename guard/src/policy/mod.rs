@@ -5,6 +5,7 @@
 pub mod egress;
 pub mod identity;
 pub mod provenance;
+pub mod suggest;
 pub mod watch;
 
 use std::{

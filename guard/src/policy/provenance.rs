@@ -23,6 +23,7 @@ use std::{
 };
 
 use super::identity::Root;
+use crate::discovery::cgroup::unescape_octal;
 
 /// Why a file is, or is not, trusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,25 +103,8 @@ pub fn parse_root_upperdir(mountinfo: &str) -> Option<String> {
                 return None;
             }
             let superopts = f.nth(1)?;
-            superopts.split(',').find_map(|o| o.strip_prefix("upperdir=")).map(|u| unescape(u))
+            superopts.split(',').find_map(|o| o.strip_prefix("upperdir=")).map(unescape_octal)
         })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Who could have written the file at `rel` in `root` (`md`: its metadata).
