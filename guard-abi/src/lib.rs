@@ -37,6 +37,8 @@ pub mod names {
     pub const PROG_EXIT: &str = "sched_process_exit";
     pub const INCARNATIONS: &str = "INCARNATIONS";
     pub const SCOPES: &str = "SCOPES";
+    pub const KERNEL_COMMANDS: &str = "KERNEL_COMMANDS";
+    pub const LAUNCHERS: &str = "LAUNCHERS";
     pub const PROG_CGROUP_MKDIR: &str = "cgroup_mkdir";
     pub const EGRESS_CG: &str = "EGRESS_CG";
     pub const EGRESS_RULES: &str = "EGRESS_RULES";
@@ -97,7 +99,7 @@ impl EventKind {
 /// Layout version of the ring's records, in the top half of [`EventHeader::kind`]. Bump it when
 /// any record's layout changes: an agent adopts the previous one's pinned ring, which holds
 /// whatever that one's programs wrote after it stopped, in their layout.
-pub const RECORD_FORMAT: u32 = 2;
+pub const RECORD_FORMAT: u32 = 3;
 
 /// Common prefix of every ring-buffer record. `pid`/`tgid` are in the initial PID namespace.
 #[repr(C)]
@@ -152,6 +154,10 @@ pub mod allow_class {
     pub const HELPER: u32 = 2;
     /// A shell: runs only as a terminal (parent is the server) or for %pip.
     pub const SHELL: u32 = 3;
+    /// The binary of a sanctioned kernel (an admin-installed kernelspec's argv[0]): runs when
+    /// its parent is Python (the server). A launcher that is a script (R's wrapper) is known by
+    /// its path instead (`LAUNCHERS`), since the kernel keeps no handle on a `#!` script.
+    pub const LAUNCHER: u32 = 4;
 }
 
 /// `MARKS` map values (per tgid, inherited across fork).
@@ -161,6 +167,9 @@ pub mod marks {
     pub const EXEMPT: u32 = 1 << 1;
     /// A `%pip` shell: it may exec only Python.
     pub const PIP_SHELL: u32 = 1 << 2;
+    /// A kernel's launcher and its forks: their next exec (the kernel itself, the launcher's own
+    /// helpers) runs, and what it starts is judged from then on.
+    pub const LAUNCHING: u32 = 1 << 3;
     /// The process's scope (`SCOPES` key, 0: none) sits in the top half.
     pub const SCOPE_SHIFT: u32 = 16;
 }
@@ -219,18 +228,71 @@ pub const INCARNATION_PATH_MAX: usize = 256;
 /// [`INCARNATION_PATH_MAX`] bytes. The same code runs on both sides of the ABI.
 #[inline(always)]
 pub fn cgroup_path_hash(path: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h: u64 = FNV_OFFSET;
     let mut i = 0;
     while i < INCARNATION_PATH_MAX && i < path.len() {
         let b = path[i];
         if b == 0 {
             break;
         }
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h = fnv_step(h, b);
         i += 1;
     }
     h
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+#[inline(always)]
+fn fnv_step(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// Longest byte string a [`ByteKey`] holds: a command (argv, NUL-terminated strings back to
+/// back) in `KERNEL_COMMANDS`, a launcher script's path in `LAUNCHERS`.
+pub const BYTE_KEY_MAX: usize = 64;
+pub const MAX_KERNEL_COMMANDS: u32 = 256;
+pub const MAX_LAUNCHERS: u32 = 1024;
+
+/// A short byte string as a map key: its scope (0 for commands; for a path, the mount
+/// namespace it is resolved in), its length and its bytes, zero-padded. Built from whole words
+/// with the bytes past the length masked off, so the kernel needs no loop over bytes (a byte
+/// loop in the exec decision made the verifier's work explode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ByteKey {
+    pub scope: u32,
+    pub len: u32,
+    pub words: [u64; BYTE_KEY_MAX / 8],
+}
+
+impl ByteKey {
+    /// The key of `bytes` in `scope`; None when it is too long.
+    pub fn of(scope: u32, bytes: &[u8]) -> Option<Self> {
+        if bytes.len() >= BYTE_KEY_MAX {
+            return None;
+        }
+        let mut k = Self { scope, len: bytes.len() as u32, ..Self::default() };
+        let mut i = 0;
+        while i < bytes.len() {
+            k.words[i / 8] |= (bytes[i] as u64) << (8 * (i % 8));
+            i += 1;
+        }
+        Some(k)
+    }
+
+    /// The bytes of word `i` of a string of `len` bytes that belong to it (little-endian).
+    #[inline(always)]
+    pub fn word_mask(len: usize, i: usize) -> u64 {
+        let start = i * 8;
+        if len >= start + 8 {
+            u64::MAX
+        } else if len <= start {
+            0
+        } else {
+            (1u64 << ((len - start) * 8)) - 1
+        }
+    }
 }
 
 /// The scalar part of an exec record ([`ExecWire`]).
@@ -459,6 +521,11 @@ pub struct KernelOffsets {
     /// the kernel keeps them in a `long`).
     pub inode_ctime_sec: u32,
     pub inode_ctime_nsec: u32,
+    /// `task_struct.nsproxy`, `nsproxy.mnt_ns`, `mnt_namespace.ns.inum`: the mount namespace a
+    /// path is resolved in.
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    pub mnt_ns_inum: u32,
 }
 
 /// Read-only configuration, written into the object's `.rodata` before load.
@@ -583,4 +650,5 @@ mod user {
     unsafe impl aya::Pod for super::EgressKey {}
     unsafe impl aya::Pod for super::EgressRule {}
     unsafe impl aya::Pod for super::Placement {}
+    unsafe impl aya::Pod for super::ByteKey {}
 }

@@ -30,9 +30,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use guard_abi::{
-    allow_class, enforce_flags, exec_flags, marks, Config, CTIME_NSEC_MASK, EventHeader, EventKind, ExecWire, ExitEvent, FileKey,
+    allow_class, enforce_flags, ByteKey, exec_flags, marks, Config, CTIME_NSEC_MASK, BYTE_KEY_MAX, EventHeader, EventKind, ExecWire, ExitEvent, FileKey,
     ForkEvent, ARGS_LEN, DNAME_LEN, ENFORCED_ANY, EVENT_KINDS, EXEC_HEAD_LEN, MAX_ALLOWED, MAX_MARKED,
-    MAX_WATCHED_CGROUPS, PATH_LEN, RECORD_FORMAT,
+    MAX_KERNEL_COMMANDS, MAX_LAUNCHERS, MAX_WATCHED_CGROUPS, PATH_LEN, RECORD_FORMAT,
 };
 
 /// Filled in by the agent before load (`.rodata`).
@@ -73,6 +73,9 @@ static CONFIG: Config = Config {
         kernfs_node_id: 0,
         inode_ctime_sec: 0,
         inode_ctime_nsec: 0,
+        task_nsproxy: 0,
+        nsproxy_mnt_ns: 0,
+        mnt_ns_inum: 0,
     },
     regs: guard_abi::SyscallRegs { nr: 0, args: [0; 3], compat_args: [0; 3], _pad: 0 },
 };
@@ -101,6 +104,16 @@ static ALLOWED: HashMap<FileKey, u32> = HashMap::with_max_entries(MAX_ALLOWED, 0
 /// exit) so the decision needs no user-space round trip.
 #[map]
 static MARKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MARKED, 0);
+
+/// Exact commands (argv blocks, by `command_hash`) a sanctioned non-Python kernel runs through a
+/// shell at start-up (R's `system("uname -a")`), from the policy: they and what they start run.
+#[map]
+static KERNEL_COMMANDS: HashMap<ByteKey, u32> = HashMap::with_max_entries(MAX_KERNEL_COMMANDS, 0);
+
+/// Paths of sanctioned kernels' launcher scripts, per mount namespace, where the notebook's
+/// user cannot change what the path leads to (the agent checked every directory on it).
+#[map]
+static LAUNCHERS: HashMap<ByteKey, u32> = HashMap::with_max_entries(MAX_LAUNCHERS, 0);
 
 /// Notebook server processes (tgid), registered by the agent: a shell whose parent is one of
 /// them is a Jupyter terminal.
@@ -311,6 +324,7 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64, cgroup: u64) {
     (*h).exe_dev = read::<u32>(sb, conf!(offsets.sb_dev));
     (*h).exe_ctime_sec = read::<i64>(inode, conf!(offsets.inode_ctime_sec));
     (*h).exe_ctime_nsec = read::<u32>(inode, conf!(offsets.inode_ctime_nsec)) & CTIME_NSEC_MASK;
+
     let dentry = read_ptr(file, conf!(offsets.file_dentry));
     let dname = read_ptr(dentry, conf!(offsets.dentry_name));
     *el_p = 0;
@@ -396,10 +410,13 @@ unsafe fn enforce(w: *mut ExecWire, args: *const u8, task: *const u8, pid_tgid: 
         ino: core::ptr::read_volatile(&(*ev).exe_ino),
         ctime_sec: core::ptr::read_volatile(&(*ev).exe_ctime_sec),
     };
+    // A `#!` script whose path (in this task's mount namespace) is a sanctioned kernel's launcher.
+    let script = flags & exec_flags::HAS_INTERP != 0
+        && is_launcher_path(tail_at(w, 0), core::ptr::read_volatile(&(*ev).filename_len), task);
     let ppid = core::ptr::read_volatile(&(*ev).ppid);
     let args_len = core::ptr::read_volatile(&(*ev).args_len);
     let parent = read_ptr(task, conf!(offsets.task_real_parent));
-    let (verdict, mark) = decide(enf, &key, tgid, ppid, parent, args, args_len);
+    let (verdict, mark) = decide(enf, &key, script, tgid, ppid, parent, args, args_len);
     if mark & marks::UNDER_PYTHON != 0 {
         flags |= exec_flags::UNDER_PYTHON;
     }
@@ -525,6 +542,7 @@ unsafe fn is_pip_shell(args: *const u8, args_len: u32) -> bool {
 unsafe fn decide(
     enf: u32,
     key: &FileKey,
+    launcher_script: bool,
     tgid: u32,
     ppid: u32,
     parent: *const u8,
@@ -535,6 +553,13 @@ unsafe fn decide(
     let class = class_of(key);
     if class == allow_class::PYTHON {
         mark = (mark | marks::UNDER_PYTHON) & !marks::PIP_SHELL;
+        let _ = MARKS.insert(&tgid, &mark, 0);
+        return (true, mark);
+    }
+    // A kernel's start: the launcher's next exec (the kernel itself, the launcher's own
+    // helpers) runs; from then on what it starts is judged like Python's.
+    if mark & marks::LAUNCHING != 0 {
+        mark = (mark & !marks::LAUNCHING) | marks::UNDER_PYTHON;
         let _ = MARKS.insert(&tgid, &mark, 0);
         return (true, mark);
     }
@@ -550,6 +575,14 @@ unsafe fn decide(
     if class == allow_class::HELPER && parent_is_python {
         return (true, mark);
     }
+    // The server starting a sanctioned kernel: its launcher script, or its binary.
+    if parent_is_python && (launcher_script || class == allow_class::LAUNCHER) {
+        if class != allow_class::LAUNCHER {
+            mark |= marks::LAUNCHING;
+            let _ = MARKS.insert(&tgid, &mark, 0);
+        }
+        return (true, mark);
+    }
     if class == allow_class::SHELL {
         if enf & enforce_flags::TERMINALS != 0 && SERVERS.get(&ppid).is_some() {
             mark |= marks::EXEMPT;
@@ -561,8 +594,51 @@ unsafe fn decide(
             let _ = MARKS.insert(&tgid, &mark, 0);
             return (true, mark);
         }
+        // A command the policy names for a sanctioned kernel, byte for byte: it and what it
+        // starts run.
+        if is_kernel_command(args, args_len) {
+            mark |= marks::EXEMPT;
+            let _ = MARKS.insert(&tgid, &mark, 0);
+            return (true, mark);
+        }
     }
     (false, mark)
+}
+
+/// `len` bytes at `p` (map memory with room for `BYTE_KEY_MAX` bytes) as a key in `scope`.
+/// Whole words, masked: no loop over bytes.
+#[inline(always)]
+unsafe fn byte_key(scope: u32, p: *const u8, len: u32) -> ByteKey {
+    let len = len as usize & (BYTE_KEY_MAX - 1);
+    let mut key = ByteKey { scope, len: len as u32, words: [0; BYTE_KEY_MAX / 8] };
+    let mut i = 0;
+    while i < BYTE_KEY_MAX / 8 {
+        // SAFETY: `p` points into the per-CPU record with BYTE_KEY_MAX bytes of room after it
+        // (the tail is sized for ARGS_LEN); bytes past `len` are masked off.
+        let w = core::ptr::read_unaligned(p.add(i * 8).cast::<u64>());
+        key.words[i] = w & ByteKey::word_mask(len, i);
+        i += 1;
+    }
+    key
+}
+
+/// The argv block (`args_len` bytes) is one the policy names for sanctioned kernels.
+#[inline(always)]
+unsafe fn is_kernel_command(args: *const u8, args_len: u32) -> bool {
+    (args_len as usize) < BYTE_KEY_MAX && KERNEL_COMMANDS.get(&byte_key(0, args, args_len)).is_some()
+}
+
+/// The exec'd path (`len` bytes at `path`) is a sanctioned kernel's launcher script in the
+/// task's mount namespace.
+#[inline(always)]
+unsafe fn is_launcher_path(path: *const u8, len: u16, task: *const u8) -> bool {
+    if len as usize >= BYTE_KEY_MAX {
+        return false;
+    }
+    let nsproxy = read_ptr(task, conf!(offsets.task_nsproxy));
+    let mnt_ns = read_ptr(nsproxy, conf!(offsets.nsproxy_mnt_ns));
+    let inum = read::<u32>(mnt_ns, conf!(offsets.mnt_ns_inum));
+    LAUNCHERS.get(&byte_key(inum, path, len as u32)).is_some()
 }
 
 // TP_PROTO(struct task_struct *parent, struct task_struct *child)

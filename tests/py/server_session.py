@@ -5,7 +5,7 @@ cells in that kernel through its connection file.
 Usage: server_session.py SPEC.json RESULTS.json
 SPEC: {"url": "http://127.0.0.1:8888", "token": ..., "notebook": "dir/name.ipynb",
        "runtime_dir": where the server writes kernel-<id>.json (as this process sees it),
-       "cells": ["code", ...]}
+       "cells": ["code", ...], "kernel": kernelspec name (default python3)}
 RESULTS: {"kernel_id": ..., "cells": [{"cell", "status", "stdout", "ename"}]}
 """
 import json
@@ -40,7 +40,8 @@ def main():
             time.sleep(0.2)
     name = os.path.basename(spec["notebook"])
     session = call(spec, "POST", "/api/sessions",
-                   {"path": spec["notebook"], "name": name, "type": "notebook", "kernel": {"name": "python3"}})
+                   {"path": spec["notebook"], "name": name, "type": "notebook",
+                    "kernel": {"name": spec.get("kernel", "python3")}})
     kid = session["kernel"]["id"]
     cf = os.path.join(spec["runtime_dir"], f"kernel-{kid}.json")
     while not os.path.exists(cf):

@@ -211,26 +211,9 @@ impl Pod {
     /// Opens a session on `notebook` through the server's sessions API and runs `cells` in its
     /// kernel (the driver runs in `netns`, outside the pod). Returns (kernel id, results).
     pub fn run_cells(&self, netns: &str, notebook: &str, cells: &[&str]) -> Result<(String, Vec<CellResult>)> {
-        let spec = self.dir.0.join(format!("session-{}.json", NEXT.fetch_add(1, Ordering::Relaxed)));
-        let results = spec.with_extension("out");
-        let body = json!({"url": format!("http://127.0.0.1:{}", self.port), "token": TOKEN, "notebook": notebook, "cells": cells,
-                          "runtime_dir": self.home.join(".local/share/jupyter/runtime")});
-        fs::write(&spec, body.to_string())?;
-        let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/server_session.py");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns]).arg(crate::test_python()).arg(driver).arg(&spec).arg(&results);
-        let out = output_within(&mut cmd, crate::DRIVER_LIMIT)?;
-        if !out.status.success() {
-            bail!(
-                "session driver: {}\n{}\ncontainer:\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr),
-                self.log()
-            );
-        }
-        let v: Value = serde_json::from_slice(&fs::read(&results)?)?;
-        let kid = v["kernel_id"].as_str().unwrap_or_default().to_string();
-        Ok((kid, serde_json::from_value(v["cells"].clone())?))
+        let spec = json!({"url": format!("http://127.0.0.1:{}", self.port), "token": TOKEN, "notebook": notebook,
+                          "cells": cells, "runtime_dir": self.home.join(".local/share/jupyter/runtime")});
+        open_session(netns, spec, &self.dir.0).map_err(|e| e.context(format!("container:\n{}", self.log())))
     }
 
     /// Stops and removes the container (as kubelet does when the pod is deleted); the pod
@@ -256,4 +239,23 @@ impl Drop for Pod {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs `py/server_session.py` with `spec` (what it takes is said there) in network namespace
+/// `netns`, its files in `work`: a session opened through a Jupyter server's REST API, cells
+/// run in its kernel. Returns (kernel id, results).
+pub fn open_session(netns: &str, spec: Value, work: &Path) -> Result<(String, Vec<CellResult>)> {
+    let path = work.join(format!("session-{}.json", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let results = path.with_extension("out");
+    fs::write(&path, spec.to_string())?;
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/server_session.py");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns]).arg(crate::test_python()).arg(driver).arg(&path).arg(&results);
+    let out = output_within(&mut cmd, crate::DRIVER_LIMIT)?;
+    if !out.status.success() {
+        bail!("session driver: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    let v: Value = serde_json::from_slice(&fs::read(&results)?)?;
+    let kid = v["kernel_id"].as_str().unwrap_or_default().to_string();
+    Ok((kid, serde_json::from_value(v["cells"].clone())?))
 }

@@ -63,6 +63,18 @@ impl Unit {
         argv: &[&str],
         netns: Option<&str>,
     ) -> Result<Self> {
+        Self::start_env(rel, (uid, gid), user, argv, netns, &[])
+    }
+
+    /// As `start_in`, with `env` added to (or replacing) the unit's environment.
+    pub fn start_env(
+        rel: &Path,
+        (uid, gid): (u32, u32),
+        user: &str,
+        argv: &[&str],
+        netns: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let (user, rel) = (user.to_string(), rel.to_path_buf());
         let cgroup = find_cgroup2_mount()?.join(rel.strip_prefix("/")?);
         let dir = TempDir::new("unit")?;
@@ -73,6 +85,7 @@ impl Unit {
             .arg(&log_path)
             .arg("--")
             .args(argv)
+            .envs(env.iter().map(|(k, v)| (format!("UNIT_ENV_{k}"), *v)))
             .stdout(Stdio::piped())
             .spawn()
             .context("starting unitd (built with the tests)")?;

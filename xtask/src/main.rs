@@ -226,6 +226,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("npm", "npm"),
     ("useradd", "passwd"),
     ("mmdebstrap", "mmdebstrap"),
+    // A kernel of another language, as hubs offer them: Debian's IRkernel (its kernelspec in
+    // /usr/share/jupyter/kernels/ir; R's launcher is a bash wrapper).
+    ("/usr/share/jupyter/kernels/ir/kernel.json", "r-cran-irkernel"),
 ];
 
 fn on_path(bin: &str) -> bool {

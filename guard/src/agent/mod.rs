@@ -229,6 +229,7 @@ impl<W: Write> Pipeline<W> {
         self.detector.set_policy(new.clone());
         self.generation = new_gen;
         self.synced_roots.clear();
+        self.enforcer.set_kernel_commands(&new.kernel_commands)?;
         self.attributor.invalidate();
         // Re-place every notebook we know of under the new policy: units and scopes are
         // found again by a scan, pods are placed again, the rest by their cached attribution.
@@ -618,6 +619,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         alerts_sent: 0,
     };
     metrics.sensors_attached.store(true, Ordering::Relaxed);
+    pipe.enforcer.set_kernel_commands(&policy.kernel_commands)?;
     pipe.scan(kube.is_some())?;
     pipe.scope_local_notebooks()?;
 

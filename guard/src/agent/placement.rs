@@ -236,13 +236,20 @@ impl<W: Write> Pipeline<W> {
         let helpers: Vec<_> = ids.helpers.keys().copied().collect();
         let shell_ids = ids.system_ids_named(&shells);
         let python = ids.python.clone();
+        let launchers: Vec<_> = ids.launchers.keys().copied().collect();
+        let scripts: Vec<_> = ids.launcher_scripts.keys().cloned().collect();
+        let mnt_ns = ids.root.mnt_ns;
         tracing::info!(
             python = python.len(),
+            kernels = ?ids.launchers.values().chain(ids.launcher_scripts.values()).collect::<Vec<_>>(),
             helpers = helpers.len(),
             shells = shell_ids.len(),
             "exec allow-list loaded for a notebook root"
         );
-        self.enforcer.allow(&python, &helpers, &shell_ids)
+        if let Some(ns) = mnt_ns {
+            self.enforcer.allow_launcher_paths(ns, &scripts)?;
+        }
+        self.enforcer.allow(&python, &launchers, &helpers, &shell_ids)
     }
 
     /// Marks the Python processes (and their descendants) already running in `cg` or below

@@ -74,8 +74,12 @@ struct Facts<'a> {
     parent: Option<ProcInfo>,
     parent_is_python: bool,
     parent_role: Role,
+    /// What the process was before this exec.
+    prev_role: Role,
     python_ancestor: bool,
     in_terminal: bool,
+    /// Under a command the policy names for sanctioned kernels.
+    in_kernel_command: bool,
     kernel: Option<Arc<KernelCtx>>,
     argv: Vec<String>,
 }
@@ -222,12 +226,14 @@ impl Detector {
 
         // Read the ancestors in place; only the parent is kept (for the alert's fields).
         let chain = table.chain(e.ppid, MAX_CHAIN);
-        let py = |p: &ProcInfo| p.exe_id.is_some_and(|id| ids.python.contains(&id));
+        // The notebook's interpreter: Python, or a sanctioned kernel of another language.
+        let py = |p: &ProcInfo| p.exe_id.is_some_and(|id| ids.python.contains(&id)) || p.role == Role::Kernel;
         let parent = chain.first().map(|p| (*p).clone());
         let parent_is_python = parent.as_ref().is_some_and(py);
         let parent_role = parent.as_ref().map(|p| role_of(p, py(p))).unwrap_or_default();
         let python_ancestor = chain.iter().any(|p| py(p));
         let in_terminal = prev_role == Role::Terminal || chain.iter().any(|p| p.role == Role::Terminal);
+        let in_kernel_command = prev_role == Role::KernelCommand || chain.iter().any(|p| p.role == Role::KernelCommand);
         let kernel = chain.iter().find_map(|p| p.kernel.clone());
         drop(chain);
         let argv: Vec<String> = e.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -243,8 +249,10 @@ impl Detector {
             parent,
             parent_is_python,
             parent_role,
+            prev_role,
             python_ancestor,
             in_terminal,
+            in_kernel_command,
             kernel: kernel.clone(),
             argv,
         };
@@ -290,6 +298,17 @@ impl Detector {
                 Role::Python
             };
             return (role, vec![]);
+        }
+        // A sanctioned kernel's start: its launcher's own helpers, then the kernel itself; and
+        // the commands the policy names for such kernels.
+        if f.parent_role == Role::KernelLauncher {
+            return (Role::Helper, vec![]);
+        }
+        if f.prev_role == Role::KernelLauncher {
+            return (Role::Kernel, vec![]);
+        }
+        if f.in_kernel_command {
+            return (Role::KernelCommand, vec![]);
         }
         // A sanctioned terminal session runs what its user types.
         if f.in_terminal && eff.allowances.terminals {
@@ -372,6 +391,20 @@ impl Detector {
         };
         let named = |set: &std::collections::BTreeSet<String>| real_names.iter().find(|n| set.contains(*n)).cloned();
         let shell = named(&policy.shells);
+
+        // The server starting a sanctioned kernel: its launcher script (R's wrapper), or the
+        // kernel's binary itself.
+        if f.parent_is_python {
+            if e.interp.is_some() && ids.launcher_scripts.contains_key(&f.exe_path) {
+                return (Role::KernelLauncher, vec![]);
+            }
+            if ids.launchers.contains_key(&e.exe) {
+                return (Role::Kernel, vec![]);
+            }
+        }
+        if shell.is_some() && policy.kernel_commands.contains(&f.argv) {
+            return (Role::KernelCommand, vec![]);
+        }
 
         // Jupyter terminal: a shell whose parent is the notebook server.
         if shell.is_some() && f.parent_role == Role::Server {

@@ -23,6 +23,8 @@ use scopes::{NotebookKey, Scopes};
 pub struct KernelEnforcer {
     enforced: BpfHash<MapData, u64, u32>,
     allowed: BpfHash<MapData, FileKey, u32>,
+    kernel_commands: BpfHash<MapData, guard_abi::ByteKey, u32>,
+    launchers: BpfHash<MapData, guard_abi::ByteKey, u32>,
     marks: BpfHash<MapData, u32, u32>,
     servers: BpfHash<MapData, u32, u32>,
     incarnations: Incarnations,
@@ -53,15 +55,21 @@ pub fn flags_for(eff: &Effective) -> Option<u32> {
     Some(f)
 }
 
+/// The kernel's enforcement maps, as the sensor hands them over.
+pub struct Maps {
+    pub enforced: BpfHash<MapData, u64, u32>,
+    pub allowed: BpfHash<MapData, FileKey, u32>,
+    pub marks: BpfHash<MapData, u32, u32>,
+    pub servers: BpfHash<MapData, u32, u32>,
+    pub incarnations: BpfHash<MapData, u64, Placement>,
+    pub scopes: BpfHash<MapData, u32, Placement>,
+    pub kernel_commands: BpfHash<MapData, guard_abi::ByteKey, u32>,
+    pub launchers: BpfHash<MapData, guard_abi::ByteKey, u32>,
+}
+
 impl KernelEnforcer {
-    pub fn new(
-        enforced: BpfHash<MapData, u64, u32>,
-        allowed: BpfHash<MapData, FileKey, u32>,
-        marks: BpfHash<MapData, u32, u32>,
-        servers: BpfHash<MapData, u32, u32>,
-        incarnations: BpfHash<MapData, u64, Placement>,
-        scopes: BpfHash<MapData, u32, Placement>,
-    ) -> Self {
+    pub fn new(maps: Maps) -> Self {
+        let Maps { enforced, allowed, marks, servers, incarnations, scopes, kernel_commands, launchers } = maps;
         // What the kernel already enforces (pinned maps of the previous agent) is known from the
         // start, so discovery under a policy that no longer enforces a cgroup takes it off; an
         // agent restarted in monitor mode used to leave its predecessor's enforcement on.
@@ -72,6 +80,8 @@ impl KernelEnforcer {
         let mut e = Self {
             enforced,
             allowed,
+            kernel_commands,
+            launchers,
             marks,
             servers,
             incarnations,
@@ -180,10 +190,17 @@ impl KernelEnforcer {
     }
 
     /// Adds identities to the allow-list (Python first: a Python identity is never demoted).
-    pub fn allow(&mut self, python: &crate::IdSet<FileId>, helpers: &[FileId], shells: &[FileId]) -> Result<()> {
+    pub fn allow(
+        &mut self,
+        python: &crate::IdSet<FileId>,
+        launchers: &[FileId],
+        helpers: &[FileId],
+        shells: &[FileId],
+    ) -> Result<()> {
         let entries = python
             .iter()
             .map(|id| (id, allow_class::PYTHON))
+            .chain(launchers.iter().map(|id| (id, allow_class::LAUNCHER)))
             .chain(helpers.iter().map(|id| (id, allow_class::HELPER)))
             .chain(shells.iter().map(|id| (id, allow_class::SHELL)));
         for (id, class) in entries {
@@ -232,6 +249,37 @@ impl KernelEnforcer {
         if let Ok(m) = self.marks.get(&tgid, 0) {
             self.scopes.adopt(notebook, m >> marks::SCOPE_SHIFT);
         }
+    }
+
+    /// Launcher scripts of sanctioned kernels, by path in mount namespace `mnt_ns`.
+    pub fn allow_launcher_paths(&mut self, mnt_ns: u32, paths: &[std::path::PathBuf]) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        for p in paths {
+            if let Some(k) = guard_abi::ByteKey::of(mnt_ns, p.as_os_str().as_bytes()) {
+                self.launchers.insert(k, 1, 0).context("loading the kernels' launchers")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The exact commands sanctioned kernels may run through a shell (policy
+    /// `kernel_commands`), replacing those of the previous policy.
+    pub fn set_kernel_commands(&mut self, commands: &[Vec<String>]) -> Result<()> {
+        let wanted: Vec<guard_abi::ByteKey> = commands
+            .iter()
+            .filter_map(|argv| {
+                let block: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+                guard_abi::ByteKey::of(0, &block)
+            })
+            .collect();
+        let old: Vec<_> = self.kernel_commands.keys().flatten().filter(|k| !wanted.contains(k)).collect();
+        for k in old {
+            let _ = self.kernel_commands.remove(&k);
+        }
+        for k in wanted {
+            self.kernel_commands.insert(k, 1, 0).context("loading the kernels' commands")?;
+        }
+        Ok(())
     }
 
     pub fn add_server(&mut self, tgid: u32) -> Result<()> {

@@ -101,6 +101,8 @@ pub struct Root {
     fd: OwnedFd,
     /// The container's writable layer, for an overlay root.
     pub layers: Layers,
+    /// The mount namespace whose root this is (`/proc/PID/ns/mnt`), where paths are resolved.
+    pub mnt_ns: Option<u32>,
 }
 
 impl Root {
@@ -116,14 +118,20 @@ impl Root {
         // The root's directory changes whenever an entry of `/` does: it is known by its inode.
         let key = FileId::of(&fstat(&fd)?).file();
         // `/proc/PID/root`: that process's mounts say whether the root is an overlay.
-        let layers = match (path.file_name(), path.parent()) {
+        let (layers, mnt_ns) = match (path.file_name(), path.parent()) {
             (Some(n), Some(pid_dir)) if n == "root" => match (pid_dir.file_name(), pid_dir.parent()) {
-                (Some(pid), Some(proc_root)) => Layers::of_process(proc_root, &pid.to_string_lossy()),
-                _ => Layers::default(),
+                (Some(pid), Some(proc_root)) => {
+                    let ns = fs::read_link(pid_dir.join("ns/mnt")).ok().and_then(|l| {
+                        let l = l.to_string_lossy().into_owned();
+                        l.strip_prefix("mnt:[")?.strip_suffix(']')?.parse().ok()
+                    });
+                    (Layers::of_process(proc_root, &pid.to_string_lossy()), ns)
+                }
+                _ => (Layers::default(), None),
             },
-            _ => Layers::default(),
+            _ => (Layers::default(), None),
         };
-        Ok((key, Self { path: path.to_path_buf(), fd, layers }))
+        Ok((key, Self { path: path.to_path_buf(), fd, layers, mnt_ns }))
     }
 
     /// The same root, opened afresh through this one (its `path` may be gone by now).
@@ -131,6 +139,7 @@ impl Root {
         let (_, mut root) = Self::open(&self.base())?;
         root.path = self.path.clone();
         root.layers = self.layers.clone();
+        root.mnt_ns = self.mnt_ns;
         Ok(root)
     }
 
@@ -291,6 +300,10 @@ pub struct RootIdentities {
     /// Identity → indexes into `policy.helpers`.
     pub helpers: crate::IdMap<FileId, Vec<usize>>,
     pub loaders: crate::IdSet<FileId>,
+    /// Binaries of the sanctioned kernels (admin-installed kernelspecs) → kernel name.
+    pub launchers: crate::IdMap<FileId, String>,
+    /// Launcher scripts of the sanctioned kernels, by path in the root → kernel name.
+    pub launcher_scripts: std::collections::BTreeMap<PathBuf, String>,
     system: Option<SystemIndex>,
     resolved_at: Instant,
 }
@@ -353,7 +366,18 @@ impl RootIdentities {
                 helpers.entry(id).or_default().push(i);
             }
         }
-        Self { root, python, helpers, loaders, system: None, resolved_at: Instant::now() }
+        let (mut launchers, mut launcher_scripts) = (crate::IdMap::default(), std::collections::BTreeMap::new());
+        for (l, name) in super::kernelspecs::launchers(&root, &sealed, &python) {
+            match l {
+                super::kernelspecs::Launcher::Binary(id) => {
+                    launchers.insert(id, name);
+                }
+                super::kernelspecs::Launcher::Script(p) => {
+                    launcher_scripts.insert(p, name);
+                }
+            }
+        }
+        Self { root, python, helpers, loaders, launchers, launcher_scripts, system: None, resolved_at: Instant::now() }
     }
 
     fn system(&mut self) -> &SystemIndex {

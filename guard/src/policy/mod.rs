@@ -4,6 +4,7 @@
 
 pub mod egress;
 pub mod identity;
+pub mod kernelspecs;
 pub mod provenance;
 pub mod suggest;
 pub mod watch;
@@ -186,6 +187,7 @@ struct PolicyFile {
     writable_paths: Option<Vec<String>>,
     loaders: Option<Vec<String>>,
     launchers: Option<Vec<String>>,
+    kernel_commands: Option<Vec<Vec<String>>>,
     egress: Option<egress::EgressSpec>,
     heartbeat_seconds: Option<u64>,
     seccomp_profile: Option<String>,
@@ -207,6 +209,8 @@ pub struct Policy {
     pub writable_paths: Vec<String>,
     pub loaders: Vec<String>,
     pub launchers: BTreeSet<String>,
+    /// Exact commands (argv) sanctioned kernels run through a shell at start-up.
+    pub kernel_commands: Vec<Vec<String>>,
     pub egress: egress::EgressSpec,
     /// Interval of `guard.heartbeat` alerts (0: none).
     pub heartbeat_seconds: u64,
@@ -310,6 +314,7 @@ impl Policy {
             writable_paths: user.writable_paths.or(base.writable_paths).unwrap_or_default(),
             loaders: user.loaders.or(base.loaders).unwrap_or_default(),
             launchers: set(user.launchers.or(base.launchers).unwrap_or_default()),
+            kernel_commands: user.kernel_commands.or(base.kernel_commands).unwrap_or_default(),
             egress: user.egress.or(base.egress).unwrap_or_default(),
             heartbeat_seconds: user.heartbeat_seconds.or(base.heartbeat_seconds).unwrap_or(60),
             seccomp_profile: user.seccomp_profile.or(base.seccomp_profile),

@@ -22,6 +22,10 @@ pub enum Role {
     Terminal,
     /// A `%pip` shell (allowed).
     PipShell,
+    /// The launcher of a sanctioned non-Python kernel (R's wrapper script) and its forks.
+    KernelLauncher,
+    /// A command the policy names for sanctioned kernels, and what it starts (allowed).
+    KernelCommand,
     /// Anything else.
     Other,
 }

@@ -75,6 +75,8 @@ const PINNED_MAPS: &[&str] = &[
     names::RING_FILL,
     names::INCARNATIONS,
     names::SCOPES,
+    names::KERNEL_COMMANDS,
+    names::LAUNCHERS,
 ];
 
 /// bpffs's magic number (statfs f_type).
@@ -254,14 +256,16 @@ impl ProcessSensor {
         let ring = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
         let ring_fill = aya::maps::Array::try_from(take(&mut ebpf, names::RING_FILL)?)?;
         let polling = aya::maps::Array::try_from(take(&mut ebpf, names::AGENT_POLLING)?)?;
-        let enforcement = crate::enforce::KernelEnforcer::new(
-            HashMap::try_from(take(&mut ebpf, names::ENFORCED)?)?,
-            HashMap::try_from(take(&mut ebpf, names::ALLOWED)?)?,
-            HashMap::try_from(take(&mut ebpf, names::MARKS)?)?,
-            HashMap::try_from(take(&mut ebpf, names::SERVERS)?)?,
-            HashMap::try_from(take(&mut ebpf, names::INCARNATIONS)?)?,
-            HashMap::try_from(take(&mut ebpf, names::SCOPES)?)?,
-        );
+        let enforcement = crate::enforce::KernelEnforcer::new(crate::enforce::Maps {
+            enforced: HashMap::try_from(take(&mut ebpf, names::ENFORCED)?)?,
+            allowed: HashMap::try_from(take(&mut ebpf, names::ALLOWED)?)?,
+            marks: HashMap::try_from(take(&mut ebpf, names::MARKS)?)?,
+            servers: HashMap::try_from(take(&mut ebpf, names::SERVERS)?)?,
+            incarnations: HashMap::try_from(take(&mut ebpf, names::INCARNATIONS)?)?,
+            scopes: HashMap::try_from(take(&mut ebpf, names::SCOPES)?)?,
+            kernel_commands: HashMap::try_from(take(&mut ebpf, names::KERNEL_COMMANDS)?)?,
+            launchers: HashMap::try_from(take(&mut ebpf, names::LAUNCHERS)?)?,
+        });
         Ok(Self {
             ebpf,
             lost,

@@ -83,15 +83,21 @@ impl Unit {
         let netns = self.netns.as_ref().map(fs::File::open).transpose().context("opening the network namespace")?;
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
-        let env: Vec<CString> = [
-            "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
-            "HOME=/tmp".to_string(),
-            "LANG=C.UTF-8".to_string(),
-            format!("NBG_INCARNATION={n}"),
-        ]
-        .into_iter()
-        .map(CString::new)
-        .collect::<Result<_, _>>()?;
+        // A unit's own environment: the defaults, then `UNIT_ENV_<NAME>=value` from ours.
+        let mut vars: Vec<(String, String)> = vec![
+            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("HOME".into(), "/tmp".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("NBG_INCARNATION".into(), n.to_string()),
+        ];
+        for (k, v) in std::env::vars() {
+            if let Some(name) = k.strip_prefix("UNIT_ENV_") {
+                vars.retain(|(n, _)| n != name);
+                vars.push((name.to_string(), v));
+            }
+        }
+        let env: Vec<CString> =
+            vars.into_iter().map(|(k, v)| CString::new(format!("{k}={v}"))).collect::<Result<_, _>>()?;
         let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
         envp.push(std::ptr::null());
         let (uid, gid) = (self.uid, self.gid);
