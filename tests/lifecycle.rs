@@ -216,3 +216,34 @@ fn a_local_process_spawner_notebook_is_enforced_by_process_and_the_hub_is_not() 
     assert_eq!(field(killed, "proc.exepath"), "/bin/echo");
     assert!(mine.iter().any(|a| field(a, "guard.action") == "denied"), "egress refusal reported:\n{mine:#?}");
 }
+
+#[test]
+fn an_agent_meeting_pinned_maps_of_another_layout_replaces_them_and_enforces() {
+    if !require_root("an_agent_meeting_pinned_maps_of_another_layout_replaces_them_and_enforces") {
+        return;
+    }
+    // An upgrade (or a downgrade) across a change of the pinned maps' layout: the maps are
+    // not adopted in the wrong shape; the new agent replaces them and enforces what it finds.
+    let net = TestNet::new().unwrap();
+    let user = Unit::new_user();
+    let a = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let pins = a.pin_dir.clone();
+    let (mut unit, dir) = start_unit(&user, &net);
+    wait_placed(&a, &unit);
+    go(&dir, 0);
+    assert_eq!(unit.wait_for("inc 0 ", Duration::from_secs(20)).unwrap(), "inc 0 rc 9 connect errno 1");
+    a.stop_keep_pins().unwrap();
+    // What an agent of layout 1 would have left.
+    let current = pins.join(format!("maps-v{}", guard_abi::PIN_LAYOUT));
+    let older = pins.join("maps-v1");
+    std::fs::rename(&current, &older).unwrap();
+    let b = GuardProcess::start_pinned(&policy(Some(&user)), &[], &[], pins.clone()).unwrap();
+    assert!(b.log().contains("another agent version's layout"), "{}", b.log());
+    assert!(!older.exists() && current.exists(), "the other layout's maps are unpinned, this one's pinned");
+    wait_placed(&b, &unit);
+    go(&dir, 1);
+    unit.restart(false).unwrap();
+    let line = unit.wait_for("inc 1 ", Duration::from_secs(20)).unwrap();
+    assert_eq!(line, "inc 1 rc 9 connect errno 1", "{}", b.log());
+    b.stop().unwrap();
+}

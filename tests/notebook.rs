@@ -530,7 +530,8 @@ fn policy_reloads_atomically_and_bad_policies_are_rejected() {
     }
     assert_eq!(echo().trim(), "0", "monitor again: echo runs");
     let entries = |map: &str| {
-        let data = aya::maps::MapData::from_pin(guard.pin_dir.join("maps").join(map)).unwrap();
+        let maps = guard.pin_dir.join(format!("maps-v{}", guard_abi::PIN_LAYOUT));
+        let data = aya::maps::MapData::from_pin(maps.join(map)).unwrap();
         let m: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
         m.keys().count()
     };

@@ -101,6 +101,11 @@ impl EventKind {
 /// whatever that one's programs wrote after it stopped, in their layout.
 pub const RECORD_FORMAT: u32 = 3;
 
+/// Layout version of the pinned maps (their key and value types). Maps are pinned under
+/// `maps-v<PIN_LAYOUT>`: an agent whose layout differs from the pinned one's does not adopt
+/// those maps (it would read and write them in another shape) but replaces them.
+pub const PIN_LAYOUT: u32 = 2;
+
 /// Common prefix of every ring-buffer record. `pid`/`tgid` are in the initial PID namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -117,6 +117,33 @@ fn pin_link(link: aya::programs::links::FdLink, path: &Path) -> Result<aya::prog
     aya::programs::links::PinnedLink::from_pin(path).with_context(|| format!("reopening {}", path.display()))
 }
 
+/// Where this agent's maps are pinned, below the pin directory.
+fn maps_dir() -> String {
+    format!("maps-v{}", guard_abi::PIN_LAYOUT)
+}
+
+/// Map pins of another layout (an older or newer agent's): not adopted, since this agent would
+/// use them in another shape, but unpinned, with a warning. Their programs keep them until
+/// this agent's links replace those programs; enforcement is then rebuilt from discovery.
+fn retire_other_layouts(dir: &Path) -> Result<()> {
+    let current = maps_dir();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name == "maps" || name.starts_with("maps-v")) || name == current {
+            continue;
+        }
+        tracing::warn!(
+            maps = %e.path().display(),
+            "pinned maps of another agent version's layout are replaced, not adopted: enforcement is rebuilt as notebooks are found"
+        );
+        for m in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+            std::fs::remove_file(m.path()).with_context(|| format!("removing {}", m.path().display()))?;
+        }
+        let _ = std::fs::remove_dir(e.path());
+    }
+    Ok(())
+}
+
 /// Unpins everything under `dir` (detaching the programs, dropping the state): `guard cleanup`.
 ///
 /// Returns once the links are gone from the kernel. Unlinking a pin whose fd is already closed
@@ -144,12 +171,16 @@ pub fn remove_pins(dir: &Path) -> Result<usize> {
         }
         let _ = std::fs::remove_dir(dir.join("links"));
     }
-    if let Ok(entries) = std::fs::read_dir(dir.join("maps")) {
-        for e in entries.flatten() {
+    let map_dirs = std::fs::read_dir(dir).into_iter().flatten().flatten().filter(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name == "maps" || name.starts_with("maps-v")
+    });
+    for d in map_dirs {
+        for e in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
             std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
             n += 1;
         }
-        let _ = std::fs::remove_dir(dir.join("maps"));
+        let _ = std::fs::remove_dir(d.path());
     }
     let _ = std::fs::remove_dir(dir);
     wait_links_gone(&link_ids)?;
@@ -222,9 +253,11 @@ impl ProcessSensor {
         let map_paths: Vec<(&str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => {
                 check_bpffs(dir)?;
-                std::fs::create_dir_all(dir.join("maps")).with_context(|| format!("creating {}", dir.display()))?;
+                retire_other_layouts(dir)?;
+                let maps = dir.join(maps_dir());
+                std::fs::create_dir_all(&maps).with_context(|| format!("creating {}", maps.display()))?;
                 std::fs::create_dir_all(dir.join("links"))?;
-                PINNED_MAPS.iter().map(|m| (*m, dir.join("maps").join(m))).collect()
+                PINNED_MAPS.iter().map(|m| (*m, maps.join(m))).collect()
             }
             None => vec![],
         };
