@@ -61,10 +61,6 @@ const CELLS: &[&str] = &[
     "import platform\nplatform.processor()\nprint('alive', os.getuid() != 0)",
 ];
 
-fn field<'a>(a: &'a Value, k: &str) -> &'a Value {
-    &a["output_fields"][k]
-}
-
 #[test]
 fn a_real_hubs_local_process_notebooks_are_enforced_across_agent_and_server_restarts() {
     if !require_root("a_real_hubs_local_process_notebooks_are_enforced_across_agent_and_server_restarts") {

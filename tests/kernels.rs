@@ -60,10 +60,6 @@ const CELLS: &[&str] = &[
     "cat('after', '\\n')",
 ];
 
-fn field<'a>(a: &'a Value, k: &str) -> &'a Value {
-    &a["output_fields"][k]
-}
-
 #[test]
 fn an_admin_installed_r_kernel_starts_quietly_and_what_it_runs_is_judged() {
     if !require_root("an_admin_installed_r_kernel_starts_quietly_and_what_it_runs_is_judged") {

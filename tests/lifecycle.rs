@@ -57,10 +57,6 @@ fn wait_placed(guard: &GuardProcess, unit: &Unit) {
     }
 }
 
-fn field<'a>(a: &'a Value, k: &str) -> &'a Value {
-    &a["output_fields"][k]
-}
-
 /// The unit, and the directory its server looks for its go files in.
 fn start_unit(user: &str, net: &TestNet) -> (Unit, TempDir) {
     let python = "/usr/bin/python3";
@@ -70,20 +66,35 @@ fn start_unit(user: &str, net: &TestNet) -> (Unit, TempDir) {
     (unit, dir)
 }
 
+/// An agent enforcing a fresh user's notebook, whose unit is up and placed and whose first
+/// incarnation's command was killed and connect refused.
+struct Enforced {
+    net: TestNet,
+    user: String,
+    agent: GuardProcess,
+    unit: Unit,
+    dir: TempDir,
+}
+
+fn enforced_first_incarnation() -> Enforced {
+    let net = TestNet::new().unwrap();
+    let user = Unit::new_user();
+    let agent = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let (unit, dir) = start_unit(&user, &net);
+    wait_placed(&agent, &unit);
+    go(&dir, 0);
+    let line = unit.wait_for("inc 0 ", Duration::from_secs(20)).unwrap();
+    assert_eq!(line, "inc 0 rc 9 connect errno 1", "first incarnation:\n{}", agent.log());
+    Enforced { net, user, agent, unit, dir }
+}
+
 #[test]
 fn every_incarnation_of_a_restarted_server_is_enforced_with_or_without_the_agent() {
     if !require_root("every_incarnation_of_a_restarted_server_is_enforced_with_or_without_the_agent") {
         return;
     }
-    let net = TestNet::new().unwrap();
-    let user = Unit::new_user();
-    let a = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let Enforced { net: _net, user, agent: a, mut unit, dir } = enforced_first_incarnation();
     let pins = a.pin_dir.clone();
-    let (mut unit, dir) = start_unit(&user, &net);
-    wait_placed(&a, &unit);
-    go(&dir, 0);
-    let line = unit.wait_for("inc 0 ", Duration::from_secs(20)).unwrap();
-    assert_eq!(line, "inc 0 rc 9 connect errno 1", "first incarnation:\n{}", a.log());
     // Restarted at once (twice) and after a pause: each new incarnation's first exec is its
     // server's, and that server runs the forbidden command straight away.
     for (n, pause) in [(1, false), (2, false), (3, true)] {
@@ -224,14 +235,8 @@ fn an_agent_meeting_pinned_maps_of_another_layout_replaces_them_and_enforces() {
     }
     // An upgrade (or a downgrade) across a change of the pinned maps' layout: the maps are
     // not adopted in the wrong shape; the new agent replaces them and enforces what it finds.
-    let net = TestNet::new().unwrap();
-    let user = Unit::new_user();
-    let a = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let Enforced { net: _net, user, agent: a, mut unit, dir } = enforced_first_incarnation();
     let pins = a.pin_dir.clone();
-    let (mut unit, dir) = start_unit(&user, &net);
-    wait_placed(&a, &unit);
-    go(&dir, 0);
-    assert_eq!(unit.wait_for("inc 0 ", Duration::from_secs(20)).unwrap(), "inc 0 rc 9 connect errno 1");
     a.stop_keep_pins().unwrap();
     // What an agent of layout 1 would have left.
     let current = pins.join(format!("maps-v{}", guard_abi::PIN_LAYOUT));

@@ -85,10 +85,6 @@ const BENIGN: &[&str] = &[
     "import json, csv, sqlite3\nsqlite3.connect(':memory:').execute('select 1').fetchall()",
 ];
 
-fn field<'a>(a: &'a Value, k: &str) -> &'a Value {
-    &a["output_fields"][k]
-}
-
 #[test]
 fn attack_cells_raise_their_rules_with_user_notebook_and_lineage() {
     if !require_root("attack_cells_raise_their_rules_with_user_notebook_and_lineage") {

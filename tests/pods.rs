@@ -44,10 +44,6 @@ const CELLS: &[&str] = &[
     "import os\nprint('alive', os.getuid())",
 ];
 
-fn field<'a>(a: &'a Value, k: &str) -> &'a Value {
-    &a["output_fields"][k]
-}
-
 #[test]
 fn notebook_pods_in_real_containers_are_attributed_enforced_and_monitored() {
     if !require_root("notebook_pods_in_real_containers_are_attributed_enforced_and_monitored") {

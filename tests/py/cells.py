@@ -9,6 +9,13 @@ def run_cells(connection_file, cells):
     kc.load_connection_file()
     kc.start_channels()
     kc.wait_for_ready(timeout=60)
+    out = run_on_client(kc, cells)
+    kc.stop_channels()
+    return out
+
+
+def run_on_client(kc, cells):
+    """Each cell's {"cell", "status", "stdout", "ename"}, through a ready kernel client."""
     out = []
     for i, code in enumerate(cells):
         text = []
@@ -23,5 +30,4 @@ def run_cells(connection_file, cells):
             out.append({"cell": i, "status": c["status"], "stdout": "".join(text), "ename": c.get("ename")})
         except Exception as e:  # the kernel died or timed out
             out.append({"cell": i, "status": "dead", "stdout": "".join(text), "ename": type(e).__name__})
-    kc.stop_channels()
     return out

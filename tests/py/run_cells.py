@@ -14,6 +14,9 @@ import sys
 
 from jupyter_client.manager import KernelManager
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cells import run_on_client  # noqa: E402
+
 
 def start_kernel(env, attempts=3):
     """Starts a kernel and waits until it answers. jupyter_client picks free TCP ports, then
@@ -55,20 +58,7 @@ def main():
         deadline = time.time() + 60
         while not os.path.exists(spec["wait_for"]) and time.time() < deadline:
             time.sleep(0.02)
-    results = []
-    for i, code in enumerate(spec["cells"]):
-        out = []
-
-        def hook(msg):
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-
-        try:
-            reply = kc.execute_interactive(code, timeout=60, output_hook=hook, allow_stdin=False)
-            c = reply["content"]
-            results.append({"cell": i, "status": c["status"], "stdout": "".join(out), "ename": c.get("ename")})
-        except Exception as e:  # the kernel died or timed out
-            results.append({"cell": i, "status": "dead", "stdout": "".join(out), "ename": type(e).__name__})
+    results = run_on_client(kc, spec["cells"])
     kc.stop_channels()
     km.shutdown_kernel(now=False)
     json.dump(results, open(results_path, "w"))

@@ -521,6 +521,11 @@ impl Drop for GuardProcess {
     }
 }
 
+/// One of an alert's `output_fields`.
+pub fn field<'a>(a: &'a serde_json::Value, k: &str) -> &'a serde_json::Value {
+    &a["output_fields"][k]
+}
+
 /// The venv Python with ipykernel and jupyter_client (made by `cargo xtask test`).
 pub fn test_python() -> PathBuf {
     std::env::var_os("GUARD_TEST_PYTHON")
