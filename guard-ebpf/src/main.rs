@@ -20,19 +20,15 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_get_smp_processor_id,
-        generated::{
-            bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user,
-            bpf_send_signal,
-        },
+        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user},
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use guard_abi::{
-    allow_class, enforce_flags, ByteKey, exec_flags, marks, Config, CTIME_NSEC_MASK, BYTE_KEY_MAX, EventHeader, EventKind, ExecWire, ExitEvent, FileKey,
-    ForkEvent, ARGS_LEN, DNAME_LEN, ENFORCED_ANY, EVENT_KINDS, EXEC_HEAD_LEN, MAX_ALLOWED, MAX_MARKED,
-    MAX_KERNEL_COMMANDS, MAX_LAUNCHERS, MAX_WATCHED_CGROUPS, PATH_LEN, RECORD_FORMAT,
+    exec_flags, Config, EventHeader, EventKind, ExecWire, ExitEvent, ForkEvent, ARGS_LEN, CTIME_NSEC_MASK, DNAME_LEN,
+    EVENT_KINDS, EXEC_HEAD_LEN, MAX_MARKED, MAX_WATCHED_CGROUPS, PATH_LEN, RECORD_FORMAT,
 };
 
 /// Filled in by the agent before load (`.rodata`).
@@ -96,33 +92,15 @@ static WATCHED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_WATCHED_CGROUP
 #[map]
 static ENFORCED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_WATCHED_CGROUPS, 0);
 
-/// File identities allowed to run in enforced cgroups: `allow_class`.
-#[map]
-static ALLOWED: HashMap<FileKey, u32> = HashMap::with_max_entries(MAX_ALLOWED, 0);
-
 /// Per-process `marks`, kept by these programs (set at exec, inherited at fork, dropped at
 /// exit) so the decision needs no user-space round trip.
 #[map]
 static MARKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MARKED, 0);
 
-/// Exact commands (argv blocks, by `command_hash`) a sanctioned non-Python kernel runs through a
-/// shell at start-up (R's `system("uname -a")`), from the policy: they and what they start run.
-#[map]
-static KERNEL_COMMANDS: HashMap<ByteKey, u32> = HashMap::with_max_entries(MAX_KERNEL_COMMANDS, 0);
-
-/// Paths of sanctioned kernels' launcher scripts, per mount namespace, where the notebook's
-/// user cannot change what the path leads to (the agent checked every directory on it).
-#[map]
-static LAUNCHERS: HashMap<ByteKey, u32> = HashMap::with_max_entries(MAX_LAUNCHERS, 0);
-
 /// Notebook server processes (tgid), registered by the agent: a shell whose parent is one of
 /// them is a Jupyter terminal.
 #[map]
 static SERVERS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
-
-/// One per-CPU word for `forget_precision`.
-#[map]
-static SCAN_TMP: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU space to assemble an exec record (too big for the 512-byte stack), packed as it goes
 /// to the ring: each string is read in right after the one before.
@@ -142,6 +120,7 @@ macro_rules! conf {
 mod egress;
 mod incarnation;
 mod scope;
+mod verdict;
 
 #[inline(always)]
 unsafe fn read<T: Copy + Default>(base: *const u8, off: u32) -> T {
@@ -358,7 +337,7 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64, cgroup: u64) {
     (*h).args_len = args_len;
     (*h).flags = flags;
     (*h).stdio_sockets = stdio_sockets(task);
-    enforce(w, args, task, pid_tgid, cgroup);
+    verdict::enforce(w, args, task, pid_tgid, cgroup);
 
     // Read back from map memory: the verifier then sees one bounded size instead of one state
     // per combination of flags computed above.
@@ -370,62 +349,6 @@ unsafe fn on_exec(ctx: &RawTracePointContext, pid_tgid: u64, cgroup: u64) {
     if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
         count_lost(EventKind::Exec);
     }
-}
-
-/// True while some cgroup is enforced (`ENFORCED_ANY`, one hot key). `MARKS` and `SERVERS`
-/// are kept only then: in monitor mode, fork and exit touch no per-process entry (a lookup of
-/// a random key costs a cache and TLB miss), and the agent empties both maps when the last
-/// cgroup leaves enforcement, so no stale entry outlives it.
-#[inline(always)]
-fn enforcing() -> bool {
-    unsafe { ENFORCED.get(&ENFORCED_ANY) }.is_some()
-}
-
-/// Enforcement for an exec in an enforced cgroup: decide, kill if forbidden, and record the
-/// outcome in the event's flags. Everything is re-read from the event in map memory, so the
-/// verifier walks this once rather than once per path through the field copying above.
-#[inline(always)]
-unsafe fn enforce(w: *mut ExecWire, args: *const u8, task: *const u8, pid_tgid: u64, cgroup: u64) {
-    let ev = addr_of_mut!((*w).head);
-    // Nothing enforced anywhere (monitor mode): no walk up the cgroup tree on every exec.
-    if !enforcing() {
-        return;
-    }
-    let tgid = (pid_tgid >> 32) as u32;
-    // A notebook known by its cgroup, else by its process's scope (LocalProcessSpawner).
-    let enf = match cgroup_lookup(&ENFORCED, cgroup) {
-        Some(enf) => enf,
-        None => match scope::of_task(tgid) {
-            Some(p) => p.enforce,
-            None => return,
-        },
-    };
-    if enf & enforce_flags::ON == 0 {
-        return;
-    }
-    let mut flags = core::ptr::read_volatile(&(*ev).flags) | exec_flags::ENFORCED;
-    let key = FileKey {
-        dev: core::ptr::read_volatile(&(*ev).exe_dev),
-        ctime_nsec: core::ptr::read_volatile(&(*ev).exe_ctime_nsec),
-        ino: core::ptr::read_volatile(&(*ev).exe_ino),
-        ctime_sec: core::ptr::read_volatile(&(*ev).exe_ctime_sec),
-    };
-    // A `#!` script whose path (in this task's mount namespace) is a sanctioned kernel's launcher.
-    let script = flags & exec_flags::HAS_INTERP != 0
-        && is_launcher_path(tail_at(w, 0), core::ptr::read_volatile(&(*ev).filename_len), task);
-    let ppid = core::ptr::read_volatile(&(*ev).ppid);
-    let args_len = core::ptr::read_volatile(&(*ev).args_len);
-    let parent = read_ptr(task, conf!(offsets.task_real_parent));
-    let (verdict, mark) = decide(enf, &key, script, tgid, ppid, parent, args, args_len);
-    if mark & marks::UNDER_PYTHON != 0 {
-        flags |= exec_flags::UNDER_PYTHON;
-    }
-    if !verdict {
-        // Before the new image's first instruction: it never runs.
-        bpf_send_signal(9);
-        flags |= exec_flags::KILLED;
-    }
-    core::ptr::write_volatile(&mut (*ev).flags, flags);
 }
 
 const S_IFMT: u16 = 0o170000;
@@ -451,196 +374,6 @@ unsafe fn stdio_sockets(task: *const u8) -> u32 {
     bits
 }
 
-#[inline(always)]
-unsafe fn file_key(file: *const u8) -> FileKey {
-    let inode = read_ptr(file, conf!(offsets.file_inode));
-    let sb = read_ptr(inode, conf!(offsets.inode_sb));
-    FileKey {
-        dev: read::<u32>(sb, conf!(offsets.sb_dev)),
-        ctime_nsec: read::<u32>(inode, conf!(offsets.inode_ctime_nsec)) & CTIME_NSEC_MASK,
-        ino: read::<u64>(inode, conf!(offsets.inode_ino)),
-        ctime_sec: read::<i64>(inode, conf!(offsets.inode_ctime_sec)),
-    }
-}
-
-#[inline(always)]
-fn class_of(key: &FileKey) -> u32 {
-    unsafe { ALLOWED.get(key) }.copied().unwrap_or(0)
-}
-
-/// Parks a loop's result in map memory and reads it back: the verifier then sees one
-/// unknown (bounded) value instead of one state per loop exit, which keeps two loops in a row
-/// from multiplying their states.
-#[inline(always)]
-fn forget_precision(v: u32) -> u32 {
-    match SCAN_TMP.get_ptr_mut(0) {
-        Some(p) => unsafe {
-            core::ptr::write_volatile(p, v);
-            core::ptr::read_volatile(p)
-        },
-        None => v,
-    }
-}
-
-/// True for the shape of IPython's `%pip`: `sh -c "<python> -m pip …"` — argv[1] is `-c` and
-/// the command's first word is followed by `-m pip `. Such a shell is then confined: it may
-/// exec only Python (`marks::PIP_SHELL`); its builtins are the residual risk. Raw reads with
-/// explicit bounds, since an indexing panic path would not load.
-#[inline(always)]
-unsafe fn is_pip_shell(args: *const u8, args_len: u32) -> bool {
-    // argv[0] is the shell (`/bin/sh`); argv[2] starts with the interpreter's path.
-    const SHELL_SCAN: usize = 48;
-    const CMD_SCAN: usize = 160;
-    let len = if (args_len as usize) < ARGS_LEN { args_len as usize } else { ARGS_LEN };
-    // A constant bound the verifier can see, with slack for the `+ k` reads below.
-    let at = |i: usize| -> u8 {
-        if i >= len || i >= ARGS_LEN - 16 {
-            0
-        } else {
-            *args.add(i)
-        }
-    };
-    // End of argv[0].
-    let mut i = 0usize;
-    while i < SHELL_SCAN {
-        if at(i) == 0 {
-            break;
-        }
-        i += 1;
-    }
-    if at(i + 1) != b'-' || at(i + 2) != b'c' || at(i + 3) != 0 {
-        return false;
-    }
-    // Masked small: the compiler may add the loop index to a pointer built from `start`.
-    let start = forget_precision((i + 4) as u32) as usize & 511;
-    // First space of argv[2], then "-m pip ".
-    let mut j = 0usize;
-    while j < CMD_SCAN {
-        let b = at(start + j);
-        if b == 0 {
-            return false;
-        }
-        if b == b' ' {
-            break;
-        }
-        j += 1;
-    }
-    let p = start + j;
-    at(p + 1) == b'-'
-        && at(p + 2) == b'm'
-        && at(p + 3) == b' '
-        && at(p + 4) == b'p'
-        && at(p + 5) == b'i'
-        && at(p + 6) == b'p'
-        && (at(p + 7) == b' ' || at(p + 7) == 0)
-}
-
-/// The enforcement decision for an exec in an enforced cgroup: (allowed, marks of the new
-/// image). Only processes that descend from the notebook's Python are judged; the container's
-/// own start-up (tini, start.sh) runs before any Python and is left alone.
-#[inline(always)]
-unsafe fn decide(
-    enf: u32,
-    key: &FileKey,
-    launcher_script: bool,
-    tgid: u32,
-    ppid: u32,
-    parent: *const u8,
-    args: *const u8,
-    args_len: u32,
-) -> (bool, u32) {
-    let mut mark = MARKS.get(&tgid).copied().unwrap_or(0);
-    let class = class_of(key);
-    if class == allow_class::PYTHON {
-        mark = (mark | marks::UNDER_PYTHON) & !marks::PIP_SHELL;
-        let _ = MARKS.insert(&tgid, &mark, 0);
-        return (true, mark);
-    }
-    // A kernel's start: the launcher's next exec (the kernel itself, the launcher's own
-    // helpers) runs; from then on what it starts is judged like Python's.
-    if mark & marks::LAUNCHING != 0 {
-        mark = (mark & !marks::LAUNCHING) | marks::UNDER_PYTHON;
-        let _ = MARKS.insert(&tgid, &mark, 0);
-        return (true, mark);
-    }
-    if mark & marks::UNDER_PYTHON == 0 || mark & marks::EXEMPT != 0 {
-        return (true, mark);
-    }
-    if mark & marks::PIP_SHELL != 0 {
-        return (false, mark);
-    }
-    let parent_mm = read_ptr(parent, conf!(offsets.task_mm));
-    let parent_exe = read_ptr(parent_mm, conf!(offsets.mm_exe_file));
-    let parent_is_python = !parent_exe.is_null() && class_of(&file_key(parent_exe)) == allow_class::PYTHON;
-    if class == allow_class::HELPER && parent_is_python {
-        return (true, mark);
-    }
-    // The server starting a sanctioned kernel: its launcher script, or its binary.
-    if parent_is_python && (launcher_script || class == allow_class::LAUNCHER) {
-        if class != allow_class::LAUNCHER {
-            mark |= marks::LAUNCHING;
-            let _ = MARKS.insert(&tgid, &mark, 0);
-        }
-        return (true, mark);
-    }
-    if class == allow_class::SHELL {
-        if enf & enforce_flags::TERMINALS != 0 && SERVERS.get(&ppid).is_some() {
-            mark |= marks::EXEMPT;
-            let _ = MARKS.insert(&tgid, &mark, 0);
-            return (true, mark);
-        }
-        if enf & enforce_flags::PIP_MAGIC != 0 && parent_is_python && is_pip_shell(args, args_len) {
-            mark |= marks::PIP_SHELL;
-            let _ = MARKS.insert(&tgid, &mark, 0);
-            return (true, mark);
-        }
-        // A command the policy names for a sanctioned kernel, byte for byte: it and what it
-        // starts run.
-        if is_kernel_command(args, args_len) {
-            mark |= marks::EXEMPT;
-            let _ = MARKS.insert(&tgid, &mark, 0);
-            return (true, mark);
-        }
-    }
-    (false, mark)
-}
-
-/// `len` bytes at `p` (map memory with room for `BYTE_KEY_MAX` bytes) as a key in `scope`.
-/// Whole words, masked: no loop over bytes.
-#[inline(always)]
-unsafe fn byte_key(scope: u32, p: *const u8, len: u32) -> ByteKey {
-    let len = len as usize & (BYTE_KEY_MAX - 1);
-    let mut key = ByteKey { scope, len: len as u32, words: [0; BYTE_KEY_MAX / 8] };
-    let mut i = 0;
-    while i < BYTE_KEY_MAX / 8 {
-        // SAFETY: `p` points into the per-CPU record with BYTE_KEY_MAX bytes of room after it
-        // (the tail is sized for ARGS_LEN); bytes past `len` are masked off.
-        let w = core::ptr::read_unaligned(p.add(i * 8).cast::<u64>());
-        key.words[i] = w & ByteKey::word_mask(len, i);
-        i += 1;
-    }
-    key
-}
-
-/// The argv block (`args_len` bytes) is one the policy names for sanctioned kernels.
-#[inline(always)]
-unsafe fn is_kernel_command(args: *const u8, args_len: u32) -> bool {
-    (args_len as usize) < BYTE_KEY_MAX && KERNEL_COMMANDS.get(&byte_key(0, args, args_len)).is_some()
-}
-
-/// The exec'd path (`len` bytes at `path`) is a sanctioned kernel's launcher script in the
-/// task's mount namespace.
-#[inline(always)]
-unsafe fn is_launcher_path(path: *const u8, len: u16, task: *const u8) -> bool {
-    if len as usize >= BYTE_KEY_MAX {
-        return false;
-    }
-    let nsproxy = read_ptr(task, conf!(offsets.task_nsproxy));
-    let mnt_ns = read_ptr(nsproxy, conf!(offsets.nsproxy_mnt_ns));
-    let inum = read::<u32>(mnt_ns, conf!(offsets.mnt_ns_inum));
-    LAUNCHERS.get(&byte_key(inum, path, len as u32)).is_some()
-}
-
 // TP_PROTO(struct task_struct *parent, struct task_struct *child)
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
@@ -657,7 +390,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     // The child runs its parent's image until it execs: it inherits the parent's marks.
-    if enforcing() {
+    if verdict::enforcing() {
         if let Some(m) = unsafe { MARKS.get(&((pid_tgid >> 32) as u32)) }.copied() {
             let _ = MARKS.insert(&child_tgid, &m, 0);
         }
@@ -683,7 +416,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let tgid = (pid_tgid >> 32) as u32;
     // Looked up first: a delete locks its bucket even for a key that is not there, which is
     // most processes.
-    if enforcing() {
+    if verdict::enforcing() {
         if unsafe { MARKS.get(&tgid) }.is_some() {
             let _ = MARKS.remove(&tgid);
         }
