@@ -83,6 +83,11 @@ const BENIGN: &[&str] = &[
     "get_ipython().run_line_magic('pip', '--version')",
     "import locale, socket, getpass, shutil\nlocale.getpreferredencoding(); socket.gethostname(); getpass.getuser(); shutil.which('git')",
     "import json, csv, sqlite3\nsqlite3.connect(':memory:').execute('select 1').fetchall()",
+    // A user's own script with `#!/usr/bin/env python3`, run by subprocess: Python running the
+    // user's Python (env execs the interpreter).
+    "import os, subprocess, tempfile\np = os.path.join(tempfile.mkdtemp(), 'tool.py')\nopen(p, 'w').write('#!/usr/bin/env python3\\nprint(40 + 2)\\n')\nos.chmod(p, 0o755)\nprint(subprocess.run([p, 'arg'], capture_output=True, text=True, env={'PATH': '/usr/bin:/bin'}).stdout)",
+    // joblib/loky's physical core count (scikit-learn's n_jobs=-1).
+    "import subprocess\nsubprocess.run(['lscpu', '--parse=core'], capture_output=True)",
 ];
 
 #[test]
@@ -184,6 +189,8 @@ fn enforce_mode_kills_forbidden_execs_and_the_kernel_answers() {
         "get_ipython().run_line_magic('pip', '--version')",
         // A %pip-shaped shell may run only Python: anything else it execs dies.
         "import subprocess\nr = subprocess.run(['/bin/sh', '-c', '/bin/echo -m pip FORBIDDEN-5'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout)",
+        // A user's `#!/usr/bin/env python3` script is Python, under enforcement too.
+        "import os, subprocess, tempfile\np = os.path.join(tempfile.mkdtemp(), 'tool.py')\nopen(p, 'w').write('#!/usr/bin/env python3\\nprint(40 + 2)\\n')\nos.chmod(p, 0o755)\nprint(subprocess.run([p], capture_output=True, text=True, env={'PATH': '/usr/bin:/bin'}).stdout)",
         "print('still', 'alive', 1 + 1)",
     ];
     let results = run_notebook(&cg, NOTEBOOK, TOKEN, &cells).unwrap();
@@ -198,6 +205,7 @@ fn enforce_mode_kills_forbidden_execs_and_the_kernel_answers() {
     assert!(results[0].stdout.contains("rc "), "os.system returned: {results:?}");
     assert!(results[4].stdout.contains("42"), "Python children still run: {results:?}");
     assert!(results[5].stdout.contains("pip "), "%pip still works: {results:?}");
+    assert!(results[7].stdout.contains("42"), "an env-shebang Python script runs: {results:?}");
     assert_eq!(results.last().unwrap().stdout.trim(), "still alive 2", "the kernel answers: {results:?}");
 
     let killed: Vec<&Value> = alerts.iter().filter(|a| field(a, "guard.action") == "killed").collect();
@@ -615,9 +623,9 @@ fn policy_suggest_turns_a_noisy_monitoring_period_into_a_quiet_policy() {
     if !require_root("policy_suggest_turns_a_noisy_monitoring_period_into_a_quiet_policy") {
         return;
     }
-    // Ordinary calls the default policy does not know: joblib's CPU count, a file's size.
+    // Ordinary calls the default policy does not know: a checksum, a file's size.
     let cells = [
-        "import subprocess\nsubprocess.run(['lscpu', '--parse=core'], capture_output=True)",
+        "import subprocess\nsubprocess.run(['cksum', '/etc/hostname'], capture_output=True)",
         "import subprocess\nsubprocess.run(['stat', '-c', '%s', '/etc/hostname'], capture_output=True)",
     ];
     let noisy = |policy: &str| {
@@ -650,7 +658,7 @@ fn policy_suggest_turns_a_noisy_monitoring_period_into_a_quiet_policy() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&fragment).unwrap();
-    assert!(text.contains("suggested-lscpu") && text.contains("suggested-stat"), "{text}");
+    assert!(text.contains("suggested-cksum") && text.contains("suggested-stat"), "{text}");
     // The operator keeps it: the test's own policy plus the proposed helpers.
     let kept = format!("{}\n{text}", policy(None));
     let file = dir.0.join("kept.yaml");

@@ -421,6 +421,10 @@ impl Policy {
             }
             for (a, alt) in h.args.iter().flatten().enumerate() {
                 for (j, g) in alt.iter().enumerate() {
+                    if g == REST_ARGS && j + 1 != alt.len() {
+                        let key = format!("helpers[{i}].args[{a}][{j}]");
+                        return Err(err(key, g, format!("{REST_ARGS:?} (any further arguments) must come last")));
+                    }
                     Glob::new(g)
                         .map_err(|e| err(format!("helpers[{i}].args[{a}][{j}]"), g, format!("bad glob: {e}")))?;
                 }
@@ -524,15 +528,23 @@ fn override_matches(m: &OverrideMatch, a: &Attribution) -> bool {
         && (m.users.is_empty() || a.user.as_ref().is_some_and(|u| m.users.contains(u)))
 }
 
-/// A helper's argument alternatives, compiled.
+/// An argument alternative's last element that stands for any further arguments, none included
+/// (a script's own arguments after `env python3 SCRIPT`).
+pub const REST_ARGS: &str = "**";
+
+/// A helper's argument alternatives, compiled: (globs, whether more arguments may follow).
 #[derive(Clone, Debug)]
-pub struct ArgMatcher(Option<Vec<Vec<GlobMatcher>>>);
+pub struct ArgMatcher(Option<Vec<(Vec<GlobMatcher>, bool)>>);
 
 impl ArgMatcher {
     pub fn new(args: &Option<Vec<Vec<String>>>) -> Self {
         Self(args.as_ref().map(|alts| {
             alts.iter()
-                .map(|alt| alt.iter().filter_map(|g| Glob::new(g).ok().map(|g| g.compile_matcher())).collect())
+                .map(|alt| {
+                    let rest = alt.last().is_some_and(|g| g == REST_ARGS);
+                    let globs = &alt[..alt.len() - usize::from(rest)];
+                    (globs.iter().filter_map(|g| Glob::new(g).ok().map(|g| g.compile_matcher())).collect(), rest)
+                })
                 .collect()
         }))
     }
@@ -541,9 +553,10 @@ impl ArgMatcher {
     pub fn matches(&self, args: &[String]) -> bool {
         match &self.0 {
             None => true,
-            Some(alts) => {
-                alts.iter().any(|alt| alt.len() == args.len() && alt.iter().zip(args).all(|(g, a)| g.is_match(a)))
-            }
+            Some(alts) => alts.iter().any(|(alt, rest)| {
+                (alt.len() == args.len() || (*rest && args.len() > alt.len()))
+                    && alt.iter().zip(args).all(|(g, a)| g.is_match(a))
+            }),
         }
     }
 }
@@ -551,6 +564,19 @@ impl ArgMatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_last_double_star_stands_for_any_further_arguments() {
+        let m = ArgMatcher::new(&Some(vec![vec!["python3".into(), REST_ARGS.into()]]));
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(m.matches(&a(&["python3", "/home/u/tool.py"])));
+        assert!(m.matches(&a(&["python3", "/home/u/tool.py", "-v", "x"])));
+        assert!(m.matches(&a(&["python3"])), "none further is any too");
+        assert!(!m.matches(&a(&["bash", "-c", "id"])));
+        let e = Policy::from_str("p.yaml", "helpers:\n  - name: x\n    paths: [/bin/x]\n    args: [[\"**\", a]]\n")
+            .unwrap_err();
+        assert_eq!(e.key, "helpers[0].args[0][0]", "{e}");
+    }
 
     #[test]
     fn embedded_default_is_valid_and_complete() {
