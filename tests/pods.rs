@@ -290,7 +290,13 @@ fn what_the_notebook_user_writes_in_the_interpreter_tree_it_owns_is_never_python
     monitored.start(&net.notebook).unwrap();
     wait_placed(&g, &enforced);
     wait_placed(&g, &monitored);
-    let (_, e) = enforced.run_cells(&net.notebook, NOTEBOOK, TREE).unwrap_or_else(|err| panic!("{err:#}"));
+    // Under enforcement a conda-style copy made at run time is refused at its first exec (the
+    // kernel cannot tell it is a copy); the agent then looks at the tree again and the kernel
+    // learns it, so the next exec runs.
+    let again = "import subprocess, time\ntime.sleep(1)\nr = subprocess.run(['/opt/conda/envs/z/bin/python3', '-c', 'print(6*7)'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout.strip() or '-')";
+    let mut enforced_cells = TREE.to_vec();
+    enforced_cells.extend([CONDA_COPY, again]);
+    let (_, e) = enforced.run_cells(&net.notebook, NOTEBOOK, &enforced_cells).unwrap_or_else(|err| panic!("{err:#}"));
     let mut cells = TREE.to_vec();
     cells.extend([CONDA_COPY, AGAIN]);
     let (_, m) = monitored.run_cells(&net.notebook, NOTEBOOK, &cells).unwrap_or_else(|err| panic!("{err:#}"));
@@ -304,6 +310,8 @@ fn what_the_notebook_user_writes_in_the_interpreter_tree_it_owns_is_never_python
         assert_eq!(out(&e, i), "rc -9 -", "cell {i} was let through: {e:?}\n{log}");
     }
     assert_eq!(out(&e, 3), "rc 0 5", "{e:?}");
+    assert_eq!(out(&e, 4), "rc -9 -", "first exec of the copy, before the agent learns it: {e:?}");
+    assert_eq!(out(&e, 5), "rc 0 42", "the kernel learned the byte-identical copy: {e:?}\n{log}");
     // Monitored: it runs, and each is reported; the conda-style copy is Python.
     assert_eq!(
         [out(&m, 0), out(&m, 1), out(&m, 2), out(&m, 3)],

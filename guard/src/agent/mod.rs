@@ -323,6 +323,10 @@ impl<W: Write> Pipeline<W> {
                 self.place(e.meta.cgroup_id, who, &eff)?;
             }
             if flags_for(&eff).is_some() {
+                if let Some(root) = outcome.root.filter(|_| outcome.refreshed) {
+                    // A new interpreter (a conda env made at run time): the kernel learns it.
+                    self.synced_roots.remove(&root);
+                }
                 self.enforced_exec(e, outcome.role, outcome.root, outcome.server)?;
             }
         }

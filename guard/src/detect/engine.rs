@@ -43,6 +43,9 @@ pub struct Outcome {
     pub server: Option<u32>,
     /// The root whose identities the exec was judged against (for the kernel's allow-list).
     pub root: Option<RootKey>,
+    /// The root's identities were resolved again (a new interpreter appeared): the kernel's
+    /// allow-list needs them too.
+    pub refreshed: bool,
     pub effective: Option<Effective>,
 }
 
@@ -210,6 +213,7 @@ impl Detector {
             return Outcome { effective: Some(eff), ..Default::default() };
         };
         let mut is_python = ids.python.contains(&e.exe);
+        let mut refreshed = false;
         if !is_python
             && ids.age() > REFRESH_AFTER
             && remembered(&mut self.interpreter_like, &e.filename, |p| {
@@ -218,6 +222,7 @@ impl Detector {
         {
             if let Some(fresh) = self.identities.refresh(root, &policy) {
                 is_python = fresh.python.contains(&e.exe);
+                refreshed = true;
             }
         }
         let Some((_, ids)) = self.identities.for_cgroup(e.meta.cgroup_id, &pids, &policy, &self.proc_root) else {
@@ -257,7 +262,7 @@ impl Detector {
             argv,
         };
 
-        let mut out = Outcome { root: Some(root), effective: Some(eff), ..Default::default() };
+        let mut out = Outcome { root: Some(root), refreshed, effective: Some(eff), ..Default::default() };
         let (role, matched) = self.judge(&f, is_python, &eff);
         out.role = role;
 
