@@ -6,7 +6,10 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use guard_tests::{unit::Unit, *};
+use guard_tests::{
+    unit::{unit_policy, Unit},
+    *,
+};
 use serde_json::Value;
 
 const NOTEBOOK: &str = "work/analysis.ipynb";
@@ -44,16 +47,6 @@ impl Drop for SystemUser {
     }
 }
 
-fn policy(enforced: &str) -> String {
-    let default = guard::policy::Policy::default_policy();
-    let mut launchers: Vec<String> = default.launchers.iter().cloned().collect();
-    launchers.push("unitd".into());
-    format!(
-        "mode: monitor\nlaunchers: {}\noverrides:\n  - name: under-test\n    match: {{users: [{enforced}]}}\n    mode: enforce\n",
-        serde_json::to_string(&launchers).unwrap()
-    )
-}
-
 const CELLS: &[&str] = &[
     "import os\nprint('rc', os.system('/bin/echo HUB-EXEC'))",
     "import socket\ntry:\n    socket.create_connection(('10.0.0.5', 80), timeout=3)\n    print('connected')\nexcept OSError as e:\n    print('errno', e.errno)",
@@ -79,7 +72,7 @@ fn a_real_hubs_local_process_notebooks_are_enforced_across_agent_and_server_rest
     std::fs::write(dir.0.join("spec.json"), spec.to_string()).unwrap();
     let results = dir.0.join("results.json");
     // The hub is the first agent's to see start; the second one adopts it mid-session.
-    let first = GuardProcess::start(&policy(&alice.0), &[]).unwrap();
+    let first = GuardProcess::start(&unit_policy(Some(&alice.0)), &[]).unwrap();
     let pins = first.pin_dir.clone();
     let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/hub.py");
     let python = hubenv.join("bin/python");
@@ -103,7 +96,7 @@ fn a_real_hubs_local_process_notebooks_are_enforced_across_agent_and_server_rest
     }
     // Servers and kernels are up; the agent restarts (a DaemonSet rollout) before the cells run.
     let before = first.stop_keep_pins().unwrap();
-    let second = GuardProcess::start_pinned(&policy(&alice.0), &[], &[], pins).unwrap();
+    let second = GuardProcess::start_pinned(&unit_policy(Some(&alice.0)), &[], &[], pins).unwrap();
     std::fs::write(&go, "").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     while !results.exists() {

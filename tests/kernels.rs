@@ -8,22 +8,12 @@ use std::{path::PathBuf, time::Duration};
 
 use guard_tests::{
     pod::open_session,
-    unit::{Unit, NB_GID, NB_UID},
+    unit::{unit_policy, Unit, NB_GID, NB_UID},
     *,
 };
 use serde_json::Value;
 
 const TOKEN: &str = "r-kernel-server-token-41c2";
-
-fn policy(enforced: &str) -> String {
-    let default = guard::policy::Policy::default_policy();
-    let mut launchers: Vec<String> = default.launchers.iter().cloned().collect();
-    launchers.push("unitd".into());
-    format!(
-        "mode: monitor\nlaunchers: {}\noverrides:\n  - name: under-test\n    match: {{users: [{enforced}]}}\n    mode: enforce\n",
-        serde_json::to_string(&launchers).unwrap()
-    )
-}
 
 /// A Jupyter server (jupyter_server from the hub venv) for `user`, as its unit, listening on
 /// `port` in `netns`; its notebooks and runtime files in `dir`.
@@ -71,7 +61,7 @@ fn an_admin_installed_r_kernel_starts_quietly_and_what_it_runs_is_judged() {
     );
     let net = TestNet::new().unwrap();
     let (enforced, monitored) = (Unit::new_user(), Unit::new_user());
-    let g = GuardProcess::start(&policy(&enforced), &[]).unwrap();
+    let g = GuardProcess::start(&unit_policy(Some(&enforced)), &[]).unwrap();
     let mut results = Vec::new();
     for (user, port) in [(&enforced, 8890u16), (&monitored, 8891)] {
         let dir = TempDir::new("r-server").unwrap();

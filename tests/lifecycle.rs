@@ -6,22 +6,11 @@
 
 use std::{path::Path, time::Duration};
 
-use guard_tests::{unit::Unit, *};
+use guard_tests::{
+    unit::{unit_policy, Unit},
+    *,
+};
 use serde_json::Value;
-
-/// The embedded default (Python is `/usr/bin/python3*`) plus the supervisor as a launcher;
-/// `enforce_user`'s notebooks enforced (tests run side by side, and every agent sees every
-/// test's notebooks).
-fn policy(enforce_user: Option<&str>) -> String {
-    let default = guard::policy::Policy::default_policy();
-    let mut launchers: Vec<String> = default.launchers.iter().cloned().collect();
-    launchers.push("unitd".into());
-    let overrides = match enforce_user {
-        Some(u) => format!("overrides:\n  - name: under-test\n    match: {{users: [{u}]}}\n    mode: enforce\n"),
-        None => String::new(),
-    };
-    format!("mode: monitor\nlaunchers: {}\n{overrides}", serde_json::to_string(&launchers).unwrap())
-}
 
 /// A notebook server stand-in: once its incarnation's `go-N` file appears it runs a shell
 /// command through `os.system` and connects to a private address (refused by the default
@@ -79,7 +68,7 @@ struct Enforced {
 fn enforced_first_incarnation() -> Enforced {
     let net = TestNet::new().unwrap();
     let user = Unit::new_user();
-    let agent = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let agent = GuardProcess::start(&unit_policy(Some(&user)), &[]).unwrap();
     let (unit, dir) = start_unit(&user, &net);
     wait_placed(&agent, &unit);
     go(&dir, 0);
@@ -112,7 +101,7 @@ fn every_incarnation_of_a_restarted_server_is_enforced_with_or_without_the_agent
     let line = unit.wait_for("inc 4 ", Duration::from_secs(20)).unwrap();
     assert_eq!(line, "inc 4 rc 9 connect errno 1", "restarted while no agent ran:\n{}", unit.log());
     // An agent adopting the pinned state keeps doing it.
-    let b = GuardProcess::start_pinned(&policy(Some(&user)), &[], &[], pins).unwrap();
+    let b = GuardProcess::start_pinned(&unit_policy(Some(&user)), &[], &[], pins).unwrap();
     go(&dir, 5);
     unit.restart(false).unwrap();
     let line = unit.wait_for("inc 5 ", Duration::from_secs(20)).unwrap();
@@ -150,7 +139,7 @@ fn every_incarnation_of_a_restarted_server_is_reported_on_its_own() {
     }
     let net = TestNet::new().unwrap();
     let user = Unit::new_user();
-    let g = GuardProcess::start(&policy(None), &[]).unwrap();
+    let g = GuardProcess::start(&unit_policy(None), &[]).unwrap();
     let (mut unit, dir) = start_unit(&user, &net);
     wait_placed(&g, &unit);
     go(&dir, 0);
@@ -209,7 +198,7 @@ fn a_local_process_spawner_notebook_is_enforced_by_process_and_the_hub_is_not() 
     let net = TestNet::new().unwrap();
     let hub = TestCgroup::new_under(Path::new("system.slice"), "jupyterhub-local").unwrap();
     let user = Unit::new_user();
-    let g = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
+    let g = GuardProcess::start(&unit_policy(Some(&user)), &[]).unwrap();
     let dir = TempDir::new("local").unwrap();
     let server = script(&dir, "jupyterhub-singleuser", PROBE);
     let hub_proc = script(&dir, "jupyterhub", PROBE);
@@ -242,7 +231,7 @@ fn an_agent_meeting_pinned_maps_of_another_layout_replaces_them_and_enforces() {
     let current = pins.join(format!("maps-v{}", guard_abi::PIN_LAYOUT));
     let older = pins.join("maps-v1");
     std::fs::rename(&current, &older).unwrap();
-    let b = GuardProcess::start_pinned(&policy(Some(&user)), &[], &[], pins.clone()).unwrap();
+    let b = GuardProcess::start_pinned(&unit_policy(Some(&user)), &[], &[], pins.clone()).unwrap();
     assert!(b.log().contains("another agent version's layout"), "{}", b.log());
     assert!(!older.exists() && current.exists(), "the other layout's maps are unpinned, this one's pinned");
     wait_placed(&b, &unit);

@@ -72,14 +72,15 @@ pub enum EventKind {
     Exit = 2,
     Egress = 3,
     Socket = 4,
+    Cgroup = 5,
 }
 
 /// Number of slots in `LOST` (one per [`EventKind`]).
-pub const EVENT_KINDS: u32 = 5;
+pub const EVENT_KINDS: u32 = 6;
 
 impl EventKind {
     pub const ALL: [EventKind; EVENT_KINDS as usize] =
-        [EventKind::Exec, EventKind::Fork, EventKind::Exit, EventKind::Egress, EventKind::Socket];
+        [EventKind::Exec, EventKind::Fork, EventKind::Exit, EventKind::Egress, EventKind::Socket, EventKind::Cgroup];
 
     pub fn from_u32(v: u32) -> Option<Self> {
         Self::ALL.get(v as usize).copied()
@@ -92,6 +93,7 @@ impl EventKind {
             EventKind::Exit => "exit",
             EventKind::Egress => "egress",
             EventKind::Socket => "socket",
+            EventKind::Cgroup => "cgroup",
         }
     }
 }
@@ -99,7 +101,7 @@ impl EventKind {
 /// Layout version of the ring's records, in the top half of [`EventHeader::kind`]. Bump it when
 /// any record's layout changes: an agent adopts the previous one's pinned ring, which holds
 /// whatever that one's programs wrote after it stopped, in their layout.
-pub const RECORD_FORMAT: u32 = 3;
+pub const RECORD_FORMAT: u32 = 4;
 
 /// Layout version of the pinned maps (their key and value types). Maps are pinned under
 /// `maps-v<PIN_LAYOUT>`: an agent whose layout differs from the pinned one's does not adopt
@@ -431,6 +433,20 @@ pub struct SocketEvent {
 }
 
 pub const SYSCALL_UNKNOWN: u32 = u32::MAX;
+
+/// Emitted at `cgroup_mkdir` for a cgroup v2 cgroup: its id (in the header's `cgroup_id`) and
+/// path. In the ring before anything its processes do, so the agent knows where every event
+/// came from even when the cgroup is gone by the time it reads them (a server restarted at
+/// once, twice).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupEvent {
+    pub hdr: EventHeader,
+    /// Bytes of `path`, without its NUL.
+    pub path_len: u32,
+    pub _pad: u32,
+    pub path: [u8; INCARNATION_PATH_MAX],
+}
 
 /// Where a system call's number and first three arguments sit in the task's saved user
 /// registers (`struct pt_regs`), native and 32-bit compat: byte offsets read from BTF, or

@@ -10,14 +10,19 @@
 use core::{ffi::c_void, ptr::addr_of_mut};
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_current_task, bpf_probe_read_kernel_str},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str},
+    },
     macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
-use guard_abi::{cgroup_path_hash, Placement, ENFORCED_ANY, INCARNATION_PATH_MAX, MAX_INCARNATIONS};
+use guard_abi::{
+    cgroup_path_hash, CgroupEvent, EventKind, Placement, ENFORCED_ANY, INCARNATION_PATH_MAX, MAX_INCARNATIONS,
+};
 
-use crate::{egress::EGRESS_CG, read, read_ptr, CONFIG, ENFORCED};
+use crate::{count_lost, egress::EGRESS_CG, header, read, read_ptr, submit_flags, CONFIG, ENFORCED, EVENTS};
 
 /// Hash of a notebook cgroup's path → what every new cgroup made at that path gets.
 #[map]
@@ -52,16 +57,17 @@ unsafe fn on_mkdir(ctx: &RawTracePointContext) {
     }
     let Some(buf) = PATH_BUF.get_ptr_mut(0) else { return };
     let n = bpf_probe_read_kernel_str(addr_of_mut!(*buf).cast(), INCARNATION_PATH_MAX as u32, path.cast());
+    let kn = read_ptr(cgrp, conf!(offsets.cgroup_kn));
+    let id: u64 = read(kn, conf!(offsets.kernfs_node_id));
+    if n <= 0 || id == 0 {
+        return;
+    }
+    report(id, buf, n as u32 - 1);
     // A path that fills the buffer may have been cut: such paths are never remembered.
-    if n <= 0 || n as usize >= INCARNATION_PATH_MAX {
+    if n as usize >= INCARNATION_PATH_MAX {
         return;
     }
     let Some(inc) = INCARNATIONS.get(&cgroup_path_hash(&*buf)).copied() else { return };
-    let kn = read_ptr(cgrp, conf!(offsets.cgroup_kn));
-    let id: u64 = read(kn, conf!(offsets.kernfs_node_id));
-    if id == 0 {
-        return;
-    }
     if inc.enforce != 0 {
         // The marker first: exec looks at the cgroups only while it is there.
         let _ = ENFORCED.insert(&ENFORCED_ANY, &1, 0);
@@ -70,4 +76,28 @@ unsafe fn on_mkdir(ctx: &RawTracePointContext) {
     if inc.egress != 0 {
         let _ = EGRESS_CG.insert(&id, &inc.egress, 0);
     }
+}
+
+/// Tells the agent the new cgroup's id and path, ahead of anything its processes do.
+#[inline(always)]
+unsafe fn report(id: u64, path: *const [u8; INCARNATION_PATH_MAX], len: u32) {
+    // Before the reservation: a reserved record already counts as waiting data, and the
+    // wake-up decision must see the ring as it was (or an idle agent would never be woken).
+    let flags = submit_flags();
+    let Some(mut entry) = EVENTS.reserve::<CgroupEvent>(0) else {
+        count_lost(EventKind::Cgroup);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the reserved record, written whole before it is submitted; the path is
+    // copied from the per-CPU buffer it was read into.
+    (*ev).hdr = header(EventKind::Cgroup, bpf_get_current_pid_tgid(), id);
+    (*ev).path_len = len & (INCARNATION_PATH_MAX as u32 - 1);
+    (*ev)._pad = 0;
+    bpf_probe_read_kernel(
+        core::ptr::addr_of_mut!((*ev).path).cast(),
+        INCARNATION_PATH_MAX as u32,
+        path.cast(),
+    );
+    entry.submit(flags);
 }

@@ -22,6 +22,21 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub const NB_UID: u32 = 1000;
 pub const NB_GID: u32 = 100;
 
+/// The embedded default policy with `unitd` as a launcher (it stands for systemd), monitoring,
+/// with `enforce_user`'s notebooks enforced (tests run side by side, and every agent sees every
+/// test's notebooks).
+pub fn unit_policy(enforce_user: Option<&str>) -> String {
+    let default = guard::policy::Policy::default_policy();
+    let mut launchers: Vec<String> = default.launchers.iter().cloned().collect();
+    launchers.push("unitd".into());
+    let overrides = match enforce_user {
+        Some(u) => format!("overrides:\n  - name: under-test\n    match: {{users: [{u}]}}\n    mode: enforce\n"),
+        None => String::new(),
+    };
+    let launchers = serde_json::to_string(&launchers).expect("a list of strings is JSON");
+    format!("mode: monitor\nlaunchers: {launchers}\n{overrides}")
+}
+
 /// The supervisor binary, built with the tests (target/debug/unitd).
 pub fn unitd_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

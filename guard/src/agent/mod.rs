@@ -175,6 +175,7 @@ impl<W: Write> Pipeline<W> {
             Event::Exit(_) => c.exit.inc(),
             Event::Egress(_) => c.egress.inc(),
             Event::Socket(_) => c.socket.inc(),
+            Event::Cgroup(_) => c.cgroup.inc(),
         };
         match ev {
             Event::Exec(e) => self.on_exec(&e)?,
@@ -187,6 +188,9 @@ impl<W: Write> Pipeline<W> {
                     }
                 }
             }
+            // Known before anything its processes do: attribution holds even when the cgroup is
+            // gone by the time their events are read (a server restarted at once, twice).
+            Event::Cgroup(m) => self.attributor.cgroups.learn(m.meta.cgroup_id, m.path),
             Event::Socket(k) => {
                 if let Some(who) = self.who(k.meta.cgroup_id, k.meta.tgid) {
                     for a in self.detector.on_socket(&k, &mut self.table, &who) {

@@ -257,6 +257,9 @@ impl<W: Write> Pipeline<W> {
     /// (agent restart, policy change).
     fn backfill_marks(&mut self, cg: u64) -> Result<()> {
         let Some(base) = self.attributor.cgroups.resolve(cg) else { return Ok(()) };
+        // What runs there now, also what the agent has not seen exec yet (its events are still
+        // on their way): a server whose exec is still queued would otherwise stay unmarked.
+        self.seed_members(&base);
         let candidates: Vec<(u32, u32, u64)> =
             self.table.iter().filter(|p| p.cgroup_id != 0).map(|p| (p.pid, p.ppid, p.cgroup_id)).collect();
         let (mut marked, mut servers) = (0, 0);
@@ -284,6 +287,24 @@ impl<W: Write> Pipeline<W> {
         }
         tracing::info!(cgroup = %base.display(), id = cg, marked, servers, "cgroup under enforcement");
         Ok(())
+    }
+
+    /// Reads the processes of cgroup `rel` and those below it into the process table (from
+    /// /proc) where the table does not know them yet.
+    fn seed_members(&mut self, rel: &Path) {
+        let mut dirs = vec![self.mount.join(rel.strip_prefix("/").unwrap_or(rel))];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) && dirs.len() < 256 {
+                    dirs.push(e.path());
+                }
+            }
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                self.table.ensure(&self.proc_root, pid);
+            }
+        }
     }
 
     /// Watches new notebook cgroups and places them; a path whose cgroup was made again is

@@ -127,10 +127,11 @@ impl Attributor {
         answer
     }
 
-    /// Forgets cgroup `id` (removed, or replaced by a new incarnation at its path).
+    /// Forgets cgroup `id` (removed, or replaced by a new incarnation at its path). Its path
+    /// stays known: events its processes left in the queue are still attributed (ids are not
+    /// reused while the resolver's cache lives).
     pub fn forget(&mut self, id: u64) {
         self.cache.remove(&id);
-        self.cgroups.forget(id);
     }
 
     /// Forget cached answers (pods changed).

@@ -137,6 +137,14 @@ impl CgroupResolver {
         self.lookup(id).is_some()
     }
 
+    /// The path of cgroup `id`, as the kernel reported it when the cgroup was made.
+    pub fn learn(&mut self, id: u64, path: PathBuf) {
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(id, Some(path));
+    }
+
     /// Invalidates a cached id (cgroup removed).
     pub fn forget(&mut self, id: u64) {
         self.cache.remove(&id);

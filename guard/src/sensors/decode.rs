@@ -1,6 +1,7 @@
 //! Ring-buffer records → typed events. Records come from the kernel, but a short or unknown
 //! record is still an error with a reason, never a panic.
 
+use std::os::unix::ffi::OsStrExt;
 use std::{ffi::OsString, os::unix::ffi::OsStringExt, path::PathBuf};
 
 use guard_abi::{
@@ -137,6 +138,14 @@ pub struct Socket {
     pub comm: String,
 }
 
+/// A cgroup v2 cgroup was made: `meta.cgroup_id` is its id (not the maker's cgroup).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupMade {
+    pub meta: Meta,
+    /// Relative to the cgroup2 root, with a leading `/`.
+    pub path: PathBuf,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Exec(Box<Exec>),
@@ -144,6 +153,7 @@ pub enum Event {
     Exit(Exit),
     Egress(Egress),
     Socket(Socket),
+    Cgroup(CgroupMade),
 }
 
 impl Event {
@@ -154,6 +164,7 @@ impl Event {
             Event::Exit(x) => &x.meta,
             Event::Egress(g) => &g.meta,
             Event::Socket(k) => &k.meta,
+            Event::Cgroup(c) => &c.meta,
         }
     }
 }
@@ -296,6 +307,15 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 syscall: (ev.syscall != guard_abi::SYSCALL_UNKNOWN).then_some(ev.syscall),
                 denied: ev.verdict == egress_verdict::DENIED,
                 comm: String::from_utf8_lossy(cstr(&ev.comm)).into_owned(),
+            }))
+        }
+        Some(EventKind::Cgroup) => {
+            let ev: guard_abi::CgroupEvent =
+                read_record(buf, std::mem::size_of::<guard_abi::CgroupEvent>(), EventKind::Cgroup)?;
+            let len = (ev.path_len as usize).min(ev.path.len());
+            Ok(Event::Cgroup(CgroupMade {
+                meta: meta(&ev.hdr),
+                path: PathBuf::from(std::ffi::OsStr::from_bytes(&ev.path[..len])),
             }))
         }
         None => Err(DecodeError::UnknownKind(kind)),

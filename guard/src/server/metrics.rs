@@ -73,6 +73,7 @@ pub struct EventCounters {
     pub exit: Counter,
     pub egress: Counter,
     pub socket: Counter,
+    pub cgroup: Counter,
 }
 
 fn now() -> u64 {
@@ -89,6 +90,7 @@ impl Metrics {
             exit: of("exit"),
             egress: of("egress"),
             socket: of("socket"),
+            cgroup: of("cgroup"),
         }
     }
 
