@@ -25,7 +25,7 @@ use crate::{
         kube::{KubeOptions, PodCache, PodChange, PodInfo},
     },
     enforce::{flags_for, KernelEnforcer},
-    policy::{watch::PolicyFile, AutoBool, Mode, Policy, PolicyError},
+    policy::{watch::PolicyFile, AutoBool, Mode, Policy},
     process::table::{cmdline, ProcessTable},
     seccomp::drift::DriftWatch,
     sensors::{
@@ -33,12 +33,13 @@ use crate::{
         process::{KernelLosses, ProcessSensor, SensorOptions},
         ring::{Batch, QueueLimit, ReaderStats, RingReader, Spares},
     },
-    server::metrics::{AlertLabels, EventCounters, LossLabels, Metrics, SinkLabels},
-    sinks::{events::ExecRecord, events::JsonLines, events::LostRecord, OutputSpec, Sink},
+    server::metrics::{AlertLabels, EventCounters, Metrics, SinkLabels},
+    sinks::{events::ExecRecord, events::JsonLines, OutputSpec, Sink},
 };
-use guard_abi::EventKind;
 
+mod health;
 mod placement;
+mod reload;
 
 /// What may wait between the ring reader and enrichment: events, and their bytes (about
 /// 25000 exec records).
@@ -207,87 +208,6 @@ impl<W: Write> Pipeline<W> {
         self.attributor.attribute(cgroup_id, tgid).or_else(|| self.table.get(tgid).and_then(|p| p.notebook.clone()))
     }
 
-    /// Swaps in a new policy without a gap: new egress rules are written beside the old ones,
-    /// every known notebook is re-evaluated (mode, allowances, egress) and switched over, and
-    /// only then are the old rules removed. A policy that does not parse changes nothing.
-    fn reload(&mut self, path: &std::path::Path, parsed: Result<Policy, PolicyError>) -> Result<()> {
-        let new = match parsed {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                tracing::error!(error = %e, "policy rejected; the previous one stays in force");
-                let a = self.detector.health_alert(
-                    &rules::POLICY_REJECTED,
-                    &format!("policy rejected, previous one kept: {e}"),
-                    &[("guard.error", e.to_string().into())],
-                );
-                self.send(&a);
-                return Ok(());
-            }
-        };
-        let old_gen = self.generation;
-        let new_gen = old_gen + 1;
-        if let Some(maps) = self.egress.as_mut() {
-            load_egress_rules(maps, &new, new_gen)?;
-        }
-        let old_policy = self.detector.policy.clone();
-        self.detector.set_policy(new.clone());
-        self.generation = new_gen;
-        self.synced_roots.clear();
-        self.enforcer.set_kernel_commands(&new.kernel_commands)?;
-        self.attributor.invalidate();
-        // Re-place every notebook we know of under the new policy: units and scopes are
-        // found again by a scan, pods are placed again, the rest by their cached attribution.
-        let known: Vec<u64> = self.placed.keys().copied().collect();
-        self.placed.clear();
-        self.enforcer.forget_incarnations();
-        self.watched.clear();
-        self.scan(self.kube_on)?;
-        let pods: Vec<Arc<PodInfo>> = self.pods_placed.values().cloned().collect();
-        for pod in pods {
-            self.place_pod(pod)?;
-        }
-        for id in known {
-            if let Some(who) = self.attributor.attribute(id, 0) {
-                let eff = new.effective(Some(&who), self.detector.mode_flag);
-                self.place(id, &who, &eff)?;
-            }
-        }
-        self.scope_local_notebooks()?;
-        if !new.any_seccomp_profile() && self.drift.take().is_some() {
-            tracing::info!("no seccomp profile assigned any more: drift watch detached");
-        }
-        // Cgroups still on the old generation have no notebook any more: drop them.
-        let stale: Vec<u64> = self
-            .egress_now
-            .iter()
-            .filter(|(_, v)| (**v & !guard_abi::EGRESS_ENFORCE) / 1024 == old_gen % 1024)
-            .map(|(k, _)| *k)
-            .collect();
-        for id in stale {
-            if let Some(m) = self.egress.as_mut() {
-                let _ = m.cgroups.remove(&id);
-            }
-            self.egress_now.remove(&id);
-        }
-        if let Some(maps) = self.egress.as_mut() {
-            for (id, spec) in old_policy.egress_policies() {
-                for (key, prefix, _) in spec.compile(egress_id(old_gen, id)) {
-                    let k = aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key);
-                    let _ = maps.rules.remove(&k);
-                }
-            }
-        }
-        self.metrics.policy_generation.set(new_gen as i64);
-        tracing::info!(generation = new_gen, path = %path.display(), "policy reloaded");
-        let a = self.detector.health_alert(
-            &rules::POLICY_RELOADED,
-            &format!("policy reloaded from {} (generation {new_gen})", path.display()),
-            &[("guard.policy_generation", new_gen.into())],
-        );
-        self.send(&a);
-        Ok(())
-    }
-
     fn poll_drift(&mut self) -> Result<()> {
         let Some(d) = self.drift.as_mut() else { return Ok(()) };
         for drift in d.poll()? {
@@ -380,65 +300,6 @@ impl<W: Write> Pipeline<W> {
                 tracing::error!(sink = %s.name(), error = %e, "sink failed");
             }
         }
-    }
-
-    /// Gauges that are cheaper to read than to keep in step.
-    fn update_gauges(&self, pods: Option<&PodCache>) {
-        let m = &self.metrics;
-        m.notebooks_watched.set(self.watched.len() as i64 + self.pod_cgroups.len() as i64);
-        m.enforced_cgroups.set(self.enforcer.enforced_cgroups() as i64);
-        m.processes.set(self.table.len() as i64);
-        m.ring_fill.set(self.sensor.ring_fill());
-        match pods {
-            Some(p) => {
-                m.discovery_synced.store(p.synced.load(Ordering::Relaxed), Ordering::Relaxed);
-                m.kube_degraded.set(p.degraded.load(Ordering::Relaxed) as i64);
-                let errs = p.errors.load(Ordering::Relaxed);
-                let seen = m.kube_errors.get();
-                if errs > seen {
-                    m.kube_errors.inc_by(errs - seen);
-                }
-            }
-            None => m.discovery_synced.store(true, Ordering::Relaxed),
-        }
-        m.tick();
-    }
-
-    /// Reports losses since the last report: a `guard.events_lost` alert (and a `lost` record
-    /// on the events feed). Never silent.
-    fn report_losses(&mut self, kernel: KernelLosses, queue_full: u64) -> Result<()> {
-        let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc());
-        let mut lost: Vec<(&'static str, &'static str, u64)> = Vec::new();
-        for kind in EventKind::ALL {
-            let new = kernel.get(kind) - self.reported_kernel.get(kind);
-            if new > 0 {
-                lost.push(("kernel", kind.name(), new));
-            }
-        }
-        let q = queue_full - self.reported_queue;
-        if q > 0 {
-            lost.push(("queue", "any", q));
-        }
-        for (stage, event, count) in lost {
-            tracing::warn!(stage, event, count, "events lost");
-            self.metrics.lost.get_or_create(&LossLabels { stage: stage.into(), r#type: event.into() }).inc_by(count);
-            if let Some(out) = &mut self.events {
-                out.write(&LostRecord { kind: "lost", time: now.clone(), stage, event, count })?;
-            }
-            let a = self.detector.health_alert(
-                &rules::EVENTS_LOST,
-                &format!("notebook-guard lost {count} {event} events ({stage})"),
-                &[
-                    ("guard.lost.stage", stage.into()),
-                    ("guard.lost.event", event.into()),
-                    ("guard.count", count.into()),
-                ],
-            );
-            self.send(&a);
-        }
-        self.reported_kernel = kernel;
-        self.reported_queue = queue_full;
-        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {

@@ -1,0 +1,95 @@
+//! Policy reload: a new policy swapped in whole, without a gap in enforcement.
+
+use std::{io::Write, sync::Arc};
+
+use anyhow::Result;
+
+use super::{egress_id, load_egress_rules, Pipeline};
+use crate::{
+    detect::rules,
+    discovery::kube::PodInfo,
+    policy::{Policy, PolicyError},
+};
+
+impl<W: Write> Pipeline<W> {
+    /// Swaps in a new policy without a gap: new egress rules are written beside the old ones,
+    /// every known notebook is re-evaluated (mode, allowances, egress) and switched over, and
+    /// only then are the old rules removed. A policy that does not parse changes nothing.
+    pub(super) fn reload(&mut self, path: &std::path::Path, parsed: Result<Policy, PolicyError>) -> Result<()> {
+        let new = match parsed {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                tracing::error!(error = %e, "policy rejected; the previous one stays in force");
+                let a = self.detector.health_alert(
+                    &rules::POLICY_REJECTED,
+                    &format!("policy rejected, previous one kept: {e}"),
+                    &[("guard.error", e.to_string().into())],
+                );
+                self.send(&a);
+                return Ok(());
+            }
+        };
+        let old_gen = self.generation;
+        let new_gen = old_gen + 1;
+        if let Some(maps) = self.egress.as_mut() {
+            load_egress_rules(maps, &new, new_gen)?;
+        }
+        let old_policy = self.detector.policy.clone();
+        self.detector.set_policy(new.clone());
+        self.generation = new_gen;
+        self.synced_roots.clear();
+        self.enforcer.set_kernel_commands(&new.kernel_commands)?;
+        self.attributor.invalidate();
+        // Re-place every notebook we know of under the new policy: units and scopes are
+        // found again by a scan, pods are placed again, the rest by their cached attribution.
+        let known: Vec<u64> = self.placed.keys().copied().collect();
+        self.placed.clear();
+        self.enforcer.forget_incarnations();
+        self.watched.clear();
+        self.scan(self.kube_on)?;
+        let pods: Vec<Arc<PodInfo>> = self.pods_placed.values().cloned().collect();
+        for pod in pods {
+            self.place_pod(pod)?;
+        }
+        for id in known {
+            if let Some(who) = self.attributor.attribute(id, 0) {
+                let eff = new.effective(Some(&who), self.detector.mode_flag);
+                self.place(id, &who, &eff)?;
+            }
+        }
+        self.scope_local_notebooks()?;
+        if !new.any_seccomp_profile() && self.drift.take().is_some() {
+            tracing::info!("no seccomp profile assigned any more: drift watch detached");
+        }
+        // Cgroups still on the old generation have no notebook any more: drop them.
+        let stale: Vec<u64> = self
+            .egress_now
+            .iter()
+            .filter(|(_, v)| (**v & !guard_abi::EGRESS_ENFORCE) / 1024 == old_gen % 1024)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in stale {
+            if let Some(m) = self.egress.as_mut() {
+                let _ = m.cgroups.remove(&id);
+            }
+            self.egress_now.remove(&id);
+        }
+        if let Some(maps) = self.egress.as_mut() {
+            for (id, spec) in old_policy.egress_policies() {
+                for (key, prefix, _) in spec.compile(egress_id(old_gen, id)) {
+                    let k = aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key);
+                    let _ = maps.rules.remove(&k);
+                }
+            }
+        }
+        self.metrics.policy_generation.set(new_gen as i64);
+        tracing::info!(generation = new_gen, path = %path.display(), "policy reloaded");
+        let a = self.detector.health_alert(
+            &rules::POLICY_RELOADED,
+            &format!("policy reloaded from {} (generation {new_gen})", path.display()),
+            &[("guard.policy_generation", new_gen.into())],
+        );
+        self.send(&a);
+        Ok(())
+    }
+}
