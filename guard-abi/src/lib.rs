@@ -434,8 +434,8 @@ pub struct SocketEvent {
 
 pub const SYSCALL_UNKNOWN: u32 = u32::MAX;
 
-/// Emitted at `cgroup_mkdir` for a cgroup v2 cgroup: its id (in the header's `cgroup_id`) and
-/// path. In the ring before anything its processes do, so the agent knows where every event
+/// Emitted at `cgroup_mkdir` for a notebook cgroup made again at a path the agent placed (a
+/// restarted unit or container): its id (in the header's `cgroup_id`) and path. In the ring before anything its processes do, so the agent knows where every event
 /// came from even when the cgroup is gone by the time it reads them (a server restarted at
 /// once, twice).
 #[repr(C)]

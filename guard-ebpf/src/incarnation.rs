@@ -62,12 +62,14 @@ unsafe fn on_mkdir(ctx: &RawTracePointContext) {
     if n <= 0 || id == 0 {
         return;
     }
-    report(id, buf, n as u32 - 1);
     // A path that fills the buffer may have been cut: such paths are never remembered.
     if n as usize >= INCARNATION_PATH_MAX {
         return;
     }
     let Some(inc) = INCARNATIONS.get(&cgroup_path_hash(&*buf)).copied() else { return };
+    // Only notebook cgroups made again are reported: every other mkdir on the node would make
+    // a quiet ring look busy (and keep the agent on its timer instead of woken at once).
+    report(id, buf, n as u32 - 1);
     if inc.enforce != 0 {
         // The marker first: exec looks at the cgroups only while it is there.
         let _ = ENFORCED.insert(&ENFORCED_ANY, &1, 0);
