@@ -62,6 +62,11 @@ fn an_admin_installed_r_kernel_starts_quietly_and_what_it_runs_is_judged() {
     let net = TestNet::new().unwrap();
     let (enforced, monitored) = (Unit::new_user(), Unit::new_user());
     let g = GuardProcess::start(&unit_policy(Some(&enforced)), &[]).unwrap();
+    let r_tmp = || -> Vec<std::path::PathBuf> {
+        let dirs = std::fs::read_dir("/tmp").map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>());
+        dirs.unwrap_or_default().into_iter().filter(|p| p.to_string_lossy().starts_with("/tmp/Rtmp")).collect()
+    };
+    let tmp_before = r_tmp();
     let mut results = Vec::new();
     for (user, port) in [(&enforced, 8890u16), (&monitored, 8891)] {
         let dir = TempDir::new("r-server").unwrap();
@@ -75,6 +80,13 @@ fn an_admin_installed_r_kernel_starts_quietly_and_what_it_runs_is_judged() {
         results.push((user.clone(), kid, cells, dir.0.display().to_string()));
         drop(unit);
     }
+    // Each kernel removed its session temp dir as it stopped, enforced or not.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while r_tmp().iter().any(|d| !tmp_before.contains(d)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left: Vec<_> = r_tmp().into_iter().filter(|d| !tmp_before.contains(d)).collect();
+    assert!(left.is_empty(), "R's temp dirs left behind: {left:?}");
     std::thread::sleep(Duration::from_millis(300));
     let log = g.log();
     let alerts = g.stop().unwrap();
@@ -91,15 +103,11 @@ fn an_admin_installed_r_kernel_starts_quietly_and_what_it_runs_is_judged() {
 
     for (user, kid, _, dir) in &results {
         let mine: Vec<&Value> = alerts.iter().filter(|a| field(a, "jupyterhub.user") == user.as_str()).collect();
-        // The kernel's start (wrapper, uname, sed, IRkernel's own commands) raises nothing: the
-        // one alert is the cell's system(). Not yet covered: R removing its temp dir as the
-        // kernel shuts down (`sh -c rm -Rf /tmp/RtmpXXXXXX`, a random name no exact command
-        // names), reported and, under enforcement, refused.
-        let notebook: Vec<&&Value> = mine
-            .iter()
-            .filter(|a| a["rule"].as_str().is_some_and(|r| r.starts_with("notebook.")))
-            .filter(|a| !field(a, "proc.cmdline").as_str().is_some_and(|c| c.contains("rm -Rf /tmp/Rtmp")))
-            .collect();
+        // The kernel's start (wrapper, uname, sed, IRkernel's own commands) and its stop (R
+        // removing its session temp dir, `sh -c rm -Rf /tmp/RtmpXXXXXX`) raise nothing: the one
+        // alert is the cell's system().
+        let notebook: Vec<&&Value> =
+            mine.iter().filter(|a| a["rule"].as_str().is_some_and(|r| r.starts_with("notebook."))).collect();
         assert_eq!(notebook.len(), 1, "{user}: {notebook:#?}\n{log}");
         let a = notebook[0];
         assert_eq!(a["rule"], "notebook.non_python_exec");

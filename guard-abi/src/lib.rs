@@ -165,6 +165,8 @@ pub mod allow_class {
     /// its parent is Python (the server). A launcher that is a script (R's wrapper) is known by
     /// its path instead (`LAUNCHERS`), since the kernel keeps no handle on a `#!` script.
     pub const LAUNCHER: u32 = 4;
+    /// A helper that also runs when its parent is a helper (git → git-remote-https, gcc → cc1).
+    pub const CHAINED_HELPER: u32 = 5;
 }
 
 /// `MARKS` map values (per tgid, inherited across fork).
@@ -259,6 +261,9 @@ fn fnv_step(h: u64, b: u8) -> u64 {
 /// back) in `KERNEL_COMMANDS`, a launcher script's path in `LAUNCHERS`.
 pub const BYTE_KEY_MAX: usize = 64;
 pub const MAX_KERNEL_COMMANDS: u32 = 256;
+/// A kernel command whose last argument ends in this many `?` matches any letters and digits
+/// there: the random suffix mkstemp/mkdtemp give a temp name (R's `rm -Rf /tmp/RtmpXXXXXX`).
+pub const RANDOM_TAIL: usize = 6;
 pub const MAX_LAUNCHERS: u32 = 1024;
 
 /// A short byte string as a map key: its scope (0 for commands; for a path, the mount

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use guard_abi::{
     allow_class, enforce_flags, exec_flags, marks, ByteKey, ExecWire, FileKey, ARGS_LEN, BYTE_KEY_MAX, CTIME_NSEC_MASK,
-    ENFORCED_ANY, MAX_ALLOWED, MAX_KERNEL_COMMANDS, MAX_LAUNCHERS,
+    ENFORCED_ANY, MAX_ALLOWED, MAX_KERNEL_COMMANDS, MAX_LAUNCHERS, RANDOM_TAIL,
 };
 
 use crate::{cgroup_lookup, read, read_ptr, scope, tail_at, CONFIG, ENFORCED, MARKS, SERVERS};
@@ -30,6 +30,11 @@ static KERNEL_COMMANDS: HashMap<ByteKey, u32> = HashMap::with_max_entries(MAX_KE
 /// user cannot change what the path leads to (the agent checked every directory on it).
 #[map]
 static LAUNCHERS: HashMap<ByteKey, u32> = HashMap::with_max_entries(MAX_LAUNCHERS, 0);
+
+/// A command with its random tail replaced, to look up again (`is_kernel_command`); room for
+/// `byte_key`'s whole-word reads.
+#[map]
+static COMMAND_TMP: PerCpuArray<[u64; BYTE_KEY_MAX / 8 + 1]> = PerCpuArray::with_max_entries(1, 0);
 
 /// One per-CPU word for `forget_precision`.
 #[map]
@@ -211,8 +216,14 @@ unsafe fn decide(
     }
     let parent_mm = read_ptr(parent, conf!(offsets.task_mm));
     let parent_exe = read_ptr(parent_mm, conf!(offsets.mm_exe_file));
-    let parent_is_python = !parent_exe.is_null() && class_of(&file_key(parent_exe)) == allow_class::PYTHON;
+    let parent_class = if parent_exe.is_null() { 0 } else { class_of(&file_key(parent_exe)) };
+    let parent_is_python = parent_class == allow_class::PYTHON;
     if class == allow_class::HELPER && parent_is_python {
+        return (true, mark);
+    }
+    if class == allow_class::CHAINED_HELPER
+        && (parent_is_python || parent_class == allow_class::HELPER || parent_class == allow_class::CHAINED_HELPER)
+    {
         return (true, mark);
     }
     // The server starting a sanctioned kernel: its launcher script, or its binary.
@@ -262,10 +273,48 @@ unsafe fn byte_key(scope: u32, p: *const u8, len: u32) -> ByteKey {
     key
 }
 
-/// The argv block (`args_len` bytes) is one the policy names for sanctioned kernels.
+// `is_kernel_command` checks the tail's bytes one by one, written out.
+const _: () = assert!(RANDOM_TAIL == 6);
+
+/// The argv block (`args_len` bytes) is one the policy names for sanctioned kernels: as it
+/// is, or with the `RANDOM_TAIL` letters and digits before its final NUL read as `?`s.
 #[inline(always)]
 unsafe fn is_kernel_command(args: *const u8, args_len: u32) -> bool {
-    (args_len as usize) < BYTE_KEY_MAX && KERNEL_COMMANDS.get(&byte_key(0, args, args_len)).is_some()
+    let len = args_len as usize;
+    if len >= BYTE_KEY_MAX {
+        return false;
+    }
+    if KERNEL_COMMANDS.get(&byte_key(0, args, args_len)).is_some() {
+        return true;
+    }
+    if len < RANDOM_TAIL + 2 {
+        return false;
+    }
+    let Some(tmp) = COMMAND_TMP.get_ptr_mut(0) else { return false };
+    let buf = tmp.cast::<u8>();
+    let mut i = 0;
+    while i < BYTE_KEY_MAX / 8 {
+        // SAFETY: `args` has BYTE_KEY_MAX bytes of room (see `byte_key`); `tmp` is a per-CPU
+        // map value of BYTE_KEY_MAX + 8 bytes.
+        *tmp.cast::<u64>().add(i) = core::ptr::read_unaligned(args.add(i * 8).cast::<u64>());
+        i += 1;
+    }
+    // Straight-line checks of the tail's bytes (no byte loop in the decision); the masks keep
+    // every offset inside the buffer for the verifier.
+    let start = (len - RANDOM_TAIL - 1) & (BYTE_KEY_MAX - 1);
+    let tail = |k: usize| buf.add((start + k) & (BYTE_KEY_MAX - 1));
+    let random = |b: u8| b.is_ascii_alphanumeric();
+    // SAFETY: every `tail(k)` is inside the scratch buffer (masked below BYTE_KEY_MAX).
+    if !(random(*tail(0)) && random(*tail(1)) && random(*tail(2)) && random(*tail(3)) && random(*tail(4)) && random(*tail(5))) {
+        return false;
+    }
+    *tail(0) = b'?';
+    *tail(1) = b'?';
+    *tail(2) = b'?';
+    *tail(3) = b'?';
+    *tail(4) = b'?';
+    *tail(5) = b'?';
+    KERNEL_COMMANDS.get(&byte_key(0, buf, args_len)).is_some()
 }
 
 /// The exec'd path (`len` bytes at `path`) is a sanctioned kernel's launcher script in the

@@ -19,9 +19,9 @@ use crate::{
         workload::Workload,
     },
     enforce::flags_for,
-    policy::{Effective, Mode},
+    policy::{Effective, HelperParent, Mode},
     process::table::Role,
-    sensors::decode::Exec,
+    sensors::decode::{Exec, FileId},
 };
 
 impl<W: Write> Pipeline<W> {
@@ -232,8 +232,13 @@ impl<W: Write> Pipeline<W> {
 
     fn sync_identities(&mut self, cg: u64, tgid: u32, ppid: u32) -> Result<()> {
         let shells = self.detector.policy.shells.clone();
+        let specs = self.detector.policy.helpers.clone();
         let Some((_, ids)) = self.detector.root_identities(cg, &[tgid, ppid]) else { return Ok(()) };
-        let helpers: Vec<_> = ids.helpers.keys().copied().collect();
+        let helpers: Vec<(FileId, bool)> = ids
+            .helpers
+            .iter()
+            .map(|(id, hs)| (*id, hs.iter().any(|&h| specs.get(h).is_some_and(|s| s.parent == HelperParent::Helper))))
+            .collect();
         let shell_ids = ids.system_ids_named(&shells);
         let python = ids.python.clone();
         let launchers: Vec<_> = ids.launchers.keys().copied().collect();

@@ -407,7 +407,7 @@ impl Detector {
                 return (Role::Kernel, vec![]);
             }
         }
-        if shell.is_some() && policy.kernel_commands.contains(&f.argv) {
+        if shell.is_some() && crate::policy::kernelspecs::is_kernel_command(&policy.kernel_commands, &f.argv) {
             return (Role::KernelCommand, vec![]);
         }
 

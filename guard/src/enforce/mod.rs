@@ -190,18 +190,20 @@ impl KernelEnforcer {
     }
 
     /// Adds identities to the allow-list (Python first: a Python identity is never demoted).
+    /// `helpers`: (identity, whether it may also run under another helper).
     pub fn allow(
         &mut self,
         python: &crate::IdSet<FileId>,
         launchers: &[FileId],
-        helpers: &[FileId],
+        helpers: &[(FileId, bool)],
         shells: &[FileId],
     ) -> Result<()> {
+        let helper_class = |chained: bool| if chained { allow_class::CHAINED_HELPER } else { allow_class::HELPER };
         let entries = python
             .iter()
             .map(|id| (id, allow_class::PYTHON))
             .chain(launchers.iter().map(|id| (id, allow_class::LAUNCHER)))
-            .chain(helpers.iter().map(|id| (id, allow_class::HELPER)))
+            .chain(helpers.iter().map(|(id, chained)| (id, helper_class(*chained))))
             .chain(shells.iter().map(|id| (id, allow_class::SHELL)));
         for (id, class) in entries {
             let key = file_key(id);

@@ -360,10 +360,19 @@ impl RootIdentities {
             "interpreters resolved"
         );
         let loaders = find(&mut policy.loaders.iter()).into_iter().map(|(id, ..)| id).collect();
+        // Helpers by what they are (a name in a class of locations) or by path; either way
+        // only files the notebook's user could not have written.
+        let envs: Vec<&Path> =
+            candidates.iter().filter(|(id, ..)| python.contains(id)).map(|(.., path)| path.as_path()).collect();
+        let mut places = super::locations::LocationDirs::of(&root, &envs);
         let mut helpers: crate::IdMap<FileId, Vec<usize>> = Default::default();
         for (i, h) in policy.helpers.iter().enumerate() {
-            for id in trusted(find(&mut h.paths.iter())) {
-                helpers.entry(id).or_default().push(i);
+            let named: Vec<String> = places.programs(&root, h).into_iter().map(|p| p.display().to_string()).collect();
+            for id in trusted(find(&mut h.paths.iter().chain(named.iter()))) {
+                let at = helpers.entry(id).or_default();
+                if !at.contains(&i) {
+                    at.push(i);
+                }
             }
         }
         let (mut launchers, mut launcher_scripts) = (crate::IdMap::default(), std::collections::BTreeMap::new());

@@ -131,3 +131,73 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// `argv` is one of the policy's kernel commands, as the kernel judges it: byte for byte, or
+/// with a last argument's `RANDOM_TAIL` `?`s standing for as many letters and digits.
+pub fn is_kernel_command(commands: &[Vec<String>], argv: &[String]) -> bool {
+    commands.iter().any(|c| {
+        c.len() == argv.len()
+            && c.iter().zip(argv).enumerate().all(|(i, (want, got))| {
+                if want == got {
+                    return true;
+                }
+                let Some(stem) = random_stem(want).filter(|_| i + 1 == c.len()) else { return false };
+                got.len() == want.len()
+                    && got.starts_with(stem)
+                    && got[stem.len()..].bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+    })
+}
+
+/// The part before a random tail (`rm -Rf /tmp/Rtmp` of `rm -Rf /tmp/Rtmp??????`).
+fn random_stem(arg: &str) -> Option<&str> {
+    let stem = arg.strip_suffix(&"?".repeat(guard_abi::RANDOM_TAIL))?;
+    (!stem.ends_with('?')).then_some(stem)
+}
+
+/// Checks one `kernel_commands` entry: what the kernel can match (`Err`: the message).
+pub fn check_command(argv: &[String]) -> Result<(), String> {
+    if argv.is_empty() {
+        return Err("a command needs at least its program".into());
+    }
+    let block: usize = argv.iter().map(|a| a.len() + 1).sum();
+    if block >= guard_abi::BYTE_KEY_MAX {
+        return Err(format!(
+            "{block} bytes with their NULs; the kernel matches commands below {} bytes",
+            guard_abi::BYTE_KEY_MAX
+        ));
+    }
+    for (i, a) in argv.iter().enumerate() {
+        let trailing = a.len() - a.trim_end_matches('?').len();
+        if trailing > 1 && (trailing != guard_abi::RANDOM_TAIL || i + 1 != argv.len()) {
+            return Err(format!(
+                "a run of `?` stands for a random temp-name tail only as the last argument's last {} characters",
+                guard_abi::RANDOM_TAIL
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod command_tests {
+    use super::*;
+
+    fn v(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_random_tail_matches_letters_and_digits_only() {
+        let cmds = vec![v(&["sh", "-c", "rm -Rf /tmp/Rtmp??????"]), v(&["sh", "-c", "uname -a"])];
+        assert!(is_kernel_command(&cmds, &v(&["sh", "-c", "uname -a"])));
+        assert!(is_kernel_command(&cmds, &v(&["sh", "-c", "rm -Rf /tmp/RtmpAb12Zx"])));
+        assert!(!is_kernel_command(&cmds, &v(&["sh", "-c", "rm -Rf /tmp/Rtmp;id;#x"])));
+        assert!(!is_kernel_command(&cmds, &v(&["sh", "-c", "rm -Rf /tmp/RtmpAb12Zx9"])));
+        assert!(!is_kernel_command(&cmds, &v(&["sh", "-c", "rm -Rf /home/Ab12Zx"])));
+        assert!(check_command(&cmds[0]).is_ok());
+        assert!(check_command(&v(&["sh", "-c", "rm ??? x"])).is_ok(), "a `?` inside is a literal");
+        assert!(check_command(&v(&["sh", "-c", "rm /tmp/x???"])).is_err());
+        assert!(check_command(&v(&["sh", "-c", &"x".repeat(64)])).is_err());
+    }
+}

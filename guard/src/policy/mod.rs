@@ -3,8 +3,10 @@
 //! strict parsing: unknown keys and bad values are errors naming file:line:column and the key.
 
 pub mod egress;
+pub mod helpers;
 pub mod identity;
 pub mod kernelspecs;
+pub mod locations;
 pub mod provenance;
 pub mod suggest;
 pub mod watch;
@@ -15,9 +17,9 @@ use std::{
     path::Path,
 };
 
-use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
+pub use self::helpers::{ArgMatcher, Helper, HelperParent, Location, REST_ARGS};
 use crate::{detect::rules, discovery::attribution::Attribution};
 
 pub const DEFAULT_POLICY: &str = include_str!("default.yaml");
@@ -109,28 +111,6 @@ impl Default for Allowances {
 pub struct AllowancesPatch {
     pub terminals: Option<bool>,
     pub pip_magic: Option<bool>,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum HelperParent {
-    /// The parent is a Python process of the notebook.
-    #[default]
-    Python,
-    /// The parent is Python or another allowed helper (git → git-remote-https).
-    Helper,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Helper {
-    pub name: String,
-    pub paths: Vec<String>,
-    /// Alternatives; each is a list of globs for argv[1..] (same length). None: any arguments.
-    #[serde(default)]
-    pub args: Option<Vec<Vec<String>>>,
-    #[serde(default)]
-    pub parent: HelperParent,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -401,10 +381,7 @@ impl Policy {
             .iter()
             .enumerate()
             .map(|(i, g)| (format!("python.interpreters[{i}]"), g))
-            .chain(self.loaders.iter().enumerate().map(|(i, g)| (format!("loaders[{i}]"), g)))
-            .chain(self.helpers.iter().enumerate().flat_map(|(h, hp)| {
-                hp.paths.iter().enumerate().map(move |(i, g)| (format!("helpers[{h}].paths[{i}]"), g))
-            }));
+            .chain(self.loaders.iter().enumerate().map(|(i, g)| (format!("loaders[{i}]"), g)));
         for (key, g) in globs {
             if !g.starts_with('/') {
                 return Err(err(key, g, format!("{g:?} is not an absolute path")));
@@ -416,19 +393,11 @@ impl Policy {
             if !names.insert(&h.name) {
                 return Err(err(format!("helpers[{i}].name"), &h.name, format!("duplicate helper name {:?}", h.name)));
             }
-            if h.paths.is_empty() {
-                return Err(err(format!("helpers[{i}].paths"), &h.name, "a helper needs at least one path".into()));
-            }
-            for (a, alt) in h.args.iter().flatten().enumerate() {
-                for (j, g) in alt.iter().enumerate() {
-                    if g == REST_ARGS && j + 1 != alt.len() {
-                        let key = format!("helpers[{i}].args[{a}][{j}]");
-                        return Err(err(key, g, format!("{REST_ARGS:?} (any further arguments) must come last")));
-                    }
-                    Glob::new(g)
-                        .map_err(|e| err(format!("helpers[{i}].args[{a}][{j}]"), g, format!("bad glob: {e}")))?;
-                }
-            }
+            helpers::validate(i, h).map_err(|(key, needle, message)| err(key, &needle, message))?;
+        }
+        for (i, c) in self.kernel_commands.iter().enumerate() {
+            let shown = c.last().map(String::as_str).unwrap_or("kernel_commands");
+            kernelspecs::check_command(c).map_err(|m| err(format!("kernel_commands[{i}]"), shown, m))?;
         }
         for (i, r) in self.rules.disabled.iter().enumerate() {
             if !rules::is_rule(r) {
@@ -526,39 +495,6 @@ fn override_matches(m: &OverrideMatch, a: &Attribution) -> bool {
     (m.namespaces.is_empty() || a.namespace.as_ref().is_some_and(|n| m.namespaces.contains(n)))
         && m.labels.iter().all(|(k, v)| a.labels.get(k) == Some(v))
         && (m.users.is_empty() || a.user.as_ref().is_some_and(|u| m.users.contains(u)))
-}
-
-/// An argument alternative's last element that stands for any further arguments, none included
-/// (a script's own arguments after `env python3 SCRIPT`).
-pub const REST_ARGS: &str = "**";
-
-/// A helper's argument alternatives, compiled: (globs, whether more arguments may follow).
-#[derive(Clone, Debug)]
-pub struct ArgMatcher(Option<Vec<(Vec<GlobMatcher>, bool)>>);
-
-impl ArgMatcher {
-    pub fn new(args: &Option<Vec<Vec<String>>>) -> Self {
-        Self(args.as_ref().map(|alts| {
-            alts.iter()
-                .map(|alt| {
-                    let rest = alt.last().is_some_and(|g| g == REST_ARGS);
-                    let globs = &alt[..alt.len() - usize::from(rest)];
-                    (globs.iter().filter_map(|g| Glob::new(g).ok().map(|g| g.compile_matcher())).collect(), rest)
-                })
-                .collect()
-        }))
-    }
-
-    /// `args` is argv[1..].
-    pub fn matches(&self, args: &[String]) -> bool {
-        match &self.0 {
-            None => true,
-            Some(alts) => alts.iter().any(|(alt, rest)| {
-                (alt.len() == args.len() || (*rest && args.len() > alt.len()))
-                    && alt.iter().zip(args).all(|(g, a)| g.is_match(a))
-            }),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -10,26 +10,48 @@ use std::{
 
 use serde_json::Value;
 
-use super::{Helper, HelperParent};
+use super::{Helper, HelperParent, Location};
 
 /// Distinct argument shapes kept per program before any arguments are allowed instead.
 const MAX_SHAPES: usize = 8;
 
-/// What kind of place a program is in: who put it there.
-pub fn location_class(path: &str) -> &'static str {
-    if path.contains("/site-packages/") || path.contains("/dist-packages/") {
-        "a Python package's files (pip-installed: the user's code where the user owns the env)"
-    } else if path.starts_with("/home/") || path.contains("/.local/") || path.starts_with("/tmp/") {
-        "the user's own files"
-    } else if ["/usr/bin/", "/bin/", "/usr/sbin/", "/sbin/", "/usr/local/bin/", "/usr/lib/"]
-        .iter()
-        .any(|d| path.starts_with(d))
-    {
-        "the system"
-    } else if path.starts_with("/opt/") || path.starts_with("/srv/") {
-        "an interpreter environment"
-    } else {
-        "elsewhere"
+/// What kind of place a program is in, judged from its path: the location class and the name
+/// (or path below the class's directory) a helper can name it by, or None for a place no class
+/// covers (the user's own files: named by path, and trusted only if the user could not have
+/// written the file).
+pub fn location_of(path: &str) -> Option<(Location, String)> {
+    for marker in ["/site-packages/", "/dist-packages/"] {
+        if let Some((_, below)) = path.split_once(marker) {
+            return Some((Location::SitePackages, below.to_string()));
+        }
+    }
+    let (dir, name) = path.rsplit_once('/')?;
+    if super::identity::SYSTEM_DIRS.contains(&dir) {
+        return Some((Location::System, name.to_string()));
+    }
+    for base in super::locations::LIBEXEC_DIRS {
+        if let Some(below) = path.strip_prefix(base).and_then(|p| p.strip_prefix('/')) {
+            return Some((Location::Libexec, below.to_string()));
+        }
+    }
+    let user = path.starts_with("/home/") || path.contains("/.local/") || path.starts_with("/tmp/");
+    (!user && dir.ends_with("/bin") && (path.starts_with("/opt/") || path.starts_with("/srv/")))
+        .then(|| (Location::PythonEnv, name.to_string()))
+}
+
+/// Words for a location, in the suggestion's comment.
+fn location_words(path: &str) -> &'static str {
+    match location_of(path) {
+        Some((Location::SitePackages, _)) => {
+            "a Python package's files (trusted only where the image or an admin installed it)"
+        }
+        Some((Location::System, _)) => "the system",
+        Some((Location::Libexec, _)) => "a program's private files",
+        Some((Location::PythonEnv, _)) => "an interpreter environment",
+        None if path.starts_with("/home/") || path.contains("/.local/") || path.starts_with("/tmp/") => {
+            "the user's own files: the user's code, which no helper makes trusted; install it in the image"
+        }
+        None => "elsewhere (named by path)",
     }
 }
 
@@ -123,14 +145,18 @@ pub fn suggest(alerts: &str, existing: &[Helper]) -> Result<String, String> {
         let parent =
             if seen.parents.iter().all(|p| p == "python") { HelperParent::Python } else { HelperParent::Helper };
         let args = (seen.shapes.len() <= MAX_SHAPES).then(|| seen.shapes.iter().cloned().collect());
-        let h = Helper { name, paths: vec![exe.clone()], args, parent };
+        let (programs, locations, paths) = match location_of(exe) {
+            Some((class, name)) => (vec![name], vec![class], vec![]),
+            None => (vec![], vec![], vec![exe.clone()]),
+        };
+        let h = Helper { name, programs, locations, paths, args, parent };
         let users: Vec<&str> = seen.users.iter().map(String::as_str).collect();
         let note = format!(
             "{} exec(s), users {}; parents {}; in {}{}",
             seen.count,
             if users.is_empty() { "-".into() } else { users.join(", ") },
             seen.parents.iter().cloned().collect::<Vec<_>>().join(", "),
-            location_class(exe),
+            location_words(exe),
             if seen.shapes.len() > MAX_SHAPES { "; too many argument shapes: any arguments" } else { "" }
         );
         out.push_str(&helper_yaml(&h, Some(&note)));
@@ -146,8 +172,15 @@ fn helper_yaml(h: &Helper, note: Option<&str>) -> String {
         let _ = writeln!(y, "  # {n}");
     }
     let _ = writeln!(y, "  - name: {}", q(&h.name));
-    let paths: Vec<String> = h.paths.iter().map(|p| q(p)).collect();
-    let _ = writeln!(y, "    paths: [{}]", paths.join(", "));
+    let list = |xs: &[String]| xs.iter().map(|x| q(x)).collect::<Vec<_>>().join(", ");
+    if !h.programs.is_empty() {
+        let _ = writeln!(y, "    programs: [{}]", list(&h.programs));
+        let classes: Vec<String> = h.locations.iter().map(|l| l.name().to_string()).collect();
+        let _ = writeln!(y, "    in: [{}]", classes.join(", "));
+    }
+    if !h.paths.is_empty() {
+        let _ = writeln!(y, "    paths: [{}]", list(&h.paths));
+    }
     if let Some(alts) = &h.args {
         let alts: Vec<String> =
             alts.iter().map(|a| format!("[{}]", a.iter().map(|x| q(x)).collect::<Vec<_>>().join(", "))).collect();
@@ -186,7 +219,10 @@ mod tests {
         assert_eq!(p.helpers.len(), default.helpers.len() + 3, "{text}");
         let by = |n: &str| p.helpers.iter().find(|h| h.name == n).unwrap_or_else(|| panic!("{n}:\n{text}"));
         let lscpu = by("suggested-lscpu");
-        assert_eq!(lscpu.paths, ["/usr/bin/lscpu"]);
+        assert_eq!(
+            (lscpu.programs.as_slice(), lscpu.locations.as_slice()),
+            (&["lscpu".to_string()][..], &[Location::System][..])
+        );
         assert!(super::super::ArgMatcher::new(&lscpu.args).matches(&["--parse=core".into()]));
         assert!(!super::super::ArgMatcher::new(&lscpu.args).matches(&["--all".into()]));
         let ld = by("suggested-ld");
@@ -194,6 +230,7 @@ mod tests {
         assert!(super::super::ArgMatcher::new(&ld.args).matches(&["-t", "-o", "/dev/null", "-lbar"].map(String::from)));
         assert!(text.contains("2 exec(s), users alice, bob"), "{text}");
         assert!(text.contains("the user's own files"), "a user's binary is said to be theirs:\n{text}");
+        assert_eq!(by("suggested-tool").paths, ["/home/jovyan/.local/bin/tool"]);
         assert!(suggest("{not json", &[]).unwrap_err().contains("line 1"));
     }
 }
