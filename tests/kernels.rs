@@ -4,45 +4,16 @@
 //! that runs uname and sed before it execs the R binary, and IRkernel runs two shell commands
 //! as it starts: none of that is a bypass. What the R kernel runs afterwards (`system()`) is.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use guard_tests::{
     pod::open_session,
-    unit::{unit_policy, Unit, NB_GID, NB_UID},
+    unit::{jupyter_server, unit_policy, Unit},
     *,
 };
 use serde_json::Value;
 
 const TOKEN: &str = "r-kernel-server-token-41c2";
-
-/// A Jupyter server (jupyter_server from the hub venv) for `user`, as its unit, listening on
-/// `port` in `netns`; its notebooks and runtime files in `dir`.
-fn server(user: &str, port: u16, netns: &str, dir: &TempDir) -> Unit {
-    let hubenv = std::env::var_os("GUARD_HUB_ENV")
-        .map(PathBuf::from)
-        .unwrap_or(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/hubenv"));
-    nix::unistd::chown(&dir.0, Some(NB_UID.into()), Some(NB_GID.into())).unwrap();
-    let exe = hubenv.join("bin/jupyter-server");
-    let (port_arg, token_arg, root_arg) = (
-        format!("--ServerApp.port={port}"),
-        format!("--IdentityProvider.token={TOKEN}"),
-        format!("--ServerApp.root_dir={}", dir.0.display()),
-    );
-    let argv = [
-        exe.to_str().unwrap(),
-        "--ServerApp.ip=127.0.0.1",
-        &port_arg,
-        "--ServerApp.port_retries=0",
-        &token_arg,
-        &root_arg,
-        "--ServerApp.open_browser=False",
-    ];
-    let rel = PathBuf::from(format!("/system.slice/jupyter-{user}.service"));
-    let home = dir.0.display().to_string();
-    let runtime = dir.0.join("runtime").display().to_string();
-    let env = [("HOME", home.as_str()), ("JUPYTER_RUNTIME_DIR", runtime.as_str())];
-    Unit::start_env(&rel, (NB_UID, NB_GID), user, &argv, Some(netns), &env).unwrap()
-}
 
 const CELLS: &[&str] = &[
     "cat('alive', 1 + 1, '\\n')",
@@ -70,7 +41,7 @@ fn an_admin_installed_r_kernel_starts_quietly_and_what_it_runs_is_judged() {
     let mut results = Vec::new();
     for (user, port) in [(&enforced, 8890u16), (&monitored, 8891)] {
         let dir = TempDir::new("r-server").unwrap();
-        let unit = server(user, port, &net.notebook, &dir);
+        let unit = jupyter_server(user, port, TOKEN, &net.notebook, &dir);
         let spec = serde_json::json!({
             "url": format!("http://127.0.0.1:{port}"), "token": TOKEN, "notebook": "analysis.ipynb",
             "kernel": "ir", "cells": CELLS, "runtime_dir": dir.0.join("runtime"),

@@ -163,7 +163,8 @@ pub mod allow_class {
     pub const SHELL: u32 = 3;
     /// The binary of a sanctioned kernel (an admin-installed kernelspec's argv[0]): runs when
     /// its parent is Python (the server). A launcher that is a script (R's wrapper) is known by
-    /// its path instead (`LAUNCHERS`), since the kernel keeps no handle on a `#!` script.
+    /// its path instead (`LAUNCHERS`, whose values are these classes), since the kernel keeps
+    /// no handle on a `#!` script; so is a helper that is a script.
     pub const LAUNCHER: u32 = 4;
     /// A helper that also runs when its parent is a helper (git → git-remote-https, gcc → cc1).
     pub const CHAINED_HELPER: u32 = 5;
@@ -179,6 +180,9 @@ pub mod marks {
     /// A kernel's launcher and its forks: their next exec (the kernel itself, the launcher's own
     /// helpers) runs, and what it starts is judged from then on.
     pub const LAUNCHING: u32 = 1 << 3;
+    /// A helper that is a `#!` script: its image is its interpreter (a shell), so its forks
+    /// learn from this that their parent is a helper. Cleared at their exec.
+    pub const HELPER_SCRIPT: u32 = 1 << 4;
     /// The process's scope (`SCOPES` key, 0: none) sits in the top half.
     pub const SCOPE_SHIFT: u32 = 16;
 }
@@ -258,7 +262,7 @@ fn fnv_step(h: u64, b: u8) -> u64 {
 }
 
 /// Longest byte string a [`ByteKey`] holds: a command (argv, NUL-terminated strings back to
-/// back) in `KERNEL_COMMANDS`, a launcher script's path in `LAUNCHERS`.
+/// back) in `KERNEL_COMMANDS`, a trusted script's path in `LAUNCHERS`.
 pub const BYTE_KEY_MAX: usize = 64;
 pub const MAX_KERNEL_COMMANDS: u32 = 256;
 /// A kernel command whose last argument ends in this many `?` matches any letters and digits

@@ -26,8 +26,9 @@ static ALLOWED: HashMap<FileKey, u32> = HashMap::with_max_entries(MAX_ALLOWED, 0
 #[map]
 static KERNEL_COMMANDS: HashMap<ByteKey, u32> = HashMap::with_max_entries(MAX_KERNEL_COMMANDS, 0);
 
-/// Paths of sanctioned kernels' launcher scripts, per mount namespace, where the notebook's
-/// user cannot change what the path leads to (the agent checked every directory on it).
+/// Trusted `#!` scripts by path, per mount namespace, where the notebook's user cannot change
+/// what the path leads to (the agent checked every directory on it) → `allow_class`: a
+/// sanctioned kernel's launcher, or a helper.
 #[map]
 static LAUNCHERS: HashMap<ByteKey, u32> = HashMap::with_max_entries(MAX_LAUNCHERS, 0);
 
@@ -78,9 +79,12 @@ pub(crate) unsafe fn enforce(w: *mut ExecWire, args: *const u8, task: *const u8,
         ino: core::ptr::read_volatile(&(*ev).exe_ino),
         ctime_sec: core::ptr::read_volatile(&(*ev).exe_ctime_sec),
     };
-    // A `#!` script whose path (in this task's mount namespace) is a sanctioned kernel's launcher.
-    let script = flags & exec_flags::HAS_INTERP != 0
-        && is_launcher_path(tail_at(w, 0), core::ptr::read_volatile(&(*ev).filename_len), task);
+    // A `#!` script trusted by its path (in this task's mount namespace): its class.
+    let script = if flags & exec_flags::HAS_INTERP != 0 {
+        script_class(tail_at(w, 0), core::ptr::read_volatile(&(*ev).filename_len), task)
+    } else {
+        0
+    };
     let ppid = core::ptr::read_volatile(&(*ev).ppid);
     let args_len = core::ptr::read_volatile(&(*ev).args_len);
     let parent = read_ptr(task, conf!(offsets.task_real_parent));
@@ -187,7 +191,7 @@ unsafe fn is_pip_shell(args: *const u8, args_len: u32) -> bool {
 unsafe fn decide(
     enf: u32,
     key: &FileKey,
-    launcher_script: bool,
+    script: u32,
     tgid: u32,
     ppid: u32,
     parent: *const u8,
@@ -195,6 +199,12 @@ unsafe fn decide(
     args_len: u32,
 ) -> (bool, u32) {
     let mut mark = MARKS.get(&tgid).copied().unwrap_or(0);
+    // Forked from a helper script: the parent's image is a shell, so the mark says it.
+    let from_helper_script = mark & marks::HELPER_SCRIPT != 0;
+    if from_helper_script {
+        mark &= !marks::HELPER_SCRIPT;
+        let _ = MARKS.insert(&tgid, &mark, 0);
+    }
     let class = class_of(key);
     if class == allow_class::PYTHON {
         mark = (mark | marks::UNDER_PYTHON) & !marks::PIP_SHELL;
@@ -216,19 +226,29 @@ unsafe fn decide(
     }
     let parent_mm = read_ptr(parent, conf!(offsets.task_mm));
     let parent_exe = read_ptr(parent_mm, conf!(offsets.mm_exe_file));
-    let parent_class = if parent_exe.is_null() { 0 } else { class_of(&file_key(parent_exe)) };
+    let parent_class = if from_helper_script {
+        allow_class::HELPER
+    } else if parent_exe.is_null() {
+        0
+    } else {
+        class_of(&file_key(parent_exe))
+    };
     let parent_is_python = parent_class == allow_class::PYTHON;
-    if class == allow_class::HELPER && parent_is_python {
-        return (true, mark);
-    }
-    if class == allow_class::CHAINED_HELPER
-        && (parent_is_python || parent_class == allow_class::HELPER || parent_class == allow_class::CHAINED_HELPER)
+    // A trusted script is what its path says it is; its interpreter's class does not count.
+    let role = if script != 0 { script } else { class };
+    let chain_parent = parent_class == allow_class::HELPER || parent_class == allow_class::CHAINED_HELPER;
+    if (role == allow_class::HELPER && parent_is_python)
+        || (role == allow_class::CHAINED_HELPER && (parent_is_python || chain_parent))
     {
+        if script != 0 {
+            mark |= marks::HELPER_SCRIPT;
+            let _ = MARKS.insert(&tgid, &mark, 0);
+        }
         return (true, mark);
     }
     // The server starting a sanctioned kernel: its launcher script, or its binary.
-    if parent_is_python && (launcher_script || class == allow_class::LAUNCHER) {
-        if class != allow_class::LAUNCHER {
+    if parent_is_python && role == allow_class::LAUNCHER {
+        if script != 0 {
             mark |= marks::LAUNCHING;
             let _ = MARKS.insert(&tgid, &mark, 0);
         }
@@ -317,15 +337,15 @@ unsafe fn is_kernel_command(args: *const u8, args_len: u32) -> bool {
     KERNEL_COMMANDS.get(&byte_key(0, buf, args_len)).is_some()
 }
 
-/// The exec'd path (`len` bytes at `path`) is a sanctioned kernel's launcher script in the
-/// task's mount namespace.
+/// The `allow_class` of the exec'd path (`len` bytes at `path`) as a trusted script in the
+/// task's mount namespace; 0 if it is none.
 #[inline(always)]
-unsafe fn is_launcher_path(path: *const u8, len: u16, task: *const u8) -> bool {
+unsafe fn script_class(path: *const u8, len: u16, task: *const u8) -> u32 {
     if len as usize >= BYTE_KEY_MAX {
-        return false;
+        return 0;
     }
     let nsproxy = read_ptr(task, conf!(offsets.task_nsproxy));
     let mnt_ns = read_ptr(nsproxy, conf!(offsets.nsproxy_mnt_ns));
     let inum = read::<u32>(mnt_ns, conf!(offsets.mnt_ns_inum));
-    LAUNCHERS.get(&byte_key(inum, path, len as u32)).is_some()
+    LAUNCHERS.get(&byte_key(inum, path, len as u32)).copied().unwrap_or(0)
 }

@@ -389,6 +389,8 @@ pub struct GuardProcess {
     keep_pins: bool,
     pub alerts_path: PathBuf,
     pub stderr_path: PathBuf,
+    /// Its standard output (the exec feed, when started with `--events`).
+    pub stdout_path: PathBuf,
     _dir: TempDir,
 }
 
@@ -419,6 +421,7 @@ impl GuardProcess {
         fs::write(&cfg, policy)?;
         let alerts_path = dir.0.join("alerts.json");
         let stderr_path = dir.0.join("guard.log");
+        let stdout_path = dir.0.join("stdout.jsonl");
         let child = std::process::Command::new(guard_bin())
             .arg("run")
             .arg("--config")
@@ -430,11 +433,12 @@ impl GuardProcess {
             .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().map(|(k, v)| (*k, *v)))
-            .stdout(std::process::Stdio::null())
+            .stdout(fs::File::create(&stdout_path)?)
             .stderr(fs::File::create(&stderr_path)?)
             .spawn()
             .context("starting guard (built by cargo xtask test)")?;
-        let g = Self { child, config: cfg, pin_dir, keep_pins: false, alerts_path, stderr_path, _dir: dir };
+        let g =
+            Self { child, config: cfg, pin_dir, keep_pins: false, alerts_path, stderr_path, stdout_path, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = fs::read_to_string(&g.stderr_path).unwrap_or_default();
@@ -463,6 +467,16 @@ impl GuardProcess {
             .unwrap_or_default()
             .lines()
             .map(|l| serde_json::from_str(l).expect("every alert line is one JSON object"))
+            .collect()
+    }
+
+    /// The exec records it printed (`--events`), in the order it read them.
+    pub fn exec_events(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.stdout_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["type"] == "exec")
             .collect()
     }
 

@@ -156,3 +156,38 @@ impl Drop for Unit {
         }
     }
 }
+
+/// The hub venv (`cargo xtask test` makes it): jupyter_server, ipykernel and the libraries the
+/// tests' notebooks use, from Debian's /usr/bin/python3.
+pub fn hub_env() -> PathBuf {
+    std::env::var_os("GUARD_HUB_ENV")
+        .map(PathBuf::from)
+        .unwrap_or(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/hubenv"))
+}
+
+/// A Jupyter server (jupyter_server from the hub venv) for `user`, as its TLJH-shaped unit,
+/// listening on 127.0.0.1:`port` in `netns` with `token`; its notebooks, home and runtime
+/// files in `dir` (given to the notebook's uid).
+pub fn jupyter_server(user: &str, port: u16, token: &str, netns: &str, dir: &TempDir) -> Unit {
+    nix::unistd::chown(&dir.0, Some(NB_UID.into()), Some(NB_GID.into())).expect("chown the server's dir");
+    let exe = hub_env().join("bin/jupyter-server");
+    let (port_arg, token_arg, root_arg) = (
+        format!("--ServerApp.port={port}"),
+        format!("--IdentityProvider.token={token}"),
+        format!("--ServerApp.root_dir={}", dir.0.display()),
+    );
+    let argv = [
+        exe.to_str().expect("a UTF-8 path"),
+        "--ServerApp.ip=127.0.0.1",
+        &port_arg,
+        "--ServerApp.port_retries=0",
+        &token_arg,
+        &root_arg,
+        "--ServerApp.open_browser=False",
+    ];
+    let rel = PathBuf::from(format!("/system.slice/jupyter-{user}.service"));
+    let home = dir.0.display().to_string();
+    let runtime = dir.0.join("runtime").display().to_string();
+    let env = [("HOME", home.as_str()), ("JUPYTER_RUNTIME_DIR", runtime.as_str())];
+    Unit::start_env(&rel, (NB_UID, NB_GID), user, &argv, Some(netns), &env).expect("start the server's unit")
+}

@@ -229,6 +229,13 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // A kernel of another language, as hubs offer them: Debian's IRkernel (its kernelspec in
     // /usr/share/jupyter/kernels/ir; R's launcher is a bash wrapper).
     ("/usr/share/jupyter/kernels/ir/kernel.json", "r-cran-irkernel"),
+    // What the library survey's notebooks run: nbconvert's pandoc, graphviz's dot (gcc, git and
+    // fontconfig's fc-list are on the machine already).
+    ("pandoc", "pandoc"),
+    ("dot", "graphviz"),
+    ("gcc", "gcc"),
+    ("git", "git"),
+    ("fc-list", "fontconfig"),
 ];
 
 fn on_path(bin: &str) -> bool {
@@ -289,6 +296,24 @@ fn ensure_python_env() -> Result<PathBuf> {
     Ok(python)
 }
 
+/// The hub venv's packages: the hub and server, and the libraries of the survey (tests/survey.rs),
+/// which notebooks run as they ordinarily would (`wheel` builds its sdist without isolation).
+const HUB_PACKAGES: &[&str] = &[
+    "jupyterhub>=5",
+    "jupyter_server>=2",
+    "ipykernel",
+    "jupyter_client",
+    "joblib",
+    "GitPython",
+    "matplotlib",
+    "imageio-ffmpeg",
+    "graphviz",
+    "dask[distributed]",
+    "wheel",
+];
+const HUB_IMPORTS: &str = "import jupyterhub, jupyter_server, ipykernel, jupyter_client, joblib, git, matplotlib, \
+    imageio_ffmpeg, graphviz, dask.distributed, wheel";
+
 /// A real JupyterHub for the hub tests: a venv made from Debian's /usr/bin/python3 (users'
 /// servers and kernels run from it as those users, so it must not sit behind /root) with
 /// jupyterhub, jupyter_server and ipykernel from PyPI, and configurable-http-proxy from npm.
@@ -297,21 +322,16 @@ fn ensure_hub() -> Result<(PathBuf, PathBuf)> {
     let venv = workspace_root().join("target/hubenv");
     let chp_dir = workspace_root().join("target/chp");
     let chp = chp_dir.join("node_modules/.bin/configurable-http-proxy");
-    let ready = Command::new(venv.join("bin/python"))
-        .args(["-c", "import jupyterhub, jupyter_server, ipykernel, jupyter_client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ready =
+        Command::new(venv.join("bin/python")).args(["-c", HUB_IMPORTS]).output().is_ok_and(|o| o.status.success());
     if !ready {
-        eprintln!("xtask: installing jupyterhub, jupyter_server and ipykernel into {}", venv.display());
+        eprintln!("xtask: installing {} into {}", HUB_PACKAGES.join(", "), venv.display());
         if !venv.join("bin/python").exists() {
             run(Command::new("/usr/bin/python3").args(["-m", "venv"]).arg(&venv))?;
         }
-        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check"]).args([
-            "jupyterhub>=5",
-            "jupyter_server>=2",
-            "ipykernel",
-            "jupyter_client",
-        ]))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(HUB_PACKAGES))?;
     }
     if !chp.exists() {
         eprintln!("xtask: installing configurable-http-proxy into {}", chp_dir.display());

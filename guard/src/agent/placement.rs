@@ -7,6 +7,7 @@
 use std::{io::Write, path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
+use guard_abi::allow_class;
 
 use super::{egress_id, Pipeline};
 use crate::{
@@ -234,15 +235,19 @@ impl<W: Write> Pipeline<W> {
         let shells = self.detector.policy.shells.clone();
         let specs = self.detector.policy.helpers.clone();
         let Some((_, ids)) = self.detector.root_identities(cg, &[tgid, ppid]) else { return Ok(()) };
-        let helpers: Vec<(FileId, bool)> = ids
-            .helpers
-            .iter()
-            .map(|(id, hs)| (*id, hs.iter().any(|&h| specs.get(h).is_some_and(|s| s.parent == HelperParent::Helper))))
-            .collect();
+        // A helper any of whose entries lets it run under another helper is chained.
+        let chained = |hs: &[usize]| hs.iter().any(|&h| specs.get(h).is_some_and(|s| s.parent == HelperParent::Helper));
+        let helpers: Vec<(FileId, bool)> = ids.helpers.iter().map(|(id, hs)| (*id, chained(hs))).collect();
+        let helper_class = |hs: &[usize]| if chained(hs) { allow_class::CHAINED_HELPER } else { allow_class::HELPER };
         let shell_ids = ids.system_ids_named(&shells);
         let python = ids.python.clone();
         let launchers: Vec<_> = ids.launchers.keys().copied().collect();
-        let scripts: Vec<_> = ids.launcher_scripts.keys().cloned().collect();
+        let scripts: Vec<_> = ids
+            .launcher_scripts
+            .keys()
+            .map(|p| (p.clone(), allow_class::LAUNCHER))
+            .chain(ids.helper_scripts.iter().map(|(p, hs)| (p.clone(), helper_class(hs))))
+            .collect();
         let mnt_ns = ids.root.mnt_ns;
         tracing::info!(
             python = python.len(),
@@ -252,7 +257,7 @@ impl<W: Write> Pipeline<W> {
             "exec allow-list loaded for a notebook root"
         );
         if let Some(ns) = mnt_ns {
-            self.enforcer.allow_launcher_paths(ns, &scripts)?;
+            self.enforcer.allow_script_paths(ns, &scripts)?;
         }
         self.enforcer.allow(&python, &launchers, &helpers, &shell_ids)
     }

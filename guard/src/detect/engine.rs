@@ -126,6 +126,14 @@ fn under(path: &Path, prefix: &str) -> bool {
     path.starts_with(Path::new(prefix)) && path.components().all(|c| c != Component::ParentDir)
 }
 
+/// A helper's own arguments: argv[1..], or for a helper that is the exec'd `#!` script (argv:
+/// interpreter, its optional argument, the script's path, …) what follows the script's path.
+fn helper_args<'a>(f: &'a Facts<'_>, script: bool) -> &'a [String] {
+    let path = f.e.filename.to_string_lossy();
+    let script_at = script.then(|| f.argv.iter().take(3).position(|a| *a == path)).flatten();
+    f.argv.get(script_at.unwrap_or(0) + 1..).unwrap_or(&[])
+}
+
 /// The file is directly in one of the system binary directories.
 fn in_system_dir(path: &Path) -> bool {
     let Some(dir) = path.parent() else { return false };
@@ -328,7 +336,13 @@ impl Detector {
         let exe_in_system_dir = in_system_dir(&f.exe_path);
         let sys_names = ids.system_names(&e.exe);
         let is_loader = ids.loaders.contains(&e.exe);
-        let helper_ids = ids.helpers.get(&e.exe).cloned().unwrap_or_default();
+        // (helper, whether it is the exec'd `#!` script rather than the loaded binary): a
+        // script runs as its interpreter, so a helper script is known by its path.
+        let mut helper_ids: Vec<(usize, bool)> =
+            ids.helpers.get(&e.exe).into_iter().flatten().map(|&h| (h, false)).collect();
+        if e.interp.is_some() {
+            helper_ids.extend(ids.helper_scripts.get(&f.exe_path).into_iter().flatten().map(|&h| (h, true)));
+        }
 
         // A copy of a system binary elsewhere (content equal, inode not).
         let mut copy_of = None;
@@ -419,13 +433,13 @@ impl Detector {
             return (Role::Terminal, vec![(rules::TERMINAL_SHELL, String::new())]);
         }
         // Helpers: identity, parent and arguments.
-        for &h in &helper_ids {
+        for &(h, script) in &helper_ids {
             let spec = &policy.helpers[h];
             let parent_ok = match spec.parent {
                 HelperParent::Python => f.parent_is_python,
                 HelperParent::Helper => f.parent_is_python || f.parent_role == Role::Helper,
             };
-            if parent_ok && self.helper_args[h].matches(f.argv.get(1..).unwrap_or(&[])) {
+            if parent_ok && self.helper_args[h].matches(helper_args(f, script)) {
                 return (Role::Helper, vec![]);
             }
         }

@@ -254,11 +254,13 @@ impl KernelEnforcer {
     }
 
     /// Launcher scripts of sanctioned kernels, by path in mount namespace `mnt_ns`.
-    pub fn allow_launcher_paths(&mut self, mnt_ns: u32, paths: &[std::path::PathBuf]) -> Result<()> {
+    /// Trusted `#!` scripts of one mount namespace, by path: (path, `allow_class` — a kernel's
+    /// launcher, or a helper).
+    pub fn allow_script_paths(&mut self, mnt_ns: u32, paths: &[(std::path::PathBuf, u32)]) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
-        for p in paths {
+        for (p, class) in paths {
             if let Some(k) = guard_abi::ByteKey::of(mnt_ns, p.as_os_str().as_bytes()) {
-                self.launchers.insert(k, 1, 0).context("loading the kernels' launchers")?;
+                self.launchers.insert(k, class, 0).context("loading the trusted scripts' paths")?;
             }
         }
         Ok(())

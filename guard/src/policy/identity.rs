@@ -304,6 +304,8 @@ pub struct RootIdentities {
     pub launchers: crate::IdMap<FileId, String>,
     /// Launcher scripts of the sanctioned kernels, by path in the root → kernel name.
     pub launcher_scripts: std::collections::BTreeMap<PathBuf, String>,
+    /// Helpers that are `#!` scripts, by path in the root → indexes into `policy.helpers`.
+    pub helper_scripts: std::collections::BTreeMap<PathBuf, Vec<usize>>,
     system: Option<SystemIndex>,
     resolved_at: Instant,
 }
@@ -323,9 +325,6 @@ impl RootIdentities {
                 }
             }
             out
-        };
-        let trusted = |found: Vec<(FileId, Provenance, PathBuf)>| -> crate::IdSet<FileId> {
-            found.into_iter().filter(|(_, p, _)| p.trusted()).map(|(id, ..)| id).collect()
         };
         let candidates = find(&mut policy.python.interpreters.iter());
         let mut python: crate::IdSet<FileId> =
@@ -366,12 +365,32 @@ impl RootIdentities {
             candidates.iter().filter(|(id, ..)| python.contains(id)).map(|(.., path)| path.as_path()).collect();
         let mut places = super::locations::LocationDirs::of(&root, &envs);
         let mut helpers: crate::IdMap<FileId, Vec<usize>> = Default::default();
+        let mut helper_scripts: std::collections::BTreeMap<PathBuf, Vec<usize>> = Default::default();
+        let note = |at: &mut Vec<usize>, i: usize| {
+            if !at.contains(&i) {
+                at.push(i);
+            }
+        };
         for (i, h) in policy.helpers.iter().enumerate() {
             let named: Vec<String> = places.programs(&root, h).into_iter().map(|p| p.display().to_string()).collect();
-            for id in trusted(find(&mut h.paths.iter().chain(named.iter()))) {
-                let at = helpers.entry(id).or_default();
-                if !at.contains(&i) {
-                    at.push(i);
+            for (id, prov, path) in find(&mut h.paths.iter().chain(named.iter())) {
+                if !prov.trusted() {
+                    continue;
+                }
+                note(helpers.entry(id).or_default(), i);
+                // A `#!` script (Debian's lsb_release) runs as its interpreter: it is known by
+                // its path, where the notebook's user cannot change what the path leads to.
+                if root.read(&path, 2).is_ok_and(|b| b == b"#!") {
+                    match root.real_path(&path).filter(|real| provenance::sealed_dirs(&root, real)) {
+                        Some(real) => {
+                            note(helper_scripts.entry(real).or_default(), i);
+                            note(helper_scripts.entry(path).or_default(), i);
+                        }
+                        None => tracing::info!(
+                            path = %path.display(),
+                            "a helper script in a directory its user may change is not trusted"
+                        ),
+                    }
                 }
             }
         }
@@ -386,7 +405,17 @@ impl RootIdentities {
                 }
             }
         }
-        Self { root, python, helpers, loaders, launchers, launcher_scripts, system: None, resolved_at: Instant::now() }
+        Self {
+            root,
+            python,
+            helpers,
+            helper_scripts,
+            loaders,
+            launchers,
+            launcher_scripts,
+            system: None,
+            resolved_at: Instant::now(),
+        }
     }
 
     fn system(&mut self) -> &SystemIndex {

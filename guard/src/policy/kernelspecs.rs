@@ -68,7 +68,7 @@ pub fn launchers(root: &Root, interpreters: &[&PathBuf], python: &crate::IdSet<F
             let script = root.read(&path, 2).is_ok_and(|b| b == b"#!");
             match (script, root.real_path(&path)) {
                 (false, _) => out.push((Launcher::Binary(id), name)),
-                (true, Some(real)) if sealed_dirs(root, &real) => {
+                (true, Some(real)) if provenance::sealed_dirs(root, &real) => {
                     // The path as the server execs it, and where it really is.
                     out.push((Launcher::Script(path.clone()), name.clone()));
                     if real != path {
@@ -82,12 +82,6 @@ pub fn launchers(root: &Root, interpreters: &[&PathBuf], python: &crate::IdSet<F
         }
     }
     out
-}
-
-/// Every directory from `/` down to `real`'s is root-owned with no group or other write bit.
-fn sealed_dirs(root: &Root, real: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    real.ancestors().skip(1).all(|d| root.stat(d).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0))
 }
 
 /// The kernelspec's `argv[0]`, if the spec is one its user could not have written.

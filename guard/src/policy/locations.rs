@@ -134,6 +134,12 @@ mod tests {
         let dot = put("usr/bin/dot");
         fs::set_permissions(dir.join("usr/bin/dot"), fs::Permissions::from_mode(0o777)).unwrap();
 
+        // A helper that is a `#!` script is known by its path, where every directory is sealed.
+        let lsb = put("usr/bin/lsb_release");
+        fs::create_dir_all(dir.join("usr/local/bin")).unwrap();
+        fs::set_permissions(dir.join("usr/local/bin"), fs::Permissions::from_mode(0o777)).unwrap();
+        put("usr/local/bin/lsb_release");
+
         let (_, root) = Root::open(&dir).unwrap();
         let policy = Policy::default_policy();
         let ids = RootIdentities::resolve(root, &policy);
@@ -150,6 +156,10 @@ mod tests {
         assert_eq!(helper(&conda_git), ["git"]);
         assert!(helper(&stray_git).is_empty());
         assert!(helper(&dot).is_empty(), "a file the user could have written is no helper");
+        assert_eq!(helper(&lsb), ["lsb-release"]);
+        let scripts: Vec<String> = ids.helper_scripts.keys().map(|p| p.display().to_string()).collect();
+        assert!(scripts.contains(&"/usr/bin/lsb_release".to_string()), "{scripts:?}");
+        assert!(!scripts.contains(&"/usr/local/bin/lsb_release".to_string()), "in a dir its user may change: {scripts:?}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -139,6 +139,14 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// Every directory from `/` down to `real`'s is root-owned with no group or other write bit:
+/// what a path leads to cannot be changed by the notebook's user. Scripts are trusted by path
+/// (the kernel keeps no handle on a `#!` script), so this is asked of theirs.
+pub fn sealed_dirs(root: &Root, real: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    real.ancestors().skip(1).all(|d| root.stat(d).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
