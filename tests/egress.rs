@@ -265,3 +265,82 @@ fn egress_enforcement_holds_while_the_agent_restarts() {
     b.stop().unwrap();
     assert_eq!(verdicts(), ["ok", "ok", "ok", "ok"].map(String::from), "after cleanup nothing is refused");
 }
+
+/// Enforce mode must not cut a notebook off from its hub (Zero to JupyterHub's hub API is a
+/// ClusterIP in a private range, which the default policy refuses): the endpoint of the
+/// server's `JUPYTERHUB_API_URL` stays reachable in every mode, on its port only.
+#[test]
+fn a_notebook_reaches_its_hub_at_a_private_address_in_every_mode() {
+    if !require_root("a_notebook_reaches_its_hub_at_a_private_address_in_every_mode") {
+        return;
+    }
+    use guard_tests::{
+        pod::open_session,
+        unit::{jupyter_server_env, unit_policy, Unit},
+    };
+    let net = TestNet::new().unwrap();
+    // The hub stand-in: an HTTP server in the world namespace at 10.0.0.5:8081.
+    let site = TempDir::new("hub-api").unwrap();
+    std::fs::create_dir_all(site.0.join("hub/api")).unwrap();
+    std::fs::write(site.0.join("hub/api/index.html"), "{\"version\": \"5.0.0\"}").unwrap();
+    let mut hub = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.world,
+            "python3",
+            "-m",
+            "http.server",
+            "8081",
+            "--bind",
+            "10.0.0.5",
+            "--directory",
+        ])
+        .arg(&site.0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (enforced, monitored) = (Unit::new_user(), Unit::new_user());
+    let g = GuardProcess::start(&unit_policy(Some(&enforced)), &[]).unwrap();
+    let cells = [
+        "import os, urllib.request\nprint('hub', urllib.request.urlopen(os.environ['JUPYTERHUB_API_URL'], timeout=10).status)",
+        "import socket\ns = socket.socket()\ns.settimeout(5)\ntry:\n    s.connect(('10.0.0.5', 5432))\n    print('other', 'connected')\nexcept OSError as e:\n    print('other', e.errno)",
+    ];
+    let api = "http://10.0.0.5:8081/hub/api/";
+    let mut results = Vec::new();
+    for (user, port) in [(&enforced, 8896u16), (&monitored, 8897)] {
+        let dir = TempDir::new("hub-reach").unwrap();
+        let unit =
+            jupyter_server_env(user, port, "hub-reach-token", &net.notebook, &dir, &[("JUPYTERHUB_API_URL", api)]);
+        let spec = json!({
+            "url": format!("http://127.0.0.1:{port}"), "token": "hub-reach-token", "notebook": "n.ipynb",
+            "cells": cells, "runtime_dir": dir.0.join("runtime"),
+        });
+        let (_, out) = open_session(&net.notebook, spec, &dir.0).unwrap_or_else(|e| panic!("{e:#}\n{}", unit.log()));
+        results.push((user.clone(), out));
+    }
+    let log = g.log();
+    let alerts = g.stop().unwrap();
+    let _ = hub.kill();
+    let _ = hub.wait();
+    for (user, out) in &results {
+        let enforce = *user == enforced;
+        assert_eq!(out[0].stdout.trim(), "hub 200", "{user}: {out:?}\n{log}");
+        // Another port of the same private host is still another user's pod to the policy.
+        let other = out[1].stdout.trim();
+        assert_eq!(
+            other,
+            if enforce { "other 1" } else { "other 111" },
+            "{user} (EPERM 1 when enforced, refused 111 when not)"
+        );
+        let mine: Vec<&Value> = alerts
+            .iter()
+            .filter(|a| field(a, "jupyterhub.user") == user.as_str())
+            .filter(|a| a["rule"].as_str().is_some_and(|r| r.starts_with("notebook.")))
+            .collect();
+        assert!(mine.iter().all(|a| field(a, "fd.name") != "10.0.0.5:8081"), "{user}: the hub alerted: {mine:#?}");
+        assert!(mine.iter().any(|a| field(a, "fd.name") == "10.0.0.5:5432"), "{user}: {mine:#?}");
+    }
+    assert!(log.contains("hub endpoint: always reachable"), "{log}");
+}

@@ -169,6 +169,19 @@ pub fn hub_env() -> PathBuf {
 /// listening on 127.0.0.1:`port` in `netns` with `token`; its notebooks, home and runtime
 /// files in `dir` (given to the notebook's uid).
 pub fn jupyter_server(user: &str, port: u16, token: &str, netns: &str, dir: &TempDir) -> Unit {
+    jupyter_server_env(user, port, token, netns, dir, &[])
+}
+
+/// As [`jupyter_server`], with more environment for the server (what its spawner sets, such as
+/// `JUPYTERHUB_API_URL`).
+pub fn jupyter_server_env(
+    user: &str,
+    port: u16,
+    token: &str,
+    netns: &str,
+    dir: &TempDir,
+    extra: &[(&str, &str)],
+) -> Unit {
     nix::unistd::chown(&dir.0, Some(NB_UID.into()), Some(NB_GID.into())).expect("chown the server's dir");
     let exe = hub_env().join("bin/jupyter-server");
     let (port_arg, token_arg, root_arg) = (
@@ -188,6 +201,7 @@ pub fn jupyter_server(user: &str, port: u16, token: &str, netns: &str, dir: &Tem
     let rel = PathBuf::from(format!("/system.slice/jupyter-{user}.service"));
     let home = dir.0.display().to_string();
     let runtime = dir.0.join("runtime").display().to_string();
-    let env = [("HOME", home.as_str()), ("JUPYTER_RUNTIME_DIR", runtime.as_str())];
+    let mut env = vec![("HOME", home.as_str()), ("JUPYTER_RUNTIME_DIR", runtime.as_str())];
+    env.extend_from_slice(extra);
     Unit::start_env(&rel, (NB_UID, NB_GID), user, &argv, Some(netns), &env).expect("start the server's unit")
 }

@@ -38,6 +38,7 @@ use crate::{
 };
 
 mod health;
+mod hub;
 mod placement;
 mod reload;
 
@@ -139,6 +140,8 @@ struct Pipeline<W: Write> {
     /// Seccomp drift watch: loaded only while the policy assigns some notebook a profile.
     drift: Option<DriftWatch>,
     btf: PathBuf,
+    /// The hubs notebooks are always let reach.
+    hub: hub::HubReach,
     pub alerts_sent: u64,
 }
 
@@ -331,11 +334,20 @@ fn egress_id(generation: u32, id: u32) -> u32 {
     (generation % 1024) * 1024 + id
 }
 
-/// Writes every egress policy's rules into the kernel's LPM trie, under `generation`.
-fn load_egress_rules(maps: &mut crate::sensors::process::EgressMaps, policy: &Policy, generation: u32) -> Result<()> {
+/// Writes every egress policy's rules into the kernel's LPM trie, under `generation`, with the
+/// hub endpoints known so far.
+fn load_egress_rules(
+    maps: &mut crate::sensors::process::EgressMaps,
+    policy: &Policy,
+    generation: u32,
+    hub: &[hub::Endpoint],
+) -> Result<()> {
     let mut n = 0;
     for (id, spec) in policy.egress_policies() {
-        for (key, prefix, rule) in spec.compile(egress_id(generation, id)) {
+        let policy_id = egress_id(generation, id);
+        for (key, prefix, rule) in
+            spec.compile(policy_id).into_iter().chain(crate::policy::egress::hub_entries(policy_id, hub))
+        {
             let k = aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key);
             maps.rules.insert(&k, rule, 0).context("loading egress rules")?;
             n += 1;
@@ -387,7 +399,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let egress = match opts.egress {
         true => {
             let mut maps = sensor.attach_egress(&mount).context("attaching the egress hooks")?;
-            load_egress_rules(&mut maps, &policy, 1)?;
+            load_egress_rules(&mut maps, &policy, 1, &[])?;
             Some(maps)
         }
         false => None,
@@ -456,6 +468,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         policy.discovery.local_process.then(|| Arc::new(server))
     };
     table.seed_from_proc(&opts.proc_root, &mut |env| detector.redactor.learn_environ(env), &local);
+    let (hub_tx, mut hub_rx) = mpsc::unbounded_channel::<Vec<hub::Endpoint>>();
     let mut pipe = Pipeline {
         table,
         attributor,
@@ -485,6 +498,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         egress_now: Default::default(),
         drift: None,
         btf: opts.sensor.btf_path.clone(),
+        hub: hub::HubReach::new(hub_tx),
         alerts_sent: 0,
     };
     metrics.sensors_attached.store(true, Ordering::Relaxed);
@@ -549,6 +563,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 pipe.flush()?;
             }
+            Some(found) = hub_rx.recv() => pipe.allow_hub(found)?,
             change = pod_rx.recv(), if pods_open => {
                 match change {
                     Some(c) => pipe.on_pod(c)?,

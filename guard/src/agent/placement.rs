@@ -49,7 +49,7 @@ impl<W: Write> Pipeline<W> {
             self.enforcer.remember_incarnation(&who.cgroup, flags, egress)?;
         }
         self.placed.insert(id, *eff);
-        Ok(())
+        self.learn_hub_of_cgroup(id)
     }
 
     /// Forgets everything kept under cgroup `id` (removed, or replaced by a new incarnation).
@@ -142,7 +142,8 @@ impl<W: Write> Pipeline<W> {
     ) -> Result<()> {
         let key = (who.user.clone().unwrap_or_default(), who.server.clone().unwrap_or_default());
         let placement = guard_abi::Placement { enforce: flags_for(eff).unwrap_or(0), egress: self.egress_value(eff) };
-        self.enforcer.scope_process(tgid, &key, placement, under_python)
+        self.enforcer.scope_process(tgid, &key, placement, under_python)?;
+        self.learn_hub_of_server(tgid)
     }
 
     /// Scopes every LocalProcessSpawner notebook process the table knows (start-up, where they

@@ -31,8 +31,9 @@ impl<W: Write> Pipeline<W> {
         };
         let old_gen = self.generation;
         let new_gen = old_gen + 1;
+        let hub: Vec<_> = self.hub.known.iter().copied().collect();
         if let Some(maps) = self.egress.as_mut() {
-            load_egress_rules(maps, &new, new_gen)?;
+            load_egress_rules(maps, &new, new_gen, &hub)?;
         }
         let old_policy = self.detector.policy.clone();
         self.detector.set_policy(new.clone());
@@ -76,7 +77,9 @@ impl<W: Write> Pipeline<W> {
         }
         if let Some(maps) = self.egress.as_mut() {
             for (id, spec) in old_policy.egress_policies() {
-                for (key, prefix, _) in spec.compile(egress_id(old_gen, id)) {
+                let policy_id = egress_id(old_gen, id);
+                let hub_entries = crate::policy::egress::hub_entries(policy_id, &hub);
+                for (key, prefix, _) in spec.compile(policy_id).into_iter().chain(hub_entries) {
                     let k = aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key);
                     let _ = maps.rules.remove(&k);
                 }

@@ -2,6 +2,7 @@
 
 pub mod attribution;
 pub mod cgroup;
+pub mod hub;
 pub mod kube;
 pub mod scan;
 pub mod workload;

@@ -142,6 +142,13 @@ impl EgressSpec {
     }
 }
 
+/// Allow entries for hub endpoints (address, TCP port) in policy `policy`: the most specific
+/// entries there are (a full-length prefix, port and protocol), so they outrank every switch
+/// and list but an equally specific deny.
+pub fn hub_entries(policy: u32, endpoints: &[(std::net::IpAddr, u16)]) -> Vec<Entry> {
+    endpoints.iter().map(|(ip, port)| entry(policy, &IpNet::from(*ip), 6, *port, EGRESS_ALLOW)).collect()
+}
+
 /// The kernel's decision, in user space: the same ranking over the same entries. Used to test
 /// the compiled policy and to explain a verdict.
 pub fn evaluate(entries: &[Entry], ip: std::net::IpAddr, proto: u8, port: u16) -> u32 {
@@ -188,6 +195,20 @@ mod tests {
         assert_eq!(ev(&s, "::ffff:169.254.169.254", 6, 80), EGRESS_DENY, "v4-mapped");
         assert_eq!(ev(&s, "2001:db8::10", 6, 443), EGRESS_ALLOW);
         assert_eq!(ev(&s, "fd12::1", 6, 443), EGRESS_DENY, "ULA is private");
+    }
+
+    #[test]
+    fn the_hub_is_reachable_on_its_port_whatever_the_switches_say() {
+        let s: EgressSpec = serde_yaml_ng::from_str("nonPrivateIPs: false\n").unwrap();
+        let mut entries = s.compile(1);
+        entries.extend(hub_entries(1, &[("10.0.0.5".parse().unwrap(), 8081), ("fd00::5".parse().unwrap(), 8081)]));
+        let ev = |ip: &str, proto, port| evaluate(&entries, ip.parse().unwrap(), proto, port);
+        assert_eq!(ev("10.0.0.5", 6, 8081), EGRESS_ALLOW, "the hub, in a private range");
+        assert_eq!(ev("::ffff:10.0.0.5", 6, 8081), EGRESS_ALLOW, "v4-mapped");
+        assert_eq!(ev("fd00::5", 6, 8081), EGRESS_ALLOW);
+        assert_eq!(ev("10.0.0.5", 6, 5432), EGRESS_DENY, "another port of the hub's host");
+        assert_eq!(ev("10.0.0.5", 17, 8081), EGRESS_DENY, "UDP");
+        assert_eq!(ev("10.0.0.6", 6, 8081), EGRESS_DENY, "another private address");
     }
 
     #[test]

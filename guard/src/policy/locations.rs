@@ -159,7 +159,10 @@ mod tests {
         assert_eq!(helper(&lsb), ["lsb-release"]);
         let scripts: Vec<String> = ids.helper_scripts.keys().map(|p| p.display().to_string()).collect();
         assert!(scripts.contains(&"/usr/bin/lsb_release".to_string()), "{scripts:?}");
-        assert!(!scripts.contains(&"/usr/local/bin/lsb_release".to_string()), "in a dir its user may change: {scripts:?}");
+        assert!(
+            !scripts.contains(&"/usr/local/bin/lsb_release".to_string()),
+            "in a dir its user may change: {scripts:?}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }
