@@ -79,11 +79,14 @@ pub fn resolve(host: &str, proc_pid: &Path) -> Vec<IpAddr> {
     let names = candidates(host, conf.get_search().map(Vec::as_slice).unwrap_or(&[]), conf.ndots);
     let netns = proc_pid.join("ns/net");
     // The notebook's network namespace is entered by a thread of its own, which ends after.
+    // Without CAP_SYS_ADMIN (the DaemonSet does not ask for it) the agent asks from its own
+    // namespace, which reaches a cluster's DNS service but not a Docker network's 127.0.0.11.
     std::thread::spawn(move || -> Vec<IpAddr> {
-        let Ok(ns) = fs::File::open(&netns) else { return vec![] };
-        if let Err(e) = nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET) {
-            tracing::debug!(error = %e, netns = %netns.display(), "cannot enter the notebook's network namespace");
-            return vec![];
+        let entered = fs::File::open(&netns).map_err(|e| e.to_string()).and_then(|ns| {
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())
+        });
+        if let Err(e) = entered {
+            tracing::debug!(error = %e, netns = %netns.display(), "asking the notebook's DNS from the agent's own network namespace");
         }
         query_names(&names, &servers)
     })
