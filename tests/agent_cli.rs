@@ -261,3 +261,67 @@ fn a_small_ring_is_drained_when_the_kernel_says_it_is_filling_not_only_on_the_ti
     let lost: Vec<_> = records.iter().filter(|r| r["type"] == "lost").collect();
     assert_eq!((got, lost.len()), (EXECS, 0), "losses: {lost:?}");
 }
+
+/// `--events` adds exec lines to stdout and keeps the alerts there; `--format text` makes
+/// both short lines for people (here into a pipe: no colour), an argv's control characters
+/// escaped.
+#[test]
+fn events_add_exec_lines_next_to_the_alerts_in_text_for_people() {
+    if !require_root("events_add_exec_lines_next_to_the_alerts_in_text_for_people") {
+        return;
+    }
+    use guard_tests::unit::{unit_policy, Unit};
+    let dir = TempDir::new("text-format").unwrap();
+    let config = dir.0.join("policy.yaml");
+    std::fs::write(&config, unit_policy(None)).unwrap();
+    let user = Unit::new_user();
+    let rel = format!("/system.slice/jupyter-{user}.service");
+    let mut guard = Command::new(guard_bin())
+        .args(["run", "--no-pin", "--events", "--format", "text", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start guard");
+    let log = wait_running(&mut guard);
+    std::thread::spawn(move || for _ in log {});
+    let stdout = guard.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // A notebook's Python running a shell, with an escape sequence in its command.
+    let code = "import os, time; os.system('echo \\x1b[2J >/dev/null'); time.sleep(30)";
+    let unit = Unit::start_env(
+        Path::new(&rel),
+        (guard_tests::unit::NB_UID, guard_tests::unit::NB_GID),
+        &user,
+        &["/usr/bin/python3", "-c", code],
+        None,
+        &[],
+    )
+    .unwrap();
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && !lines.iter().any(|l: &String| l.contains("notebook.non_python_exec")) {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            lines.push(l);
+        }
+    }
+    drop(unit);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(guard.wait().unwrap().success());
+    let text = lines.join("\n");
+    let alert = lines
+        .iter()
+        .find(|l| l.contains("notebook.non_python_exec"))
+        .unwrap_or_else(|| panic!("no alert line:\n{text}"));
+    assert!(alert.contains(&user) && alert.contains("sh -c echo \\x1b[2J") && alert.contains("← python3"), "{alert}");
+    assert!(
+        lines.iter().any(|l| l.contains("exec") && l.contains("pid=") && l.contains("/usr/bin/python3 -c")),
+        "{text}"
+    );
+    assert!(lines.iter().all(|l| !l.starts_with('{') && !l.contains('\u{1b}')), "no JSON, no raw escapes:\n{text}");
+}

@@ -57,8 +57,11 @@ const CONFIG_POLL: Duration = Duration::from_millis(250);
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub sensor: SensorOptions,
-    /// Print every exec as a JSON line on stdout (the raw sensor feed).
+    /// Print every exec on stdout (the raw sensor feed).
     pub events_json: bool,
+    /// Stdout (alerts, and exec lines with `events_json`) as lines for people, not JSON;
+    /// `Some(true)` with colours.
+    pub text: Option<bool>,
     /// Extra cgroups to watch (and below).
     pub watch_cgroups: Vec<PathBuf>,
     /// How often the ring is drained when the kernel did not wake us.
@@ -86,6 +89,7 @@ impl Default for RunOptions {
         Self {
             sensor: SensorOptions::default(),
             events_json: false,
+            text: None,
             watch_cgroups: Vec::new(),
             poll: Duration::from_millis(2),
             proc_root: PathBuf::from("/proc"),
@@ -142,6 +146,8 @@ struct Pipeline<W: Write> {
     btf: PathBuf,
     /// The hubs notebooks are always let reach.
     hub: hub::HubReach,
+    /// Stdout for people (`RunOptions::text`).
+    text: Option<bool>,
     pub alerts_sent: u64,
 }
 
@@ -232,7 +238,10 @@ impl<W: Write> Pipeline<W> {
             let cgroup = self.attributor.cgroups.resolve(e.meta.cgroup_id);
             let mut rec = ExecRecord::new(e, &lineage, cgroup.as_ref(), self.clock.rfc3339(e.meta.ktime_ns));
             rec.argv = self.detector.redactor.argv(&rec.argv);
-            out.write(&rec)?;
+            match self.text {
+                Some(color) => out.write_line(&crate::sinks::text::exec_line(&rec, color))?,
+                None => out.write(&rec)?,
+            }
         }
         let was_local = self.table.get(e.meta.tgid).is_some_and(|p| p.notebook.is_some());
         let outcome = self.detector.on_exec(e, &mut self.table, who.as_ref());
@@ -410,7 +419,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut specs: Vec<OutputSpec> =
         policy.outputs.iter().map(|o| OutputSpec::parse(o)).collect::<Result<_, _>>().context("policy outputs")?;
     specs.extend(opts.outputs.iter().cloned());
-    if specs.is_empty() && !opts.events_json {
+    // `--events` adds exec lines to stdout; the alerts stay there.
+    if specs.is_empty() {
         specs.push(OutputSpec::Stdout);
     }
     specs.dedup();
@@ -419,7 +429,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut sink_workers = Vec::new();
     for s in &specs {
         match s {
-            OutputSpec::Stdout => sinks.push(Box::new(crate::sinks::StdoutSink::new())),
+            OutputSpec::Stdout => match opts.text {
+                Some(color) => sinks.push(Box::new(crate::sinks::text::TextSink::new(color))),
+                None => sinks.push(Box::new(crate::sinks::StdoutSink::new())),
+            },
             OutputSpec::File { path, max_bytes, keep } => sinks.push(Box::new(
                 crate::sinks::file::FileSink::open(path, *max_bytes, *keep)
                     .with_context(|| format!("opening output file {}", path.display()))?,
@@ -499,6 +512,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         drift: None,
         btf: opts.sensor.btf_path.clone(),
         hub: hub::HubReach::new(hub_tx),
+        text: opts.text,
         alerts_sent: 0,
     };
     metrics.sensors_attached.store(true, Ordering::Relaxed);

@@ -93,6 +93,14 @@ fn parse_output(s: &str) -> Result<OutputSpec, String> {
     OutputSpec::parse(s).map_err(|e| e.to_string())
 }
 
+/// `guard run --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Auto,
+    Text,
+    Json,
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     /// Policy file (policy, discovery, outputs). Default: the embedded policy.
@@ -105,10 +113,14 @@ pub struct RunArgs {
     /// splunk-hec+https://HOST:PORT?token_env=VAR. Repeatable; adds to the policy's outputs.
     #[arg(long = "output", value_name = "OUTPUT", value_parser = parse_output)]
     pub output: Vec<OutputSpec>,
-    /// Also print every exec event as one JSON object per line on stdout (raw sensor feed).
-    /// Without --watch-cgroup this watches the whole node.
+    /// Also print every exec event on stdout (raw sensor feed), next to the alerts. Without
+    /// --watch-cgroup this watches the whole node.
     #[arg(long)]
     pub events: bool,
+    /// What stdout looks like: text (one short line per alert, coloured on a terminal), json
+    /// (Falco JSON lines), or auto: text on a terminal, json into files and pipes.
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
     /// Serve /healthz, /readyz and /metrics on this address (e.g. 0.0.0.0:9402).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
@@ -167,6 +179,15 @@ impl RunArgs {
                 pin_dir: (!self.no_pin).then(|| self.pin_dir.clone()),
             },
             events_json: self.events,
+            text: {
+                use std::io::IsTerminal;
+                let tty = std::io::stdout().is_terminal();
+                match self.format {
+                    Format::Text => Some(tty),
+                    Format::Json => None,
+                    Format::Auto => tty.then_some(true),
+                }
+            },
             watch_cgroups: self.watch_cgroup.clone(),
             poll: Duration::from_millis(self.poll_ms),
             policy,

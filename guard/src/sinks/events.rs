@@ -135,6 +135,12 @@ impl<W: Write> JsonLines<W> {
         self.w.write_all(b"\n")
     }
 
+    /// A line as it is (the text format's exec lines).
+    pub fn write_line(&mut self, line: &str) -> io::Result<()> {
+        self.w.write_all(line.as_bytes())?;
+        self.w.write_all(b"\n")
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         self.w.flush()
     }

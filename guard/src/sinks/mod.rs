@@ -7,6 +7,7 @@ pub mod file;
 pub mod net;
 pub mod spool;
 pub mod syslog;
+pub mod text;
 
 use std::{io::Write, path::PathBuf};
 
