@@ -668,3 +668,31 @@ fn policy_suggest_turns_a_noisy_monitoring_period_into_a_quiet_policy() {
     let after = noisy(&kept);
     assert!(execs(&after).is_empty(), "still noisy under the suggested policy: {}", summary(&after));
 }
+
+/// One incident, one alert: `os.system("id; whoami")` is one alert for the shell, and what
+/// the shell ran comes once, as a follow-up naming the commands; a more specific rule under
+/// the same shell (a network tool) still goes out on its own, with the incident's id.
+#[test]
+fn what_a_flagged_shell_runs_is_folded_into_its_incident() {
+    if !require_root("what_a_flagged_shell_runs_is_folded_into_its_incident") {
+        return;
+    }
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let guard = GuardProcess::start(&policy(None), &[]).unwrap();
+    let cells = ["import os\nos.system('id > /dev/null; whoami > /dev/null; curl --version > /dev/null')"];
+    let results = run_notebook(&cg, NOTEBOOK, TOKEN, &cells).unwrap();
+    assert!(results.iter().all(|r| r.status == "ok"), "{results:?}");
+    let alerts = mine(guard.stop().unwrap(), &user);
+    let generic: Vec<&Value> = alerts.iter().filter(|a| a["rule"] == "notebook.non_python_exec").collect();
+    assert_eq!(generic.len(), 2, "the shell, then one follow-up:\n{}", summary(&alerts));
+    let (first, follow) = (generic[0], generic[1]);
+    assert!(field(first, "proc.cmdline").as_str().unwrap().starts_with("sh -c id"), "{first}");
+    assert!(field(first, "guard.count").is_null(), "{first}");
+    let incident = field(first, "guard.incident");
+    assert!(incident.is_u64(), "{first}");
+    assert_eq!(field(follow, "guard.incident"), incident);
+    assert_eq!(field(follow, "guard.chain"), &serde_json::json!(["id", "whoami"]), "{follow}");
+    assert_eq!(field(follow, "guard.count"), 2);
+    let curl = alerts.iter().find(|a| a["rule"] == "notebook.network_tool").expect("curl still alerts on its own");
+    assert_eq!(field(curl, "guard.incident"), incident, "{curl}");
+}

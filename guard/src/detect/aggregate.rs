@@ -12,7 +12,12 @@ use super::alert::Alert;
 pub struct Aggregator {
     window: Duration,
     open: HashMap<String, (Instant, u64, Alert)>,
+    /// Folded alerts per incident: (first seen, how many, their commands, the last one).
+    incidents: HashMap<String, (Instant, u64, Vec<String>, Alert)>,
 }
+
+/// Commands listed in an incident's follow-up (the count says how many there were).
+const CHAIN_MAX: usize = 16;
 
 /// What makes two alerts the same: the rule and the fields below, each as JSON (so that
 /// null and "" differ), separated by a character no JSON text holds unescaped. The cgroup's
@@ -46,11 +51,27 @@ fn key(a: &Alert) -> String {
 
 impl Aggregator {
     pub fn new(window: Duration) -> Self {
-        Self { window, open: HashMap::new() }
+        Self { window, open: HashMap::new(), incidents: HashMap::new() }
     }
 
-    /// Some(alert) to send now, or None when it is a repeat being counted.
+    /// Some(alert) to send now, or None when it is a repeat being counted or part of an
+    /// incident already alerted (`Alert::folded`).
     pub fn admit(&mut self, alert: Alert, now: Instant) -> Option<Alert> {
+        if alert.folded {
+            let mut k = alert.rule.to_string();
+            for field in ["container.cgroup_id", "guard.incident"] {
+                k.push('\u{1f}');
+                k.push_str(&alert.output_fields.get(field).map(|v| v.to_string()).unwrap_or_default());
+            }
+            let cmd = alert.output_fields.get("proc.cmdline").and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let entry = self.incidents.entry(k).or_insert_with(|| (now, 0, Vec::new(), alert.clone()));
+            entry.1 += 1;
+            if entry.2.len() < CHAIN_MAX {
+                entry.2.push(cmd);
+            }
+            entry.3 = alert;
+            return None;
+        }
         let k = key(&alert);
         if let Some((_, count, last)) = self.open.get_mut(&k) {
             *count += 1;
@@ -78,11 +99,25 @@ impl Aggregator {
             }
             false
         });
+        self.incidents.retain(|_, (start, count, chain, last)| {
+            if !all && now.duration_since(*start) < self.window {
+                return true;
+            }
+            let mut a = last.clone();
+            a.folded = false;
+            a.set("guard.count", *count).set("guard.chain", chain.clone());
+            let summary = a.output.split(" user=").next().unwrap_or("").to_string();
+            let base = summary.trim_end();
+            let note = format!("{base} [{count} more command(s) of the same incident: {}]", chain.join("; "));
+            a.output = a.output.replacen(base, &note, 1);
+            out.push(a);
+            false
+        });
         out
     }
 
     pub fn pending(&self) -> usize {
-        self.open.len()
+        self.open.len() + self.incidents.len()
     }
 }
 
@@ -112,6 +147,27 @@ mod tests {
         assert_eq!(out.len(), 1, "only the repeated alert is summarised");
         assert_eq!(out[0].output_fields["guard.count"], 4);
         assert!(out[0].output.contains("[repeated 4 more times]"), "{}", out[0].output);
+        assert_eq!(g.pending(), 0);
+    }
+
+    #[test]
+    fn an_incident_is_one_alert_and_one_follow_up_with_its_chain() {
+        let mut g = Aggregator::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let mut first = alert("sh -c id; whoami");
+        first.set("guard.incident", 42);
+        assert!(g.admit(first, t0).is_some(), "the flagged shell goes out at once");
+        for cmd in ["id", "whoami"] {
+            let mut a = alert(cmd);
+            a.set("guard.incident", 42);
+            a.folded = true;
+            assert!(g.admit(a, t0).is_none(), "what it ran is folded");
+        }
+        let out = g.flush(t0 + Duration::from_secs(11), false);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].output_fields["guard.count"], 2);
+        assert_eq!(out[0].output_fields["guard.chain"], serde_json::json!(["id", "whoami"]));
+        assert!(out[0].output.contains("2 more command(s) of the same incident: id; whoami"), "{}", out[0].output);
         assert_eq!(g.pending(), 0);
     }
 

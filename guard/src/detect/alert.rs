@@ -57,6 +57,10 @@ pub struct Alert {
     pub output: String,
     pub tags: &'static [&'static str],
     pub output_fields: BTreeMap<&'static str, Value>,
+    /// Part of an incident already alerted (what a flagged shell ran): counted into that
+    /// incident's follow-up, not sent on its own.
+    #[serde(skip)]
+    pub folded: bool,
 }
 
 impl Alert {
@@ -73,6 +77,7 @@ impl Alert {
             output: rule.summary.to_string(),
             tags: rule.tags,
             output_fields,
+            folded: false,
         }
     }
 

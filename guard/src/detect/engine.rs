@@ -126,6 +126,35 @@ fn under(path: &Path, prefix: &str) -> bool {
     path.starts_with(Path::new(prefix)) && path.components().all(|c| c != Component::ParentDir)
 }
 
+/// One incident, one alert: a shell-out flagged as a non-Python exec starts an incident (its
+/// kernel time is the id, in `guard.incident`); what that process and its descendants run
+/// afterwards that is flagged only as the same is folded into it (the aggregator reports the
+/// chain once, as a follow-up), while anything more specific still goes out, with the
+/// incident's id. Enforcement is untouched: it is decided in the kernel.
+fn incident(alerts: &mut [Alert], table: &mut ProcessTable, tgid: u32, ktime_ns: u64) {
+    if alerts.is_empty() {
+        return;
+    }
+    let generic = alerts.iter().all(|a| a.rule == rules::NON_PYTHON_EXEC.name);
+    let Some(p) = table.get_mut(tgid) else { return };
+    let id = match p.incident {
+        Some(id) => {
+            for a in alerts.iter_mut() {
+                a.folded = generic;
+            }
+            id
+        }
+        None if generic => {
+            p.incident = Some(ktime_ns);
+            ktime_ns
+        }
+        None => return,
+    };
+    for a in alerts.iter_mut() {
+        a.set("guard.incident", id);
+    }
+}
+
 /// A helper's own arguments: argv[1..], or for a helper that is the exec'd `#!` script (argv:
 /// interpreter, its optional argument, the script's path, …) what follows the script's path.
 fn helper_args<'a>(f: &'a Facts<'_>, script: bool) -> &'a [String] {
@@ -295,6 +324,7 @@ impl Detector {
         } else {
             out.alerts = self.alerts(&f, &matched, &eff);
         }
+        incident(&mut out.alerts, table, tgid, e.meta.ktime_ns);
         out
     }
 

@@ -53,6 +53,9 @@ pub struct ProcInfo {
     /// The notebook this process serves when its cgroup does not say (LocalProcessSpawner:
     /// set on the server from its environment, inherited by descendants).
     pub notebook: Option<Notebook>,
+    /// The incident this process belongs to: set where a shell-out was flagged, inherited by
+    /// forks and kept across exec, so what the flagged program runs is folded into it.
+    pub incident: Option<u64>,
 }
 
 /// The parent chain of an exec, nearest first.
@@ -159,6 +162,7 @@ impl ProcessTable {
                 role: Role::Unknown,
                 kernel: None,
                 notebook: None,
+                incident: None,
             },
         );
     }
@@ -206,7 +210,7 @@ impl ProcessTable {
     /// Records the exec. The kernel context and the notebook survive exec (a shell started by
     /// a kernel still serves it); everything else is the new image's.
     pub fn on_exec(&mut self, e: &Exec) {
-        let fresh = |kernel, notebook| ProcInfo {
+        let fresh = |kernel, notebook, incident| ProcInfo {
             pid: e.meta.tgid,
             ppid: e.ppid,
             exe: Some(e.filename.clone()),
@@ -217,11 +221,12 @@ impl ProcessTable {
             role: Role::Unknown,
             kernel,
             notebook,
+            incident,
         };
         match self.procs.get_mut(&e.meta.tgid) {
-            Some(p) => *p = fresh(p.kernel.take(), p.notebook.take()),
+            Some(p) => *p = fresh(p.kernel.take(), p.notebook.take(), p.incident),
             None => {
-                self.procs.insert(e.meta.tgid, fresh(None, None));
+                self.procs.insert(e.meta.tgid, fresh(None, None, None));
             }
         }
     }
@@ -242,6 +247,7 @@ impl ProcessTable {
                 role: Role::Unknown,
                 kernel: None,
                 notebook: None,
+                incident: None,
             },
         };
         self.procs.insert(f.child_tgid, child);
