@@ -578,6 +578,23 @@ fn recordings_merge_into_coverage_and_generate_every_format() {
             assert!(text.lines().any(|l| l.starts_with(&format!("+ {n}:"))), "{n} in\n{text}");
         }
     }
+
+    // merge → generate: the merged file is an input too, and gives the recordings' profile.
+    let from_merged = dir.0.join("from-merged.json");
+    ok(&guard(&[
+        "seccomp",
+        "generate",
+        merged.to_str().unwrap(),
+        "--min-coverage",
+        "2",
+        "-o",
+        from_merged.to_str().unwrap(),
+    ]));
+    let same = guard(&["seccomp", "diff", both.to_str().unwrap(), from_merged.to_str().unwrap()]);
+    assert_eq!(same.status.code(), Some(0), "{}", String::from_utf8_lossy(&same.stdout));
+    assert!(String::from_utf8_lossy(&same.stdout).starts_with("identical:"), "diff says so when they are the same");
+    let filtered = guard(&["seccomp", "generate", merged.to_str().unwrap(), "--image", "x", "-o", "/dev/null"]);
+    assert!(!filtered.status.success() && String::from_utf8_lossy(&filtered.stderr).contains("--image"));
 }
 
 /// The SPO SeccompProfile's field names (security-profiles-operator.x-k8s.io/v1beta1); unknown

@@ -21,7 +21,8 @@ use guard::{
     about = "notebook-guard: runtime syscall guard for JupyterHub notebook nodes",
     long_about = "notebook-guard watches notebook containers for exec of non-Python processes and \
                   unexpected egress, from eBPF programs in the kernel. Needs root (or CAP_BPF, \
-                  CAP_PERFMON, CAP_SYS_RESOURCE, CAP_DAC_READ_SEARCH) and a kernel with BTF."
+                  CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_RESOURCE, CAP_DAC_READ_SEARCH, \
+                  CAP_SYS_PTRACE) and a kernel with BTF."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,11 +32,14 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Load the sensors and watch the node.
+    #[command(verbatim_doc_comment)]
     ///
     /// Examples:
-    ///   guard run                       # every exec on the node, as log lines
-    ///   guard run --events              # every exec as one JSON object per line
+    ///   guard run                                  # alerts: lines for people on a terminal, JSON into pipes
+    ///   guard run --mode enforce --config policy.yaml
+    ///   guard run --events                         # and every exec on the node
     ///   guard run --events --watch-cgroup /sys/fs/cgroup/kubepods.slice
+    ///   guard run --output file:/var/log/notebook-guard.json --listen 127.0.0.1:9402
     Run(RunArgs),
     /// Policy tools.
     #[command(subcommand)]
@@ -65,6 +69,7 @@ pub enum PolicyCmd {
     /// Propose helper allowances from the alerts of a monitoring period (JSON lines, files or
     /// stdin): program and place, parent, argument shapes, counts and users, as a `helpers:`
     /// section that `guard policy check` accepts. Never applied by itself.
+    #[command(verbatim_doc_comment)]
     ///
     /// Examples:
     ///   guard policy suggest /var/log/notebook-guard/alerts.json -o suggested.yaml

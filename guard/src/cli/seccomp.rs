@@ -22,6 +22,7 @@ use guard::{
 #[derive(Subcommand)]
 pub enum SeccompCmd {
     /// Record the syscalls of a cgroup, a pod or every notebook on the node.
+    #[command(verbatim_doc_comment)]
     ///
     /// Examples:
     ///   guard seccomp record --cgroup /system.slice/jupyter-alice.service --duration 600 -o alice.json
@@ -35,7 +36,8 @@ pub enum SeccompCmd {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Generate a profile from recordings.
+    /// Generate a profile from recordings (files of `record`, or of `merge`).
+    #[command(verbatim_doc_comment)]
     ///
     /// Examples:
     ///   guard seccomp generate alice.json bob.json --format oci -o notebook.json
@@ -43,8 +45,10 @@ pub enum SeccompCmd {
     ///   guard seccomp generate *.json --format kubespawner --localhost-profile profiles/notebook.json -o values.yaml
     Generate(GenerateArgs),
     /// Run CMD under PROFILE (loaded with libseccomp) and exit with its status.
+    #[command(verbatim_doc_comment)]
     ///
-    /// Example: guard seccomp check notebook.json -- python3 -c 'import os; os.unshare(0)'
+    /// Example (unshare is refused: prints -1 and the error):
+    ///   guard seccomp check notebook.json -- python3 -c 'import ctypes, os; l = ctypes.CDLL(None, use_errno=True); print(l.unshare(0), os.strerror(ctypes.get_errno()))'
     Check {
         profile: PathBuf,
         #[arg(last = true, required = true)]
@@ -133,7 +137,7 @@ pub fn run(cmd: SeccompCmd) -> Result<i32> {
             let files = load_all(&recordings)?;
             let all: Vec<_> = files.into_iter().flat_map(|f| f.recordings).collect();
             let merged = Coverage::merge(&all);
-            let text = serde_json::to_string_pretty(&MergedFile { format: MERGED_FORMAT, coverage: merged })?;
+            let text = serde_json::to_string_pretty(&MergedFile { format: MERGED_FORMAT.into(), coverage: merged })?;
             seccomp::write_atomically(&output, text.as_bytes())?;
             println!("{}: {} recordings merged", output.display(), all.len());
             Ok(0)
@@ -160,6 +164,9 @@ pub fn run(cmd: SeccompCmd) -> Result<i32> {
             for l in &lines {
                 println!("{l}");
             }
+            if lines.is_empty() {
+                println!("identical: {} and {} allow the same calls", a.display(), b.display());
+            }
             // diff(1) convention: 1 when they differ.
             Ok(if lines.is_empty() { 0 } else { 1 })
         }
@@ -168,10 +175,38 @@ pub fn run(cmd: SeccompCmd) -> Result<i32> {
 
 const MERGED_FORMAT: &str = "notebook-guard/seccomp-coverage/v1";
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 struct MergedFile {
-    format: &'static str,
+    format: String,
     coverage: Coverage,
+}
+
+/// The inputs of `generate`: recordings, and coverage `merge` made (which `--image` cannot
+/// filter: a merged file no longer says which recording was of which image).
+fn load_coverage(paths: &[PathBuf], image: Option<&str>) -> Result<(Coverage, usize)> {
+    let (mut recordings, mut merged) = (Vec::new(), Vec::new());
+    for p in paths {
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let is_merged = serde_json::from_str::<serde_json::Value>(&text)
+            .is_ok_and(|v| v.get("format").and_then(|f| f.as_str()) == Some(MERGED_FORMAT));
+        if !is_merged {
+            recordings.extend(RecordingFile::load(p)?.recordings);
+            continue;
+        }
+        if image.is_some() {
+            bail!("{}: a merged file cannot be filtered by --image; generate from the recordings", p.display());
+        }
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        let m: MergedFile = serde_path_to_error::deserialize(de)
+            .map_err(|e| anyhow::anyhow!("{}: {}: {}", p.display(), e.path(), e.inner()))?;
+        merged.push(m.coverage);
+    }
+    recordings.retain(|r| image.is_none() || r.target.image.as_deref() == image);
+    let mut cov = Coverage::merge(&recordings);
+    for m in &merged {
+        cov.add(m);
+    }
+    Ok((cov.clone(), cov.recordings))
 }
 
 fn record(a: RecordArgs) -> Result<()> {
@@ -222,13 +257,8 @@ fn load_profile(path: &Path) -> Result<OciProfile> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let files = load_all(&a.recordings)?;
-    let all: Vec<_> = files
-        .into_iter()
-        .flat_map(|f| f.recordings)
-        .filter(|r| a.image.is_none() || r.target.image == a.image)
-        .collect();
-    if all.is_empty() {
+    let (cov, n) = load_coverage(&a.recordings, a.image.as_deref())?;
+    if n == 0 {
         bail!("no recordings to generate from{}", a.image.map(|i| format!(" (image {i})")).unwrap_or_default());
     }
     let beyond: BTreeSet<String> = a.beyond_docker.iter().cloned().collect();
@@ -237,7 +267,6 @@ fn generate(a: GenerateArgs) -> Result<()> {
             bail!("--allow-beyond-docker {n}: not a syscall libseccomp knows");
         }
     }
-    let cov = Coverage::merge(&all);
     let opts = GenerateOptions { min_coverage: a.min_coverage, beyond_docker: beyond, ..Default::default() };
     let g = profile::generate(&cov, &opts);
     if !g.refused_by_docker.is_empty() {

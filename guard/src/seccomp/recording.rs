@@ -123,6 +123,22 @@ impl Coverage {
         }
         c
     }
+
+    /// Adds another coverage (a file `guard seccomp merge` wrote) to this one.
+    pub fn add(&mut self, other: &Coverage) {
+        self.recordings += other.recordings;
+        self.users.extend(other.users.iter().cloned());
+        self.images.extend(other.images.iter().cloned());
+        for (arch, names) in &other.syscalls {
+            let m = self.syscalls.entry(*arch).or_default();
+            for (n, count) in names {
+                *m.entry(n.clone()).or_default() += count;
+            }
+        }
+        for (arch, nrs) in &other.unnamed {
+            self.unnamed.entry(*arch).or_default().extend(nrs);
+        }
+    }
 }
 
 #[cfg(test)]
