@@ -100,6 +100,12 @@ fn every_incarnation_of_a_restarted_server_is_enforced_with_or_without_the_agent
     unit.restart(false).unwrap();
     let line = unit.wait_for("inc 4 ", Duration::from_secs(20)).unwrap();
     assert_eq!(line, "inc 4 rc 9 connect errno 1", "restarted while no agent ran:\n{}", unit.log());
+    // What stays enforced is there to see: the unit's cgroup by path and user, from the pins.
+    let status = std::process::Command::new(guard_bin()).arg("status").arg("--pin-dir").arg(&pins).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}{}", String::from_utf8_lossy(&status.stderr));
+    let row = text.lines().find(|l| l.ends_with(unit.rel.to_str().unwrap())).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.starts_with("enforce  enforce") && row.contains(&format!("user {user} (TLJH unit)")), "{row}");
     // An agent adopting the pinned state keeps doing it.
     let b = GuardProcess::start_pinned(&unit_policy(Some(&user)), &[], &[], pins).unwrap();
     go(&dir, 5);

@@ -47,6 +47,11 @@ fn main() -> ExitCode {
         Cmd::Cleanup { pin_dir } => guard::sensors::process::remove_pins(&pin_dir).map(|n| {
             println!("{}: removed {n} pins", pin_dir.display());
         }),
+        Cmd::Status { pin_dir } => guard::discovery::cgroup::find_cgroup2_mount().and_then(|mount| {
+            let s = guard::enforce::status::read(&pin_dir, &mount, std::path::Path::new("/proc"))?;
+            print!("{}", guard::enforce::status::render(&s));
+            Ok(())
+        }),
         Cmd::Seccomp(cmd) => match cli::seccomp::run(cmd) {
             Ok(0) => Ok(()),
             Ok(code) => return ExitCode::from(code as u8),

@@ -566,6 +566,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         kubernetes = kube.is_some(),
         "guard running"
     );
+    match &opts.sensor.pin_dir {
+        Some(dir) => tracing::info!(
+            pin_dir = %dir.display(),
+            "enforcement is pinned: it keeps running after this agent stops (`guard status` shows it, `guard cleanup --pin-dir {}` ends it)",
+            dir.display()
+        ),
+        None => tracing::info!("enforcement is not pinned: it ends when this agent stops (--pin keeps it running)"),
+    }
 
     loop {
         tokio::select! {
@@ -642,8 +650,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     }
 
-    if pipe.sensor.is_pinned() {
-        tracing::info!("stopping: programs stay pinned and keep enforcing; the next agent adopts them");
+    if let (true, Some(dir)) = (pipe.sensor.is_pinned(), opts.sensor.pin_dir.as_ref()) {
+        let cgroups = pipe.enforcer.enforced_cgroups();
+        tracing::warn!(
+            enforced_cgroups = cgroups,
+            pin_dir = %dir.display(),
+            "stopping: the pinned programs keep enforcing {cgroups} notebook cgroup(s) and their egress after this agent exits; the next agent adopts them. See them with `guard status --pin-dir {0}`, end them with `guard cleanup --pin-dir {0}`",
+            dir.display()
+        );
     } else {
         tracing::info!("stopping: detaching programs and draining the ring buffer");
     }

@@ -51,6 +51,12 @@ pub enum Cmd {
         #[arg(long, default_value = "/sys/fs/bpf/notebook-guard")]
         pin_dir: PathBuf,
     },
+    /// What stays enforced: the notebooks the pinned programs enforce (by user, pod or unit),
+    /// LocalProcessSpawner scopes, and whether an agent is running.
+    Status {
+        #[arg(long, default_value = "/sys/fs/bpf/notebook-guard")]
+        pin_dir: PathBuf,
+    },
     /// Seccomp profiles from observed behaviour: record, merge, generate, check, diff.
     #[command(subcommand)]
     Seccomp(seccomp::SeccompCmd),
@@ -139,9 +145,13 @@ pub struct RunArgs {
     /// restart or upgrade, and the next agent adopts it.
     #[arg(long, default_value = "/sys/fs/bpf/notebook-guard")]
     pub pin_dir: PathBuf,
-    /// Do not pin: everything is detached when the agent stops.
-    #[arg(long)]
+    /// Do not pin: everything is detached when the agent stops. The default when stdout is a
+    /// terminal (an interactive run: ^C ends enforcement).
+    #[arg(long, conflicts_with = "pin")]
     pub no_pin: bool,
+    /// Pin even in an interactive run (the default otherwise, as in the DaemonSet).
+    #[arg(long)]
+    pub pin: bool,
     /// Do not attach the egress hooks (connect/sendmsg policy, packet sockets).
     #[arg(long)]
     pub no_egress: bool,
@@ -181,7 +191,11 @@ impl RunArgs {
                 wakeup_bytes: self.wakeup_bytes,
                 watch_all: self.watch_all || (self.events && self.watch_cgroup.is_empty()),
                 btf_path: self.btf.clone(),
-                pin_dir: (!self.no_pin).then(|| self.pin_dir.clone()),
+                pin_dir: {
+                    use std::io::IsTerminal;
+                    let interactive = std::io::stdout().is_terminal();
+                    (self.pin || !(self.no_pin || interactive)).then(|| self.pin_dir.clone())
+                },
             },
             events_json: self.events,
             text: {

@@ -9,6 +9,7 @@
 
 pub mod incarnations;
 pub mod scopes;
+pub mod status;
 
 use std::path::Path;
 
