@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod helm;
 mod image;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -85,11 +86,13 @@ fn main() -> Result<()> {
             let python = ensure_python_env()?;
             let (hubenv, chp) = ensure_hub()?;
             let image = image::ensure_notebook_image(&workspace_root())?;
+            let helm = helm::ensure_helm(&workspace_root(), &python)?;
             let mut cmd = cargo();
             cmd.args(["test", "--workspace"]).args(&args);
             cmd.env("GUARD_HUB_ENV", hubenv).env("GUARD_CHP", chp).env("GUARD_NOTEBOOK_IMAGE", image);
             cmd.env("GUARD_BIN", workspace_root().join("target/debug/guard"));
             cmd.env("GUARD_TEST_PYTHON", python);
+            cmd.env("GUARD_HELM", helm);
             run(&mut cmd)
         }
         Cmd::Bench { sections } => {
