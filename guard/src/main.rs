@@ -27,7 +27,10 @@ fn main() -> ExitCode {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
             rt.block_on(async { tokio::spawn(guard::agent::run(opts)).await? })
         }),
-        Cmd::Policy(PolicyCmd::Check { file }) => match guard::policy::Policy::from_path(&file) {
+        Cmd::Policy(PolicyCmd::Check { file }) => match std::fs::read_to_string(&file)
+            .map_err(|e| vec![guard::policy::PolicyError::unreadable(&file, e)])
+            .and_then(|text| guard::policy::check::check_all(&file.display().to_string(), &text))
+        {
             Ok(p) => {
                 println!(
                     "{}: ok (mode {}, {} helpers, {} overrides, {} rules disabled)",
@@ -39,8 +42,10 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
-            Err(e) => {
-                eprintln!("{e}");
+            Err(errors) => {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
                 return ExitCode::FAILURE;
             }
         },

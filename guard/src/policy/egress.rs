@@ -30,6 +30,7 @@ impl Protocol {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CidrRule {
+    #[serde(deserialize_with = "cidr")]
     pub cidr: IpNet,
     /// Empty: every port.
     #[serde(default)]
@@ -54,6 +55,31 @@ pub struct EgressSpec {
     pub cloud_metadata_server: bool,
     pub allow: Vec<CidrRule>,
     pub deny: Vec<CidrRule>,
+}
+
+/// A CIDR (or a bare address, one host), with an error that says what is wrong with it.
+fn cidr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
+    use serde::de::Error;
+    let s = String::deserialize(d)?;
+    parse_cidr(&s).map_err(D::Error::custom)
+}
+
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n);
+    }
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 or IPv6 address"))?;
+    let Some(prefix) = prefix else { return Ok(IpNet::from(ip)) };
+    let bits: u8 = prefix.parse().map_err(|_| format!("prefix length {prefix:?} is not a number"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    Err(format!(
+        "prefix length {bits} is longer than the {max} bits of an {} address",
+        if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+    ))
 }
 
 impl Default for EgressSpec {
@@ -224,5 +250,12 @@ mod tests {
         assert_eq!(ev(&s, "203.0.113.66", 6, 443), EGRESS_DENY, "deny list");
         assert_eq!(ev(&s, "198.51.100.1", 6, 443), EGRESS_DENY, "nonPrivateIPs off");
         assert!(serde_yaml_ng::from_str::<EgressSpec>("privateIps: true\n").is_err(), "Z2JH spelling only");
+        assert_eq!(
+            parse_cidr("10.0.0.0/33").unwrap_err(),
+            "prefix length 33 is longer than the 32 bits of an IPv4 address"
+        );
+        assert!(parse_cidr("fd00::/129").unwrap_err().contains("128 bits of an IPv6"));
+        assert!(parse_cidr("10.0.0.300/8").unwrap_err().contains("not an IPv4 or IPv6 address"));
+        assert_eq!(parse_cidr("10.1.2.3").unwrap(), "10.1.2.3/32".parse::<IpNet>().unwrap(), "one host");
     }
 }

@@ -2,6 +2,7 @@
 //! alerts go, and per-namespace / per-label overrides. One YAML file, an embedded default, and
 //! strict parsing: unknown keys and bad values are errors naming file:line:column and the key.
 
+pub mod check;
 pub mod egress;
 pub mod helpers;
 pub mod identity;
@@ -213,6 +214,19 @@ pub struct PolicyError {
     pub message: String,
 }
 
+impl PolicyError {
+    /// The policy file could not be read.
+    pub fn unreadable(path: &Path, e: std::io::Error) -> Self {
+        Self {
+            origin: path.display().to_string(),
+            line: None,
+            column: None,
+            key: "(file)".into(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// What applies to one notebook after overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Effective {
@@ -269,9 +283,7 @@ impl Policy {
         let origin = path.display().to_string();
         match text {
             Ok(text) => Self::from_str(&origin, &text),
-            Err(e) => {
-                Err(PolicyError { origin, line: None, column: None, key: "(file)".into(), message: e.to_string() })
-            }
+            Err(e) => Err(PolicyError::unreadable(path, e)),
         }
     }
 
