@@ -93,7 +93,11 @@ fn main() -> Result<()> {
             cmd.env("GUARD_BIN", workspace_root().join("target/debug/guard"));
             cmd.env("GUARD_TEST_PYTHON", python);
             cmd.env("GUARD_HELM", helm);
-            run(&mut cmd)
+            // The tests make kubelet- and systemd-shaped cgroups; what they leave empty goes.
+            let cgroups_before = cgroup_dirs();
+            let result = run(&mut cmd);
+            remove_new_empty_cgroups(&cgroups_before);
+            result
         }
         Cmd::Bench { sections } => {
             setup()?;
@@ -404,4 +408,34 @@ fn build_agent(release: bool) -> Result<()> {
         cmd.arg("--release");
     }
     run(&mut cmd)
+}
+
+/// The cgroup2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    })
+}
+
+/// Directories below the cgroup2 mount, two levels deep.
+fn cgroup_dirs() -> Vec<PathBuf> {
+    let Some(root) = cgroup2_mount() else { return vec![] };
+    let mut out = Vec::new();
+    for a in fs::read_dir(&root).into_iter().flatten().flatten().filter(|e| e.path().is_dir()) {
+        out.push(a.path());
+        out.extend(fs::read_dir(a.path()).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    out
+}
+
+/// Removes the cgroups made since `before` that nothing uses (rmdir refuses the others).
+fn remove_new_empty_cgroups(before: &[PathBuf]) {
+    let mut new: Vec<PathBuf> = cgroup_dirs().into_iter().filter(|d| !before.contains(d)).collect();
+    // Deepest first, so a parent is empty by the time it is tried.
+    new.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in new {
+        let _ = fs::remove_dir(&d);
+    }
 }
