@@ -696,3 +696,43 @@ fn what_a_flagged_shell_runs_is_folded_into_its_incident() {
     let curl = alerts.iter().find(|a| a["rule"] == "notebook.network_tool").expect("curl still alerts on its own");
     assert_eq!(field(curl, "guard.incident"), incident, "{curl}");
 }
+
+/// A miner under a harmless name is known by its command line; the operator's own patterns
+/// come from a file whose contents never reach an alert or the log.
+#[test]
+fn a_renamed_miner_is_known_by_its_command_line() {
+    if !require_root("a_renamed_miner_is_known_by_its_command_line") {
+        return;
+    }
+    let (cg, user) = TestCgroup::tljh().unwrap();
+    let dir = TempDir::new("mining").unwrap();
+    let patterns = dir.0.join("patterns");
+    std::fs::write(&patterns, "# the hub's own list\nhidden-pool-9f3e.example\n").unwrap();
+    let policy = format!("{}mining:\n  patterns_file: {}\n", policy(None), patterns.display());
+    let guard = GuardProcess::start(&policy, &[]).unwrap();
+    let wallet = format!("4{}", "B".repeat(94));
+    let cell = format!(
+        "import os, shutil, subprocess, tempfile\nd = tempfile.mkdtemp()\nm = os.path.join(d, 'kworker')\n\
+         shutil.copy('/bin/true', m)\n\
+         subprocess.run([m, '-o', 'pool.example.org:443', '-u', '{wallet}.w1', '--donate-level', '1'])\n\
+         subprocess.run([m, '--url', 'hidden-pool-9f3e.example:80'])\n\
+         subprocess.run(['/bin/true', 'stratum+tcp://198.51.100.8:3333'])\nprint('done')"
+    );
+    let results = run_notebook(&cg, NOTEBOOK, TOKEN, &[cell.as_str()]).unwrap();
+    assert_eq!(results[0].stdout.trim(), "done", "{results:?}");
+    let log = guard.log();
+    let alerts = mine(guard.stop().unwrap(), &user);
+    let mining: Vec<&Value> = alerts.iter().filter(|a| a["rule"] == "notebook.crypto_mining").collect();
+    let ids: Vec<&str> = mining.iter().filter_map(|a| field(a, "guard.detail").as_str()).collect();
+    assert!(ids.contains(&"pattern=builtin:donate-level"), "{ids:?}\n{}", summary(&alerts));
+    assert!(ids.contains(&"pattern=operator:2"), "{ids:?}");
+    assert!(ids.contains(&"pattern=builtin:stratum-url"), "{ids:?}");
+    for a in &mining {
+        assert_eq!(a["priority"], "Critical");
+        assert!(a["tags"].as_array().unwrap().iter().any(|t| t == "T1496"), "{a}");
+        assert_eq!(field(a, "notebook.path"), NOTEBOOK);
+    }
+    // The reason names the pattern by its line; its text is never the reason, nor logged.
+    assert!(mining.iter().all(|a| !field(a, "guard.detail").as_str().unwrap().contains("hidden-pool")));
+    assert!(!log.contains("hidden-pool-9f3e"), "the operator's patterns leaked into the log");
+}

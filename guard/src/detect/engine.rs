@@ -300,7 +300,12 @@ impl Detector {
         };
 
         let mut out = Outcome { root: Some(root), refreshed, effective: Some(eff), ..Default::default() };
-        let (role, matched) = self.judge(&f, is_python, &eff);
+        let (role, mut matched) = self.judge(&f, is_python, &eff);
+        // A miner is known by what its command line tells it, whatever runs it (a renamed
+        // binary, Python running a miner module).
+        if let Some(id) = super::mining::matches(&f.argv, &policy.mining_patterns) {
+            matched.push((rules::CRYPTO_MINING, format!("pattern={id}")));
+        }
         out.role = role;
 
         // Remember what this process is for its descendants.

@@ -72,6 +72,12 @@ pub const NETWORK_TOOL: Rule = Rule {
     tags: &["notebook", "process", "network", "mitre_command_and_control", "T1105"],
     summary: "Network tool executed from a notebook",
 };
+pub const CRYPTO_MINING: Rule = Rule {
+    name: "notebook.crypto_mining",
+    priority: Priority::Critical,
+    tags: &["notebook", "process", "crypto_mining", "mitre_impact", "T1496"],
+    summary: "Crypto miner started from a notebook",
+};
 pub const REVERSE_SHELL: Rule = Rule {
     name: "notebook.reverse_shell",
     priority: Priority::Critical,
@@ -164,6 +170,7 @@ pub const GUARD_TAMPERED: Rule = Rule {
 
 pub const ALL: &[Rule] = &[
     NON_PYTHON_EXEC,
+    CRYPTO_MINING,
     TERMINAL_SHELL,
     WRITABLE_PATH,
     FILELESS,

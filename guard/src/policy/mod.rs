@@ -172,8 +172,18 @@ struct PolicyFile {
     egress: Option<egress::EgressSpec>,
     heartbeat_seconds: Option<u64>,
     seccomp_profile: Option<String>,
+    mining: Option<MiningSpec>,
     rules: Option<RulesSpec>,
     overrides: Option<Vec<Override>>,
+}
+
+/// `mining:` — crypto-mining detection beyond the built-in command-line shapes.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MiningSpec {
+    /// The operator's own patterns (case-insensitive substrings of a command line, one per
+    /// line), e.g. a mounted Kubernetes Secret. Alerts name them by line number only.
+    pub patterns_file: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -199,6 +209,9 @@ pub struct Policy {
     pub seccomp_profile: Option<String>,
     /// The assigned profiles, read and checked when the policy is loaded, by path.
     pub seccomp_profiles: BTreeMap<String, crate::seccomp::profile::OciProfile>,
+    pub mining: MiningSpec,
+    /// The operator's mining patterns, read when the policy is loaded (never printed).
+    pub mining_patterns: crate::detect::mining::OperatorPatterns,
     pub rules: RulesSpec,
     pub overrides: Vec<Override>,
 }
@@ -311,12 +324,26 @@ impl Policy {
             heartbeat_seconds: user.heartbeat_seconds.or(base.heartbeat_seconds).unwrap_or(60),
             seccomp_profile: user.seccomp_profile.or(base.seccomp_profile),
             seccomp_profiles: BTreeMap::new(),
+            mining: user.mining.or(base.mining).unwrap_or_default(),
+            mining_patterns: Default::default(),
             rules: user.rules.or(base.rules).unwrap_or_default(),
             overrides: user.overrides.or(base.overrides).unwrap_or_default(),
         };
         let mut p = p;
         p.validate(origin, text)?;
         p.seccomp_profiles = p.load_seccomp_profiles(origin, text)?;
+        if let Some(f) = &p.mining.patterns_file {
+            p.mining_patterns = crate::detect::mining::OperatorPatterns::load(Path::new(f)).map_err(|message| {
+                let line = text.lines().position(|l| l.contains("patterns_file")).map(|i| i + 1);
+                PolicyError {
+                    origin: origin.to_string(),
+                    line,
+                    column: None,
+                    key: "mining.patterns_file".into(),
+                    message,
+                }
+            })?;
+        }
         Ok(p)
     }
 
