@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashMap,
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -18,14 +18,22 @@ use crate::{
     clock::BootClock,
     discovery::attribution::Attribution,
     policy::{
-        identity::{Identities, RootIdentities, RootKey, REFRESH_AFTER, SYSTEM_DIRS},
-        ArgMatcher, Effective, HelperParent, Mode, Policy,
+        identity::{Identities, RootIdentities, RootKey, REFRESH_AFTER},
+        ArgMatcher, Effective, Mode, Policy,
     },
     process::table::{cmdline, KernelCtx, ProcInfo, ProcessTable, Role},
     redact::Redactor,
-    sensors::decode::{Egress, Exec, FileId, Socket},
+    sensors::decode::{Exec, FileId},
 };
 use guard_abi::exec_flags;
+
+mod incident;
+mod judge;
+mod network;
+
+use incident::incident;
+pub use judge::is_fileless;
+use judge::{is_kernel_argv, is_server_argv};
 
 /// Ancestors walked for lineage questions (is there Python above? a terminal?).
 const MAX_CHAIN: usize = 32;
@@ -85,100 +93,6 @@ struct Facts<'a> {
     in_kernel_command: bool,
     kernel: Option<Arc<KernelCtx>>,
     argv: Vec<String>,
-}
-
-fn is_kernel_argv(argv: &[String]) -> bool {
-    argv.iter().any(|a| a.ends_with("ipykernel_launcher") || a == "ipykernel_launcher")
-        || argv.windows(2).any(|w| w[0] == "-m" && (w[1] == "ipykernel" || w[1] == "ipykernel_launcher"))
-}
-
-fn is_server_argv(argv: &[String]) -> bool {
-    const SERVERS: &[&str] = &[
-        "jupyterhub-singleuser",
-        "jupyter-lab",
-        "jupyter-labhub",
-        "jupyter-notebook",
-        "jupyter-server",
-        "jupyter-nbclassic",
-    ];
-    argv.iter().take(3).any(|a| {
-        let base = a.rsplit('/').next().unwrap_or(a);
-        SERVERS.contains(&base)
-    }) || argv.windows(2).any(|w| {
-        w[0] == "-m" && matches!(w[1].as_str(), "jupyter_server" | "jupyterlab" | "notebook" | "jupyterhub.singleuser")
-    })
-}
-
-/// An absolute path with no `//` and no component starting with a dot: its bytes are its
-/// components, so comparing bytes is comparing paths. These checks run for every exec, and
-/// `Path`'s own comparisons walk components one by one.
-fn plain(b: &[u8]) -> bool {
-    b.first() == Some(&b'/') && !b.windows(2).any(|w| w == b"//" || w == b"/.")
-}
-
-/// `path` is `prefix` or below it, with no `..` that could climb back out.
-fn under(path: &Path, prefix: &str) -> bool {
-    let (p, pre) = (path.as_os_str().as_encoded_bytes(), prefix.as_bytes());
-    if plain(p) && plain(pre) {
-        let pre = pre.strip_suffix(b"/").unwrap_or(pre);
-        return p.starts_with(pre) && (p.len() == pre.len() || p[pre.len()] == b'/');
-    }
-    path.starts_with(Path::new(prefix)) && path.components().all(|c| c != Component::ParentDir)
-}
-
-/// One incident, one alert: a shell-out flagged as a non-Python exec starts an incident (its
-/// kernel time is the id, in `guard.incident`); what that process and its descendants run
-/// afterwards that is flagged only as the same is folded into it (the aggregator reports the
-/// chain once, as a follow-up), while anything more specific still goes out, with the
-/// incident's id. Enforcement is untouched: it is decided in the kernel.
-fn incident(alerts: &mut [Alert], table: &mut ProcessTable, tgid: u32, ktime_ns: u64) {
-    if alerts.is_empty() {
-        return;
-    }
-    let generic = alerts.iter().all(|a| a.rule == rules::NON_PYTHON_EXEC.name);
-    let Some(p) = table.get_mut(tgid) else { return };
-    let id = match p.incident {
-        Some(id) => {
-            for a in alerts.iter_mut() {
-                a.folded = generic;
-            }
-            id
-        }
-        None if generic => {
-            p.incident = Some(ktime_ns);
-            ktime_ns
-        }
-        None => return,
-    };
-    for a in alerts.iter_mut() {
-        a.set("guard.incident", id);
-    }
-}
-
-/// A helper's own arguments: argv[1..], or for a helper that is the exec'd `#!` script (argv:
-/// interpreter, its optional argument, the script's path, …) what follows the script's path.
-fn helper_args<'a>(f: &'a Facts<'_>, script: bool) -> &'a [String] {
-    let path = f.e.filename.to_string_lossy();
-    let script_at = script.then(|| f.argv.iter().take(3).position(|a| *a == path)).flatten();
-    f.argv.get(script_at.unwrap_or(0) + 1..).unwrap_or(&[])
-}
-
-/// The file is directly in one of the system binary directories.
-fn in_system_dir(path: &Path) -> bool {
-    let Some(dir) = path.parent() else { return false };
-    let b = dir.as_os_str().as_encoded_bytes();
-    if plain(b) && !b.ends_with(b"/") {
-        return SYSTEM_DIRS.iter().any(|s| s.as_bytes() == b);
-    }
-    SYSTEM_DIRS.iter().any(|s| Path::new(s) == dir)
-}
-
-pub fn is_fileless(e: &Exec) -> bool {
-    let f = e.filename.to_string_lossy();
-    e.exe_nlink == 0
-        || f.starts_with("/dev/fd/")
-        || (f.starts_with("/proc/") && f.contains("/fd/"))
-        || e.exe_name.to_string_lossy().starts_with("memfd:")
 }
 
 impl Detector {
@@ -333,199 +247,6 @@ impl Detector {
         out
     }
 
-    /// (role, rules that fired with a detail each).
-    fn judge(&mut self, f: &Facts<'_>, is_python: bool, eff: &Effective) -> (Role, Vec<(Rule, String)>) {
-        let e = f.e;
-        let policy = self.policy.clone();
-        if is_python {
-            let role = if is_server_argv(&f.argv) {
-                Role::Server
-            } else if is_kernel_argv(&f.argv) {
-                Role::Kernel
-            } else {
-                Role::Python
-            };
-            return (role, vec![]);
-        }
-        // A sanctioned kernel's start: its launcher's own helpers, then the kernel itself; and
-        // the commands the policy names for such kernels.
-        if f.parent_role == Role::KernelLauncher {
-            return (Role::Helper, vec![]);
-        }
-        if f.prev_role == Role::KernelLauncher {
-            return (Role::Kernel, vec![]);
-        }
-        if f.in_kernel_command {
-            return (Role::KernelCommand, vec![]);
-        }
-        // A sanctioned terminal session runs what its user types.
-        if f.in_terminal && eff.allowances.terminals {
-            return (Role::Terminal, vec![]);
-        }
-        let Some((_, ids)) =
-            self.identities.for_cgroup(e.meta.cgroup_id, &[e.meta.tgid, e.ppid], &policy, &self.proc_root)
-        else {
-            return (Role::Other, vec![]);
-        };
-        let base = f.exe_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let exe_in_system_dir = in_system_dir(&f.exe_path);
-        let sys_names = ids.system_names(&e.exe);
-        let is_loader = ids.loaders.contains(&e.exe);
-        // (helper, whether it is the exec'd `#!` script rather than the loaded binary): a
-        // script runs as its interpreter, so a helper script is known by its path.
-        let mut helper_ids: Vec<(usize, bool)> =
-            ids.helpers.get(&e.exe).into_iter().flatten().map(|&h| (h, false)).collect();
-        if e.interp.is_some() {
-            helper_ids.extend(ids.helper_scripts.get(&f.exe_path).into_iter().flatten().map(|&h| (h, true)));
-        }
-
-        // A copy of a system binary elsewhere (content equal, inode not).
-        let mut copy_of = None;
-        if sys_names.is_none() && !exe_in_system_dir && !is_fileless(e) {
-            copy_of = match self.copies.get(&e.exe) {
-                Some(c) => *c,
-                None => {
-                    // The running image if the process is still there, else the file by path
-                    // inside the notebook's root (short-lived processes are gone by now). Its
-                    // size first: a file no system binary matches in size is read no further.
-                    let sized =
-                        |ids: &mut RootIdentities, size: u64| size <= MAX_HASHED && ids.system_size_exists(size);
-                    let content = std::fs::File::open(self.proc_root.join(e.meta.tgid.to_string()).join("exe"))
-                        .and_then(|mut fh| {
-                            use std::io::Read;
-                            let size = fh.metadata()?.len();
-                            let (_, ids) = self
-                                .identities
-                                .for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)
-                                .ok_or(std::io::ErrorKind::NotFound)?;
-                            if !sized(ids, size) {
-                                return Ok(None);
-                            }
-                            let mut b = Vec::new();
-                            (&mut fh).take(MAX_HASHED).read_to_end(&mut b).map(|_| Some(b))
-                        })
-                        .or_else(|_| -> std::io::Result<Option<Vec<u8>>> {
-                            let (_, ids) = self
-                                .identities
-                                .for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)
-                                .ok_or(std::io::ErrorKind::NotFound)?;
-                            let md = ids.root.stat(&f.exe_path)?;
-                            if FileId::of(&md) != e.exe || !sized(ids, md.len()) {
-                                return Ok(None);
-                            }
-                            ids.root.read(&f.exe_path, MAX_HASHED).map(Some)
-                        });
-                    // Ok(None): certainly not a copy (remembered); Err: could not tell this time.
-                    match content {
-                        Ok(Some(c)) => {
-                            let found = self
-                                .identities
-                                .for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)
-                                .and_then(|(_, ids)| ids.system_same_content(&c));
-                            self.copies.insert(e.exe, found);
-                            found
-                        }
-                        Ok(None) => {
-                            self.copies.insert(e.exe, None);
-                            None
-                        }
-                        Err(_) => None,
-                    }
-                }
-            };
-        }
-        let (_, ids) = match self.identities.for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root) {
-            Some(x) => x,
-            None => return (Role::Other, vec![]),
-        };
-        let real_names: Arc<[String]> = match (&sys_names, copy_of) {
-            (Some(n), _) => n.clone(),
-            (None, Some(orig)) => ids.system_names(&orig).unwrap_or_else(|| Arc::new([])),
-            _ => Arc::new([e.exe_name.to_string_lossy().into_owned()]),
-        };
-        let named = |set: &std::collections::BTreeSet<String>| real_names.iter().find(|n| set.contains(*n)).cloned();
-        let shell = named(&policy.shells);
-
-        // The server starting a sanctioned kernel: its launcher script (R's wrapper), or the
-        // kernel's binary itself.
-        if f.parent_is_python {
-            if e.interp.is_some() && ids.launcher_scripts.contains_key(&f.exe_path) {
-                return (Role::KernelLauncher, vec![]);
-            }
-            if ids.launchers.contains_key(&e.exe) {
-                return (Role::Kernel, vec![]);
-            }
-        }
-        if shell.is_some() && crate::policy::kernelspecs::is_kernel_command(&policy.kernel_commands, &f.argv) {
-            return (Role::KernelCommand, vec![]);
-        }
-
-        // Jupyter terminal: a shell whose parent is the notebook server.
-        if shell.is_some() && f.parent_role == Role::Server {
-            if eff.allowances.terminals {
-                return (Role::Terminal, vec![]);
-            }
-            return (Role::Terminal, vec![(rules::TERMINAL_SHELL, String::new())]);
-        }
-        // Helpers: identity, parent and arguments.
-        for &(h, script) in &helper_ids {
-            let spec = &policy.helpers[h];
-            let parent_ok = match spec.parent {
-                HelperParent::Python => f.parent_is_python,
-                HelperParent::Helper => f.parent_is_python || f.parent_role == Role::Helper,
-            };
-            if parent_ok && self.helper_args[h].matches(helper_args(f, script)) {
-                return (Role::Helper, vec![]);
-            }
-        }
-        // %pip: sh -c "<python> -m pip …" from a Python process.
-        if shell.is_some()
-            && eff.allowances.pip_magic
-            && f.parent_is_python
-            && f.argv.len() == 3
-            && f.argv[1] == "-c"
-            && f.argv[2].contains(" -m pip ")
-        {
-            return (Role::PipShell, vec![]);
-        }
-
-        let mut fired: Vec<(Rule, String)> = Vec::new();
-        if is_fileless(e) {
-            fired.push((rules::FILELESS, format!("loaded={}", e.exe_name.to_string_lossy())));
-        }
-        if is_loader {
-            fired.push((rules::LOADER, format!("target={}", f.argv.get(1).cloned().unwrap_or_default())));
-        }
-        if let Some(w) = policy.writable_paths.iter().find(|w| under(&f.exe_path, w)) {
-            fired.push((rules::WRITABLE_PATH, format!("under={w}")));
-        }
-        // For a `#!` script the loaded binary is its interpreter: compare the interpreter's name.
-        let (shown, shown_in_system_dir) = match &e.interp {
-            Some(i) => (i.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), in_system_dir(i)),
-            None => (base.clone(), exe_in_system_dir),
-        };
-        if !shown_in_system_dir
-            && !real_names.is_empty()
-            && (sys_names.is_some() || copy_of.is_some())
-            && !real_names.contains(&shown)
-        {
-            fired.push((rules::MASQUERADE, format!("real={}", real_names.join("|"))));
-        }
-        if let Some(n) = named(&policy.package_managers) {
-            fired.push((rules::PACKAGE_MANAGER, format!("tool={n}")));
-        }
-        if let Some(n) = named(&policy.network_tools) {
-            fired.push((rules::NETWORK_TOOL, format!("tool={n}")));
-        }
-        if shell.is_some() && e.meta.cgroup_id != 0 && stdio_is_network(e) {
-            fired.push((rules::REVERSE_SHELL, String::new()));
-        }
-        if fired.is_empty() && (f.python_ancestor || e.flags_killed()) {
-            fired.push((rules::NON_PYTHON_EXEC, String::new()));
-        }
-        (Role::Other, fired)
-    }
-
     /// False for a rule the policy's `rules.disabled` switches off. Enforcement is not a rule:
     /// a disabled rule's exec is still killed, its connect still refused, with no alert.
     fn enabled(&self, rule: &Rule) -> bool {
@@ -577,116 +298,6 @@ impl Detector {
         a
     }
 
-    /// A connect or send the notebook's egress policy refused (enforce) or would refuse.
-    pub fn on_egress(&mut self, g: &Egress, table: &mut ProcessTable, who: &Attribution) -> Vec<Alert> {
-        let metadata = crate::policy::egress::is_metadata(&g.addr);
-        let rule = if metadata { rules::METADATA_ACCESS } else { rules::UNEXPECTED_EGRESS };
-        if !self.enabled(&rule) {
-            return vec![];
-        }
-        let action = if g.denied { Action::Denied } else { Action::Alert };
-        let mut a = self.net_alert(&rule, &g.meta, &g.comm, table, who, action);
-        let name = match g.addr {
-            std::net::IpAddr::V6(_) => format!("[{}]:{}", g.addr, g.port),
-            _ => format!("{}:{}", g.addr, g.port),
-        };
-        a.set("evt.type", if g.sendmsg { "sendmsg" } else { "connect" })
-            .set("fd.sip", g.addr.to_string())
-            .set("fd.sport", g.port)
-            .set("fd.l4proto", g.protocol.clone())
-            .set("fd.name", name);
-        a.finish_output(rule.summary);
-        vec![a]
-    }
-
-    /// A packet (AF_PACKET), raw IP or ICMP datagram socket opened in a notebook.
-    pub fn on_socket(&mut self, k: &Socket, table: &mut ProcessTable, who: &Attribution) -> Vec<Alert> {
-        // SOCK_DGRAM with ICMP or ICMPv6: a "ping" socket, an egress channel, not sniffing.
-        let icmp = k.sock_type == 2 && matches!((k.family, k.protocol), (2, 1) | (10, 58));
-        let rule = if icmp { &rules::ICMP_SOCKET } else { &rules::PACKET_SOCKET };
-        if !self.enabled(rule) {
-            return vec![];
-        }
-        let action = if k.denied { Action::Denied } else { Action::Alert };
-        let mut a = self.net_alert(rule, &k.meta, &k.comm, table, who, action);
-        let family = match k.family {
-            17 => "AF_PACKET".to_string(),
-            2 => "AF_INET".to_string(),
-            10 => "AF_INET6".to_string(),
-            // Asked for through io_uring or socketcall: a packet or raw socket, which one is
-            // not known (both need CAP_NET_RAW, which is what was checked).
-            0 => "AF_PACKET or raw".to_string(),
-            f => f.to_string(),
-        };
-        // The call's number as the kernel saw it: x86_64's table, except i386's socket (359)
-        // and socketcall (102), numbers no native call that checks CAP_NET_RAW has.
-        let via = k.syscall.map(|n| match n {
-            41 => "socket".to_string(),
-            426 => "io_uring_enter".to_string(),
-            359 => "socket (i386)".to_string(),
-            102 => "socketcall (i386)".to_string(),
-            n => n.to_string(),
-        });
-        a.set("evt.type", "socket")
-            .set("fd.family", family)
-            .set("fd.socket_type", k.sock_type)
-            .set("fd.protocol", k.protocol)
-            .set_opt("syscall.type", via);
-        a.finish_output(rule.summary);
-        vec![a]
-    }
-
-    fn net_alert(
-        &mut self,
-        rule: &Rule,
-        meta: &crate::sensors::decode::Meta,
-        comm: &str,
-        table: &mut ProcessTable,
-        who: &Attribution,
-        action: Action,
-    ) -> Alert {
-        let r = &self.redactor;
-        table.ensure(&self.proc_root, meta.tgid);
-        let chain: Vec<ProcInfo> = table.chain(meta.tgid, MAX_CHAIN).into_iter().cloned().collect();
-        let me = chain.first();
-        let parent = chain.get(1);
-        let kernel = chain.iter().find_map(|p| p.kernel.clone());
-        let mut a = Alert::new(rule, self.clock.rfc3339(meta.ktime_ns), &self.hostname, action);
-        a.set("proc.pid", meta.tgid)
-            .set("proc.name", comm.to_string())
-            .set_opt("proc.exepath", me.and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()))
-            .set_opt("proc.cmdline", me.map(|p| r.text(&cmdline(&p.argv)).into_owned()))
-            .set_opt("proc.pexepath", parent.and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()))
-            .set_opt("proc.pcmdline", parent.map(|p| r.text(&cmdline(&p.argv)).into_owned()));
-        notebook_fields(&mut a, who, kernel.as_deref());
-        a
-    }
-
-    /// A syscall outside a notebook's assigned seccomp profile (from the recorder's bitmap:
-    /// the notebook is known, the process is not).
-    pub fn seccomp_drift(&self, d: &crate::seccomp::drift::Drift) -> Option<Alert> {
-        if !self.enabled(&rules::SECCOMP_DRIFT) {
-            return None;
-        }
-        let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc());
-        let who = &d.who;
-        let mut a = Alert::new(&rules::SECCOMP_DRIFT, now, &self.hostname, Action::Alert);
-        a.set("evt.type", "syscall")
-            .set("syscall.name", d.syscall.clone())
-            .set("syscall.arch", d.arch.oci_name())
-            .set("seccomp.profile", d.profile.clone())
-            .set("seccomp.verdict", d.verdict.clone());
-        notebook_fields(&mut a, who, None);
-        a.finish_output(&format!(
-            "{} ({} {}, the profile answers {})",
-            rules::SECCOMP_DRIFT.summary,
-            d.syscall,
-            d.arch,
-            d.verdict
-        ));
-        Some(a)
-    }
-
     /// An alert not tied to an exec (agent health).
     pub fn health_alert(&self, rule: &Rule, summary: &str, fields: &[(&'static str, serde_json::Value)]) -> Alert {
         let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc());
@@ -714,11 +325,6 @@ fn notebook_fields(a: &mut Alert, who: &Attribution, kernel: Option<&KernelCtx>)
     if who.cgroup_id != 0 {
         a.set("container.cgroup_id", who.cgroup_id);
     }
-}
-
-/// stdin and stdout are both sockets: the classic `bash -i >& /dev/tcp/…` / `socat exec:` shape.
-fn stdio_is_network(e: &Exec) -> bool {
-    e.stdio_sockets & 0b011 == 0b011
 }
 
 /// What a process is: the role its exec gave it, or for one seeded from /proc, what it runs.
@@ -771,7 +377,8 @@ impl ExecExt for Exec {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{judge::*, *};
+    use std::path::Component;
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()

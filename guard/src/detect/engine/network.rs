@@ -1,0 +1,125 @@
+//! Alerts on the network events: refused (or would-be refused) egress, packet and raw
+//! sockets, and seccomp drift.
+
+use super::{notebook_fields, Detector, MAX_CHAIN};
+use crate::{
+    detect::{
+        alert::{Action, Alert},
+        rules::{self, Rule},
+    },
+    discovery::attribution::Attribution,
+    process::table::{cmdline, ProcInfo, ProcessTable},
+    sensors::decode::{Egress, Socket},
+};
+
+impl Detector {
+    /// A connect or send the notebook's egress policy refused (enforce) or would refuse.
+    pub fn on_egress(&mut self, g: &Egress, table: &mut ProcessTable, who: &Attribution) -> Vec<Alert> {
+        let metadata = crate::policy::egress::is_metadata(&g.addr);
+        let rule = if metadata { rules::METADATA_ACCESS } else { rules::UNEXPECTED_EGRESS };
+        if !self.enabled(&rule) {
+            return vec![];
+        }
+        let action = if g.denied { Action::Denied } else { Action::Alert };
+        let mut a = self.net_alert(&rule, &g.meta, &g.comm, table, who, action);
+        let name = match g.addr {
+            std::net::IpAddr::V6(_) => format!("[{}]:{}", g.addr, g.port),
+            _ => format!("{}:{}", g.addr, g.port),
+        };
+        a.set("evt.type", if g.sendmsg { "sendmsg" } else { "connect" })
+            .set("fd.sip", g.addr.to_string())
+            .set("fd.sport", g.port)
+            .set("fd.l4proto", g.protocol.clone())
+            .set("fd.name", name);
+        a.finish_output(rule.summary);
+        vec![a]
+    }
+
+    /// A packet (AF_PACKET), raw IP or ICMP datagram socket opened in a notebook.
+    pub fn on_socket(&mut self, k: &Socket, table: &mut ProcessTable, who: &Attribution) -> Vec<Alert> {
+        // SOCK_DGRAM with ICMP or ICMPv6: a "ping" socket, an egress channel, not sniffing.
+        let icmp = k.sock_type == 2 && matches!((k.family, k.protocol), (2, 1) | (10, 58));
+        let rule = if icmp { &rules::ICMP_SOCKET } else { &rules::PACKET_SOCKET };
+        if !self.enabled(rule) {
+            return vec![];
+        }
+        let action = if k.denied { Action::Denied } else { Action::Alert };
+        let mut a = self.net_alert(rule, &k.meta, &k.comm, table, who, action);
+        let family = match k.family {
+            17 => "AF_PACKET".to_string(),
+            2 => "AF_INET".to_string(),
+            10 => "AF_INET6".to_string(),
+            // Asked for through io_uring or socketcall: a packet or raw socket, which one is
+            // not known (both need CAP_NET_RAW, which is what was checked).
+            0 => "AF_PACKET or raw".to_string(),
+            f => f.to_string(),
+        };
+        // The call's number as the kernel saw it: x86_64's table, except i386's socket (359)
+        // and socketcall (102), numbers no native call that checks CAP_NET_RAW has.
+        let via = k.syscall.map(|n| match n {
+            41 => "socket".to_string(),
+            426 => "io_uring_enter".to_string(),
+            359 => "socket (i386)".to_string(),
+            102 => "socketcall (i386)".to_string(),
+            n => n.to_string(),
+        });
+        a.set("evt.type", "socket")
+            .set("fd.family", family)
+            .set("fd.socket_type", k.sock_type)
+            .set("fd.protocol", k.protocol)
+            .set_opt("syscall.type", via);
+        a.finish_output(rule.summary);
+        vec![a]
+    }
+
+    fn net_alert(
+        &mut self,
+        rule: &Rule,
+        meta: &crate::sensors::decode::Meta,
+        comm: &str,
+        table: &mut ProcessTable,
+        who: &Attribution,
+        action: Action,
+    ) -> Alert {
+        let r = &self.redactor;
+        table.ensure(&self.proc_root, meta.tgid);
+        let chain: Vec<ProcInfo> = table.chain(meta.tgid, MAX_CHAIN).into_iter().cloned().collect();
+        let me = chain.first();
+        let parent = chain.get(1);
+        let kernel = chain.iter().find_map(|p| p.kernel.clone());
+        let mut a = Alert::new(rule, self.clock.rfc3339(meta.ktime_ns), &self.hostname, action);
+        a.set("proc.pid", meta.tgid)
+            .set("proc.name", comm.to_string())
+            .set_opt("proc.exepath", me.and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()))
+            .set_opt("proc.cmdline", me.map(|p| r.text(&cmdline(&p.argv)).into_owned()))
+            .set_opt("proc.pexepath", parent.and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()))
+            .set_opt("proc.pcmdline", parent.map(|p| r.text(&cmdline(&p.argv)).into_owned()));
+        notebook_fields(&mut a, who, kernel.as_deref());
+        a
+    }
+
+    /// A syscall outside a notebook's assigned seccomp profile (from the recorder's bitmap:
+    /// the notebook is known, the process is not).
+    pub fn seccomp_drift(&self, d: &crate::seccomp::drift::Drift) -> Option<Alert> {
+        if !self.enabled(&rules::SECCOMP_DRIFT) {
+            return None;
+        }
+        let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc());
+        let who = &d.who;
+        let mut a = Alert::new(&rules::SECCOMP_DRIFT, now, &self.hostname, Action::Alert);
+        a.set("evt.type", "syscall")
+            .set("syscall.name", d.syscall.clone())
+            .set("syscall.arch", d.arch.oci_name())
+            .set("seccomp.profile", d.profile.clone())
+            .set("seccomp.verdict", d.verdict.clone());
+        notebook_fields(&mut a, who, None);
+        a.finish_output(&format!(
+            "{} ({} {}, the profile answers {})",
+            rules::SECCOMP_DRIFT.summary,
+            d.syscall,
+            d.arch,
+            d.verdict
+        ));
+        Some(a)
+    }
+}
