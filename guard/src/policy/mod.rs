@@ -9,6 +9,7 @@ pub mod identity;
 pub mod kernelspecs;
 pub mod locations;
 pub mod provenance;
+pub mod root;
 pub mod suggest;
 pub mod watch;
 
