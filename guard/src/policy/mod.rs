@@ -10,147 +10,24 @@ pub mod kernelspecs;
 pub mod locations;
 pub mod provenance;
 pub mod root;
+mod sections;
 pub mod suggest;
 pub mod watch;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
     path::Path,
 };
 
 use serde::Deserialize;
 
-pub use self::helpers::{ArgMatcher, Helper, HelperParent, Location, REST_ARGS};
+pub use self::{
+    helpers::{ArgMatcher, Helper, HelperParent, Location, REST_ARGS},
+    sections::*,
+};
 use crate::{detect::rules, discovery::attribution::Attribution};
 
 pub const DEFAULT_POLICY: &str = include_str!("default.yaml");
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Monitor,
-    Enforce,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Monitor => "monitor",
-            Mode::Enforce => "enforce",
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AutoBool {
-    #[default]
-    Auto,
-    True,
-    False,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Kubernetes {
-    pub enabled: AutoBool,
-    pub node_name: Option<String>,
-    pub notebook_selector: String,
-    pub notebook_container: String,
-}
-
-impl Default for Kubernetes {
-    fn default() -> Self {
-        Self {
-            enabled: AutoBool::Auto,
-            node_name: None,
-            notebook_selector: "component=singleuser-server".into(),
-            notebook_container: "notebook".into(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Discovery {
-    pub kubernetes: Kubernetes,
-    pub tljh: bool,
-    pub docker: bool,
-    /// LocalProcessSpawner: servers whose environment has JUPYTERHUB_USER, in any watched cgroup.
-    pub local_process: bool,
-}
-
-impl Default for Discovery {
-    fn default() -> Self {
-        Self { kubernetes: Kubernetes::default(), tljh: true, docker: true, local_process: true }
-    }
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PythonSpec {
-    pub interpreters: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Allowances {
-    pub terminals: bool,
-    pub pip_magic: bool,
-}
-
-impl Default for Allowances {
-    fn default() -> Self {
-        Self { terminals: false, pip_magic: true }
-    }
-}
-
-/// Allowance overrides: only the keys given change.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AllowancesPatch {
-    pub terminals: Option<bool>,
-    pub pip_magic: Option<bool>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RulesSpec {
-    #[serde(default)]
-    pub disabled: Vec<String>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct OverrideMatch {
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub users: Vec<String>,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Override {
-    pub name: String,
-    #[serde(rename = "match")]
-    pub matches: OverrideMatch,
-    #[serde(default)]
-    pub mode: Option<Mode>,
-    #[serde(default)]
-    pub allowances: AllowancesPatch,
-    /// Replaces the global egress policy for these notebooks.
-    #[serde(default)]
-    pub egress: Option<egress::EgressSpec>,
-    /// The seccomp profile (OCI JSON, absolute path) these notebooks are assigned: a syscall
-    /// outside it raises `notebook.seccomp_drift`. Replaces the global one.
-    #[serde(default)]
-    pub seccomp_profile: Option<String>,
-}
 
 /// The file as written: every top-level key optional; what is missing comes from the
 /// embedded default, section by section.
@@ -176,15 +53,6 @@ struct PolicyFile {
     mining: Option<MiningSpec>,
     rules: Option<RulesSpec>,
     overrides: Option<Vec<Override>>,
-}
-
-/// `mining:` — crypto-mining detection beyond the built-in command-line shapes.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MiningSpec {
-    /// The operator's own patterns (case-insensitive substrings of a command line, one per
-    /// line), e.g. a mounted Kubernetes Secret. Alerts name them by line number only.
-    pub patterns_file: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
