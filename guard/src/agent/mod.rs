@@ -32,6 +32,7 @@ use crate::{
     sinks::{events::ExecRecord, events::JsonLines, OutputSpec, Sink},
 };
 
+mod allowlist;
 mod health;
 mod hub;
 mod placement;
@@ -330,25 +331,35 @@ fn egress_id(generation: u32, id: u32) -> u32 {
     (generation % 1024) * 1024 + id
 }
 
-/// Writes every egress policy's rules into the kernel's LPM trie, under `generation`, with the
-/// hub endpoints known so far.
+/// The kernel's egress rules for every egress policy of `policy` under `generation`, with the
+/// hub endpoints known so far: what a load writes and a later reload removes.
+fn egress_rules(
+    policy: &Policy,
+    generation: u32,
+    hub: &[hub::Endpoint],
+) -> Vec<(aya::maps::lpm_trie::Key<guard_abi::EgressKey>, guard_abi::EgressRule)> {
+    let mut out = Vec::new();
+    for (id, spec) in policy.egress_policies() {
+        let policy_id = egress_id(generation, id);
+        let entries = spec.compile(policy_id).into_iter().chain(crate::policy::egress::hub_entries(policy_id, hub));
+        for (key, prefix, rule) in entries {
+            out.push((aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key), rule));
+        }
+    }
+    out
+}
+
+/// Writes the rules of `egress_rules` into the kernel's LPM trie.
 fn load_egress_rules(
     maps: &mut crate::sensors::process::EgressMaps,
     policy: &Policy,
     generation: u32,
     hub: &[hub::Endpoint],
 ) -> Result<()> {
-    let mut n = 0;
-    for (id, spec) in policy.egress_policies() {
-        let policy_id = egress_id(generation, id);
-        for (key, prefix, rule) in
-            spec.compile(policy_id).into_iter().chain(crate::policy::egress::hub_entries(policy_id, hub))
-        {
-            let k = aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key);
-            maps.rules.insert(&k, rule, 0).context("loading egress rules")?;
-            n += 1;
-        }
+    let rules = egress_rules(policy, generation, hub);
+    for (k, rule) in &rules {
+        maps.rules.insert(k, rule, 0).context("loading egress rules")?;
     }
-    tracing::info!(rules = n, "egress policy loaded");
+    tracing::info!(rules = rules.len(), "egress policy loaded");
     Ok(())
 }

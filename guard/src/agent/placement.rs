@@ -7,7 +7,6 @@
 use std::{io::Write, path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
-use guard_abi::allow_class;
 
 use super::{egress_id, Pipeline};
 use crate::{
@@ -20,9 +19,9 @@ use crate::{
         workload::Workload,
     },
     enforce::flags_for,
-    policy::{Effective, HelperParent, Mode},
+    policy::{Effective, Mode},
     process::table::Role,
-    sensors::decode::{Exec, FileId},
+    sensors::decode::Exec,
 };
 
 impl<W: Write> Pipeline<W> {
@@ -230,92 +229,6 @@ impl<W: Write> Pipeline<W> {
 
     fn pod_enforced(&self, who: &Attribution) -> bool {
         who.pod_uid.as_ref().and_then(|u| self.pod_cgroups.get(u)).is_some_and(|id| self.enforcer.is_enforced(*id))
-    }
-
-    fn sync_identities(&mut self, cg: u64, tgid: u32, ppid: u32) -> Result<()> {
-        let shells = self.detector.policy.shells.clone();
-        let specs = self.detector.policy.helpers.clone();
-        let Some((_, ids)) = self.detector.root_identities(cg, &[tgid, ppid]) else { return Ok(()) };
-        // A helper any of whose entries lets it run under another helper is chained.
-        let chained = |hs: &[usize]| hs.iter().any(|&h| specs.get(h).is_some_and(|s| s.parent == HelperParent::Helper));
-        let helpers: Vec<(FileId, bool)> = ids.helpers.iter().map(|(id, hs)| (*id, chained(hs))).collect();
-        let helper_class = |hs: &[usize]| if chained(hs) { allow_class::CHAINED_HELPER } else { allow_class::HELPER };
-        let shell_ids = ids.system_ids_named(&shells);
-        let python = ids.python.clone();
-        let launchers: Vec<_> = ids.launchers.keys().copied().collect();
-        let scripts: Vec<_> = ids
-            .launcher_scripts
-            .keys()
-            .map(|p| (p.clone(), allow_class::LAUNCHER))
-            .chain(ids.helper_scripts.iter().map(|(p, hs)| (p.clone(), helper_class(hs))))
-            .collect();
-        let mnt_ns = ids.root.mnt_ns;
-        tracing::info!(
-            python = python.len(),
-            kernels = ?ids.launchers.values().chain(ids.launcher_scripts.values()).collect::<Vec<_>>(),
-            helpers = helpers.len(),
-            shells = shell_ids.len(),
-            "exec allow-list loaded for a notebook root"
-        );
-        if let Some(ns) = mnt_ns {
-            self.enforcer.allow_script_paths(ns, &scripts)?;
-        }
-        self.enforcer.allow(&python, &launchers, &helpers, &shell_ids)
-    }
-
-    /// Marks the Python processes (and their descendants) already running in `cg` or below
-    /// it, and registers its notebook servers: they started before the kernel could judge them
-    /// (agent restart, policy change).
-    fn backfill_marks(&mut self, cg: u64) -> Result<()> {
-        let Some(base) = self.attributor.cgroups.resolve(cg) else { return Ok(()) };
-        // What runs there now, also what the agent has not seen exec yet (its events are still
-        // on their way): a server whose exec is still queued would otherwise stay unmarked.
-        self.seed_members(&base);
-        let candidates: Vec<(u32, u32, u64)> =
-            self.table.iter().filter(|p| p.cgroup_id != 0).map(|p| (p.pid, p.ppid, p.cgroup_id)).collect();
-        let (mut marked, mut servers) = (0, 0);
-        for (pid, ppid, pcg) in candidates {
-            if pcg != cg && !self.attributor.cgroups.resolve(pcg).is_some_and(|p| p.starts_with(&base)) {
-                continue;
-            }
-            let chain: Vec<_> = self.table.chain(pid, 32).into_iter().map(|p| p.exe_id).collect();
-            // The allow-list first, so helpers are not killed before the first exec event.
-            if let Some((root, _)) = self.detector.root_identities(pcg, &[pid, ppid]) {
-                if self.synced_roots.insert(root) {
-                    self.sync_identities(pcg, pid, ppid)?;
-                }
-            }
-            let Some((_, ids)) = self.detector.root_identities(pcg, &[pid, ppid]) else { continue };
-            if chain.iter().flatten().any(|id| ids.python.contains(id)) {
-                self.enforcer.mark_under_python(pid)?;
-                marked += 1;
-            }
-            let is_python = chain.first().copied().flatten().is_some_and(|id| ids.python.contains(&id));
-            if self.table.get(pid).is_some_and(|p| role_of(p, is_python) == Role::Server) {
-                self.enforcer.add_server(pid)?;
-                servers += 1;
-            }
-        }
-        tracing::info!(cgroup = %base.display(), id = cg, marked, servers, "cgroup under enforcement");
-        Ok(())
-    }
-
-    /// Reads the processes of cgroup `rel` and those below it into the process table (from
-    /// /proc) where the table does not know them yet.
-    fn seed_members(&mut self, rel: &Path) {
-        let mut dirs = vec![self.mount.join(rel.strip_prefix("/").unwrap_or(rel))];
-        while let Some(dir) = dirs.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) && dirs.len() < 256 {
-                    dirs.push(e.path());
-                }
-            }
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-                self.table.ensure(&self.proc_root, pid);
-            }
-        }
     }
 
     /// Watches new notebook cgroups and places them; a path whose cgroup was made again is

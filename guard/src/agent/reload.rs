@@ -4,7 +4,7 @@ use std::{io::Write, sync::Arc};
 
 use anyhow::Result;
 
-use super::{egress_id, load_egress_rules, Pipeline};
+use super::{egress_rules, load_egress_rules, Pipeline};
 use crate::{
     detect::rules,
     discovery::kube::PodInfo,
@@ -76,13 +76,8 @@ impl<W: Write> Pipeline<W> {
             self.egress_now.remove(&id);
         }
         if let Some(maps) = self.egress.as_mut() {
-            for (id, spec) in old_policy.egress_policies() {
-                let policy_id = egress_id(old_gen, id);
-                let hub_entries = crate::policy::egress::hub_entries(policy_id, &hub);
-                for (key, prefix, _) in spec.compile(policy_id).into_iter().chain(hub_entries) {
-                    let k = aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key);
-                    let _ = maps.rules.remove(&k);
-                }
+            for (k, _) in egress_rules(&old_policy, old_gen, &hub) {
+                let _ = maps.rules.remove(&k);
             }
         }
         self.metrics.policy_generation.set(new_gen as i64);
