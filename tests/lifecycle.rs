@@ -247,3 +247,58 @@ fn an_agent_meeting_pinned_maps_of_another_layout_replaces_them_and_enforces() {
     assert_eq!(line, "inc 1 rc 9 connect errno 1", "{}", b.log());
     b.stop().unwrap();
 }
+
+#[test]
+fn a_full_kernel_map_is_alerted_and_the_agent_keeps_guarding() {
+    if !require_root("a_full_kernel_map_is_alerted_and_the_agent_keeps_guarding") {
+        return;
+    }
+    // One notebook cgroup's room: the enforcement marker takes it, so enforcing the user's
+    // notebook cannot be written. The agent says so, naming the map and the flag that grows it,
+    // and goes on judging that notebook's execs (`--watch-all`: the kernel reports every
+    // cgroup, so the watch list is not the map that fills).
+    let net = TestNet::new().unwrap();
+    let user = Unit::new_user();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let args = ["--map-size", "cgroups=1", "--watch-all", "--listen", &addr];
+    let a = GuardProcess::start(&unit_policy(Some(&user)), &args).unwrap();
+    let (mut unit, dir) = start_unit(&user, &net);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let full = loop {
+        let alerts = a.alerts();
+        if let Some(e) = alerts.into_iter().find(|x| x["rule"] == "guard.error" && field(x, "guard.map") == "ENFORCED")
+        {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no guard.error for the full map:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(field(&full, "guard.stage"), "placement");
+    assert_eq!(field(&full, "guard.map_full"), true);
+    assert!(full["output"].as_str().unwrap().contains("--map-size cgroups="), "{full:#}");
+    go(&dir, 0);
+    let line = unit.wait_for("inc 0 ", Duration::from_secs(20)).unwrap();
+    assert!(line.starts_with("inc 0 rc 0 "), "not enforced (the map is full), so the command ran: {line}");
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, metrics) = http_get(&addr, "/metrics");
+    let placement = metrics.lines().find(|l| l.starts_with("guard_errors_total{stage=\"placement\"}")).unwrap();
+    assert_ne!(placement, "guard_errors_total{stage=\"placement\"} 0", "{metrics}");
+    let pins = a.pin_dir.clone();
+    let alerts = a.stop_keep_pins().unwrap();
+    assert!(
+        alerts.iter().any(|x| field(x, "jupyterhub.user") == user.as_str()
+            && field(x, "guard.action") == "alert"
+            && field(x, "proc.exepath") == "/bin/echo"),
+        "the notebook's exec is still judged after the error:\n{alerts:#?}"
+    );
+    // The next agent, at the default size, makes the small pinned maps anew and enforces.
+    let b = GuardProcess::start_pinned(&unit_policy(Some(&user)), &[], &[], pins).unwrap();
+    assert!(b.log().contains("pinned map resized"), "{}", b.log());
+    wait_placed(&b, &unit);
+    go(&dir, 1);
+    unit.restart(false).unwrap();
+    let line = unit.wait_for("inc 1 ", Duration::from_secs(20)).unwrap();
+    assert_eq!(line, "inc 1 rc 9 connect errno 1", "{}", b.log());
+    b.stop().unwrap();
+}

@@ -323,16 +323,6 @@ fn enforcement_survives_an_agent_restart_and_is_adopted() {
     let _ = child.wait();
 }
 
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
-}
-
 #[test]
 fn health_readiness_and_metrics_are_served() {
     if !require_root("health_readiness_and_metrics_are_served") {
@@ -347,6 +337,19 @@ fn health_readiness_and_metrics_are_served() {
     while http_get(&addr, "/readyz").0 != 200 {
         assert!(std::time::Instant::now() < deadline, "never ready");
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Loss and error counters exist from the start, at 0 until they count: a dashboard tells
+    // "none" from "not exported".
+    let (_, fresh) = http_get(&addr, "/metrics");
+    for family in [
+        "guard_events_lost_total{stage=\"kernel\",type=\"exec\"} ",
+        "guard_events_lost_total{stage=\"kernel\",type=\"egress\"} ",
+        "guard_events_lost_total{stage=\"queue\",type=\"any\"} ",
+        "guard_errors_total{stage=\"placement\"} 0",
+        "guard_errors_total{stage=\"decode\"} 0",
+        "guard_sink_errors_total{sink=\"file:",
+    ] {
+        assert!(fresh.contains(family), "{family} missing on a fresh agent:\n{fresh}");
     }
     let pid = spawn_in(
         &cg,

@@ -207,6 +207,8 @@ pub struct FileKey {
 /// Entries in the enforcement maps.
 pub const MAX_ALLOWED: u32 = 65536;
 pub const MAX_MARKED: u32 = 65536;
+/// Notebook servers registered (`SERVERS`).
+pub const MAX_SERVERS: u32 = 4096;
 
 /// What the kernel applies to a notebook it knows by something other than a registered cgroup
 /// id, in the encodings of `ENFORCED` and `EGRESS_CG`:

@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use guard_abi::{
     exec_flags, Config, EventHeader, EventKind, ExecWire, ExitEvent, ForkEvent, ARGS_LEN, CTIME_NSEC_MASK, DNAME_LEN,
-    EVENT_KINDS, EXEC_HEAD_LEN, MAX_MARKED, MAX_WATCHED_CGROUPS, PATH_LEN, RECORD_FORMAT,
+    EVENT_KINDS, EXEC_HEAD_LEN, MAX_MARKED, MAX_SERVERS, MAX_WATCHED_CGROUPS, PATH_LEN, RECORD_FORMAT,
 };
 
 /// Filled in by the agent before load (`.rodata`).
@@ -100,7 +100,7 @@ static MARKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MARKED, 0);
 /// Notebook server processes (tgid), registered by the agent: a shell whose parent is one of
 /// them is a Jupyter terminal.
 #[map]
-static SERVERS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+static SERVERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SERVERS, 0);
 
 /// Per-CPU space to assemble an exec record (too big for the 512-byte stack), packed as it goes
 /// to the ring: each string is read in right after the one before.

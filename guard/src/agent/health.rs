@@ -1,15 +1,30 @@
 //! The agent's health: gauges read each second, and losses reported, never silently.
 
-use std::{io::Write, sync::atomic::Ordering};
+use std::{
+    collections::HashMap,
+    io::Write,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use guard_abi::EventKind;
 
 use super::Pipeline;
 use crate::{
-    detect::rules, discovery::kube::PodCache, sensors::process::KernelLosses, server::metrics::LossLabels,
+    detect::rules,
+    discovery::kube::PodCache,
+    sensors::{maps::MapWriteError, process::KernelLosses},
+    server::metrics::{LossLabels, Stage},
     sinks::events::LostRecord,
 };
+
+/// At most one `guard.error` alert per stage this often; the ones between are counted in it.
+const ERROR_ALERT_EVERY: Duration = Duration::from_secs(60);
+
+/// Per-stage error alerts said recently: when, and how many since.
+#[derive(Default)]
+pub(super) struct ErrorLog(HashMap<Stage, (Instant, u64)>);
 
 impl<W: Write> Pipeline<W> {
     /// Gauges that are cheaper to read than to keep in step.
@@ -32,6 +47,55 @@ impl<W: Write> Pipeline<W> {
             None => m.discovery_synced.store(true, Ordering::Relaxed),
         }
         m.tick();
+    }
+
+    /// A per-event error: counted by stage, logged, alerted (once a minute per stage, with the
+    /// count since), and the agent goes on. Only set-up and shut-down errors stop it: one
+    /// notebook filling a kernel map must not silence the node.
+    pub(super) fn failed(&mut self, stage: Stage, err: anyhow::Error) {
+        self.metrics.error(stage);
+        let now = Instant::now();
+        let count = match self.errors.0.get_mut(&stage) {
+            Some((at, n)) if now.duration_since(*at) < ERROR_ALERT_EVERY => {
+                *n += 1;
+                tracing::debug!(stage = stage.name(), error = %format!("{err:#}"), "event not handled");
+                return;
+            }
+            Some((at, n)) => {
+                *at = now;
+                std::mem::replace(n, 0) + 1
+            }
+            None => {
+                self.errors.0.insert(stage, (now, 0));
+                1
+            }
+        };
+        tracing::error!(stage = stage.name(), count, error = %format!("{err:#}"), "event not handled; going on");
+        let mut fields = vec![
+            ("guard.stage", stage.name().into()),
+            ("guard.error", format!("{err:#}").into()),
+            ("guard.count", count.into()),
+        ];
+        let mut summary = format!("notebook-guard failed to handle an event ({}): {err:#}", stage.name());
+        if let Some(m) = err.chain().find_map(|e| e.downcast_ref::<MapWriteError>()) {
+            fields.push(("guard.map", m.map.into()));
+            fields.push(("guard.map_full", m.full.into()));
+            if let (true, Some(flag)) = (m.full, m.flag()) {
+                summary = format!(
+                    "notebook-guard's kernel map {} is full ({}): grow it with --map-size {flag}=ENTRIES",
+                    m.map, m.what
+                );
+            }
+        }
+        let a = self.detector.health_alert(&rules::GUARD_ERROR, &summary, &fields);
+        self.send(&a);
+    }
+
+    /// Runs `f`, a step of the run loop, counting and alerting its error instead of stopping.
+    pub(super) fn guarded(&mut self, stage: Stage, f: impl FnOnce(&mut Self) -> Result<()>) {
+        if let Err(e) = f(self) {
+            self.failed(stage, e);
+        }
     }
 
     /// Reports losses since the last report: a `guard.events_lost` alert (and a `lost` record

@@ -11,11 +11,15 @@ use std::{
     path::PathBuf,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{egress_id, Pipeline};
-use crate::discovery::hub::{self, hub_endpoints};
+use crate::{
+    discovery::hub::{self, hub_endpoints},
+    sensors::maps::MapWrite,
+};
+use guard_abi::names;
 
 /// A hub endpoint: address and TCP port.
 pub type Endpoint = (IpAddr, u16);
@@ -107,7 +111,9 @@ impl<W: Write> Pipeline<W> {
             for (id, _) in self.detector.policy.egress_policies() {
                 for (key, prefix, rule) in crate::policy::egress::hub_entries(egress_id(self.generation, id), &new) {
                     let k = aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key);
-                    maps.rules.insert(&k, rule, 0).context("allowing the hub in the egress rules")?;
+                    maps.rules
+                        .insert(&k, rule, 0)
+                        .in_map(names::EGRESS_RULES, || "allowing the hub in the egress rules".into())?;
                 }
             }
         }

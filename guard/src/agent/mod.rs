@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::{
     clock::BootClock,
@@ -20,16 +20,18 @@ use crate::{
         kube::PodInfo,
     },
     enforce::{flags_for, KernelEnforcer},
+    policy::outputs::OutputSpec,
     policy::{watch::PolicyFile, Mode, Policy},
     process::table::{cmdline, ProcessTable},
     seccomp::drift::DriftWatch,
     sensors::{
         decode::{DecodeError, Event, Exec},
+        maps::MapWrite,
         process::{KernelLosses, ProcessSensor, SensorOptions},
         ring::{Batch, QueueLimit, ReaderStats, Spares},
     },
-    server::metrics::{AlertLabels, EventCounters, Metrics, SinkLabels},
-    sinks::{events::ExecRecord, events::JsonLines, OutputSpec, Sink},
+    server::metrics::{AlertLabels, EventCounters, Metrics, SinkLabels, Stage},
+    sinks::{events::ExecRecord, events::JsonLines, Sink},
 };
 
 mod allowlist;
@@ -147,17 +149,19 @@ struct Pipeline<W: Write> {
     hub: hub::HubReach,
     /// Stdout for people (`RunOptions::text`).
     text: Option<bool>,
+    /// Per-event errors alerted recently, by stage.
+    errors: health::ErrorLog,
     pub alerts_sent: u64,
 }
 
 impl<W: Write> Pipeline<W> {
     /// Decodes and handles a batch from the ring reader, one record at a time, and hands its
     /// emptied buffer back to it.
-    fn handle_batch(&mut self, batch: Batch, stats: &ReaderStats, spares: &Spares) -> Result<()> {
+    fn handle_batch(&mut self, batch: Batch, stats: &ReaderStats, spares: &Spares) {
         let (n, bytes) = (batch.len(), batch.byte_len());
         for ev in batch.events() {
             match ev {
-                Ok(ev) => self.handle(ev)?,
+                Ok(ev) => self.handle(ev),
                 // What another version's programs left in the adopted ring (an upgrade): counted,
                 // and said once, not once per record.
                 Err((e @ DecodeError::Format { .. }, len)) => {
@@ -167,16 +171,15 @@ impl<W: Write> Pipeline<W> {
                 }
                 Err((e, len)) => {
                     stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, len, "malformed ring buffer record");
+                    self.failed(Stage::Decode, anyhow::Error::new(e).context(format!("a {len}-byte ring record")));
                 }
             }
         }
         spares.give(batch);
         stats.settled(n, bytes);
-        Ok(())
     }
 
-    fn handle(&mut self, ev: Event) -> Result<()> {
+    fn handle(&mut self, ev: Event) {
         let c = &self.event_counts;
         match &ev {
             Event::Exec(_) => c.exec.inc(),
@@ -187,13 +190,13 @@ impl<W: Write> Pipeline<W> {
             Event::Cgroup(_) => c.cgroup.inc(),
         };
         match ev {
-            Event::Exec(e) => self.on_exec(&e)?,
+            Event::Exec(e) => self.on_exec(&e),
             Event::Fork(f) => self.table.on_fork(&f),
             Event::Exit(x) => self.table.on_exit(&x),
             Event::Egress(g) => {
                 if let Some(who) = self.who(g.meta.cgroup_id, g.meta.tgid) {
                     for a in self.detector.on_egress(&g, &mut self.table, &who) {
-                        self.emit(a)?;
+                        self.emit(a);
                     }
                 }
             }
@@ -203,12 +206,11 @@ impl<W: Write> Pipeline<W> {
             Event::Socket(k) => {
                 if let Some(who) = self.who(k.meta.cgroup_id, k.meta.tgid) {
                     for a in self.detector.on_socket(&k, &mut self.table, &who) {
-                        self.emit(a)?;
+                        self.emit(a);
                     }
                 }
             }
         }
-        Ok(())
     }
 
     /// The notebook of a process: by its cgroup, else inherited from a local server.
@@ -220,13 +222,15 @@ impl<W: Write> Pipeline<W> {
         let Some(d) = self.drift.as_mut() else { return Ok(()) };
         for drift in d.poll()? {
             if let Some(a) = self.detector.seccomp_drift(&drift) {
-                self.emit(a)?;
+                self.emit(a);
             }
         }
         Ok(())
     }
 
-    fn on_exec(&mut self, e: &Exec) -> Result<()> {
+    /// One exec through the stages. What fails here is counted and alerted by stage; the
+    /// exec's alerts still go out.
+    fn on_exec(&mut self, e: &Exec) {
         let mut who = self.attributor.attribute(e.meta.cgroup_id, e.meta.tgid);
         if who.is_none() && self.detector.policy.discovery.local_process {
             who = self.local_notebook(e);
@@ -237,9 +241,12 @@ impl<W: Write> Pipeline<W> {
             let cgroup = self.attributor.cgroups.resolve(e.meta.cgroup_id);
             let mut rec = ExecRecord::new(e, &lineage, cgroup.as_ref(), self.clock.rfc3339(e.meta.ktime_ns));
             rec.argv = self.detector.redactor.argv(&rec.argv);
-            match self.text {
-                Some(color) => out.write_line(&crate::sinks::text::exec_line(&rec, color))?,
-                None => out.write(&rec)?,
+            let written = match self.text {
+                Some(color) => out.write_line(&crate::sinks::text::exec_line(&rec, color)),
+                None => out.write(&rec),
+            };
+            if let Err(err) = written {
+                self.failed(Stage::EventsFeed, anyhow::Error::new(err).context("writing an exec to the events feed"));
             }
         }
         let was_local = self.table.get(e.meta.tgid).is_some_and(|p| p.notebook.is_some());
@@ -252,17 +259,22 @@ impl<W: Write> Pipeline<W> {
                     p.notebook = Some(who.clone());
                 }
                 if !was_local {
-                    self.place_local(e.meta.tgid, who, &eff, outcome.role == crate::process::table::Role::Server)?;
+                    let server = outcome.role == crate::process::table::Role::Server;
+                    if let Err(err) = self.place_local(e.meta.tgid, who, &eff, server) {
+                        self.failed(Stage::Placement, err);
+                    }
                 }
-            } else {
-                self.place(e.meta.cgroup_id, who, &eff)?;
+            } else if let Err(err) = self.place(e.meta.cgroup_id, who, &eff) {
+                self.failed(Stage::Placement, err);
             }
             if flags_for(&eff).is_some() {
                 if let Some(root) = outcome.root.filter(|_| outcome.refreshed) {
                     // A new interpreter (a conda env made at run time): the kernel learns it.
                     self.synced_roots.remove(&root);
                 }
-                self.enforced_exec(e, outcome.role, outcome.root, outcome.server)?;
+                if let Err(err) = self.enforced_exec(e, outcome.role, outcome.root, outcome.server) {
+                    self.failed(Stage::Enforcement, err);
+                }
             }
         }
         if tracing::enabled!(tracing::Level::DEBUG) || (self.events.is_none() && self.sinks.is_empty()) {
@@ -270,9 +282,8 @@ impl<W: Write> Pipeline<W> {
             tracing::debug!(pid = e.meta.tgid, exe = %e.filename.display(), cmdline = %cmd, role = ?outcome.role, "exec");
         }
         for a in outcome.alerts {
-            self.emit(a)?;
+            self.emit(a);
         }
-        Ok(())
     }
 
     /// LocalProcessSpawner: the notebook inherited from an ancestor server, or this exec is
@@ -294,11 +305,10 @@ impl<W: Write> Pipeline<W> {
         Some(who)
     }
 
-    fn emit(&mut self, alert: Alert) -> Result<()> {
+    fn emit(&mut self, alert: Alert) {
         if let Some(a) = self.aggregator.admit(alert, Instant::now()) {
             self.send(&a);
         }
-        Ok(())
     }
 
     fn send(&mut self, a: &Alert) {
@@ -313,16 +323,15 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    fn flush(&mut self) -> Result<()> {
-        if let Some(out) = &mut self.events {
-            out.flush().context("writing events")?;
+    fn flush(&mut self) {
+        if let Some(Err(err)) = self.events.as_mut().map(|out| out.flush()) {
+            self.failed(Stage::EventsFeed, anyhow::Error::new(err).context("writing the events feed"));
         }
         for s in &mut self.sinks {
             if let Err(e) = s.flush() {
                 tracing::error!(sink = %s.name(), error = %e, "sink flush failed");
             }
         }
-        Ok(())
     }
 }
 
@@ -358,7 +367,7 @@ fn load_egress_rules(
 ) -> Result<()> {
     let rules = egress_rules(policy, generation, hub);
     for (k, rule) in &rules {
-        maps.rules.insert(k, rule, 0).context("loading egress rules")?;
+        maps.rules.insert(k, rule, 0).in_map(guard_abi::names::EGRESS_RULES, || "loading egress rules".into())?;
     }
     tracing::info!(rules = rules.len(), "egress policy loaded");
     Ok(())

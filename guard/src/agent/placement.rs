@@ -21,8 +21,9 @@ use crate::{
     enforce::flags_for,
     policy::{Effective, Mode},
     process::table::Role,
-    sensors::decode::Exec,
+    sensors::{decode::Exec, maps::MapWrite},
 };
+use guard_abi::names;
 
 impl<W: Write> Pipeline<W> {
     /// Puts notebook cgroup `id` under the policy's decision for `who`: exec enforcement,
@@ -185,7 +186,9 @@ impl<W: Write> Pipeline<W> {
         if self.egress_now.get(&cgroup_id) == Some(&v) {
             return Ok(());
         }
-        maps.cgroups.insert(cgroup_id, v, 0).with_context(|| format!("egress policy for cgroup {cgroup_id}"))?;
+        maps.cgroups
+            .insert(cgroup_id, v, 0)
+            .in_map(names::EGRESS_CG, || format!("egress policy for cgroup {cgroup_id}"))?;
         self.egress_now.insert(cgroup_id, v);
         Ok(())
     }

@@ -9,6 +9,7 @@ use crate::{
     detect::rules,
     discovery::kube::PodInfo,
     policy::{Policy, PolicyError},
+    server::metrics::Stage,
 };
 
 impl<W: Write> Pipeline<W> {
@@ -33,13 +34,23 @@ impl<W: Write> Pipeline<W> {
         let new_gen = old_gen + 1;
         let hub: Vec<_> = self.hub.known.iter().copied().collect();
         if let Some(maps) = self.egress.as_mut() {
-            load_egress_rules(maps, &new, new_gen, &hub)?;
+            if let Err(e) = load_egress_rules(maps, &new, new_gen, &hub) {
+                // Nothing half-applied: what was written of the new rules goes again.
+                for (k, _) in egress_rules(&new, new_gen, &hub) {
+                    let _ = maps.rules.remove(&k);
+                }
+                return Err(e.context("policy not applied; the previous one stays in force"));
+            }
         }
         let old_policy = self.detector.policy.clone();
         self.detector.set_policy(new.clone());
         self.generation = new_gen;
         self.synced_roots.clear();
-        self.enforcer.set_kernel_commands(&new.kernel_commands)?;
+        // From here the new policy is in force: a notebook that cannot be placed under it is
+        // counted and alerted, and the others are still switched over.
+        if let Err(e) = self.enforcer.set_kernel_commands(&new.kernel_commands) {
+            self.failed(Stage::Reload, e);
+        }
         self.attributor.invalidate();
         // Re-place every notebook we know of under the new policy: units and scopes are
         // found again by a scan, pods are placed again, the rest by their cached attribution.
@@ -47,18 +58,19 @@ impl<W: Write> Pipeline<W> {
         self.placed.clear();
         self.enforcer.forget_incarnations();
         self.watched.clear();
-        self.scan(self.kube_on)?;
+        let kube_on = self.kube_on;
+        self.guarded(Stage::Reload, |p| p.scan(kube_on));
         let pods: Vec<Arc<PodInfo>> = self.pods_placed.values().cloned().collect();
         for pod in pods {
-            self.place_pod(pod)?;
+            self.guarded(Stage::Reload, |p| p.place_pod(pod));
         }
         for id in known {
             if let Some(who) = self.attributor.attribute(id, 0) {
                 let eff = new.effective(Some(&who), self.detector.mode_flag);
-                self.place(id, &who, &eff)?;
+                self.guarded(Stage::Reload, |p| p.place(id, &who, &eff));
             }
         }
-        self.scope_local_notebooks()?;
+        self.guarded(Stage::Reload, |p| p.scope_local_notebooks());
         if !new.any_seccomp_profile() && self.drift.take().is_some() {
             tracing::info!("no seccomp profile assigned any more: drift watch detached");
         }

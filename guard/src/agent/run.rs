@@ -22,14 +22,15 @@ use crate::{
         cgroup::{find_cgroup2_mount, CgroupResolver},
         kube::{KubeOptions, PodCache, PodChange},
     },
+    policy::outputs::OutputSpec,
     policy::{AutoBool, Policy},
     process::table::ProcessTable,
     sensors::{
         process::{KernelLosses, ProcessSensor},
         ring::{Batch, ReaderStats, RingReader, Spares},
     },
-    server::metrics::Metrics,
-    sinks::{events::JsonLines, OutputSpec, Sink},
+    server::metrics::{Metrics, Stage},
+    sinks::events::JsonLines,
 };
 
 use super::{
@@ -106,32 +107,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     specs.dedup();
     let (sink_stop_tx, sink_stop_rx) = watch::channel(false);
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    let mut sink_workers = Vec::new();
-    for s in &specs {
-        match s {
-            OutputSpec::Stdout => match opts.text {
-                Some(color) => sinks.push(Box::new(crate::sinks::text::TextSink::new(color))),
-                None => sinks.push(Box::new(crate::sinks::StdoutSink::new())),
-            },
-            OutputSpec::File { path, max_bytes, keep } => sinks.push(Box::new(
-                crate::sinks::file::FileSink::open(path, *max_bytes, *keep)
-                    .with_context(|| format!("opening output file {}", path.display()))?,
-            )),
-            OutputSpec::Net { name, target } => {
-                let (sink, worker) = crate::sinks::net::start(
-                    name,
-                    target,
-                    &opts.spool_dir,
-                    opts.spool_max_bytes,
-                    metrics.clone(),
-                    sink_stop_rx.clone(),
-                )?;
-                sinks.push(sink);
-                sink_workers.push(worker);
-            }
-        }
-    }
+    let (sinks, sink_workers) =
+        crate::sinks::build(&specs, opts.text, &opts.spool_dir, opts.spool_max_bytes, &metrics, &sink_stop_rx)?;
 
     // Kubernetes pod watch.
     let pods = kube.as_ref().map(|_| Arc::new(PodCache::default()));
@@ -194,6 +171,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         btf: opts.sensor.btf_path.clone(),
         hub: hub::HubReach::new(hub_tx),
         text: opts.text,
+        errors: Default::default(),
         alerts_sent: 0,
     };
     metrics.sensors_attached.store(true, Ordering::Relaxed);
@@ -233,7 +211,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         &[("guard.version", env!("CARGO_PKG_VERSION").into())],
     );
     pipe.send(&started);
-    pipe.flush()?;
+    pipe.flush();
     let mut loss_tick = tokio::time::interval(LOSS_CHECK);
     let mut sweep_tick = tokio::time::interval(TABLE_SWEEP);
     let mut scan_tick = tokio::time::interval(SCAN);
@@ -260,16 +238,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                pipe.handle_batch(batch, &stats, &spares)?;
+                pipe.handle_batch(batch, &stats, &spares);
                 while let Ok(batch) = rx.try_recv() {
-                    pipe.handle_batch(batch, &stats, &spares)?;
+                    pipe.handle_batch(batch, &stats, &spares);
                 }
-                pipe.flush()?;
+                pipe.flush();
             }
-            Some(found) = hub_rx.recv() => pipe.allow_hub(found)?,
+            Some(found) = hub_rx.recv() => pipe.guarded(Stage::Reload, |p| p.allow_hub(found)),
             change = pod_rx.recv(), if pods_open => {
                 match change {
-                    Some(c) => pipe.on_pod(c)?,
+                    Some(c) => pipe.guarded(Stage::Discovery, |p| p.on_pod(c)),
                     None => pods_open = false,
                 }
             }
@@ -286,14 +264,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                         pipe.send(&a);
                     }
                 }
-                pipe.report_losses(pipe.sensor.kernel_losses()?, stats.queue_full.load(Ordering::Relaxed))?;
-                pipe.poll_drift()?;
+                let queue_full = stats.queue_full.load(Ordering::Relaxed);
+                pipe.guarded(Stage::Losses, |p| p.report_losses(p.sensor.kernel_losses()?, queue_full));
+                pipe.guarded(Stage::Drift, |p| p.poll_drift());
                 for a in pipe.aggregator.flush(Instant::now(), false) {
                     pipe.send(&a);
                 }
-                pipe.flush()?;
+                pipe.flush();
             }
-            _ = scan_tick.tick() => pipe.scan(kube.is_some())?,
+            _ = scan_tick.tick() => pipe.guarded(Stage::Discovery, |p| p.scan(kube.is_some())),
             _ = heartbeat.tick(), if hb > 0 => {
                 let a = pipe.detector.health_alert(
                     &rules::GUARD_HEARTBEAT,
@@ -301,28 +280,28 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     &[("guard.notebook_cgroups", (pipe.watched.len() + pipe.pod_cgroups.len()).into()), ("guard.alerts_sent", pipe.alerts_sent.into())],
                 );
                 pipe.send(&a);
-                pipe.flush()?;
+                pipe.flush();
             }
             _ = sweep_tick.tick() => {
                 let gone = pipe.table.sweep(&opts.proc_root);
-                pipe.sweep_dead_cgroups()?;
+                pipe.guarded(Stage::Sweep, |p| p.sweep_dead_cgroups());
                 tracing::debug!(gone, live = pipe.table.len(), "process table swept");
             }
             _ = sighup.recv() => {
                 match config.as_mut() {
                     Some(c) => {
                         let parsed = c.load_now();
-                        pipe.reload(c.path(), parsed)?;
+                        pipe.guarded(Stage::Reload, |p| p.reload(c.path(), parsed));
                     }
                     None => tracing::warn!("SIGHUP: no --config file to reload (the embedded policy is in force)"),
                 }
-                pipe.flush()?;
+                pipe.flush();
             }
             _ = config_tick.tick(), if config.is_some() => {
                 if let Some(c) = config.as_mut() {
                     if let Some(parsed) = c.poll(Instant::now()) {
-                        pipe.reload(c.path(), parsed)?;
-                        pipe.flush()?;
+                        pipe.guarded(Stage::Reload, |p| p.reload(c.path(), parsed));
+                        pipe.flush();
                     }
                 }
             }
@@ -344,7 +323,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     pipe.sensor.detach();
     // Last look at the drift watch, then detach it (it is never left attached).
-    pipe.poll_drift()?;
+    pipe.guarded(Stage::Drift, |p| p.poll_drift());
     pipe.drift = None;
     let _ = stop_tx.send(true);
     tokio::task::spawn_blocking(move || reader.join())
@@ -352,7 +331,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .context("waiting for the ring reader")?
         .map_err(|_| anyhow::anyhow!("the ring reader thread panicked"))?;
     while let Ok(batch) = rx.try_recv() {
-        pipe.handle_batch(batch, &stats, &spares)?;
+        pipe.handle_batch(batch, &stats, &spares);
     }
     let kernel = pipe.sensor.kernel_losses()?;
     pipe.report_losses(kernel, stats.queue_full.load(Ordering::Relaxed))?;
@@ -361,7 +340,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let stopped = pipe.detector.health_alert(&rules::GUARD_STOPPED, "notebook-guard stopped", &[]);
     pipe.send(&stopped);
-    pipe.flush()?;
+    pipe.flush();
     // Network sinks get a few seconds to deliver what is spooled; the rest waits on disk.
     let _ = sink_stop_tx.send(true);
     for w in sink_workers {

@@ -9,9 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use anyhow::{Context, Result};
 use guard::{
     agent::RunOptions,
+    policy::outputs::OutputSpec,
     policy::{watch::PolicyFile, Mode, Policy},
     sensors::process::SensorOptions,
-    sinks::OutputSpec,
 };
 
 #[derive(Parser)]
@@ -175,6 +175,11 @@ pub struct RunArgs {
     /// Kernel BTF used to find struct offsets.
     #[arg(long, default_value = "/sys/kernel/btf/vmlinux")]
     pub btf: PathBuf,
+    /// Capacity of a kernel map, NAME=ENTRIES (repeatable): cgroups, marks, servers, allowed,
+    /// incarnations, scopes, egress-rules, kernel-commands, launchers. A full map is alerted
+    /// (`guard.error`) and the agent keeps running; a pinned map of another size is made anew.
+    #[arg(long = "map-size", value_name = "NAME=ENTRIES")]
+    pub map_size: Vec<String>,
 }
 
 impl RunArgs {
@@ -191,6 +196,13 @@ impl RunArgs {
                 wakeup_bytes: self.wakeup_bytes,
                 watch_all: self.watch_all || (self.events && self.watch_cgroup.is_empty()),
                 btf_path: self.btf.clone(),
+                map_sizes: {
+                    let mut sizes = guard::sensors::maps::MapSizes::default();
+                    for s in &self.map_size {
+                        sizes.add(s)?;
+                    }
+                    sizes
+                },
                 pin_dir: {
                     use std::io::IsTerminal;
                     let interactive = std::io::stdout().is_terminal();

@@ -168,6 +168,15 @@ pub const GUARD_TAMPERED: Rule = Rule {
     summary: "notebook-guard's kernel programs were detached by someone else",
 };
 
+/// Agent health: handling one event failed (a full kernel map, an unwritable feed). The agent
+/// went on; what that event should have changed may be missing.
+pub const GUARD_ERROR: Rule = Rule {
+    name: "guard.error",
+    priority: Priority::Error,
+    tags: &["guard", "health"],
+    summary: "notebook-guard failed to handle an event",
+};
+
 pub const ALL: &[Rule] = &[
     NON_PYTHON_EXEC,
     CRYPTO_MINING,
@@ -192,6 +201,7 @@ pub const ALL: &[Rule] = &[
     POLICY_RELOADED,
     POLICY_REJECTED,
     GUARD_TAMPERED,
+    GUARD_ERROR,
 ];
 
 /// Is `name` one of the rules (what a policy may disable)?

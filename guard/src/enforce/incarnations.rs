@@ -4,9 +4,11 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aya::maps::{HashMap as BpfHash, MapData};
-use guard_abi::{cgroup_path_hash, Placement, INCARNATION_PATH_MAX};
+use guard_abi::{cgroup_path_hash, names, Placement, INCARNATION_PATH_MAX};
+
+use crate::sensors::maps::MapWrite;
 
 pub struct Incarnations {
     map: BpfHash<MapData, u64, Placement>,
@@ -45,7 +47,9 @@ impl Incarnations {
         if self.now.get(&k) == Some(&inc) {
             return Ok(());
         }
-        self.map.insert(k, inc, 0).with_context(|| format!("remembering the next incarnation of {}", rel.display()))?;
+        self.map
+            .insert(k, inc, 0)
+            .in_map(names::INCARNATIONS, || format!("remembering the next incarnation of {}", rel.display()))?;
         self.now.insert(k, inc);
         Ok(())
     }

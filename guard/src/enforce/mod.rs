@@ -13,11 +13,11 @@ pub mod status;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aya::maps::{HashMap as BpfHash, MapData};
-use guard_abi::{allow_class, enforce_flags, marks, FileKey, Placement, ENFORCED_ANY};
+use guard_abi::{allow_class, enforce_flags, marks, names, FileKey, Placement, ENFORCED_ANY};
 
-use crate::{policy::Effective, policy::Mode, sensors::decode::FileId};
+use crate::{policy::Effective, policy::Mode, sensors::decode::FileId, sensors::maps::MapWrite};
 use incarnations::Incarnations;
 use scopes::{NotebookKey, Scopes};
 
@@ -106,7 +106,9 @@ impl KernelEnforcer {
                 if self.enforced_now.is_empty() {
                     self.marker_on()?;
                 }
-                self.enforced.insert(cgroup_id, f, 0).with_context(|| format!("enforcing cgroup {cgroup_id}"))?;
+                self.enforced
+                    .insert(cgroup_id, f, 0)
+                    .in_map(names::ENFORCED, || format!("enforcing cgroup {cgroup_id}"))?;
                 tracing::debug!(cgroup_id, flags = f, "cgroup enforced");
                 self.enforced_now.insert(cgroup_id, f);
             }
@@ -123,7 +125,7 @@ impl KernelEnforcer {
     }
 
     fn marker_on(&mut self) -> Result<()> {
-        self.enforced.insert(ENFORCED_ANY, 1, 0).context("marking enforcement on")
+        Ok(self.enforced.insert(ENFORCED_ANY, 1, 0).in_map(names::ENFORCED, || "marking enforcement on".into())?)
     }
 
     /// Takes the marker off, and forgets the per-process state, once nothing is enforced, no
@@ -212,7 +214,7 @@ impl KernelEnforcer {
                 Some(&c) if c == class || c == allow_class::PYTHON => continue,
                 _ => {}
             }
-            self.allowed.insert(key, class, 0).context("updating the exec allow-list")?;
+            self.allowed.insert(key, class, 0).in_map(names::ALLOWED, || "updating the exec allow-list".into())?;
             self.allowed_now.insert(key, class);
         }
         Ok(())
@@ -223,7 +225,7 @@ impl KernelEnforcer {
     pub fn mark_under_python(&mut self, tgid: u32) -> Result<()> {
         let m = self.marks.get(&tgid, 0).unwrap_or(0) | marks::UNDER_PYTHON;
         tracing::debug!(tgid, marks = m, "marking process under Python");
-        self.marks.insert(tgid, m, 0).context("marking a process")
+        Ok(self.marks.insert(tgid, m, 0).in_map(names::MARKS, || format!("marking process {tgid}"))?)
     }
 
     /// Gives process `tgid` the scope of `notebook` (its descendants inherit it in the kernel),
@@ -244,7 +246,7 @@ impl KernelEnforcer {
             m |= marks::UNDER_PYTHON;
         }
         tracing::debug!(tgid, scope = id, marks = m, "process scoped");
-        self.marks.insert(tgid, m, 0).context("scoping a process")
+        Ok(self.marks.insert(tgid, m, 0).in_map(names::MARKS, || format!("scoping process {tgid}"))?)
     }
 
     /// Claims the scope process `tgid` carries (given by a previous agent) for `notebook`.
@@ -261,7 +263,9 @@ impl KernelEnforcer {
         use std::os::unix::ffi::OsStrExt;
         for (p, class) in paths {
             if let Some(k) = guard_abi::ByteKey::of(mnt_ns, p.as_os_str().as_bytes()) {
-                self.launchers.insert(k, class, 0).context("loading the trusted scripts' paths")?;
+                self.launchers
+                    .insert(k, class, 0)
+                    .in_map(names::LAUNCHERS, || format!("trusting script {}", p.display()))?;
             }
         }
         Ok(())
@@ -282,13 +286,15 @@ impl KernelEnforcer {
             let _ = self.kernel_commands.remove(&k);
         }
         for k in wanted {
-            self.kernel_commands.insert(k, 1, 0).context("loading the kernels' commands")?;
+            self.kernel_commands
+                .insert(k, 1, 0)
+                .in_map(names::KERNEL_COMMANDS, || "loading the kernels' commands".into())?;
         }
         Ok(())
     }
 
     pub fn add_server(&mut self, tgid: u32) -> Result<()> {
-        self.servers.insert(tgid, 1, 0).context("registering a notebook server")
+        Ok(self.servers.insert(tgid, 1, 0).in_map(names::SERVERS, || format!("registering server {tgid}"))?)
     }
 
     pub fn cgroups(&self) -> Vec<u64> {

@@ -6,9 +6,11 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use aya::maps::{HashMap as BpfHash, MapData};
-use guard_abi::{Placement, MAX_SCOPES, SCOPE_ANY};
+use guard_abi::{names, Placement, MAX_SCOPES, SCOPE_ANY};
+
+use crate::sensors::maps::MapWrite;
 
 /// (user, server name) of a notebook.
 pub type NotebookKey = (String, String);
@@ -40,8 +42,8 @@ impl Scopes {
             }
         };
         if self.now.get(&id) != Some(&placement) {
-            self.map.insert(SCOPE_ANY, Placement::default(), 0).context("marking scopes on")?;
-            self.map.insert(id, placement, 0).context("writing a notebook scope")?;
+            self.map.insert(SCOPE_ANY, Placement::default(), 0).in_map(names::SCOPES, || "marking scopes on".into())?;
+            self.map.insert(id, placement, 0).in_map(names::SCOPES, || format!("writing notebook scope {id}"))?;
             self.now.insert(id, placement);
         }
         Ok(id)

@@ -8,6 +8,7 @@ pub mod helpers;
 pub mod identity;
 pub mod kernelspecs;
 pub mod locations;
+pub mod outputs;
 pub mod provenance;
 pub mod root;
 mod sections;
@@ -340,7 +341,7 @@ impl Policy {
             err("discovery.kubernetes.notebook_selector".into(), &self.discovery.kubernetes.notebook_selector, e)
         })?;
         for (i, o) in self.outputs.iter().enumerate() {
-            crate::sinks::OutputSpec::parse(o).map_err(|e| err(format!("outputs[{i}]"), o, e.to_string()))?;
+            outputs::OutputSpec::parse(o).map_err(|e| err(format!("outputs[{i}]"), o, e.to_string()))?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 
 pub mod decode;
 pub mod features;
+pub mod maps;
 pub mod offsets;
 pub mod process;
 pub mod ring;

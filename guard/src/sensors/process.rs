@@ -13,7 +13,7 @@ use aya::{
 };
 use guard_abi::{names, Config, EventKind, EVENT_KINDS};
 
-use super::{offsets::OffsetResolver, EBPF_OBJECT};
+use super::{maps::MapWrite, offsets::OffsetResolver, EBPF_OBJECT};
 
 /// How the sensor is loaded.
 #[derive(Clone, Debug)]
@@ -29,6 +29,8 @@ pub struct SensorOptions {
     /// bpffs directory where maps and links are pinned, so enforcement outlives the agent and
     /// the next agent adopts it (None: everything goes with the agent).
     pub pin_dir: Option<PathBuf>,
+    /// Capacities of the maps written per event (`--map-size`).
+    pub map_sizes: super::maps::MapSizes,
 }
 
 impl Default for SensorOptions {
@@ -39,6 +41,7 @@ impl Default for SensorOptions {
             watch_all: true,
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
             pin_dir: None,
+            map_sizes: Default::default(),
         }
     }
 }
@@ -250,12 +253,16 @@ impl ProcessSensor {
         raise_memlock();
         let mut loader = EbpfLoader::new();
         loader.override_global(names::CONFIG, &config, true).map_max_entries(names::EVENTS, opts.ring_bytes);
+        for (map, n) in opts.map_sizes.overrides() {
+            loader.map_max_entries(map, n);
+        }
         let map_paths: Vec<(&str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => {
                 check_bpffs(dir)?;
                 retire_other_layouts(dir)?;
                 let maps = dir.join(maps_dir());
                 std::fs::create_dir_all(&maps).with_context(|| format!("creating {}", maps.display()))?;
+                super::maps::retire_resized(&maps, &opts.map_sizes)?;
                 std::fs::create_dir_all(dir.join("links"))?;
                 PINNED_MAPS.iter().map(|m| (*m, maps.join(m))).collect()
             }
@@ -426,7 +433,7 @@ impl ProcessSensor {
 
     /// Report processes in this cgroup and every cgroup below it.
     pub fn watch_cgroup(&mut self, id: u64) -> Result<()> {
-        self.watched.insert(id, 1, 0).with_context(|| format!("watching cgroup id {id}"))
+        Ok(self.watched.insert(id, 1, 0).in_map(names::WATCHED, || format!("watching cgroup id {id}"))?)
     }
 
     pub fn unwatch_cgroup(&mut self, id: u64) -> Result<()> {

@@ -32,6 +32,62 @@ pub struct LossLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: String,
+}
+
+/// Where the agent can fail on one event and go on (`guard_errors_total{stage}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// A ring record that did not decode.
+    Decode,
+    /// Writing the `--events` feed.
+    EventsFeed,
+    /// Placing a notebook: its cgroup's enforcement, egress, drift watch, incarnation.
+    Placement,
+    /// Per-exec enforcement work: allow-list, marks, server registration.
+    Enforcement,
+    /// Reading the seccomp drift watch.
+    Drift,
+    /// Looking for notebook cgroups, or a pod change.
+    Discovery,
+    /// Applying a new policy's kernel state.
+    Reload,
+    /// Dropping entries of removed cgroups.
+    Sweep,
+    /// Reading the kernel's loss counters.
+    Losses,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 9] = [
+        Stage::Decode,
+        Stage::EventsFeed,
+        Stage::Placement,
+        Stage::Enforcement,
+        Stage::Drift,
+        Stage::Discovery,
+        Stage::Reload,
+        Stage::Sweep,
+        Stage::Losses,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::EventsFeed => "events_feed",
+            Stage::Placement => "placement",
+            Stage::Enforcement => "enforcement",
+            Stage::Drift => "drift",
+            Stage::Discovery => "discovery",
+            Stage::Reload => "reload",
+            Stage::Sweep => "sweep",
+            Stage::Losses => "losses",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
     pub kernel: String,
@@ -47,6 +103,7 @@ pub struct Metrics {
     pub events: Family<TypeLabel, Counter>,
     pub alerts: Family<AlertLabels, Counter>,
     pub lost: Family<LossLabels, Counter>,
+    pub errors: Family<StageLabel, Counter>,
     pub notebooks_watched: Gauge,
     pub enforced_cgroups: Gauge,
     pub processes: Gauge,
@@ -101,6 +158,7 @@ impl Metrics {
             events: Family::default(),
             alerts: Family::default(),
             lost: Family::default(),
+            errors: Family::default(),
             notebooks_watched: Gauge::default(),
             enforced_cgroups: Gauge::default(),
             processes: Gauge::default(),
@@ -119,6 +177,16 @@ impl Metrics {
         r.register("events", "Kernel events received, by type", m.events.clone());
         r.register("alerts", "Alerts raised, by rule and action", m.alerts.clone());
         r.register("events_lost", "Events lost, by stage (kernel ring, user queue) and type", m.lost.clone());
+        r.register("errors", "Events the agent failed to handle and went on, by stage", m.errors.clone());
+        // Every counter of a loss or an error is listed from the start at 0: a dashboard's
+        // absent() cannot tell "none" from "not exported" otherwise.
+        for kind in guard_abi::EventKind::ALL {
+            let _ = m.lost.get_or_create(&LossLabels { stage: "kernel".into(), r#type: kind.name().into() });
+        }
+        let _ = m.lost.get_or_create(&LossLabels { stage: "queue".into(), r#type: "any".into() });
+        for stage in Stage::ALL {
+            let _ = m.errors.get_or_create(&StageLabel { stage: stage.name().into() });
+        }
         r.register("notebook_cgroups_watched", "Notebook cgroups watched", m.notebooks_watched.clone());
         r.register("enforced_cgroups", "cgroups under kernel enforcement", m.enforced_cgroups.clone());
         r.register("processes_tracked", "Processes in the lineage table", m.processes.clone());
@@ -149,6 +217,18 @@ impl Metrics {
         *m.registry.lock().expect("fresh mutex") = r;
         m.policy_generation.set(1);
         m
+    }
+
+    /// A sink's counters, listed at 0 from the moment it exists.
+    pub fn register_sink(&self, sink: &str) {
+        let l = SinkLabels { sink: sink.into() };
+        let _ = self.sink_errors.get_or_create(&l);
+        let _ = self.sink_delivered.get_or_create(&l);
+        let _ = self.sink_retries.get_or_create(&l);
+    }
+
+    pub fn error(&self, stage: Stage) {
+        self.errors.get_or_create(&StageLabel { stage: stage.name().into() }).inc();
     }
 
     pub fn tick(&self) {
@@ -190,5 +270,13 @@ mod tests {
         assert!(text.contains("guard_alerts_total{rule=\"notebook.fileless_exec\",action=\"killed\"} 1"), "{text}");
         assert!(text.contains("guard_build_info{"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+        for line in [
+            "guard_events_lost_total{stage=\"kernel\",type=\"exec\"} 0",
+            "guard_events_lost_total{stage=\"queue\",type=\"any\"} 0",
+            "guard_errors_total{stage=\"placement\"} 0",
+            "guard_errors_total{stage=\"decode\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing at start:\n{text}");
+        }
     }
 }

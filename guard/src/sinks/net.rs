@@ -20,7 +20,8 @@ use tokio::{
     sync::{watch, Notify},
 };
 
-use super::{spool::Spool, syslog, NetTarget, Sink};
+use super::{spool::Spool, syslog, Sink};
+use crate::policy::outputs::NetTarget;
 use crate::{detect::alert::Alert, server::metrics::Metrics};
 
 /// Records sent per attempt (Splunk HEC batches them in one request).
