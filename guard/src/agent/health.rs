@@ -12,8 +12,8 @@ use guard_abi::EventKind;
 
 use super::Pipeline;
 use crate::{
-    detect::rules,
     discovery::kube::PodCache,
+    policy::rules,
     sensors::{maps::MapWriteError, process::KernelLosses},
     server::metrics::{LossLabels, Stage},
     sinks::events::LostRecord,

@@ -14,15 +14,11 @@ use std::{
 use anyhow::Result;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{egress_id, Pipeline};
-use crate::{
-    discovery::hub::{self, hub_endpoints},
-    sensors::maps::MapWrite,
-};
-use guard_abi::names;
+use super::Pipeline;
+use crate::discovery::hub::{self, hub_endpoints};
 
 /// A hub endpoint: address and TCP port.
-pub type Endpoint = (IpAddr, u16);
+pub use crate::enforce::egress::Endpoint;
 
 pub struct HubReach {
     /// Endpoints allowed in the kernel's egress rules.
@@ -107,16 +103,8 @@ impl<W: Write> Pipeline<W> {
         if new.is_empty() {
             return Ok(());
         }
-        if let Some(maps) = self.egress.as_mut() {
-            for (id, _) in self.detector.policy.egress_policies() {
-                for (key, prefix, rule) in crate::policy::egress::hub_entries(egress_id(self.generation, id), &new) {
-                    let k = aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key);
-                    maps.rules
-                        .insert(&k, rule, 0)
-                        .in_map(names::EGRESS_RULES, || "allowing the hub in the egress rules".into())?;
-                }
-            }
-        }
+        let policy = self.detector.policy.clone();
+        self.egress.allow_hub(&policy, &new)?;
         for (ip, port) in &new {
             tracing::info!(%ip, port, "hub endpoint: always reachable from notebooks");
         }

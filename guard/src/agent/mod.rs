@@ -26,7 +26,6 @@ use crate::{
     seccomp::drift::DriftWatch,
     sensors::{
         decode::{DecodeError, Event, Exec},
-        maps::MapWrite,
         process::{KernelLosses, ProcessSensor, SensorOptions},
         ring::{Batch, QueueLimit, ReaderStats, Spares},
     },
@@ -130,18 +129,14 @@ struct Pipeline<W: Write> {
     pod_cgroups: HashMap<String, u64>,
     /// Pods placed, for re-evaluation on policy reload.
     pods_placed: HashMap<String, Arc<PodInfo>>,
-    /// Policy generation: egress policy ids are offset by it, so a reload writes its rules
-    /// next to the old ones and switches cgroups over only once all are in place.
-    generation: u32,
     kube_on: bool,
     watch_all: bool,
     mount: PathBuf,
     proc_root: PathBuf,
     metrics: Arc<Metrics>,
     event_counts: EventCounters,
-    /// Egress maps (None when the egress hooks are off).
-    egress: Option<crate::sensors::process::EgressMaps>,
-    egress_now: crate::IdMap<u64, u32>,
+    /// Egress enforcement (a no-op when the egress hooks are off).
+    egress: crate::enforce::egress::EgressEnforcer,
     /// Seccomp drift watch: loaded only while the policy assigns some notebook a profile.
     drift: Option<DriftWatch>,
     btf: PathBuf,
@@ -333,42 +328,4 @@ impl<W: Write> Pipeline<W> {
             }
         }
     }
-}
-
-/// Kernel egress policy id of policy `id` in generation `generation`.
-fn egress_id(generation: u32, id: u32) -> u32 {
-    (generation % 1024) * 1024 + id
-}
-
-/// The kernel's egress rules for every egress policy of `policy` under `generation`, with the
-/// hub endpoints known so far: what a load writes and a later reload removes.
-fn egress_rules(
-    policy: &Policy,
-    generation: u32,
-    hub: &[hub::Endpoint],
-) -> Vec<(aya::maps::lpm_trie::Key<guard_abi::EgressKey>, guard_abi::EgressRule)> {
-    let mut out = Vec::new();
-    for (id, spec) in policy.egress_policies() {
-        let policy_id = egress_id(generation, id);
-        let entries = spec.compile(policy_id).into_iter().chain(crate::policy::egress::hub_entries(policy_id, hub));
-        for (key, prefix, rule) in entries {
-            out.push((aya::maps::lpm_trie::Key::new(guard_abi::EGRESS_KEY_FIXED_BITS + prefix, key), rule));
-        }
-    }
-    out
-}
-
-/// Writes the rules of `egress_rules` into the kernel's LPM trie.
-fn load_egress_rules(
-    maps: &mut crate::sensors::process::EgressMaps,
-    policy: &Policy,
-    generation: u32,
-    hub: &[hub::Endpoint],
-) -> Result<()> {
-    let rules = egress_rules(policy, generation, hub);
-    for (k, rule) in &rules {
-        maps.rules.insert(k, rule, 0).in_map(guard_abi::names::EGRESS_RULES, || "loading egress rules".into())?;
-    }
-    tracing::info!(rules = rules.len(), "egress policy loaded");
-    Ok(())
 }

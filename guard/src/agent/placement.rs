@@ -8,7 +8,7 @@ use std::{io::Write, path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
 
-use super::{egress_id, Pipeline};
+use super::Pipeline;
 use crate::{
     detect::engine::role_of,
     discovery::{
@@ -19,11 +19,10 @@ use crate::{
         workload::Workload,
     },
     enforce::flags_for,
-    policy::{Effective, Mode},
+    policy::Effective,
     process::table::Role,
-    sensors::{decode::Exec, maps::MapWrite},
+    sensors::decode::Exec,
 };
-use guard_abi::names;
 
 impl<W: Write> Pipeline<W> {
     /// Puts notebook cgroup `id` under the policy's decision for `who`: exec enforcement,
@@ -40,12 +39,12 @@ impl<W: Write> Pipeline<W> {
         if !(container_of_pod && self.pod_enforced(who)) {
             self.enforce_cgroup(id, flags)?;
         }
-        self.set_egress(id, eff)?;
+        self.egress.set_cgroup(id, eff)?;
         if !container_of_pod {
             self.set_drift(id, eff, who.clone())?;
         }
         if matches!(who.source, Source::Tljh | Source::SystemdSpawner | Source::DockerSpawner) {
-            let egress = self.egress_now.get(&id).copied().unwrap_or(0);
+            let egress = self.egress.value_of(id);
             self.enforcer.remember_incarnation(&who.cgroup, flags, egress)?;
         }
         self.placed.insert(id, *eff);
@@ -55,10 +54,7 @@ impl<W: Write> Pipeline<W> {
     /// Forgets everything kept under cgroup `id` (removed, or replaced by a new incarnation).
     pub(super) fn forget_cgroup(&mut self, id: u64) -> Result<()> {
         self.enforcer.set_cgroup(id, None)?;
-        if let Some(m) = self.egress.as_mut() {
-            let _ = m.cgroups.remove(&id);
-        }
-        self.egress_now.remove(&id);
+        self.egress.forget(id);
         if let Some(d) = self.drift.as_mut() {
             d.unassign(id);
         }
@@ -77,9 +73,7 @@ impl<W: Write> Pipeline<W> {
         let resolver = &self.attributor.cgroups;
         let swept = self.enforcer.sweep(|id| resolver.exists(id));
         let mut dead: Vec<u64> = self.placed.keys().copied().filter(|id| !resolver.exists(*id)).collect();
-        if let Some(m) = self.egress.as_ref() {
-            dead.extend(m.cgroups.keys().flatten().filter(|id| !resolver.exists(*id)));
-        }
+        dead.extend(self.egress.dead(|id| resolver.exists(id)));
         dead.sort_unstable();
         dead.dedup();
         for id in &dead {
@@ -117,18 +111,6 @@ impl<W: Write> Pipeline<W> {
         Ok(())
     }
 
-    /// The kernel's egress value for `eff` (`EGRESS_CG` encoding; 0 when the hooks are off).
-    fn egress_value(&self, eff: &Effective) -> u32 {
-        if self.egress.is_none() {
-            return 0;
-        }
-        let v = egress_id(self.generation, eff.egress_policy);
-        match eff.mode {
-            Mode::Enforce => v | guard_abi::EGRESS_ENFORCE,
-            Mode::Monitor => v,
-        }
-    }
-
     /// A LocalProcessSpawner notebook's process `tgid` (its server, or at start-up what the
     /// server already runs) gets the notebook's scope: the kernel then judges its exec and
     /// egress, and its descendants', never the hub's, the proxy's or other users' servers in
@@ -141,7 +123,8 @@ impl<W: Write> Pipeline<W> {
         under_python: bool,
     ) -> Result<()> {
         let key = (who.user.clone().unwrap_or_default(), who.server.clone().unwrap_or_default());
-        let placement = guard_abi::Placement { enforce: flags_for(eff).unwrap_or(0), egress: self.egress_value(eff) };
+        let placement =
+            guard_abi::Placement { enforce: flags_for(eff).unwrap_or(0), egress: self.egress.value_for(eff) };
         self.enforcer.scope_process(tgid, &key, placement, under_python)?;
         self.learn_hub_of_server(tgid)
     }
@@ -176,20 +159,6 @@ impl<W: Write> Pipeline<W> {
                 }
             }
         }
-        Ok(())
-    }
-
-    /// Puts a notebook cgroup under its egress policy (monitor or enforce).
-    pub(super) fn set_egress(&mut self, cgroup_id: u64, eff: &Effective) -> Result<()> {
-        let v = self.egress_value(eff);
-        let Some(maps) = self.egress.as_mut() else { return Ok(()) };
-        if self.egress_now.get(&cgroup_id) == Some(&v) {
-            return Ok(());
-        }
-        maps.cgroups
-            .insert(cgroup_id, v, 0)
-            .in_map(names::EGRESS_CG, || format!("egress policy for cgroup {cgroup_id}"))?;
-        self.egress_now.insert(cgroup_id, v);
         Ok(())
     }
 

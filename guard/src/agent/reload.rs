@@ -4,10 +4,10 @@ use std::{io::Write, sync::Arc};
 
 use anyhow::Result;
 
-use super::{egress_rules, load_egress_rules, Pipeline};
+use super::Pipeline;
 use crate::{
-    detect::rules,
     discovery::kube::PodInfo,
+    policy::rules,
     policy::{Policy, PolicyError},
     server::metrics::Stage,
 };
@@ -30,21 +30,13 @@ impl<W: Write> Pipeline<W> {
                 return Ok(());
             }
         };
-        let old_gen = self.generation;
-        let new_gen = old_gen + 1;
         let hub: Vec<_> = self.hub.known.iter().copied().collect();
-        if let Some(maps) = self.egress.as_mut() {
-            if let Err(e) = load_egress_rules(maps, &new, new_gen, &hub) {
-                // Nothing half-applied: what was written of the new rules goes again.
-                for (k, _) in egress_rules(&new, new_gen, &hub) {
-                    let _ = maps.rules.remove(&k);
-                }
-                return Err(e.context("policy not applied; the previous one stays in force"));
-            }
-        }
+        self.egress
+            .begin_reload(&new, &hub)
+            .map_err(|e| e.context("policy not applied; the previous one stays in force"))?;
+        let new_gen = self.egress.generation();
         let old_policy = self.detector.policy.clone();
         self.detector.set_policy(new.clone());
-        self.generation = new_gen;
         self.synced_roots.clear();
         // From here the new policy is in force: a notebook that cannot be placed under it is
         // counted and alerted, and the others are still switched over.
@@ -74,24 +66,7 @@ impl<W: Write> Pipeline<W> {
         if !new.any_seccomp_profile() && self.drift.take().is_some() {
             tracing::info!("no seccomp profile assigned any more: drift watch detached");
         }
-        // Cgroups still on the old generation have no notebook any more: drop them.
-        let stale: Vec<u64> = self
-            .egress_now
-            .iter()
-            .filter(|(_, v)| (**v & !guard_abi::EGRESS_ENFORCE) / 1024 == old_gen % 1024)
-            .map(|(k, _)| *k)
-            .collect();
-        for id in stale {
-            if let Some(m) = self.egress.as_mut() {
-                let _ = m.cgroups.remove(&id);
-            }
-            self.egress_now.remove(&id);
-        }
-        if let Some(maps) = self.egress.as_mut() {
-            for (k, _) in egress_rules(&old_policy, old_gen, &hub) {
-                let _ = maps.rules.remove(&k);
-            }
-        }
+        self.egress.finish_reload(&old_policy, &hub);
         self.metrics.policy_generation.set(new_gen as i64);
         tracing::info!(generation = new_gen, path = %path.display(), "policy reloaded");
         let a = self.detector.health_alert(

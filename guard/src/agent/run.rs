@@ -16,13 +16,14 @@ use tokio::{
 
 use crate::{
     clock::BootClock,
-    detect::{aggregate::Aggregator, engine::Detector, rules},
+    detect::{aggregate::Aggregator, engine::Detector},
     discovery::{
         attribution::{AttributionOptions, Attributor},
         cgroup::{find_cgroup2_mount, CgroupResolver},
         kube::{KubeOptions, PodCache, PodChange},
     },
     policy::outputs::OutputSpec,
+    policy::rules,
     policy::{AutoBool, Policy},
     process::table::ProcessTable,
     sensors::{
@@ -33,9 +34,7 @@ use crate::{
     sinks::events::JsonLines,
 };
 
-use super::{
-    hub, load_egress_rules, Pipeline, RunOptions, AGGREGATE_WINDOW, CONFIG_POLL, LOSS_CHECK, QUEUE, SCAN, TABLE_SWEEP,
-};
+use super::{hub, Pipeline, RunOptions, AGGREGATE_WINDOW, CONFIG_POLL, LOSS_CHECK, QUEUE, SCAN, TABLE_SWEEP};
 
 /// Start-up parses the kernel's BTF (for offsets, for the loader's relocations, for the
 /// tp_btf socket hook), tens of MiB that are freed before the agent runs; glibc keeps freed memory for reuse, so hand it
@@ -86,15 +85,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let id = sensor.watch_cgroup_path(&path)?;
         tracing::info!(cgroup = %path.display(), id, "watching cgroup");
     }
-    let enforcer = sensor.take_enforcer().context("enforcement maps already taken")?;
-    let egress = match opts.egress {
-        true => {
-            let mut maps = sensor.attach_egress(&mount).context("attaching the egress hooks")?;
-            load_egress_rules(&mut maps, &policy, 1, &[])?;
-            Some(maps)
-        }
+    let enforcer =
+        crate::enforce::KernelEnforcer::new(sensor.take_enforcement_maps().context("enforcement maps already taken")?);
+    let egress_maps = match opts.egress {
+        true => Some(sensor.attach_egress(&mount).context("attaching the egress hooks")?),
         false => None,
     };
+    let egress = crate::enforce::egress::EgressEnforcer::new(egress_maps, &policy)?;
     tracing::info!(programs = ?sensor.program_ids(), pinned = sensor.is_pinned(), "kernel programs attached");
 
     // Sinks: the policy's outputs and the command line's; stdout when neither names one.
@@ -158,7 +155,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         pending_pods: HashMap::new(),
         pod_cgroups: HashMap::new(),
         pods_placed: HashMap::new(),
-        generation: 1,
         kube_on: kube.is_some(),
         watch_all: opts.sensor.watch_all,
         mount: mount.clone(),
@@ -166,7 +162,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         metrics: metrics.clone(),
         event_counts: metrics.event_counters(),
         egress,
-        egress_now: Default::default(),
         drift: None,
         btf: opts.sensor.btf_path.clone(),
         hub: hub::HubReach::new(hub_tx),

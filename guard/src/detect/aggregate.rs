@@ -124,7 +124,7 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{alert::Action, rules::NON_PYTHON_EXEC};
+    use crate::{detect::alert::Action, policy::rules::NON_PYTHON_EXEC};
 
     fn alert(cmd: &str) -> Alert {
         let mut a = Alert::new(&NON_PYTHON_EXEC, "t".into(), "h", Action::Alert);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::rules::{Priority, Rule};
+use crate::policy::rules::{Priority, Rule};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -139,7 +139,7 @@ pub fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::rules::NON_PYTHON_EXEC;
+    use crate::policy::rules::NON_PYTHON_EXEC;
     use proptest::prelude::*;
 
     proptest! {

@@ -10,13 +10,11 @@ use std::{
     sync::Arc,
 };
 
-use super::{
-    alert::{Action, Alert},
-    rules::{self, Rule},
-};
+use super::alert::{Action, Alert};
 use crate::{
     clock::BootClock,
     discovery::attribution::Attribution,
+    policy::rules::{self, Rule},
     policy::{
         identity::{Identities, RootIdentities, RootKey, REFRESH_AFTER},
         ArgMatcher, Effective, Mode, Policy,

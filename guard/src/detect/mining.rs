@@ -4,45 +4,7 @@
 //! from a file (a Kubernetes Secret: a public list makes evasion easy). Alerts name the
 //! pattern by id only (`builtin:stratum-url`, `operator:3`), never by its text.
 
-use std::{fmt, path::Path};
-
-/// The operator's patterns: case-insensitive substrings of the command line, one per line
-/// (`#` comments and blank lines skipped). Never printed: Debug shows how many there are.
-#[derive(Clone, Default, PartialEq)]
-pub struct OperatorPatterns(Vec<(usize, String)>);
-
-impl fmt::Debug for OperatorPatterns {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "OperatorPatterns({} patterns, not shown)", self.0.len())
-    }
-}
-
-impl OperatorPatterns {
-    /// Reads the file; an error names the file, never a line's content.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        Ok(Self::parse(&text))
-    }
-
-    pub fn parse(text: &str) -> Self {
-        Self(
-            text.lines()
-                .enumerate()
-                .map(|(i, l)| (i + 1, l.trim()))
-                .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-                .map(|(n, l)| (n, l.to_lowercase()))
-                .collect(),
-        )
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
+use crate::policy::mining::OperatorPatterns;
 
 /// Algorithms miners are told to use (XMRig's `-a`/`--algo`, `--coin`).
 const ALGOS: &[&str] =
@@ -100,7 +62,7 @@ pub fn matches(argv: &[String], operator: &OperatorPatterns) -> Option<String> {
         return Some("builtin:pool-and-algorithm".into());
     }
     let line = lower.join(" ");
-    operator.0.iter().find(|(_, p)| line.contains(p.as_str())).map(|(n, _)| format!("operator:{n}"))
+    operator.iter().find(|(_, p)| line.contains(p)).map(|(n, _)| format!("operator:{n}"))
 }
 
 #[cfg(test)]

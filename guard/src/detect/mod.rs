@@ -4,4 +4,3 @@ pub mod aggregate;
 pub mod alert;
 pub mod engine;
 pub mod mining;
-pub mod rules;

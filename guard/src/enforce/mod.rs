@@ -7,6 +7,7 @@
 //! With pinning (the default for `guard run`) the maps and programs outlive the agent, so
 //! enforcement continues across a restart and the next agent adopts these maps as they are.
 
+pub mod egress;
 pub mod incarnations;
 pub mod scopes;
 pub mod status;
@@ -17,7 +18,13 @@ use anyhow::Result;
 use aya::maps::{HashMap as BpfHash, MapData};
 use guard_abi::{allow_class, enforce_flags, marks, names, FileKey, Placement, ENFORCED_ANY};
 
-use crate::{policy::Effective, policy::Mode, sensors::decode::FileId, sensors::maps::MapWrite};
+use crate::{
+    policy::{Effective, Mode},
+    sensors::{
+        decode::FileId,
+        maps::{EnforcementMaps, MapWrite},
+    },
+};
 use incarnations::Incarnations;
 use scopes::{NotebookKey, Scopes};
 
@@ -56,21 +63,10 @@ pub fn flags_for(eff: &Effective) -> Option<u32> {
     Some(f)
 }
 
-/// The kernel's enforcement maps, as the sensor hands them over.
-pub struct Maps {
-    pub enforced: BpfHash<MapData, u64, u32>,
-    pub allowed: BpfHash<MapData, FileKey, u32>,
-    pub marks: BpfHash<MapData, u32, u32>,
-    pub servers: BpfHash<MapData, u32, u32>,
-    pub incarnations: BpfHash<MapData, u64, Placement>,
-    pub scopes: BpfHash<MapData, u32, Placement>,
-    pub kernel_commands: BpfHash<MapData, guard_abi::ByteKey, u32>,
-    pub launchers: BpfHash<MapData, guard_abi::ByteKey, u32>,
-}
-
 impl KernelEnforcer {
-    pub fn new(maps: Maps) -> Self {
-        let Maps { enforced, allowed, marks, servers, incarnations, scopes, kernel_commands, launchers } = maps;
+    pub fn new(maps: EnforcementMaps) -> Self {
+        let EnforcementMaps { enforced, allowed, marks, servers, incarnations, scopes, kernel_commands, launchers } =
+            maps;
         // What the kernel already enforces (pinned maps of the previous agent) is known from the
         // start, so discovery under a policy that no longer enforces a cgroup takes it off; an
         // agent restarted in monitor mode used to leave its predecessor's enforcement on.

@@ -8,9 +8,11 @@ pub mod helpers;
 pub mod identity;
 pub mod kernelspecs;
 pub mod locations;
+pub mod mining;
 pub mod outputs;
 pub mod provenance;
 pub mod root;
+pub mod rules;
 mod sections;
 pub mod suggest;
 pub mod watch;
@@ -26,7 +28,7 @@ pub use self::{
     helpers::{ArgMatcher, Helper, HelperParent, Location, REST_ARGS},
     sections::*,
 };
-use crate::{detect::rules, discovery::attribution::Attribution};
+use crate::discovery::attribution::Attribution;
 
 pub const DEFAULT_POLICY: &str = include_str!("default.yaml");
 
@@ -81,7 +83,7 @@ pub struct Policy {
     pub seccomp_profiles: BTreeMap<String, crate::seccomp::profile::OciProfile>,
     pub mining: MiningSpec,
     /// The operator's mining patterns, read when the policy is loaded (never printed).
-    pub mining_patterns: crate::detect::mining::OperatorPatterns,
+    pub mining_patterns: mining::OperatorPatterns,
     pub rules: RulesSpec,
     pub overrides: Vec<Override>,
 }
@@ -203,7 +205,7 @@ impl Policy {
         p.validate(origin, text)?;
         p.seccomp_profiles = p.load_seccomp_profiles(origin, text)?;
         if let Some(f) = &p.mining.patterns_file {
-            p.mining_patterns = crate::detect::mining::OperatorPatterns::load(Path::new(f)).map_err(|message| {
+            p.mining_patterns = mining::OperatorPatterns::load(Path::new(f)).map_err(|message| {
                 let line = text.lines().position(|l| l.contains("patterns_file")).map(|i| i + 1);
                 PolicyError {
                     origin: origin.to_string(),

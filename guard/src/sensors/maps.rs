@@ -8,7 +8,26 @@
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{bail, Result};
-use guard_abi::names;
+use aya::maps::{HashMap as BpfHash, MapData};
+use guard_abi::{names, ByteKey, FileKey, Placement};
+
+/// The kernel's exec-enforcement maps, handed to `enforce::KernelEnforcer` once.
+pub struct EnforcementMaps {
+    pub enforced: BpfHash<MapData, u64, u32>,
+    pub allowed: BpfHash<MapData, FileKey, u32>,
+    pub marks: BpfHash<MapData, u32, u32>,
+    pub servers: BpfHash<MapData, u32, u32>,
+    pub incarnations: BpfHash<MapData, u64, Placement>,
+    pub scopes: BpfHash<MapData, u32, Placement>,
+    pub kernel_commands: BpfHash<MapData, ByteKey, u32>,
+    pub launchers: BpfHash<MapData, ByteKey, u32>,
+}
+
+/// The egress maps: notebook cgroup → policy, and the policies' LPM rules.
+pub struct EgressMaps {
+    pub cgroups: BpfHash<MapData, u64, u32>,
+    pub rules: aya::maps::LpmTrie<MapData, guard_abi::EgressKey, guard_abi::EgressRule>,
+}
 
 /// A capacity an operator can set: the maps it sizes and what one entry is.
 pub struct Capacity {

@@ -13,7 +13,11 @@ use aya::{
 };
 use guard_abi::{names, Config, EventKind, EVENT_KINDS};
 
-use super::{maps::MapWrite, offsets::OffsetResolver, EBPF_OBJECT};
+use super::{
+    maps::{EgressMaps, EnforcementMaps, MapWrite},
+    offsets::OffsetResolver,
+    EBPF_OBJECT,
+};
 
 /// How the sensor is loaded.
 #[derive(Clone, Debug)]
@@ -52,7 +56,7 @@ pub struct ProcessSensor {
     lost: PerCpuArray<MapData, u64>,
     watched: HashMap<MapData, u64, u32>,
     ring: Option<RingBuf<MapData>>,
-    enforcement: Option<crate::enforce::KernelEnforcer>,
+    enforcement: Option<EnforcementMaps>,
     links: Vec<(&'static str, RawTracePointLinkId)>,
     sock_links: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
     sock_create_link: Option<aya::programs::cgroup_sock::CgroupSockLinkId>,
@@ -210,12 +214,6 @@ fn wait_links_gone(ids: &[u32]) -> Result<()> {
     }
 }
 
-/// The egress maps: notebook cgroup → policy, and the policies' LPM rules.
-pub struct EgressMaps {
-    pub cgroups: HashMap<MapData, u64, u32>,
-    pub rules: aya::maps::LpmTrie<MapData, guard_abi::EgressKey, guard_abi::EgressRule>,
-}
-
 /// Kernel-side losses, by event kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelLosses(pub [u64; EVENT_KINDS as usize]);
@@ -296,7 +294,7 @@ impl ProcessSensor {
         let ring = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
         let ring_fill = aya::maps::Array::try_from(take(&mut ebpf, names::RING_FILL)?)?;
         let polling = aya::maps::Array::try_from(take(&mut ebpf, names::AGENT_POLLING)?)?;
-        let enforcement = crate::enforce::KernelEnforcer::new(crate::enforce::Maps {
+        let enforcement = EnforcementMaps {
             enforced: HashMap::try_from(take(&mut ebpf, names::ENFORCED)?)?,
             allowed: HashMap::try_from(take(&mut ebpf, names::ALLOWED)?)?,
             marks: HashMap::try_from(take(&mut ebpf, names::MARKS)?)?,
@@ -305,7 +303,7 @@ impl ProcessSensor {
             scopes: HashMap::try_from(take(&mut ebpf, names::SCOPES)?)?,
             kernel_commands: HashMap::try_from(take(&mut ebpf, names::KERNEL_COMMANDS)?)?,
             launchers: HashMap::try_from(take(&mut ebpf, names::LAUNCHERS)?)?,
-        });
+        };
         Ok(Self {
             ebpf,
             lost,
@@ -427,7 +425,7 @@ impl ProcessSensor {
     }
 
     /// The enforcement maps, handed to the enforcer once.
-    pub fn take_enforcer(&mut self) -> Option<crate::enforce::KernelEnforcer> {
+    pub fn take_enforcement_maps(&mut self) -> Option<EnforcementMaps> {
         self.enforcement.take()
     }
 

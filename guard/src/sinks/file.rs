@@ -79,7 +79,7 @@ impl Sink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{alert::Action, rules::NON_PYTHON_EXEC};
+    use crate::{detect::alert::Action, policy::rules::NON_PYTHON_EXEC};
 
     #[test]
     fn rotates_by_size_and_keeps_n_files() {

@@ -8,7 +8,7 @@ use std::io::{self, BufWriter, Stdout, Write};
 use serde_json::Value;
 
 use super::{events::ExecRecord, Sink};
-use crate::detect::{alert::Alert, rules::Priority};
+use crate::{detect::alert::Alert, policy::rules::Priority};
 
 /// Longest command shown; the JSON outputs carry the whole of it.
 const CMD_MAX: usize = 100;
@@ -144,7 +144,7 @@ impl Sink for TextSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{alert::Action, rules};
+    use crate::{detect::alert::Action, policy::rules};
 
     #[test]
     fn an_alert_is_one_short_line_with_who_what_and_the_action() {

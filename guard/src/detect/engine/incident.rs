@@ -1,9 +1,6 @@
 //! Incidents: what a flagged shell runs afterwards is part of the same incident.
 
-use crate::{
-    detect::{alert::Alert, rules},
-    process::table::ProcessTable,
-};
+use crate::{detect::alert::Alert, policy::rules, process::table::ProcessTable};
 
 /// One incident, one alert: a shell-out flagged as a non-Python exec starts an incident (its
 /// kernel time is the id, in `guard.incident`); what that process and its descendants run

@@ -9,7 +9,7 @@ use std::{
 
 use super::{Detector, ExecExt, Facts, MAX_HASHED};
 use crate::{
-    detect::rules::{self, Rule},
+    policy::rules::{self, Rule},
     policy::{
         identity::{RootIdentities, SYSTEM_DIRS},
         Effective, HelperParent,

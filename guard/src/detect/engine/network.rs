@@ -3,11 +3,9 @@
 
 use super::{notebook_fields, Detector, MAX_CHAIN};
 use crate::{
-    detect::{
-        alert::{Action, Alert},
-        rules::{self, Rule},
-    },
+    detect::alert::{Action, Alert},
     discovery::attribution::Attribution,
+    policy::rules::{self, Rule},
     process::table::{cmdline, ProcInfo, ProcessTable},
     sensors::decode::{Egress, Socket},
 };
