@@ -499,7 +499,7 @@ fn recordings_merge_into_coverage_and_generate_every_format() {
         "-o",
         both.to_str().unwrap(),
     ]));
-    let p: guard::seccomp::profile::OciProfile = serde_json::from_slice(&std::fs::read(&both).unwrap()).unwrap();
+    let p: guard::seccomp::oci::OciProfile = serde_json::from_slice(&std::fs::read(&both).unwrap()).unwrap();
     let allowed = guard::seccomp::profile::allowed_names(&p);
     let only_ls: Vec<&String> = sets[1]
         .difference(&sets[0])

@@ -13,7 +13,8 @@ use guard::{
     discovery::{cgroup::find_cgroup2_mount, kube::parse_selector},
     seccomp::{
         self,
-        profile::{self, GenerateOptions, OciProfile},
+        oci::OciProfile,
+        profile::{self, GenerateOptions},
         recording::{Coverage, RecordingFile},
         targets,
     },

@@ -62,7 +62,7 @@ pub struct Detector {
     helper_args: Vec<ArgMatcher>,
     /// `python.interpreters`, compiled once per policy: they are matched against unknown
     /// binaries on the exec path.
-    interpreter_globs: Vec<glob::Pattern>,
+    interpreter_globs: globset::GlobSet,
     /// File names already matched against those globs: once identities are older than
     /// REFRESH_AFTER every exec of a non-Python binary asks, and the answer depends only on
     /// the name and the policy. Cleared when it reaches INTERPRETER_MEMO.
@@ -341,8 +341,12 @@ pub fn role_of(p: &ProcInfo, is_python: bool) -> Role {
 }
 
 /// The policy's interpreter globs (validated when the policy was loaded).
-fn interpreter_globs(policy: &Policy) -> Vec<glob::Pattern> {
-    policy.python.interpreters.iter().filter_map(|g| glob::Pattern::new(g).ok()).collect()
+fn interpreter_globs(policy: &Policy) -> globset::GlobSet {
+    let mut set = globset::GlobSetBuilder::new();
+    for g in policy.python.interpreters.iter().filter_map(|g| globset::Glob::new(g).ok()) {
+        set.add(g);
+    }
+    set.build().unwrap_or_else(|_| globset::GlobSet::empty())
 }
 
 /// `judge(path)`, remembered (a bounded memo).
@@ -358,9 +362,8 @@ fn remembered(memo: &mut HashMap<PathBuf, bool>, path: &Path, judge: impl FnOnce
     v
 }
 
-fn looks_like_interpreter(globs: &[glob::Pattern], path: &Path) -> bool {
-    path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"python"))
-        || globs.iter().any(|p| p.matches_path(path))
+fn looks_like_interpreter(globs: &globset::GlobSet, path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"python")) || globs.is_match(path)
 }
 
 trait ExecExt {

@@ -91,14 +91,14 @@ pub fn validate(i: usize, h: &Helper) -> Result<(), HelperError> {
             let msg = format!("{p:?} is a name or a path below a location, not an absolute path (that is `paths`)");
             return Err((k, p.clone(), msg));
         }
-        glob::Pattern::new(p).map_err(|e| (k, p.clone(), format!("bad glob {p:?}: {e}")))?;
+        Glob::new(p).map_err(|e| (k, p.clone(), format!("bad glob {p:?}: {e}")))?;
     }
     for (j, g) in h.paths.iter().enumerate() {
         let k = key(&format!(".paths[{j}]"));
         if !g.starts_with('/') {
             return Err((k, g.clone(), format!("{g:?} is not an absolute path")));
         }
-        glob::Pattern::new(g).map_err(|e| (k, g.clone(), format!("bad glob {g:?}: {e}")))?;
+        Glob::new(g).map_err(|e| (k, g.clone(), format!("bad glob {g:?}: {e}")))?;
     }
     for (a, alt) in h.args.iter().flatten().enumerate() {
         for (j, g) in alt.iter().enumerate() {

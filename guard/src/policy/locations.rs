@@ -80,10 +80,10 @@ impl LocationDirs {
                         out.push(dir.join(prog));
                     } else if prog.contains('/') {
                         out.extend(root.glob(&format!("{}/{prog}", dir.display())));
-                    } else if let Ok(pat) = glob::Pattern::new(prog) {
+                    } else if let Ok(pat) = globset::Glob::new(prog).map(|g| g.compile_matcher()) {
                         let names = self.listed.entry(dir.clone()).or_insert_with(|| list(root, &dir));
                         out.extend(
-                            names.iter().filter(|n| n.to_str().is_some_and(|n| pat.matches(n))).map(|n| dir.join(n)),
+                            names.iter().filter(|n| n.to_str().is_some_and(|n| pat.is_match(n))).map(|n| dir.join(n)),
                         );
                     }
                 }

@@ -80,7 +80,7 @@ pub struct Policy {
     /// The seccomp profile every notebook is assigned (overrides may replace it).
     pub seccomp_profile: Option<String>,
     /// The assigned profiles, read and checked when the policy is loaded, by path.
-    pub seccomp_profiles: BTreeMap<String, crate::seccomp::profile::OciProfile>,
+    pub seccomp_profiles: BTreeMap<String, crate::seccomp::oci::OciProfile>,
     pub mining: MiningSpec,
     /// The operator's mining patterns, read when the policy is loaded (never printed).
     pub mining_patterns: mining::OperatorPatterns,
@@ -225,7 +225,7 @@ impl Policy {
         &self,
         origin: &str,
         text: &str,
-    ) -> Result<BTreeMap<String, crate::seccomp::profile::OciProfile>, PolicyError> {
+    ) -> Result<BTreeMap<String, crate::seccomp::oci::OciProfile>, PolicyError> {
         let keyed = self.seccomp_profile.iter().map(|p| ("seccomp_profile".to_string(), p)).chain(
             self.overrides.iter().enumerate().filter_map(|(i, o)| {
                 o.seccomp_profile.as_ref().map(|p| (format!("overrides[{i}].seccomp_profile"), p))
@@ -246,7 +246,7 @@ impl Policy {
             }
             let raw = std::fs::read_to_string(path).map_err(|e| err(format!("reading {path}: {e}")))?;
             let de = &mut serde_json::Deserializer::from_str(&raw);
-            let profile: crate::seccomp::profile::OciProfile = serde_path_to_error::deserialize(de)
+            let profile: crate::seccomp::oci::OciProfile = serde_path_to_error::deserialize(de)
                 .map_err(|e| err(format!("{path}: {}: {}", e.path(), e.inner())))?;
             let problems = crate::seccomp::profile::validate(&profile);
             if !problems.is_empty() {
@@ -258,7 +258,7 @@ impl Policy {
     }
 
     /// The path and profile of seccomp profile `id` (see `Effective::seccomp_profile`).
-    pub fn seccomp_profile_by_id(&self, id: u32) -> Option<(&str, &crate::seccomp::profile::OciProfile)> {
+    pub fn seccomp_profile_by_id(&self, id: u32) -> Option<(&str, &crate::seccomp::oci::OciProfile)> {
         let path = match id {
             0 => None,
             1 => self.seccomp_profile.as_deref(),
@@ -297,7 +297,7 @@ impl Policy {
             if !g.starts_with('/') {
                 return Err(err(key, g, format!("{g:?} is not an absolute path")));
             }
-            glob::Pattern::new(g).map_err(|e| err(key, g, format!("bad glob {g:?}: {e}")))?;
+            globset::Glob::new(g).map_err(|e| err(key, g, format!("bad glob {g:?}: {e}")))?;
         }
         let mut names = BTreeSet::new();
         for (i, h) in self.helpers.iter().enumerate() {

@@ -193,14 +193,14 @@ impl Root {
                 found.iter_mut().for_each(|p| p.push(part));
                 continue;
             }
-            let Ok(pat) = glob::Pattern::new(part) else { return vec![] };
+            let Ok(pat) = globset::Glob::new(part).map(|g| g.compile_matcher()) else { return vec![] };
             let mut next = Vec::new();
             for dir in &found {
                 let Ok((_, entries)) = self.list(dir) else { continue };
                 let mut names: Vec<_> = entries
                     .flatten()
                     .map(|e| e.file_name())
-                    .filter(|n| n.to_str().is_some_and(|n| pat.matches(n)))
+                    .filter(|n| n.to_str().is_some_and(|n| pat.is_match(n)))
                     .collect();
                 names.sort();
                 next.extend(names.into_iter().map(|n| dir.join(n)));

@@ -6,7 +6,7 @@ use std::{ffi::CString, os::unix::ffi::OsStrExt};
 use anyhow::{anyhow, bail, Context, Result};
 use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext};
 
-use super::{arch::Arch, profile::OciArg, profile::OciProfile};
+use super::{arch::Arch, oci::OciArg, oci::OciProfile};
 
 /// The libseccomp action for an OCI action name (errno actions need their errno).
 pub fn action(name: &str, errno: Option<u32>) -> Result<ScmpAction> {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::profile::{OciProfile, OciRule, ACT_ALLOW};
+use super::oci::{OciProfile, OciRule, ACT_ALLOW};
 
 /// How one syscall is treated: its action (with errno) and argument conditions.
 fn treatment(p: &OciProfile) -> BTreeMap<String, Vec<String>> {
@@ -72,7 +72,7 @@ pub fn diff(a: &OciProfile, b: &OciProfile) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::profile::OciRule;
+    use super::super::oci::OciRule;
     use super::*;
 
     fn p(rules: Vec<OciRule>) -> OciProfile {

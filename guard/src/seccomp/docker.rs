@@ -6,7 +6,7 @@
 //! Written out here as data (names, grouped by what they do) rather than loaded from Docker,
 //! because nodes running containerd have no Docker profile to read.
 
-use super::profile::{OciArg, OciRule};
+use super::oci::{OciArg, OciRule};
 
 /// Allowed with no argument checks.
 const ALLOWED: &[&str] = &[

@@ -10,7 +10,7 @@ use guard_abi::{recorder::WORDS, SyscallSet};
 
 use super::{
     arch::Arch,
-    profile::{OciProfile, ACT_ALLOW},
+    oci::{OciProfile, ACT_ALLOW},
     recorder::Recorder,
 };
 use crate::discovery::attribution::Attribution;
@@ -156,7 +156,7 @@ pub fn refusal(profile: &OciProfile, arch: Arch, name: Option<&str>) -> Option<S
 
 #[cfg(test)]
 mod tests {
-    use super::super::profile::OciRule;
+    use super::super::oci::OciRule;
     use super::*;
 
     #[test]

@@ -8,6 +8,7 @@ pub mod arch;
 pub mod diff;
 pub mod docker;
 pub mod drift;
+pub mod oci;
 pub mod profile;
 pub mod recorder;
 pub mod recording;
