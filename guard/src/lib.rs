@@ -1,13 +1,16 @@
 //! notebook-guard: a runtime syscall guard for JupyterHub notebook nodes.
 //!
-//! Data flows one way: `sensors` (kernel probes, decoding) → `discovery` (cgroups, pods) and
-//! `process` (lineage) enrich → `sinks`. `agent` wires the flow for `guard run`.
+//! Data flows one way: `sensors` (kernel probes, decoding) → `discovery` (cgroups, pods),
+//! `process` (lineage, roles) and `policy` (the rules, which files are Python) → `enrich` (one
+//! event's facts, gathered once) → `detect` (the verdict) and `enforce` (the kernel's maps) →
+//! `sinks`. `agent` wires the flow for `guard run`; no module imports one after it.
 
 pub mod agent;
 pub mod clock;
 pub mod detect;
 pub mod discovery;
 pub mod enforce;
+pub mod enrich;
 pub mod policy;
 pub mod process;
 pub mod redact;

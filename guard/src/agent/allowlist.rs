@@ -8,7 +8,7 @@ use anyhow::Result;
 use guard_abi::allow_class;
 
 use super::Pipeline;
-use crate::{detect::engine::role_of, policy::HelperParent, process::table::Role, sensors::decode::FileId};
+use crate::{policy::HelperParent, process::roles::role_of, process::table::Role, sensors::decode::FileId};
 
 impl<W: Write> Pipeline<W> {
     /// Loads the exec allow-list of the root that cgroup `cg`'s processes see into the kernel.
@@ -18,7 +18,9 @@ impl<W: Write> Pipeline<W> {
         // allows that is chained.)
         let under_helper: Vec<bool> =
             self.detector.policy.helpers.iter().map(|h| h.parent == HelperParent::Helper).collect();
-        let Some((_, ids)) = self.detector.root_identities(cg, &[tgid, ppid]) else { return Ok(()) };
+        let Some((_, ids)) = self.enricher.root_identities(cg, &[tgid, ppid], &self.detector.policy) else {
+            return Ok(());
+        };
         let chained = |hs: &[usize]| hs.iter().any(|&h| under_helper.get(h).copied().unwrap_or(false));
         let helpers: Vec<(FileId, bool)> = ids.helpers.iter().map(|(id, hs)| (*id, chained(hs))).collect();
         let helper_class = |hs: &[usize]| if chained(hs) { allow_class::CHAINED_HELPER } else { allow_class::HELPER };
@@ -62,12 +64,14 @@ impl<W: Write> Pipeline<W> {
             }
             let chain: Vec<_> = self.table.chain(pid, 32).into_iter().map(|p| p.exe_id).collect();
             // The allow-list first, so helpers are not killed before the first exec event.
-            if let Some((root, _)) = self.detector.root_identities(pcg, &[pid, ppid]) {
+            if let Some((root, _)) = self.enricher.root_identities(pcg, &[pid, ppid], &self.detector.policy) {
                 if self.synced_roots.insert(root) {
                     self.sync_identities(pcg, pid, ppid)?;
                 }
             }
-            let Some((_, ids)) = self.detector.root_identities(pcg, &[pid, ppid]) else { continue };
+            let Some((_, ids)) = self.enricher.root_identities(pcg, &[pid, ppid], &self.detector.policy) else {
+                continue;
+            };
             if chain.iter().flatten().any(|id| ids.python.contains(id)) {
                 self.enforcer.mark_under_python(pid)?;
                 marked += 1;

@@ -14,12 +14,17 @@ use anyhow::Result;
 
 use crate::{
     clock::BootClock,
-    detect::{aggregate::Aggregator, alert::Alert, engine::Detector},
+    detect::{
+        aggregate::Aggregator,
+        alert::Alert,
+        engine::{Detector, Outcome},
+    },
     discovery::{
         attribution::{Attribution, Attributor, Source},
         kube::PodInfo,
     },
     enforce::{flags_for, KernelEnforcer},
+    enrich::Enricher,
     policy::outputs::OutputSpec,
     policy::{watch::PolicyFile, Mode, Policy},
     process::table::{cmdline, ProcessTable},
@@ -108,6 +113,7 @@ impl Default for RunOptions {
 struct Pipeline<W: Write> {
     table: ProcessTable,
     attributor: Attributor,
+    enricher: Enricher,
     detector: Detector,
     enforcer: KernelEnforcer,
     sensor: ProcessSensor,
@@ -190,7 +196,8 @@ impl<W: Write> Pipeline<W> {
             Event::Exit(x) => self.table.on_exit(&x),
             Event::Egress(g) => {
                 if let Some(who) = self.who(g.meta.cgroup_id, g.meta.tgid) {
-                    for a in self.detector.on_egress(&g, &mut self.table, &who) {
+                    self.table.ensure(&self.proc_root, g.meta.tgid);
+                    for a in self.detector.on_egress(&g, &self.table, &who) {
                         self.emit(a);
                     }
                 }
@@ -200,7 +207,8 @@ impl<W: Write> Pipeline<W> {
             Event::Cgroup(m) => self.attributor.cgroups.learn(m.meta.cgroup_id, m.path),
             Event::Socket(k) => {
                 if let Some(who) = self.who(k.meta.cgroup_id, k.meta.tgid) {
-                    for a in self.detector.on_socket(&k, &mut self.table, &who) {
+                    self.table.ensure(&self.proc_root, k.meta.tgid);
+                    for a in self.detector.on_socket(&k, &self.table, &who) {
                         self.emit(a);
                     }
                 }
@@ -245,8 +253,22 @@ impl<W: Write> Pipeline<W> {
             }
         }
         let was_local = self.table.get(e.meta.tgid).is_some_and(|p| p.notebook.is_some());
-        let outcome = self.detector.on_exec(e, &mut self.table, who.as_ref());
-        if let (Some(who), Some(eff)) = (who.as_ref(), outcome.effective) {
+        // Enrich (lineage for every exec; facts for one in a notebook), then judge.
+        let eff = who.as_ref().map(|w| self.detector.effective(w));
+        let policy = self.detector.policy.clone();
+        let facts = self.enricher.exec(e, &mut self.table, who.as_deref(), &policy);
+        let (outcome, root) = match (facts, eff.as_ref()) {
+            (Some(mut f), Some(eff)) => {
+                let outcome = self.detector.on_exec(&mut f, &mut self.table, eff);
+                (outcome, Some((f.root, f.refreshed)))
+            }
+            _ => (Outcome::default(), None),
+        };
+        if root.is_some() {
+            let redactor = &mut self.detector.redactor;
+            self.enricher.settle(e, outcome.role, &mut self.table, &mut |env| redactor.learn_environ(env));
+        }
+        if let (Some(who), Some(eff)) = (who.as_ref(), eff) {
             if who.source == Source::LocalProcessSpawner {
                 // The server shares the hub's cgroup: it is known by process. Its scope passes
                 // to what it starts, in the kernel.
@@ -263,11 +285,11 @@ impl<W: Write> Pipeline<W> {
                 self.failed(Stage::Placement, err);
             }
             if flags_for(&eff).is_some() {
-                if let Some(root) = outcome.root.filter(|_| outcome.refreshed) {
+                if let Some((root, true)) = root {
                     // A new interpreter (a conda env made at run time): the kernel learns it.
                     self.synced_roots.remove(&root);
                 }
-                if let Err(err) = self.enforced_exec(e, outcome.role, outcome.root, outcome.server) {
+                if let Err(err) = self.enforced_exec(e, outcome.role, root.map(|r| r.0), outcome.server) {
                     self.failed(Stage::Enforcement, err);
                 }
             }

@@ -10,7 +10,6 @@ use anyhow::{Context, Result};
 
 use super::Pipeline;
 use crate::{
-    detect::engine::role_of,
     discovery::{
         attribution::{Attribution, Source},
         cgroup::cgroup_id,
@@ -20,7 +19,7 @@ use crate::{
     },
     enforce::flags_for,
     policy::Effective,
-    process::table::Role,
+    process::{roles::role_of, table::Role},
     sensors::decode::Exec,
 };
 
@@ -59,7 +58,7 @@ impl<W: Write> Pipeline<W> {
             d.unassign(id);
         }
         self.placed.remove(&id);
-        self.detector.identities.forget_cgroup(id);
+        self.enricher.identities.forget_cgroup(id);
         self.attributor.forget(id);
         if !self.watch_all {
             let _ = self.sensor.unwatch_cgroup(id);
@@ -145,7 +144,9 @@ impl<W: Write> Pipeline<W> {
         for (pid, ppid, cg, who) in local {
             let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
             let chain: Vec<_> = self.table.chain(pid, 32).into_iter().map(|p| p.exe_id).collect();
-            let Some((root, ids)) = self.detector.root_identities(cg, &[pid, ppid]) else { continue };
+            let Some((root, ids)) = self.enricher.root_identities(cg, &[pid, ppid], &self.detector.policy) else {
+                continue;
+            };
             let under_python = chain.iter().flatten().any(|id| ids.python.contains(id));
             let is_server = chain.first().copied().flatten().is_some_and(|id| ids.python.contains(&id))
                 && self.table.get(pid).is_some_and(|p| role_of(p, true) == Role::Server);

@@ -37,6 +37,7 @@ impl<W: Write> Pipeline<W> {
         let new_gen = self.egress.generation();
         let old_policy = self.detector.policy.clone();
         self.detector.set_policy(new.clone());
+        self.enricher.set_policy(&new);
         self.synced_roots.clear();
         // From here the new policy is in force: a notebook that cannot be placed under it is
         // counted and alerted, and the others are still switched over.

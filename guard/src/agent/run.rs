@@ -124,7 +124,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         proc_root: opts.proc_root.clone(),
     };
     let attributor = Attributor::new(CgroupResolver::new(mount.clone())?, pods.clone(), attr_opts);
-    let mut detector = Detector::new(policy.clone(), opts.mode_flag, opts.proc_root.clone());
+    let mut detector = Detector::new(policy.clone(), opts.mode_flag);
+    let enricher = crate::enrich::Enricher::new(&policy, opts.proc_root.clone());
     // Seed after attaching, so no process can slip between the snapshot and the first event;
     // kernels and LocalProcessSpawner servers already running get their notebook as if their
     // exec had been seen.
@@ -140,6 +141,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut pipe = Pipeline {
         table,
         attributor,
+        enricher,
         detector,
         enforcer,
         sensor,

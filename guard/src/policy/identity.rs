@@ -302,6 +302,10 @@ impl Identities {
         self.roots.get_mut(&key)
     }
 
+    pub fn get_mut(&mut self, key: RootKey) -> Option<&mut RootIdentities> {
+        self.roots.get_mut(&key)
+    }
+
     pub fn roots(&self) -> impl Iterator<Item = (&RootKey, &RootIdentities)> {
         self.roots.iter()
     }

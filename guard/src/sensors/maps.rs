@@ -154,7 +154,7 @@ pub struct MapWriteError {
     /// The map is full (as opposed to a bad key or a map gone).
     pub full: bool,
     #[source]
-    source: aya::maps::MapError,
+    source: Box<aya::maps::MapError>,
 }
 
 impl MapWriteError {
@@ -174,7 +174,7 @@ impl<T> MapWrite<T> for Result<T, aya::maps::MapError> {
         self.map_err(|source| {
             let full = matches!(&source, aya::maps::MapError::SyscallError(s)
                 if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC)));
-            MapWriteError { map, what: what(), full, source }
+            MapWriteError { map, what: what(), full, source: Box::new(source) }
         })
     }
 }

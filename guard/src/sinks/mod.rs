@@ -16,6 +16,9 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{detect::alert::Alert, policy::outputs::OutputSpec, server::metrics::Metrics};
 
+/// Sinks, and the delivery workers of the network ones.
+pub type Built = (Vec<Box<dyn Sink>>, Vec<JoinHandle<()>>);
+
 /// The sinks of `specs`, each built from its own spec, and the delivery workers of the network
 /// ones (they stop when `stop` turns true, after a last try). Stdout is for people when
 /// `text` says so (`Some(colour)`).
@@ -26,7 +29,7 @@ pub fn build(
     spool_max_bytes: u64,
     metrics: &Arc<Metrics>,
     stop: &watch::Receiver<bool>,
-) -> Result<(Vec<Box<dyn Sink>>, Vec<JoinHandle<()>>)> {
+) -> Result<Built> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut workers = Vec::new();
     for s in specs {

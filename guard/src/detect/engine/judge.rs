@@ -2,28 +2,31 @@
 //! engine gathered. Python by identity; sanctioned kernels' starts; terminals and `%pip` as
 //! allowances; helpers by identity, parent and arguments; then the rules.
 
-use std::{
-    path::{Component, Path},
-    sync::Arc,
-};
+use std::sync::Arc;
 
-use super::{Detector, ExecExt, Facts, MAX_HASHED};
+use super::{Detector, ExecExt};
 use crate::{
-    policy::rules::{self, Rule},
+    enrich::{
+        paths::{in_system_dir, is_fileless, under},
+        ExecFacts,
+    },
     policy::{
-        identity::{RootIdentities, SYSTEM_DIRS},
+        rules::{self, Rule},
         Effective, HelperParent,
     },
-    process::table::Role,
-    sensors::decode::{Exec, FileId},
+    process::{
+        roles::{is_kernel_argv, is_server_argv},
+        table::Role,
+    },
+    sensors::decode::Exec,
 };
 
 impl Detector {
     /// (role, rules that fired with a detail each).
-    pub(super) fn judge(&mut self, f: &Facts<'_>, is_python: bool, eff: &Effective) -> (Role, Vec<(Rule, String)>) {
+    pub(super) fn judge(&mut self, f: &mut ExecFacts<'_>, eff: &Effective) -> (Role, Vec<(Rule, String)>) {
         let e = f.e;
         let policy = self.policy.clone();
-        if is_python {
+        if f.is_python {
             let role = if is_server_argv(&f.argv) {
                 Role::Server
             } else if is_kernel_argv(&f.argv) {
@@ -48,11 +51,7 @@ impl Detector {
         if f.in_terminal && eff.allowances.terminals {
             return (Role::Terminal, vec![]);
         }
-        let Some((_, ids)) =
-            self.identities.for_cgroup(e.meta.cgroup_id, &[e.meta.tgid, e.ppid], &policy, &self.proc_root)
-        else {
-            return (Role::Other, vec![]);
-        };
+        let ids = &mut *f.ids;
         let base = f.exe_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let exe_in_system_dir = in_system_dir(&f.exe_path);
         let sys_names = ids.system_names(&e.exe);
@@ -64,66 +63,8 @@ impl Detector {
         if e.interp.is_some() {
             helper_ids.extend(ids.helper_scripts.get(&f.exe_path).into_iter().flatten().map(|&h| (h, true)));
         }
-
         // A copy of a system binary elsewhere (content equal, inode not).
-        let mut copy_of = None;
-        if sys_names.is_none() && !exe_in_system_dir && !is_fileless(e) {
-            copy_of = match self.copies.get(&e.exe) {
-                Some(c) => *c,
-                None => {
-                    // The running image if the process is still there, else the file by path
-                    // inside the notebook's root (short-lived processes are gone by now). Its
-                    // size first: a file no system binary matches in size is read no further.
-                    let sized =
-                        |ids: &mut RootIdentities, size: u64| size <= MAX_HASHED && ids.system_size_exists(size);
-                    let content = std::fs::File::open(self.proc_root.join(e.meta.tgid.to_string()).join("exe"))
-                        .and_then(|mut fh| {
-                            use std::io::Read;
-                            let size = fh.metadata()?.len();
-                            let (_, ids) = self
-                                .identities
-                                .for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)
-                                .ok_or(std::io::ErrorKind::NotFound)?;
-                            if !sized(ids, size) {
-                                return Ok(None);
-                            }
-                            let mut b = Vec::new();
-                            (&mut fh).take(MAX_HASHED).read_to_end(&mut b).map(|_| Some(b))
-                        })
-                        .or_else(|_| -> std::io::Result<Option<Vec<u8>>> {
-                            let (_, ids) = self
-                                .identities
-                                .for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)
-                                .ok_or(std::io::ErrorKind::NotFound)?;
-                            let md = ids.root.stat(&f.exe_path)?;
-                            if FileId::of(&md) != e.exe || !sized(ids, md.len()) {
-                                return Ok(None);
-                            }
-                            ids.root.read(&f.exe_path, MAX_HASHED).map(Some)
-                        });
-                    // Ok(None): certainly not a copy (remembered); Err: could not tell this time.
-                    match content {
-                        Ok(Some(c)) => {
-                            let found = self
-                                .identities
-                                .for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root)
-                                .and_then(|(_, ids)| ids.system_same_content(&c));
-                            self.copies.insert(e.exe, found);
-                            found
-                        }
-                        Ok(None) => {
-                            self.copies.insert(e.exe, None);
-                            None
-                        }
-                        Err(_) => None,
-                    }
-                }
-            };
-        }
-        let (_, ids) = match self.identities.for_cgroup(e.meta.cgroup_id, &[], &policy, &self.proc_root) {
-            Some(x) => x,
-            None => return (Role::Other, vec![]),
-        };
+        let copy_of = f.copy_of;
         let real_names: Arc<[String]> = match (&sys_names, copy_of) {
             (Some(n), _) => n.clone(),
             (None, Some(orig)) => ids.system_names(&orig).unwrap_or_else(|| Arc::new([])),
@@ -213,69 +154,12 @@ impl Detector {
     }
 }
 
-pub(super) fn is_kernel_argv(argv: &[String]) -> bool {
-    argv.iter().any(|a| a.ends_with("ipykernel_launcher") || a == "ipykernel_launcher")
-        || argv.windows(2).any(|w| w[0] == "-m" && (w[1] == "ipykernel" || w[1] == "ipykernel_launcher"))
-}
-
-pub(super) fn is_server_argv(argv: &[String]) -> bool {
-    const SERVERS: &[&str] = &[
-        "jupyterhub-singleuser",
-        "jupyter-lab",
-        "jupyter-labhub",
-        "jupyter-notebook",
-        "jupyter-server",
-        "jupyter-nbclassic",
-    ];
-    argv.iter().take(3).any(|a| {
-        let base = a.rsplit('/').next().unwrap_or(a);
-        SERVERS.contains(&base)
-    }) || argv.windows(2).any(|w| {
-        w[0] == "-m" && matches!(w[1].as_str(), "jupyter_server" | "jupyterlab" | "notebook" | "jupyterhub.singleuser")
-    })
-}
-
-/// An absolute path with no `//` and no component starting with a dot: its bytes are its
-/// components, so comparing bytes is comparing paths. These checks run for every exec, and
-/// `Path`'s own comparisons walk components one by one.
-fn plain(b: &[u8]) -> bool {
-    b.first() == Some(&b'/') && !b.windows(2).any(|w| w == b"//" || w == b"/.")
-}
-
-/// `path` is `prefix` or below it, with no `..` that could climb back out.
-pub(super) fn under(path: &Path, prefix: &str) -> bool {
-    let (p, pre) = (path.as_os_str().as_encoded_bytes(), prefix.as_bytes());
-    if plain(p) && plain(pre) {
-        let pre = pre.strip_suffix(b"/").unwrap_or(pre);
-        return p.starts_with(pre) && (p.len() == pre.len() || p[pre.len()] == b'/');
-    }
-    path.starts_with(Path::new(prefix)) && path.components().all(|c| c != Component::ParentDir)
-}
-
 /// A helper's own arguments: argv[1..], or for a helper that is the exec'd `#!` script (argv:
 /// interpreter, its optional argument, the script's path, …) what follows the script's path.
-pub(super) fn helper_args<'a>(f: &'a Facts<'_>, script: bool) -> &'a [String] {
+pub(super) fn helper_args<'a>(f: &'a ExecFacts<'_>, script: bool) -> &'a [String] {
     let path = f.e.filename.to_string_lossy();
     let script_at = script.then(|| f.argv.iter().take(3).position(|a| *a == path)).flatten();
     f.argv.get(script_at.unwrap_or(0) + 1..).unwrap_or(&[])
-}
-
-/// The file is directly in one of the system binary directories.
-pub(super) fn in_system_dir(path: &Path) -> bool {
-    let Some(dir) = path.parent() else { return false };
-    let b = dir.as_os_str().as_encoded_bytes();
-    if plain(b) && !b.ends_with(b"/") {
-        return SYSTEM_DIRS.iter().any(|s| s.as_bytes() == b);
-    }
-    SYSTEM_DIRS.iter().any(|s| Path::new(s) == dir)
-}
-
-pub fn is_fileless(e: &Exec) -> bool {
-    let f = e.filename.to_string_lossy();
-    e.exe_nlink == 0
-        || f.starts_with("/dev/fd/")
-        || (f.starts_with("/proc/") && f.contains("/fd/"))
-        || e.exe_name.to_string_lossy().starts_with("memfd:")
 }
 
 /// stdin and stdout are both sockets: the classic `bash -i >& /dev/tcp/…` / `socat exec:` shape.

@@ -1,7 +1,8 @@
 //! Alerts on the network events: refused (or would-be refused) egress, packet and raw
 //! sockets, and seccomp drift.
 
-use super::{notebook_fields, Detector, MAX_CHAIN};
+use super::{notebook_fields, Detector};
+use crate::enrich::MAX_CHAIN;
 use crate::{
     detect::alert::{Action, Alert},
     discovery::attribution::Attribution,
@@ -12,7 +13,7 @@ use crate::{
 
 impl Detector {
     /// A connect or send the notebook's egress policy refused (enforce) or would refuse.
-    pub fn on_egress(&mut self, g: &Egress, table: &mut ProcessTable, who: &Attribution) -> Vec<Alert> {
+    pub fn on_egress(&mut self, g: &Egress, table: &ProcessTable, who: &Attribution) -> Vec<Alert> {
         let metadata = crate::policy::egress::is_metadata(&g.addr);
         let rule = if metadata { rules::METADATA_ACCESS } else { rules::UNEXPECTED_EGRESS };
         if !self.enabled(&rule) {
@@ -34,7 +35,7 @@ impl Detector {
     }
 
     /// A packet (AF_PACKET), raw IP or ICMP datagram socket opened in a notebook.
-    pub fn on_socket(&mut self, k: &Socket, table: &mut ProcessTable, who: &Attribution) -> Vec<Alert> {
+    pub fn on_socket(&mut self, k: &Socket, table: &ProcessTable, who: &Attribution) -> Vec<Alert> {
         // SOCK_DGRAM with ICMP or ICMPv6: a "ping" socket, an egress channel, not sniffing.
         let icmp = k.sock_type == 2 && matches!((k.family, k.protocol), (2, 1) | (10, 58));
         let rule = if icmp { &rules::ICMP_SOCKET } else { &rules::PACKET_SOCKET };
@@ -75,12 +76,11 @@ impl Detector {
         rule: &Rule,
         meta: &crate::sensors::decode::Meta,
         comm: &str,
-        table: &mut ProcessTable,
+        table: &ProcessTable,
         who: &Attribution,
         action: Action,
     ) -> Alert {
         let r = &self.redactor;
-        table.ensure(&self.proc_root, meta.tgid);
         let chain: Vec<ProcInfo> = table.chain(meta.tgid, MAX_CHAIN).into_iter().cloned().collect();
         let me = chain.first();
         let parent = chain.get(1);
