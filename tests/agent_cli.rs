@@ -51,9 +51,7 @@ fn stop_events_guard(guard: std::process::Child) -> Vec<serde_json::Value> {
 
 #[test]
 fn guard_run_events_prints_exec_with_lineage_and_stops_cleanly() {
-    if !require_root("guard_run_events_prints_exec_with_lineage_and_stops_cleanly") {
-        return;
-    }
+    privileged!();
     let cg = TestCgroup::new("agent").unwrap();
     let guard = start_events_guard(&[], &cg);
 
@@ -85,9 +83,7 @@ fn guard_run_events_prints_exec_with_lineage_and_stops_cleanly() {
 
 #[test]
 fn guard_keeps_guarding_after_its_log_pipe_closes() {
-    if !require_root("guard_keeps_guarding_after_its_log_pipe_closes") {
-        return;
-    }
+    privileged!();
     let (cg, user) = TestCgroup::tljh().unwrap();
     let dir = TempDir::new("logpipe").unwrap();
     let alerts = dir.0.join("alerts.json");
@@ -133,9 +129,7 @@ fn guard_keeps_guarding_after_its_log_pipe_closes() {
 /// record, so that exec waited for the first timed look (a quarter of the poll: 250 ms here).
 #[test]
 fn an_exec_right_after_a_quiet_spell_is_delivered_without_waiting_for_the_timer() {
-    if !require_root("an_exec_right_after_a_quiet_spell_is_delivered_without_waiting_for_the_timer") {
-        return;
-    }
+    privileged!();
     let cg = TestCgroup::new("sparse").unwrap();
     // Only this test's records: a notebook another test runs meanwhile would make them dense.
     let dir = TempDir::new("sparse").unwrap();
@@ -199,9 +193,7 @@ fn wakeups(pid: u32) -> u64 {
 /// time: 120 µs of agent CPU per exec at 300 execs/s, where a storm costs 3.
 #[test]
 fn a_steady_stream_is_drained_in_batches_not_every_poll_interval() {
-    if !require_root("a_steady_stream_is_drained_in_batches_not_every_poll_interval") {
-        return;
-    }
+    privileged!();
     let cg = TestCgroup::new("steady").unwrap();
     let dir = TempDir::new("steady").unwrap();
     let config = only_watched_cgroups(&dir);
@@ -242,9 +234,7 @@ fn a_steady_stream_is_drained_in_batches_not_every_poll_interval() {
 /// takes to fill the ring.
 #[test]
 fn a_small_ring_is_drained_when_the_kernel_says_it_is_filling_not_only_on_the_timer() {
-    if !require_root("a_small_ring_is_drained_when_the_kernel_says_it_is_filling_not_only_on_the_timer") {
-        return;
-    }
+    privileged!();
     let cg = TestCgroup::new("small-ring").unwrap();
     let guard = start_events_guard(&["--ring-bytes", "4096", "--poll-ms", "200"], &cg);
 
@@ -267,9 +257,7 @@ fn a_small_ring_is_drained_when_the_kernel_says_it_is_filling_not_only_on_the_ti
 /// escaped.
 #[test]
 fn events_add_exec_lines_next_to_the_alerts_in_text_for_people() {
-    if !require_root("events_add_exec_lines_next_to_the_alerts_in_text_for_people") {
-        return;
-    }
+    privileged!();
     use guard_tests::unit::{unit_policy, Unit};
     let dir = TempDir::new("text-format").unwrap();
     let config = dir.0.join("policy.yaml");

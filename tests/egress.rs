@@ -58,9 +58,7 @@ fn alert_for<'a>(alerts: &'a [Value], rule: &str, dest: &str) -> Option<&'a Valu
 
 #[test]
 fn monitor_mode_alerts_on_forbidden_destinations_and_changes_nothing() {
-    if !require_root("monitor_mode_alerts_on_forbidden_destinations_and_changes_nothing") {
-        return;
-    }
+    privileged!();
     let net = TestNet::new().unwrap();
     let (cg, user) = TestCgroup::tljh().unwrap();
     let guard = GuardProcess::start(&policy(None), &[]).unwrap();
@@ -143,9 +141,7 @@ fn monitor_mode_alerts_on_forbidden_destinations_and_changes_nothing() {
 
 #[test]
 fn enforce_mode_refuses_in_the_kernel() {
-    if !require_root("enforce_mode_refuses_in_the_kernel") {
-        return;
-    }
+    privileged!();
     let net = TestNet::new().unwrap();
     let (cg, user) = TestCgroup::tljh().unwrap();
     let guard = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
@@ -199,9 +195,7 @@ fn enforce_mode_refuses_in_the_kernel() {
 
 #[test]
 fn a_real_kernel_is_refused_and_repeats_aggregate() {
-    if !require_root("a_real_kernel_is_refused_and_repeats_aggregate") {
-        return;
-    }
+    privileged!();
     let net = TestNet::new().unwrap();
     let (cg, user) = TestCgroup::tljh().unwrap();
     let venv = test_python().parent().unwrap().display().to_string();
@@ -239,9 +233,7 @@ fn a_real_kernel_is_refused_and_repeats_aggregate() {
 /// than stacking a second set; `cleanup` (here: `stop`) takes them off.
 #[test]
 fn egress_enforcement_holds_while_the_agent_restarts() {
-    if !require_root("egress_enforcement_holds_while_the_agent_restarts") {
-        return;
-    }
+    privileged!();
     let net = TestNet::new().unwrap();
     let (cg, user) = TestCgroup::tljh().unwrap();
     let verdicts = || {
@@ -271,9 +263,7 @@ fn egress_enforcement_holds_while_the_agent_restarts() {
 /// server's `JUPYTERHUB_API_URL` stays reachable in every mode, on its port only.
 #[test]
 fn a_notebook_reaches_its_hub_at_a_private_address_in_every_mode() {
-    if !require_root("a_notebook_reaches_its_hub_at_a_private_address_in_every_mode") {
-        return;
-    }
+    privileged!();
     use guard_tests::{
         pod::open_session,
         unit::{jupyter_server_env, unit_policy, Unit},

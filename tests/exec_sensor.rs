@@ -40,9 +40,7 @@ fn exec_one(name: &str, exec: Exec<'_>, argv: &[&OsStr]) -> (guard::sensors::dec
 
 #[test]
 fn exec_event_has_path_argv_parent_cgroup_and_identity() {
-    if !require_root("exec_event_has_path_argv_parent_cgroup_and_identity") {
-        return;
-    }
+    privileged!();
     let argv = ["true", "alpha", "", "beta gamma"];
     let argv_os: Vec<&OsStr> = argv.iter().map(OsStr::new).collect();
     let (e, pid, cg) = exec_one("exec-basic", Exec::Path(Path::new("/bin/true")), &argv_os);
@@ -63,9 +61,7 @@ fn exec_event_has_path_argv_parent_cgroup_and_identity() {
 
 #[test]
 fn renamed_copy_is_identified_by_its_own_inode_not_its_name() {
-    if !require_root("renamed_copy_is_identified_by_its_own_inode_not_its_name") {
-        return;
-    }
+    privileged!();
     let dir = TempDir::new("copy").unwrap();
     let copy = dir.0.join("python3");
     fs::copy("/bin/true", &copy).unwrap();
@@ -86,9 +82,7 @@ fn renamed_copy_is_identified_by_its_own_inode_not_its_name() {
 
 #[test]
 fn shebang_script_reports_script_interpreter_and_loaded_binary() {
-    if !require_root("shebang_script_reports_script_interpreter_and_loaded_binary") {
-        return;
-    }
+    privileged!();
     let dir = TempDir::new("script").unwrap();
     let script = dir.0.join("hello.sh");
     fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
@@ -104,9 +98,7 @@ fn shebang_script_reports_script_interpreter_and_loaded_binary() {
 
 #[test]
 fn execveat_of_memfd_is_reported_as_fileless() {
-    if !require_root("execveat_of_memfd_is_reported_as_fileless") {
-        return;
-    }
+    privileged!();
     let fd = nix::sys::memfd::memfd_create(c"guard-test", nix::sys::memfd::MFdFlags::empty()).unwrap();
     let mut f = fs::File::from(fd);
     f.write_all(&fs::read("/bin/true").unwrap()).unwrap();
@@ -123,9 +115,7 @@ fn execveat_of_memfd_is_reported_as_fileless() {
 
 #[test]
 fn argv_longer_than_the_bound_is_flagged_truncated() {
-    if !require_root("argv_longer_than_the_bound_is_flagged_truncated") {
-        return;
-    }
+    privileged!();
     let long = "x".repeat(ARGS_LEN + 100);
     let argv = [OsStr::new("true"), OsStr::new("first"), OsStr::new(&long), OsStr::new("last")];
     let (e, _, _) = exec_one("exec-long", Exec::Path(Path::new("/bin/true")), &argv);
@@ -170,9 +160,7 @@ fn exec_count(events: &[Event], cg: &TestCgroup) -> u64 {
 
 #[test]
 fn burst_received_plus_lost_equals_performed() {
-    if !require_root("burst_received_plus_lost_equals_performed") {
-        return;
-    }
+    privileged!();
     // A ring big enough, drained concurrently: every exec accounted for.
     let cg = TestCgroup::new("burst").unwrap();
     let mut h = SensorHarness::start(8 << 20, &[&cg]).unwrap();
@@ -206,9 +194,7 @@ fn burst_received_plus_lost_equals_performed() {
 
 #[test]
 fn fork_and_exit_events_carry_lineage() {
-    if !require_root("fork_and_exit_events_carry_lineage") {
-        return;
-    }
+    privileged!();
     let cg = TestCgroup::new("lineage").unwrap();
     let mut h = SensorHarness::start(1 << 20, &[&cg]).unwrap();
     let pid = spawn_in(
@@ -242,9 +228,7 @@ fn fork_and_exit_events_carry_lineage() {
 
 #[test]
 fn unwatched_cgroups_and_descendants() {
-    if !require_root("unwatched_cgroups_and_descendants") {
-        return;
-    }
+    privileged!();
     // Watching a parent covers a child cgroup created after the watch began (a pod's
     // container created after its pod cgroup).
     let parent = TestCgroup::new("pod").unwrap();

@@ -56,9 +56,7 @@ const CELLS: &[&str] = &[
 
 #[test]
 fn a_real_hubs_local_process_notebooks_are_enforced_across_agent_and_server_restarts() {
-    if !require_root("a_real_hubs_local_process_notebooks_are_enforced_across_agent_and_server_restarts") {
-        return;
-    }
+    privileged!();
     let (hubenv, chp) = hub_parts();
     let (alice, bob) = (SystemUser::new('a'), SystemUser::new('b'));
     let net = TestNet::new().unwrap();

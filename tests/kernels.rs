@@ -23,9 +23,7 @@ const CELLS: &[&str] = &[
 
 #[test]
 fn an_admin_installed_r_kernel_starts_quietly_and_what_it_runs_is_judged() {
-    if !require_root("an_admin_installed_r_kernel_starts_quietly_and_what_it_runs_is_judged") {
-        return;
-    }
+    privileged!();
     assert!(
         std::path::Path::new("/usr/share/jupyter/kernels/ir/kernel.json").exists(),
         "Debian's r-cran-irkernel (cargo xtask test installs it)"

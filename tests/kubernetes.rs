@@ -123,9 +123,7 @@ fn run_kube_agent(api: &FakeKube, dir: &TempDir) -> GuardProcess {
 
 #[test]
 fn processes_in_kubelet_cgroups_carry_user_pod_and_container() {
-    if !require_root("processes_in_kubelet_cgroups_carry_user_pod_and_container") {
-        return;
-    }
+    privileged!();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = rt.block_on(FakeKube::start(z2jh_pods()));
     let dir = TempDir::new("kube-agent").unwrap();

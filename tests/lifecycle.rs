@@ -79,9 +79,7 @@ fn enforced_first_incarnation() -> Enforced {
 
 #[test]
 fn every_incarnation_of_a_restarted_server_is_enforced_with_or_without_the_agent() {
-    if !require_root("every_incarnation_of_a_restarted_server_is_enforced_with_or_without_the_agent") {
-        return;
-    }
+    privileged!();
     let Enforced { net: _net, user, agent: a, mut unit, dir } = enforced_first_incarnation();
     let pins = a.pin_dir.clone();
     // Restarted at once (twice) and after a pause: each new incarnation's first exec is its
@@ -140,9 +138,7 @@ fn every_incarnation_of_a_restarted_server_is_enforced_with_or_without_the_agent
 
 #[test]
 fn every_incarnation_of_a_restarted_server_is_reported_on_its_own() {
-    if !require_root("every_incarnation_of_a_restarted_server_is_reported_on_its_own") {
-        return;
-    }
+    privileged!();
     let net = TestNet::new().unwrap();
     let user = Unit::new_user();
     let g = GuardProcess::start(&unit_policy(None), &[]).unwrap();
@@ -197,9 +193,7 @@ print("rc %s out %s connect %s" % (r.returncode, r.stdout.strip() or "-", res), 
 
 #[test]
 fn a_local_process_spawner_notebook_is_enforced_by_process_and_the_hub_is_not() {
-    if !require_root("a_local_process_spawner_notebook_is_enforced_by_process_and_the_hub_is_not") {
-        return;
-    }
+    privileged!();
     // LocalProcessSpawner: the hub and every user's server share the hub's cgroup.
     let net = TestNet::new().unwrap();
     let hub = TestCgroup::new_under(Path::new("system.slice"), "jupyterhub-local").unwrap();
@@ -225,9 +219,7 @@ fn a_local_process_spawner_notebook_is_enforced_by_process_and_the_hub_is_not() 
 
 #[test]
 fn an_agent_meeting_pinned_maps_of_another_layout_replaces_them_and_enforces() {
-    if !require_root("an_agent_meeting_pinned_maps_of_another_layout_replaces_them_and_enforces") {
-        return;
-    }
+    privileged!();
     // An upgrade (or a downgrade) across a change of the pinned maps' layout: the maps are
     // not adopted in the wrong shape; the new agent replaces them and enforces what it finds.
     let Enforced { net: _net, user, agent: a, mut unit, dir } = enforced_first_incarnation();
@@ -250,9 +242,7 @@ fn an_agent_meeting_pinned_maps_of_another_layout_replaces_them_and_enforces() {
 
 #[test]
 fn a_full_kernel_map_is_alerted_and_the_agent_keeps_guarding() {
-    if !require_root("a_full_kernel_map_is_alerted_and_the_agent_keeps_guarding") {
-        return;
-    }
+    privileged!();
     // One notebook cgroup's room: the enforcement marker takes it, so enforcing the user's
     // notebook cannot be written. The agent says so, naming the map and the flag that grows it,
     // and goes on judging that notebook's execs (`--watch-all`: the kernel reports every

@@ -92,9 +92,7 @@ const BENIGN: &[&str] = &[
 
 #[test]
 fn attack_cells_raise_their_rules_with_user_notebook_and_lineage() {
-    if !require_root("attack_cells_raise_their_rules_with_user_notebook_and_lineage") {
-        return;
-    }
+    privileged!();
     let (cg, user) = TestCgroup::tljh().unwrap();
     let guard = GuardProcess::start(&policy(None), &[]).unwrap();
     let cells: Vec<&str> = ATTACKS.iter().map(|a| a.0).filter(|c| !c.is_empty()).collect();
@@ -157,9 +155,7 @@ fn attack_cells_raise_their_rules_with_user_notebook_and_lineage() {
 
 #[test]
 fn benign_session_raises_no_alert() {
-    if !require_root("benign_session_raises_no_alert") {
-        return;
-    }
+    privileged!();
     let (cg, user) = TestCgroup::tljh().unwrap();
     let guard = GuardProcess::start(&policy(None), &[]).unwrap();
     let results = run_notebook(&cg, NOTEBOOK, TOKEN, BENIGN).unwrap();
@@ -174,9 +170,7 @@ fn benign_session_raises_no_alert() {
 
 #[test]
 fn enforce_mode_kills_forbidden_execs_and_the_kernel_answers() {
-    if !require_root("enforce_mode_kills_forbidden_execs_and_the_kernel_answers") {
-        return;
-    }
+    privileged!();
     let (cg, user) = TestCgroup::tljh().unwrap();
     let guard = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
     let cells = [
@@ -237,9 +231,7 @@ fn summary(alerts: &[Value]) -> String {
 
 #[test]
 fn exec_in_a_cgroup_created_a_moment_ago_is_attributed() {
-    if !require_root("exec_in_a_cgroup_created_a_moment_ago_is_attributed") {
-        return;
-    }
+    privileged!();
     let guard = GuardProcess::start(&policy(None), &[]).unwrap();
     // Created after the guard started, used at once: no scan has seen it yet.
     let (cg, user) = TestCgroup::tljh().unwrap();
@@ -260,9 +252,7 @@ fn exec_in_a_cgroup_created_a_moment_ago_is_attributed() {
 
 #[test]
 fn enforcement_survives_an_agent_restart_and_is_adopted() {
-    if !require_root("enforcement_survives_an_agent_restart_and_is_adopted") {
-        return;
-    }
+    privileged!();
     // Programs and maps are pinned in bpffs: when the agent stops, exec is still judged; the
     // next agent replaces the pinned programs with its own instead of adding a second set.
     let (cg, user) = TestCgroup::tljh().unwrap();
@@ -325,9 +315,7 @@ fn enforcement_survives_an_agent_restart_and_is_adopted() {
 
 #[test]
 fn health_readiness_and_metrics_are_served() {
-    if !require_root("health_readiness_and_metrics_are_served") {
-        return;
-    }
+    privileged!();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let (cg, user) = TestCgroup::tljh().unwrap();
@@ -393,9 +381,7 @@ const SERVER: &str = "import subprocess, time\ntime.sleep(0.7)\nr = subprocess.r
 
 #[test]
 fn terminals_are_a_named_allowance() {
-    if !require_root("terminals_are_a_named_allowance") {
-        return;
-    }
+    privileged!();
     // Monitor, terminals off: the shell is reported as a terminal.
     let (cg, user) = TestCgroup::tljh().unwrap();
     let guard = GuardProcess::start(&policy(None), &[]).unwrap();
@@ -436,9 +422,7 @@ fn terminals_are_a_named_allowance() {
 
 #[test]
 fn local_process_and_docker_spawners_are_attributed() {
-    if !require_root("local_process_and_docker_spawners_are_attributed") {
-        return;
-    }
+    privileged!();
     let guard = GuardProcess::start(&policy(None), &[]).unwrap();
     // LocalProcessSpawner: the server runs in the hub's cgroup; its environment names the user.
     let hub = TestCgroup::new_under(Path::new("system.slice"), "jupyterhub-test").unwrap();
@@ -470,9 +454,7 @@ fn local_process_and_docker_spawners_are_attributed() {
 
 #[test]
 fn policy_reloads_atomically_and_bad_policies_are_rejected() {
-    if !require_root("policy_reloads_atomically_and_bad_policies_are_rejected") {
-        return;
-    }
+    privileged!();
     use std::io::{BufRead, Write};
     let (cg, user) = TestCgroup::tljh().unwrap();
     let guard = GuardProcess::start(&policy(None), &[]).unwrap();
@@ -572,9 +554,7 @@ fn policy_reloads_atomically_and_bad_policies_are_rejected() {
 
 #[test]
 fn kernels_and_local_servers_running_before_the_agent_carry_their_notebook() {
-    if !require_root("kernels_and_local_servers_running_before_the_agent_carry_their_notebook") {
-        return;
-    }
+    privileged!();
     // Every DaemonSet rollout meets notebooks that are already running.
     let (cg, user) = TestCgroup::tljh().unwrap();
     let dir = TempDir::new("predates").unwrap();
@@ -623,9 +603,7 @@ fn kernels_and_local_servers_running_before_the_agent_carry_their_notebook() {
 
 #[test]
 fn policy_suggest_turns_a_noisy_monitoring_period_into_a_quiet_policy() {
-    if !require_root("policy_suggest_turns_a_noisy_monitoring_period_into_a_quiet_policy") {
-        return;
-    }
+    privileged!();
     // Ordinary calls the default policy does not know: a checksum, a file's size.
     let cells = [
         "import subprocess\nsubprocess.run(['cksum', '/etc/hostname'], capture_output=True)",
@@ -677,9 +655,7 @@ fn policy_suggest_turns_a_noisy_monitoring_period_into_a_quiet_policy() {
 /// the same shell (a network tool) still goes out on its own, with the incident's id.
 #[test]
 fn what_a_flagged_shell_runs_is_folded_into_its_incident() {
-    if !require_root("what_a_flagged_shell_runs_is_folded_into_its_incident") {
-        return;
-    }
+    privileged!();
     let (cg, user) = TestCgroup::tljh().unwrap();
     let guard = GuardProcess::start(&policy(None), &[]).unwrap();
     let cells = ["import os\nos.system('id > /dev/null; whoami > /dev/null; curl --version > /dev/null')"];
@@ -704,9 +680,7 @@ fn what_a_flagged_shell_runs_is_folded_into_its_incident() {
 /// come from a file whose contents never reach an alert or the log.
 #[test]
 fn a_renamed_miner_is_known_by_its_command_line() {
-    if !require_root("a_renamed_miner_is_known_by_its_command_line") {
-        return;
-    }
+    privileged!();
     let (cg, user) = TestCgroup::tljh().unwrap();
     let dir = TempDir::new("mining").unwrap();
     let patterns = dir.0.join("patterns");

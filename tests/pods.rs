@@ -46,9 +46,7 @@ const CELLS: &[&str] = &[
 
 #[test]
 fn notebook_pods_in_real_containers_are_attributed_enforced_and_monitored() {
-    if !require_root("notebook_pods_in_real_containers_are_attributed_enforced_and_monitored") {
-        return;
-    }
+    privileged!();
     let net = TestNet::new().unwrap();
     let dir = TempDir::new("pods").unwrap();
     let alice = Pod::new("jupyter-alice---5e1f0a2b", "Alice", Driver::Systemd).unwrap();
@@ -120,9 +118,7 @@ fn notebook_pods_in_real_containers_are_attributed_enforced_and_monitored() {
 
 #[test]
 fn a_pod_deleted_and_made_again_with_the_same_name_is_the_new_pod() {
-    if !require_root("a_pod_deleted_and_made_again_with_the_same_name_is_the_new_pod") {
-        return;
-    }
+    privileged!();
     // KubeSpawner's pod names are fixed per user: a restarted server is a new pod (new UID, new
     // cgroups) with the old one's name.
     let net = TestNet::new().unwrap();
@@ -184,9 +180,7 @@ print('errno', 0 if n == 8 else ctypes.get_errno())";
 
 #[test]
 fn a_pod_recorded_in_a_real_container_runs_its_session_under_the_generated_profile() {
-    if !require_root("a_pod_recorded_in_a_real_container_runs_its_session_under_the_generated_profile") {
-        return;
-    }
+    privileged!();
     let net = TestNet::new().unwrap();
     let dir = TempDir::new("pods-seccomp").unwrap();
     let recorded = Pod::new("jupyter-dana---9f8e7d6c", "Dana", Driver::Systemd).unwrap();
@@ -276,9 +270,7 @@ const AGAIN: &str = "import subprocess\nr = subprocess.run(['/opt/conda/envs/x/b
 
 #[test]
 fn what_the_notebook_user_writes_in_the_interpreter_tree_it_owns_is_never_python() {
-    if !require_root("what_the_notebook_user_writes_in_the_interpreter_tree_it_owns_is_never_python") {
-        return;
-    }
+    privileged!();
     let net = TestNet::new().unwrap();
     let dir = TempDir::new("pods-trust").unwrap();
     let enforced = Pod::new("jupyter-erin---2b3c4d5e", "erin", Driver::Systemd).unwrap();

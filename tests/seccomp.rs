@@ -12,7 +12,7 @@ use std::{
 
 use guard::seccomp::{arch::Arch, recording::RecordingFile};
 use guard_tests::{
-    guard_bin, output_within, require_root, spawn_in, test_python, wait_ok, wait_within, Exec, TempDir, TestCgroup,
+    guard_bin, output_within, privileged, spawn_in, test_python, wait_ok, wait_within, Exec, TempDir, TestCgroup,
     DRIVER_LIMIT,
 };
 use serde_json::{json, Value};
@@ -248,9 +248,7 @@ fn run_session_on_host(cg: &TestCgroup, work: &Path) -> Vec<Value> {
 
 #[test]
 fn a_recorded_notebook_session_runs_under_its_profile_in_runc_and_nothing_else_does() {
-    if !require_root("a_recorded_notebook_session_runs_under_its_profile_in_runc_and_nothing_else_does") {
-        return;
-    }
+    privileged!();
     let dir = TempDir::new("seccomp").unwrap();
     let (cg, user) = TestCgroup::tljh().unwrap();
 
@@ -393,9 +391,7 @@ fn stopped_and_continued(profile: &Path, code: &str) -> (Option<i32>, String, St
 
 #[test]
 fn int_0x80_calls_are_recorded_under_the_i386_table() {
-    if !require_root("int_0x80_calls_are_recorded_under_the_i386_table") {
-        return;
-    }
+    privileged!();
     let dir = TempDir::new("int80").unwrap();
     let cg = TestCgroup::new("int80").unwrap();
     let out = dir.0.join("r.json");
@@ -418,9 +414,7 @@ fn int_0x80_calls_are_recorded_under_the_i386_table() {
 /// recorded from the move on: the move retires the entry the task had.
 #[test]
 fn a_task_moved_into_the_recorded_cgroup_while_running_is_recorded_from_then_on() {
-    if !require_root("a_task_moved_into_the_recorded_cgroup_while_running_is_recorded_from_then_on") {
-        return;
-    }
+    privileged!();
     let dir = TempDir::new("moved").unwrap();
     let recorded = TestCgroup::new("moved-into").unwrap();
     let outside = TestCgroup::new("moved-from").unwrap();
@@ -451,9 +445,7 @@ fn a_task_moved_into_the_recorded_cgroup_while_running_is_recorded_from_then_on(
 
 #[test]
 fn recordings_merge_into_coverage_and_generate_every_format() {
-    if !require_root("recordings_merge_into_coverage_and_generate_every_format") {
-        return;
-    }
+    privileged!();
     let dir = TempDir::new("merge").unwrap();
     // Two users' notebooks doing different things.
     let mut files = Vec::new();
@@ -650,9 +642,7 @@ struct SpoArg {
 
 #[test]
 fn a_syscall_outside_the_assigned_profile_raises_drift_for_that_notebook_only() {
-    if !require_root("a_syscall_outside_the_assigned_profile_raises_drift_for_that_notebook_only") {
-        return;
-    }
+    privileged!();
     let dir = TempDir::new("drift").unwrap();
     // The profile: what a plain `python -c pass` needs.
     let rec_cg = TestCgroup::new("drift-rec").unwrap();
@@ -710,9 +700,7 @@ fn a_syscall_outside_the_assigned_profile_raises_drift_for_that_notebook_only() 
 
 #[test]
 fn a_kubernetes_pod_is_recorded_from_its_pod_cgroup_with_user_and_image() {
-    if !require_root("a_kubernetes_pod_is_recorded_from_its_pod_cgroup_with_user_and_image") {
-        return;
-    }
+    privileged!();
     // A Z2JH notebook pod served by a fake API server, and its cgroups laid out as kubelet's
     // systemd driver does; the process runs in the container's cgroup, below the pod's.
     let uid = format!("5eccc0b0-{:04x}-4c4d-9a8b-0123456789ab", std::process::id() & 0xffff);

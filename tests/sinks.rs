@@ -38,9 +38,7 @@ fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn rsyslog_receives_every_alert_over_tcp() {
-    if !require_root("rsyslog_receives_every_alert_over_tcp") {
-        return;
-    }
+    privileged!();
     let dir = TempDir::new("rsyslog").unwrap();
     let port = free_port();
     let out = dir.0.join("out.log");
@@ -205,9 +203,7 @@ impl Receiver {
 
 #[test]
 fn http_sink_delivers_everything_across_receiver_and_agent_restarts() {
-    if !require_root("http_sink_delivers_everything_across_receiver_and_agent_restarts") {
-        return;
-    }
+    privileged!();
     let dir = TempDir::new("http-sink").unwrap();
     let spool = dir.0.join("spool");
     let (cg, user) = TestCgroup::tljh().unwrap();
@@ -253,9 +249,7 @@ fn http_sink_delivers_everything_across_receiver_and_agent_restarts() {
 
 #[test]
 fn splunk_hec_batches_with_the_token_from_the_environment() {
-    if !require_root("splunk_hec_batches_with_the_token_from_the_environment") {
-        return;
-    }
+    privileged!();
     let dir = TempDir::new("hec").unwrap();
     let (cg, user) = TestCgroup::tljh().unwrap();
     let mut rx = Receiver::new();
@@ -298,9 +292,7 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(mut r: R, out: Arc<Mutex<V
 
 #[test]
 fn syslog_over_tls_verifies_the_server_and_frames_every_alert() {
-    if !require_root("syslog_over_tls_verifies_the_server_and_frames_every_alert") {
-        return;
-    }
+    privileged!();
     let dir = TempDir::new("tls").unwrap();
     // A self-signed certificate for localhost; the agent trusts it through ?ca=.
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();

@@ -150,9 +150,7 @@ fn rows<'a>(execs: &[Value], alerts: &'a [Value], user: &str) -> Vec<(String, BT
 
 #[test]
 fn real_libraries_doing_their_ordinary_work_raise_nothing_and_are_not_killed() {
-    if !require_root("real_libraries_doing_their_ordinary_work_raise_nothing_and_are_not_killed") {
-        return;
-    }
+    privileged!();
     let net = TestNet::new().unwrap();
     let work = TempDir::new("survey").unwrap();
     let tarball = sdist(&work.0);
