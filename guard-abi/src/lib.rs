@@ -6,6 +6,8 @@
 //! a short command takes about 150 bytes of the ring, not the 6 KiB its longest form needs.
 #![no_std]
 
+pub mod kconst;
+
 /// Bytes of `comm` (the kernel's TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
 /// Bytes kept of the path the kernel executed and of a `#!` interpreter path.

@@ -7,6 +7,8 @@ use guard_abi::MAX_CGROUP_DEPTH;
 /// call costs as much as a small program here), or its nearest registered ancestor.
 #[inline(always)]
 pub fn cgroup_lookup(map: &HashMap<u64, u32>, own: u64) -> Option<u32> {
+    // SAFETY: the value is copied out at once; another CPU deleting the key meanwhile can only make
+    // it stale, which is harmless here.
     if let Some(v) = unsafe { map.get(&own) } {
         return Some(*v);
     }
@@ -16,10 +18,13 @@ pub fn cgroup_lookup(map: &HashMap<u64, u32>, own: u64) -> Option<u32> {
     let mut found = None;
     let mut level = 1;
     while level < MAX_CGROUP_DEPTH {
+        // SAFETY: a BPF helper that takes no pointer; it reads the current task only.
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
         if id == 0 || id == own {
             break;
         }
+        // SAFETY: the value is copied out at once; another CPU deleting the key meanwhile can only
+        // make it stale, which is harmless here.
         if let Some(v) = unsafe { map.get(&id) } {
             found = Some(*v);
         }

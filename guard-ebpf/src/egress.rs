@@ -18,11 +18,22 @@ use aya_ebpf::{
     EbpfContext,
 };
 use guard_abi::{
-    egress_verdict, recorder::NO_OFFSET, EgressEvent, EgressKey, EgressRule, EventKind, SocketEvent, EGRESS_DENY,
-    EGRESS_ENFORCE, EGRESS_KEY_FIXED_BITS, MAX_EGRESS_RULES, MAX_WATCHED_CGROUPS, SYSCALL_UNKNOWN,
+    egress_verdict,
+    kconst::{
+        AF_INET, AF_INET6, AF_PACKET, CAP_NET_RAW, IPPROTO_ICMP, IPPROTO_ICMPV6, NR_I386_SOCKET, NR_I386_SOCKETCALL,
+        NR_IO_URING_ENTER, NR_SOCKET, PF_IO_WORKER, SOCK_DGRAM, SOCK_RAW, X32_SYSCALL_BIT,
+    },
+    recorder::NO_OFFSET,
+    EgressEvent, EgressKey, EgressRule, EventKind, SocketEvent, EGRESS_DENY, EGRESS_ENFORCE, EGRESS_KEY_FIXED_BITS,
+    MAX_EGRESS_RULES, MAX_WATCHED_CGROUPS, SYSCALL_UNKNOWN,
 };
 
-use crate::{cgroup_lookup, count_lost, current_cgroup, header, scope, submit_flags, CONFIG, EVENTS};
+use crate::{
+    cgroup::cgroup_lookup,
+    read::current_cgroup,
+    ring::{count_lost, header, submit_flags, EVENTS},
+    scope, CONFIG,
+};
 
 /// Notebook cgroups with an egress policy: policy id | `EGRESS_ENFORCE`.
 #[map]
@@ -45,31 +56,32 @@ fn policy_of(cgroup: u64) -> Option<u32> {
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
-const AF_PACKET: u32 = 17;
-const SOCK_DGRAM: u32 = 2;
-const SOCK_RAW: u32 = 3;
-const IPPROTO_ICMP: u32 = 1;
-const IPPROTO_ICMPV6: u32 = 58;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the program's own context; the callee reads kernel memory only through the probe-read
+    // helpers (see its `# Safety`).
     unsafe { judge(&ctx, false, false) }
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the program's own context; the callee reads kernel memory only through the probe-read
+    // helpers (see its `# Safety`).
     unsafe { judge(&ctx, true, false) }
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the program's own context; the callee reads kernel memory only through the probe-read
+    // helpers (see its `# Safety`).
     unsafe { judge(&ctx, false, true) }
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the program's own context; the callee reads kernel memory only through the probe-read
+    // helpers (see its `# Safety`).
     unsafe { judge(&ctx, true, true) }
 }
 
@@ -104,6 +116,8 @@ fn verdict(policy: u32, proto: u8, family: u8, port_be: u16, addr: [u8; 16]) -> 
     best.action
 }
 
+/// # Safety
+/// The socket-address context the cgroup hook was called with; it reads that context and the current task only.
 unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     let sa = ctx.sock_addr;
     let proto = (*sa).protocol as u8;
@@ -199,17 +213,6 @@ pub fn socket_create(ctx: ProbeContext) -> u32 {
     0
 }
 
-const CAP_NET_RAW: i32 = 13;
-const X32_SYSCALL_BIT: u64 = 0x4000_0000;
-// The calls a CAP_NET_RAW check for a new socket can come from. The i386 numbers never collide
-// with a native call that checks CAP_NET_RAW (native 102 is getuid, 359 is unused).
-const NR_SOCKET: u64 = 41;
-const NR_IO_URING_ENTER: u64 = 426;
-const NR_I386_SOCKET: u64 = 359;
-const NR_I386_SOCKETCALL: u64 = 102;
-/// `task_struct.flags` bit of io_uring's kernel threads (5.12+).
-const PF_IO_WORKER: u32 = 0x10;
-
 // TP_PROTO(const struct cred *cred, struct user_namespace *target_ns,
 //          const struct user_namespace *capable_ns, int cap, int ret)
 #[btf_tracepoint(function = "cap_capable")]
@@ -219,6 +222,8 @@ pub fn cap_net_raw(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let ret: i32 = ctx.arg(4);
+    // SAFETY: the program's own context; the callee reads kernel memory only through the probe-read
+    // helpers (see its `# Safety`).
     unsafe { on_net_raw(ret == 0) };
     0
 }
@@ -226,6 +231,8 @@ pub fn cap_net_raw(ctx: BtfTracePointContext) -> i32 {
 /// A CAP_NET_RAW check in a notebook: which call asked for it, from the saved user registers.
 /// `granted`: the check passed, so the socket goes on to be created.
 #[inline(always)]
+/// # Safety
+/// Called from the cap_capable tracepoint of the current task; reads kernel memory through probe-read helpers only.
 unsafe fn on_net_raw(granted: bool) {
     let cgroup = current_cgroup();
     let Some(pol) = policy_of(cgroup) else { return };
@@ -233,7 +240,7 @@ unsafe fn on_net_raw(granted: bool) {
     // io_uring's own threads (the SQPOLL thread, io-wq workers) run requests with registers
     // saved when they were created (io_uring_setup, for SQPOLL), so the number says nothing:
     // whatever made them check CAP_NET_RAW was an io_uring request.
-    if super::read::<u32>(task.cast(), conf!(offsets.task_flags)) & PF_IO_WORKER != 0 {
+    if crate::read::read::<u32>(task.cast(), conf!(offsets.task_flags)) & PF_IO_WORKER != 0 {
         emit_socket(cgroup, 0, 0, 0, NR_IO_URING_ENTER as u32, 0);
         return;
     }
@@ -268,6 +275,7 @@ unsafe fn on_net_raw(granted: bool) {
 // syscalls/sys_enter_socket: __syscall_nr at 8, then family, type, protocol as longs.
 #[tracepoint(category = "syscalls", name = "sys_enter_socket")]
 pub fn sys_enter_socket(ctx: TracePointContext) -> i32 {
+    // SAFETY: offsets inside the tracepoint's argument record, which the verifier bounds.
     let arg = |off: usize| unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0) as u32;
     on_socket(arg(16), arg(24), arg(32), NR_SOCKET as u32);
     0
@@ -314,6 +322,8 @@ fn refused_at_creation(pol: u32, family: u32, sock_type: u32) -> bool {
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     let sk = ctx.sock;
+    // SAFETY: `sk` is the bpf_sock this hook was called with, valid while it runs; the verifier
+    // checks these loads.
     let (family, sock_type, protocol) = unsafe { ((*sk).family, (*sk).type_, (*sk).protocol) };
     let inet = family == AF_INET || family == AF_INET6;
     let icmp = sock_type == SOCK_DGRAM

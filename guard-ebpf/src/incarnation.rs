@@ -22,7 +22,13 @@ use guard_abi::{
     cgroup_path_hash, CgroupEvent, EventKind, Placement, ENFORCED_ANY, INCARNATION_PATH_MAX, MAX_INCARNATIONS,
 };
 
-use crate::{count_lost, egress::EGRESS_CG, header, read, read_ptr, submit_flags, CONFIG, ENFORCED, EVENTS};
+use crate::{
+    egress::EGRESS_CG,
+    read::{read, read_ptr},
+    ring::{count_lost, header, submit_flags, EVENTS},
+    verdict::ENFORCED,
+    CONFIG,
+};
 
 /// Hash of a notebook cgroup's path → what every new cgroup made at that path gets.
 #[map]
@@ -42,6 +48,8 @@ pub fn cgroup_mkdir(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
+/// # Safety
+/// `ctx` is the cgroup_mkdir raw tracepoint's; the cgroup and path pointers it carries are read through probe-read helpers only.
 unsafe fn on_mkdir(ctx: &RawTracePointContext) {
     let cgrp: *const u8 = ctx.arg::<*const c_void>(0).cast();
     let path: *const u8 = ctx.arg::<*const c_void>(1).cast();
@@ -82,6 +90,8 @@ unsafe fn on_mkdir(ctx: &RawTracePointContext) {
 
 /// Tells the agent the new cgroup's id and path, ahead of anything its processes do.
 #[inline(always)]
+/// # Safety
+/// `path` points to this CPU's PATH_BUF entry and `len` is at most its size.
 unsafe fn report(id: u64, path: *const [u8; INCARNATION_PATH_MAX], len: u32) {
     // Before the reservation: a reserved record already counts as waiting data, and the
     // wake-up decision must see the ring as it was (or an idle agent would never be woken).
@@ -96,10 +106,6 @@ unsafe fn report(id: u64, path: *const [u8; INCARNATION_PATH_MAX], len: u32) {
     (*ev).hdr = header(EventKind::Cgroup, bpf_get_current_pid_tgid(), id);
     (*ev).path_len = len & (INCARNATION_PATH_MAX as u32 - 1);
     (*ev)._pad = 0;
-    bpf_probe_read_kernel(
-        core::ptr::addr_of_mut!((*ev).path).cast(),
-        INCARNATION_PATH_MAX as u32,
-        path.cast(),
-    );
+    bpf_probe_read_kernel(core::ptr::addr_of_mut!((*ev).path).cast(), INCARNATION_PATH_MAX as u32, path.cast());
     entry.submit(flags);
 }

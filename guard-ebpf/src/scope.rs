@@ -7,7 +7,7 @@
 use aya_ebpf::{macros::map, maps::HashMap};
 use guard_abi::{marks::SCOPE_SHIFT, Placement, MAX_SCOPES, SCOPE_ANY};
 
-use crate::MARKS;
+use crate::verdict::MARKS;
 
 /// Scope id → what applies to every process carrying it; `SCOPE_ANY` while any exists.
 #[map]
@@ -21,9 +21,13 @@ pub fn of_task(tgid: u32) -> Option<Placement> {
     if unsafe { SCOPES.get(&SCOPE_ANY) }.is_none() {
         return None;
     }
+    // SAFETY: the value is copied out at once; another CPU deleting the key meanwhile can only make
+    // it stale, which is harmless here.
     let scope = unsafe { MARKS.get(&tgid) }.copied()? >> SCOPE_SHIFT;
     if scope == SCOPE_ANY {
         return None;
     }
+    // SAFETY: the value is copied out at once; another CPU deleting the key meanwhile can only make
+    // it stale, which is harmless here.
     unsafe { SCOPES.get(&scope) }.copied()
 }

@@ -12,10 +12,30 @@ use aya_ebpf::{
 };
 use guard_abi::{
     allow_class, enforce_flags, exec_flags, marks, ByteKey, ExecWire, FileKey, ARGS_LEN, BYTE_KEY_MAX, CTIME_NSEC_MASK,
-    ENFORCED_ANY, MAX_ALLOWED, MAX_KERNEL_COMMANDS, MAX_LAUNCHERS, RANDOM_TAIL,
+    ENFORCED_ANY, MAX_ALLOWED, MAX_KERNEL_COMMANDS, MAX_LAUNCHERS, MAX_MARKED, MAX_SERVERS, MAX_WATCHED_CGROUPS,
+    RANDOM_TAIL,
 };
 
-use crate::{cgroup_lookup, read, read_ptr, scope, tail_at, CONFIG, ENFORCED, MARKS, SERVERS};
+use crate::{
+    cgroup::cgroup_lookup,
+    process::tail_at,
+    read::{read, read_ptr},
+    scope, CONFIG,
+};
+
+/// Notebook cgroups under enforcement (and below them): `enforce_flags`.
+#[map]
+pub(crate) static ENFORCED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_WATCHED_CGROUPS, 0);
+
+/// Per-process `marks`, kept by these programs (set at exec, inherited at fork, dropped at
+/// exit) so the decision needs no user-space round trip.
+#[map]
+pub(crate) static MARKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MARKED, 0);
+
+/// Notebook server processes (tgid), registered by the agent: a shell whose parent is one of
+/// them is a Jupyter terminal.
+#[map]
+pub(crate) static SERVERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SERVERS, 0);
 
 /// File identities allowed to run in enforced cgroups: `allow_class`.
 #[map]
@@ -47,6 +67,8 @@ static SCAN_TMP: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// cgroup leaves enforcement, so no stale entry outlives it.
 #[inline(always)]
 pub(crate) fn enforcing() -> bool {
+    // SAFETY: the value is copied out at once; another CPU deleting the key meanwhile can only make
+    // it stale, which is harmless here.
     unsafe { ENFORCED.get(&ENFORCED_ANY) }.is_some()
 }
 
@@ -54,6 +76,8 @@ pub(crate) fn enforcing() -> bool {
 /// outcome in the event's flags. Everything is re-read from the event in map memory, so the
 /// verifier walks this once rather than once per path through the field copying above.
 #[inline(always)]
+/// # Safety
+/// `w` is this CPU's WIRE entry holding the exec's head, `args` points into its tail; `task` is read through probe-read helpers only.
 pub(crate) unsafe fn enforce(w: *mut ExecWire, args: *const u8, task: *const u8, pid_tgid: u64, cgroup: u64) {
     let ev = addr_of_mut!((*w).head);
     // Nothing enforced anywhere (monitor mode): no walk up the cgroup tree on every exec.
@@ -101,6 +125,8 @@ pub(crate) unsafe fn enforce(w: *mut ExecWire, args: *const u8, task: *const u8,
 }
 
 #[inline(always)]
+/// # Safety
+/// `file` is a kernel address, read through probe-read helpers only.
 unsafe fn file_key(file: *const u8) -> FileKey {
     let inode = read_ptr(file, conf!(offsets.file_inode));
     let sb = read_ptr(inode, conf!(offsets.inode_sb));
@@ -114,6 +140,8 @@ unsafe fn file_key(file: *const u8) -> FileKey {
 
 #[inline(always)]
 fn class_of(key: &FileKey) -> u32 {
+    // SAFETY: the value is copied out at once; another CPU deleting the key meanwhile can only make
+    // it stale, which is harmless here.
     unsafe { ALLOWED.get(key) }.copied().unwrap_or(0)
 }
 
@@ -123,6 +151,8 @@ fn class_of(key: &FileKey) -> u32 {
 #[inline(always)]
 fn forget_precision(v: u32) -> u32 {
     match SCAN_TMP.get_ptr_mut(0) {
+        // SAFETY: this CPU's SCAN_TMP slot, valid and written by nothing else while the program
+        // runs.
         Some(p) => unsafe {
             core::ptr::write_volatile(p, v);
             core::ptr::read_volatile(p)
@@ -136,6 +166,8 @@ fn forget_precision(v: u32) -> u32 {
 /// exec only Python (`marks::PIP_SHELL`); its builtins are the residual risk. Raw reads with
 /// explicit bounds, since an indexing panic path would not load.
 #[inline(always)]
+/// # Safety
+/// `args` points to `args_len` readable bytes of this CPU's WIRE tail.
 unsafe fn is_pip_shell(args: *const u8, args_len: u32) -> bool {
     // argv[0] is the shell (`/bin/sh`); argv[2] starts with the interpreter's path.
     const SHELL_SCAN: usize = 48;
@@ -188,6 +220,8 @@ unsafe fn is_pip_shell(args: *const u8, args_len: u32) -> bool {
 /// image). Only processes that descend from the notebook's Python are judged; the container's
 /// own start-up (tini, start.sh) runs before any Python and is left alone.
 #[inline(always)]
+/// # Safety
+/// As `enforce`: WIRE pointers of this CPU, kernel addresses read through probe-read helpers only.
 unsafe fn decide(
     enf: u32,
     key: &FileKey,
@@ -279,6 +313,8 @@ unsafe fn decide(
 /// `len` bytes at `p` (map memory with room for `BYTE_KEY_MAX` bytes) as a key in `scope`.
 /// Whole words, masked: no loop over bytes.
 #[inline(always)]
+/// # Safety
+/// `p` points to at least `len` readable bytes of this CPU's WIRE tail.
 unsafe fn byte_key(scope: u32, p: *const u8, len: u32) -> ByteKey {
     let len = len as usize & (BYTE_KEY_MAX - 1);
     let mut key = ByteKey { scope, len: len as u32, words: [0; BYTE_KEY_MAX / 8] };
@@ -299,6 +335,8 @@ const _: () = assert!(RANDOM_TAIL == 6);
 /// The argv block (`args_len` bytes) is one the policy names for sanctioned kernels: as it
 /// is, or with the `RANDOM_TAIL` letters and digits before its final NUL read as `?`s.
 #[inline(always)]
+/// # Safety
+/// `args` points to `args_len` readable bytes of this CPU's WIRE tail.
 unsafe fn is_kernel_command(args: *const u8, args_len: u32) -> bool {
     let len = args_len as usize;
     if len >= BYTE_KEY_MAX {
@@ -325,7 +363,13 @@ unsafe fn is_kernel_command(args: *const u8, args_len: u32) -> bool {
     let tail = |k: usize| buf.add((start + k) & (BYTE_KEY_MAX - 1));
     let random = |b: u8| b.is_ascii_alphanumeric();
     // SAFETY: every `tail(k)` is inside the scratch buffer (masked below BYTE_KEY_MAX).
-    if !(random(*tail(0)) && random(*tail(1)) && random(*tail(2)) && random(*tail(3)) && random(*tail(4)) && random(*tail(5))) {
+    if !(random(*tail(0))
+        && random(*tail(1))
+        && random(*tail(2))
+        && random(*tail(3))
+        && random(*tail(4))
+        && random(*tail(5)))
+    {
         return false;
     }
     *tail(0) = b'?';
@@ -340,6 +384,8 @@ unsafe fn is_kernel_command(args: *const u8, args_len: u32) -> bool {
 /// The `allow_class` of the exec'd path (`len` bytes at `path`) as a trusted script in the
 /// task's mount namespace; 0 if it is none.
 #[inline(always)]
+/// # Safety
+/// `path` points to `len` readable bytes of this CPU's WIRE tail; `task` is read through probe-read helpers only.
 unsafe fn script_class(path: *const u8, len: u16, task: *const u8) -> u32 {
     if len as usize >= BYTE_KEY_MAX {
         return 0;

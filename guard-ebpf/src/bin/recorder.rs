@@ -87,6 +87,7 @@ static REC_SETS: PerCpuArray<SyscallSet> = PerCpuArray::with_max_entries(MAX_TAR
 macro_rules! conf {
     ($f:ident) => {{
         // Volatile: patched into .rodata at load time (and a known constant to the verifier).
+        // SAFETY: a static in .rodata, always valid to read.
         let v = unsafe { core::ptr::read_volatile(&REC_CONFIG.$f) };
         v
     }};
@@ -103,7 +104,10 @@ fn cache_for(regs: u64) -> Option<&'static mut RecorderCpuCache> {
     if cache.regs == regs && cache.generation == generation {
         return Some(cache);
     }
+    // SAFETY: a BPF helper that takes no pointer; it reads the current task only.
     let cg = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is copied out at once; another CPU deleting the key meanwhile can only make
+    // it stale, which is harmless here.
     let slot = match unsafe { REC_CACHE.get(&cg) } {
         Some(v) => *v,
         None => {
@@ -152,6 +156,7 @@ fn arch_of(nr: u64, regs: *const u8) -> usize {
     }
     // A recorded task's `int 0x80`, sysenter or 32-bit code only: the one helper call on this
     // path. TS_COMPAT is per call (a 64-bit process may `int 0x80`), so it cannot be cached.
+    // SAFETY: a BPF helper that takes no pointer; it reads the current task only.
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     // SAFETY: a BTF-typed load the verifier checks against task_struct's layout.
     let status = unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize) as *const u32) };
@@ -182,6 +187,8 @@ pub fn record_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let Some(set) = REC_SETS.get_ptr_mut(slot - 1) else { return 0 };
     if nr >= SYSCALL_BITS {
         // Negative numbers (-1: a tracer skipped the call) and unknown tables.
+        // SAFETY: this CPU's REC_SETS entry, valid and written by nothing else while the program
+        // runs.
         unsafe { (*set).out_of_range += 1 };
         return 0;
     }
@@ -190,6 +197,7 @@ pub fn record_sys_enter(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let bit = 1u64 << (nr % 64);
+    // SAFETY: this CPU's REC_SETS entry, valid and written by nothing else while the program runs.
     let word = unsafe { &mut (*set).words[idx] };
     // Written only the first time: afterwards the line stays clean.
     if *word & bit == 0 {
@@ -213,6 +221,7 @@ fn retire_cached_tasks() {
             )
         };
         #[cfg(not(target_arch = "bpf"))]
+        // SAFETY: a map value, aligned; user space changes only the other half of it.
         unsafe { core::sync::atomic::AtomicU64::from_ptr(g) }
             .fetch_add(TASKS_GENERATION_ONE, core::sync::atomic::Ordering::Relaxed);
     }

@@ -10,6 +10,10 @@ use crate::{
     process::table::{cmdline, ProcInfo, ProcessTable},
     sensors::decode::{Egress, Socket},
 };
+use guard_abi::kconst::{
+    AF_INET, AF_INET6, AF_PACKET, IPPROTO_ICMP, IPPROTO_ICMPV6, NR_I386_SOCKET, NR_I386_SOCKETCALL, NR_IO_URING_ENTER,
+    NR_SOCKET, SOCK_DGRAM,
+};
 
 impl Detector {
     /// A connect or send the notebook's egress policy refused (enforce) or would refuse.
@@ -37,7 +41,8 @@ impl Detector {
     /// A packet (AF_PACKET), raw IP or ICMP datagram socket opened in a notebook.
     pub fn on_socket(&mut self, k: &Socket, table: &ProcessTable, who: &Attribution) -> Vec<Alert> {
         // SOCK_DGRAM with ICMP or ICMPv6: a "ping" socket, an egress channel, not sniffing.
-        let icmp = k.sock_type == 2 && matches!((k.family, k.protocol), (2, 1) | (10, 58));
+        let icmp = k.sock_type == SOCK_DGRAM
+            && matches!((k.family, k.protocol), (AF_INET, IPPROTO_ICMP) | (AF_INET6, IPPROTO_ICMPV6));
         let rule = if icmp { &rules::ICMP_SOCKET } else { &rules::PACKET_SOCKET };
         if !self.enabled(rule) {
             return vec![];
@@ -45,9 +50,9 @@ impl Detector {
         let action = if k.denied { Action::Denied } else { Action::Alert };
         let mut a = self.net_alert(rule, &k.meta, &k.comm, table, who, action);
         let family = match k.family {
-            17 => "AF_PACKET".to_string(),
-            2 => "AF_INET".to_string(),
-            10 => "AF_INET6".to_string(),
+            AF_PACKET => "AF_PACKET".to_string(),
+            AF_INET => "AF_INET".to_string(),
+            AF_INET6 => "AF_INET6".to_string(),
             // Asked for through io_uring or socketcall: a packet or raw socket, which one is
             // not known (both need CAP_NET_RAW, which is what was checked).
             0 => "AF_PACKET or raw".to_string(),
@@ -55,11 +60,11 @@ impl Detector {
         };
         // The call's number as the kernel saw it: x86_64's table, except i386's socket (359)
         // and socketcall (102), numbers no native call that checks CAP_NET_RAW has.
-        let via = k.syscall.map(|n| match n {
-            41 => "socket".to_string(),
-            426 => "io_uring_enter".to_string(),
-            359 => "socket (i386)".to_string(),
-            102 => "socketcall (i386)".to_string(),
+        let via = k.syscall.map(|n| match u64::from(n) {
+            NR_SOCKET => "socket".to_string(),
+            NR_IO_URING_ENTER => "io_uring_enter".to_string(),
+            NR_I386_SOCKET => "socket (i386)".to_string(),
+            NR_I386_SOCKETCALL => "socketcall (i386)".to_string(),
             n => n.to_string(),
         });
         a.set("evt.type", "socket")
