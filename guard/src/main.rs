@@ -49,7 +49,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        Cmd::Cleanup { pin_dir } => guard::sensors::process::remove_pins(&pin_dir).map(|n| {
+        Cmd::Cleanup { pin_dir } => guard::sensors::pins::remove_pins(&pin_dir).map(|n| {
             println!("{}: removed {n} pins", pin_dir.display());
         }),
         Cmd::Status { pin_dir } => guard::discovery::cgroup::find_cgroup2_mount().and_then(|mount| {

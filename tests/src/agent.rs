@@ -136,7 +136,7 @@ impl GuardProcess {
     pub fn stop(self) -> Result<Vec<serde_json::Value>> {
         let pins = self.pin_dir.clone();
         let alerts = self.stop_keep_pins()?;
-        guard::sensors::process::remove_pins(&pins)?;
+        guard::sensors::pins::remove_pins(&pins)?;
         Ok(alerts)
     }
 
@@ -182,7 +182,7 @@ impl Drop for GuardProcess {
             let _ = self.child.wait();
         }
         if !self.keep_pins {
-            let _ = guard::sensors::process::remove_pins(&self.pin_dir);
+            let _ = guard::sensors::pins::remove_pins(&self.pin_dir);
         }
     }
 }

@@ -29,7 +29,7 @@ pub(crate) fn sweep_leftovers() {
         for e in fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with("nbg-test-") && dead(&name) {
-                match guard::sensors::process::remove_pins(&e.path()) {
+                match guard::sensors::pins::remove_pins(&e.path()) {
                     Ok(n) => eprintln!("removed {n} pins a killed test run left in {}", e.path().display()),
                     Err(err) => eprintln!("could not remove the leftover pins in {}: {err:#}", e.path().display()),
                 }

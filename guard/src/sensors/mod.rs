@@ -7,6 +7,7 @@ pub mod decode;
 pub mod features;
 pub mod maps;
 pub mod offsets;
+pub mod pins;
 pub mod process;
 pub mod ring;
 
