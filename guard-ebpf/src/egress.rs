@@ -209,8 +209,33 @@ pub fn socket_create(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let arg = |n: usize| ctx.arg::<i32>(n).unwrap_or(0) as u32;
-    on_socket(arg(0), arg(1), arg(2), SYSCALL_UNKNOWN);
+    if !is_packet_or_raw(arg(0), arg(1)) {
+        return 0;
+    }
+    // SAFETY: reads the current task and its saved registers through probe-read helpers only.
+    let syscall = unsafe { current_syscall() };
+    on_socket(arg(0), arg(1), arg(2), syscall);
     0
+}
+
+/// The call the current task is in, from its saved user registers; io_uring's own threads
+/// (the SQPOLL thread, io-wq workers) run requests with registers saved when they were made,
+/// so for them it is io_uring_enter.
+#[inline(always)]
+/// # Safety
+/// Called from a tracing program of the current task; reads kernel memory through probe-read
+/// helpers only.
+unsafe fn current_syscall() -> u32 {
+    let task = bpf_get_current_task_btf();
+    if crate::read::read::<u32>(task.cast(), conf!(offsets.task_flags)) & PF_IO_WORKER != 0 {
+        return NR_IO_URING_ENTER as u32;
+    }
+    let regs = conf!(regs);
+    if regs.nr == NO_OFFSET {
+        return SYSCALL_UNKNOWN;
+    }
+    let pt = bpf_task_pt_regs(task) as *const u8;
+    (crate::read::read::<u64>(pt, regs.nr) & !X32_SYSCALL_BIT) as u32
 }
 
 // TP_PROTO(const struct cred *cred, struct user_namespace *target_ns,

@@ -206,7 +206,9 @@ unsafe fn is_pip_shell(args: *const u8, args_len: u32) -> bool {
         }
         j += 1;
     }
-    let p = start + j;
+    // One state for every way the loop ended (older verifiers otherwise follow each exit
+    // through the rest of the decision, past their 1M-instruction limit).
+    let p = forget_precision((start + j) as u32) as usize & 1023;
     at(p + 1) == b'-'
         && at(p + 2) == b'm'
         && at(p + 3) == b' '
@@ -359,7 +361,10 @@ unsafe fn is_kernel_command(args: *const u8, args_len: u32) -> bool {
     }
     // Straight-line checks of the tail's bytes (no byte loop in the decision); the masks keep
     // every offset inside the buffer for the verifier.
-    let start = (len - RANDOM_TAIL - 1) & (BYTE_KEY_MAX - 1);
+    // Read back through a volatile load: LLVM otherwise proves the masks below redundant
+    // (`len` was bounded above) and drops them, and verifiers before 6.x cannot follow that
+    // bound through the 32-bit arithmetic.
+    let start = core::ptr::read_volatile(&(len - RANDOM_TAIL - 1)) & (BYTE_KEY_MAX - 1);
     let tail = |k: usize| buf.add((start + k) & (BYTE_KEY_MAX - 1));
     let random = |b: u8| b.is_ascii_alphanumeric();
     // SAFETY: every `tail(k)` is inside the scratch buffer (masked below BYTE_KEY_MAX).

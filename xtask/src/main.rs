@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod helm;
 mod image;
+mod kernels;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_TARGET: &str = "bpfel-unknown-none";
@@ -58,6 +59,12 @@ enum Cmd {
         #[arg(default_value_t = 0)]
         rate: u64,
     },
+    /// The exec and egress tests on other kernels (Debian's 6.1 and 6.12), in qemu; part of
+    /// `test` when it runs everything.
+    Kernels {
+        /// Only these kernels (e.g. 6.1); all by default.
+        labels: Vec<String>,
+    },
     /// Build, then start `guard run` with the embedded default policy (needs root).
     Run {
         /// Arguments passed to `guard run`.
@@ -91,13 +98,27 @@ fn main() -> Result<()> {
             cmd.args(["test", "--workspace"]).args(&args);
             cmd.env("GUARD_HUB_ENV", hubenv).env("GUARD_CHP", chp).env("GUARD_NOTEBOOK_IMAGE", image);
             cmd.env("GUARD_BIN", workspace_root().join("target/debug/guard"));
-            cmd.env("GUARD_TEST_PYTHON", python);
-            cmd.env("GUARD_HELM", helm);
+            cmd.env("GUARD_TEST_PYTHON", &python);
+            cmd.env("GUARD_HELM", &helm);
             // The tests make kubelet- and systemd-shaped cgroups; what they leave empty goes.
             let cgroups_before = cgroup_dirs();
             let result = run(&mut cmd);
             remove_new_empty_cgroups(&cgroups_before);
-            result
+            result?;
+            // The whole suite (no filter): the kernel programs on the other kernels too.
+            if args.is_empty() {
+                kernels::run(&test_env(&python, &helm), &[])?;
+            }
+            Ok(())
+        }
+        Cmd::Kernels { labels } => {
+            setup()?;
+            build_ebpf()?;
+            build_agent(false)?;
+            ensure_test_packages()?;
+            let python = ensure_python_env()?;
+            let helm = helm::ensure_helm(&workspace_root(), &python)?;
+            kernels::run(&test_env(&python, &helm), &labels)
         }
         Cmd::Bench { sections } => {
             setup()?;
@@ -117,6 +138,15 @@ fn main() -> Result<()> {
             run(&mut cmd)
         }
     }
+}
+
+/// The environment the tests run with, as a kernel-matrix guest needs it.
+fn test_env(python: &Path, helm: &Path) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("GUARD_BIN", workspace_root().join("target/debug/guard")),
+        ("GUARD_TEST_PYTHON", python.to_path_buf()),
+        ("GUARD_HELM", helm.to_path_buf()),
+    ]
 }
 
 fn workspace_root() -> PathBuf {
@@ -224,6 +254,9 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[("/usr/include/seccomp.h", "libseccomp
 /// generated seccomp profiles).
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("rsyslogd", "rsyslog"),
+    // The kernel matrix: other kernels booted in qemu from a busybox initramfs.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("/bin/busybox", "busybox-static"),
     ("ip", "iproute2"),
     ("runc", "runc"),
     // Notebooks that run as their own users need an interpreter those users can execute
