@@ -91,7 +91,7 @@ impl GuardProcess {
             .context("starting guard (built by cargo xtask test)")?;
         let g =
             Self { child, config: cfg, pin_dir, keep_pins: false, alerts_path, stderr_path, stdout_path, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30) * time_scale();
         loop {
             let log = fs::read_to_string(&g.stderr_path).unwrap_or_default();
             if log.contains("guard running") {
@@ -145,8 +145,9 @@ impl GuardProcess {
         self.keep_pins = true;
         nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
         // Drop kills an agent that does not stop.
-        let Some(status) = wait_within(&mut self.child, Duration::from_secs(30))? else {
-            bail!("guard did not stop within 30 s of SIGTERM:\n{}", self.log());
+        let limit = Duration::from_secs(30) * time_scale();
+        let Some(status) = wait_within(&mut self.child, limit)? else {
+            bail!("guard did not stop within {} s of SIGTERM:\n{}", limit.as_secs(), self.log());
         };
         if !status.success() {
             bail!("guard exited with {status}:\n{}", self.log());
@@ -201,4 +202,10 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let _ = s.read_to_string(&mut out);
     let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// How much longer than usual the agent may take to start and stop: `GUARD_TEST_TIME_SCALE`
+/// (the kernel matrix's guests run under software emulation, some five times slower).
+pub fn time_scale() -> u32 {
+    std::env::var("GUARD_TEST_TIME_SCALE").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(1)
 }

@@ -202,7 +202,7 @@ fn run_on(label: &str, meta: &str, env: &[(&str, PathBuf)], bins: &[(String, Pat
     let dir = root().join("target/kernels");
     let initrd = dir.join(format!("initrd-{label}.gz"));
     initramfs(&kernel, &initrd)?;
-    let mut script = format!("cd {}\nexport CI=true\n", root().display());
+    let mut script = format!("cd {}\nexport CI=true GUARD_TEST_TIME_SCALE=5\n", root().display());
     for (k, v) in env {
         script.push_str(&format!("export {k}={}\n", v.display()));
     }
@@ -241,10 +241,11 @@ fn run_on(label: &str, meta: &str, env: &[(&str, PathBuf)], bins: &[(String, Pat
             let _ = child.kill();
             bail!("kernel {label}: the guest ran past {} s", GUEST_LIMIT.as_secs());
         }
-        if let Some(k) = line.strip_prefix("GUEST: kernel ") {
+        // The firmware's screen codes may share the first line.
+        if let Some(k) = line.split("GUEST: kernel ").nth(1) {
             kernel_seen = Some(k.trim().to_string());
         }
-        if line.starts_with("GUEST:") || line.starts_with("test ") || line.contains("panicked") {
+        if line.contains("GUEST:") || line.starts_with("test ") || line.contains("panicked") {
             eprintln!("[kernel {label}] {line}");
         }
         if let Some(rest) = line.strip_prefix("test result: ") {

@@ -59,6 +59,8 @@ enum Cmd {
         #[arg(default_value_t = 0)]
         rate: u64,
     },
+    /// The binary that ships: the release build without debug info (target/dist/guard).
+    Dist,
     /// The exec and egress tests on other kernels (Debian's 6.1 and 6.12), in qemu; part of
     /// `test` when it runs everything.
     Kernels {
@@ -84,6 +86,15 @@ fn main() -> Result<()> {
             setup()?;
             build_ebpf()?;
             build_agent(true)
+        }
+        Cmd::Dist => {
+            setup()?;
+            build_ebpf()?;
+            run(cargo().args(["build", "--package", "guard", "--profile", "dist"]))?;
+            let bin = workspace_root().join("target/dist/guard");
+            let size = fs::metadata(&bin).with_context(|| format!("{}", bin.display()))?.len();
+            eprintln!("xtask: {} is {:.1} MiB", bin.display(), size as f64 / (1 << 20) as f64);
+            Ok(())
         }
         Cmd::Test { args } => {
             setup()?;
