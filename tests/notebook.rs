@@ -174,7 +174,9 @@ fn enforce_mode_kills_forbidden_execs_and_the_kernel_answers() {
     let (cg, user) = TestCgroup::tljh().unwrap();
     let guard = GuardProcess::start(&policy(Some(&user)), &[]).unwrap();
     let cells = [
-        "import os\nprint('rc', os.system('echo FORBIDDEN-1'))",
+        // The refusal's notice reaches the cell while it still runs (ipykernel forwards the
+        // kernel's stderr into the running cell).
+        "import os, time\nprint('rc', os.system('echo FORBIDDEN-1'))\ntime.sleep(1)",
         "import subprocess\nr = subprocess.run(['/bin/echo', 'FORBIDDEN-2'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout)",
         "get_ipython().run_cell_magic('bash', '', 'echo FORBIDDEN-3\\n')",
         "import os\npid = os.posix_spawn('/bin/echo', ['echo', 'FORBIDDEN-4'], os.environ)\nprint('status', os.waitpid(pid, 0)[1])",
@@ -192,11 +194,24 @@ fn enforce_mode_kills_forbidden_execs_and_the_kernel_answers() {
     let log = guard.log();
     let alerts = mine(guard.stop().unwrap(), &user);
 
-    let all_out: String = results.iter().map(|r| r.stdout.clone()).collect::<Vec<_>>().join("\n");
+    // What the commands printed; the notices name the refused commands, so they are left out.
+    let all_out: String = results
+        .iter()
+        .flat_map(|r| r.stdout.lines().filter(|l| !l.starts_with("[notebook-guard] ")).map(str::to_string))
+        .collect::<Vec<_>>()
+        .join("\n");
     for n in 1..=5 {
         assert!(!all_out.contains(&format!("FORBIDDEN-{n}")), "FORBIDDEN-{n} ran: {results:?}\nlog:\n{log}");
     }
     assert!(results[0].stdout.contains("rc "), "os.system returned: {results:?}");
+    let notice =
+        results[0].stdout.lines().find(|l| l.starts_with("[notebook-guard] Blocked by this hub's policy: running `"));
+    let notice = notice.unwrap_or_else(|| panic!("no notice in the cell: {results:?}\nlog:\n{log}"));
+    assert!(
+        notice.contains("(notebook.non_python_exec)")
+            && notice.ends_with("Ask your hub's administrators if you need it."),
+        "{notice}"
+    );
     assert!(results[4].stdout.contains("42"), "Python children still run: {results:?}");
     assert!(results[5].stdout.contains("pip "), "%pip still works: {results:?}");
     assert!(results[7].stdout.contains("42"), "an env-shebang Python script runs: {results:?}");

@@ -3,7 +3,8 @@
 //! Data flows one way: `sensors` (kernel probes, decoding) → `discovery` (cgroups, pods),
 //! `process` (lineage, roles) and `policy` (the rules, which files are Python) → `enrich` (one
 //! event's facts, gathered once) → `detect` (the verdict) and `enforce` (the kernel's maps) →
-//! `sinks`. `agent` wires the flow for `guard run`; no module imports one after it.
+//! `respond` (the notebook user told why) and `sinks`. `agent` wires the flow for `guard run`;
+//! no module imports one after it.
 
 pub mod agent;
 pub mod clock;
@@ -14,6 +15,7 @@ pub mod enrich;
 pub mod policy;
 pub mod process;
 pub mod redact;
+pub mod respond;
 pub mod seccomp;
 pub mod sensors;
 pub mod server;

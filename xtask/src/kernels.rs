@@ -208,7 +208,7 @@ fn run_on(label: &str, meta: &str, env: &[(&str, PathBuf)], bins: &[(String, Pat
     }
     for (name, exe) in bins {
         script.push_str(&format!(
-            "echo 'GUEST: running {name}'\n{} --test-threads=2 {} 2>&1\necho \"GUEST: {name} exited $?\"\n",
+            "echo 'GUEST: running {name}'\n{} --test-threads=2 --color never {} 2>&1\necho \"GUEST: {name} exited $?\"\n",
             exe.display(),
             SKIP.iter().map(|t| format!("--skip {t}")).collect::<Vec<_>>().join(" ")
         ));

@@ -152,6 +152,8 @@ struct Pipeline<W: Write> {
     text: Option<bool>,
     /// Per-event errors alerted recently, by stage.
     errors: health::ErrorLog,
+    /// The notebook user's notice of a refusal.
+    notifier: crate::respond::notice::Notifier,
     pub alerts_sent: u64,
 }
 
@@ -198,7 +200,7 @@ impl<W: Write> Pipeline<W> {
                 if let Some(who) = self.who(g.meta.cgroup_id, g.meta.tgid) {
                     self.table.ensure(&self.proc_root, g.meta.tgid);
                     for a in self.detector.on_egress(&g, &self.table, &who) {
-                        self.emit(a);
+                        self.respond(a);
                     }
                 }
             }
@@ -209,7 +211,7 @@ impl<W: Write> Pipeline<W> {
                 if let Some(who) = self.who(k.meta.cgroup_id, k.meta.tgid) {
                     self.table.ensure(&self.proc_root, k.meta.tgid);
                     for a in self.detector.on_socket(&k, &self.table, &who) {
-                        self.emit(a);
+                        self.respond(a);
                     }
                 }
             }
@@ -299,8 +301,16 @@ impl<W: Write> Pipeline<W> {
             tracing::debug!(pid = e.meta.tgid, exe = %e.filename.display(), cmdline = %cmd, role = ?outcome.role, "exec");
         }
         for a in outcome.alerts {
-            self.emit(a);
+            self.respond(a);
         }
+    }
+
+    /// An alert's responses: the notebook user's notice of a refusal, then the feed.
+    fn respond(&mut self, a: Alert) {
+        if let Err(e) = self.notifier.refused(&a, &self.table, &self.detector.policy.notice) {
+            self.failed(Stage::Notice, anyhow::Error::new(e).context("writing a notice to a notebook's kernel"));
+        }
+        self.emit(a);
     }
 
     /// LocalProcessSpawner: the notebook inherited from an ancestor server, or this exec is

@@ -169,6 +169,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         hub: hub::HubReach::new(hub_tx),
         text: opts.text,
         errors: Default::default(),
+        notifier: crate::respond::notice::Notifier::new(opts.proc_root.clone()),
         alerts_sent: 0,
     };
     metrics.sensors_attached.store(true, Ordering::Relaxed);

@@ -54,6 +54,7 @@ struct PolicyFile {
     heartbeat_seconds: Option<u64>,
     seccomp_profile: Option<String>,
     mining: Option<MiningSpec>,
+    notice: Option<NoticeSpec>,
     rules: Option<RulesSpec>,
     overrides: Option<Vec<Override>>,
 }
@@ -84,6 +85,7 @@ pub struct Policy {
     pub mining: MiningSpec,
     /// The operator's mining patterns, read when the policy is loaded (never printed).
     pub mining_patterns: mining::OperatorPatterns,
+    pub notice: NoticeSpec,
     pub rules: RulesSpec,
     pub overrides: Vec<Override>,
 }
@@ -198,6 +200,7 @@ impl Policy {
             seccomp_profiles: BTreeMap::new(),
             mining: user.mining.or(base.mining).unwrap_or_default(),
             mining_patterns: Default::default(),
+            notice: user.notice.or(base.notice).unwrap_or_default(),
             rules: user.rules.or(base.rules).unwrap_or_default(),
             overrides: user.overrides.or(base.overrides).unwrap_or_default(),
         };

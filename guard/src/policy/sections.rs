@@ -133,6 +133,22 @@ pub struct Override {
     pub seccomp_profile: Option<String>,
 }
 
+/// `notice:` — the line a notebook's kernel gets on its standard error (which ipykernel
+/// forwards into the running cell) when something it started is refused.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoticeSpec {
+    pub enabled: bool,
+    /// Whom to ask, as the line ends.
+    pub contact: String,
+}
+
+impl Default for NoticeSpec {
+    fn default() -> Self {
+        Self { enabled: true, contact: "Ask your hub's administrators if you need it.".into() }
+    }
+}
+
 /// `mining:` — crypto-mining detection beyond the built-in command-line shapes.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

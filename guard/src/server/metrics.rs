@@ -57,10 +57,12 @@ pub enum Stage {
     Sweep,
     /// Reading the kernel's loss counters.
     Losses,
+    /// Telling a notebook's kernel why something was refused.
+    Notice,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 10] = [
         Stage::Decode,
         Stage::EventsFeed,
         Stage::Placement,
@@ -70,6 +72,7 @@ impl Stage {
         Stage::Reload,
         Stage::Sweep,
         Stage::Losses,
+        Stage::Notice,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +86,7 @@ impl Stage {
             Stage::Reload => "reload",
             Stage::Sweep => "sweep",
             Stage::Losses => "losses",
+            Stage::Notice => "notice",
         }
     }
 }
