@@ -321,13 +321,17 @@ fn a_notebook_reaches_its_hub_at_a_private_address_in_every_mode() {
     for (user, out) in &results {
         let enforce = *user == enforced;
         assert_eq!(out[0].stdout.trim(), "hub 200", "{user}: {out:?}\n{log}");
-        // Another port of the same private host is still another user's pod to the policy.
-        let other = out[1].stdout.trim();
+        // Another port of the same private host is still another user's pod to the policy;
+        // when it is refused, the cell also says why.
+        let (notices, printed): (Vec<&str>, Vec<&str>) =
+            out[1].stdout.lines().filter(|l| !l.is_empty()).partition(|l| l.starts_with("[notebook-guard] "));
         assert_eq!(
-            other,
+            printed.join("\n"),
             if enforce { "other 1" } else { "other 111" },
             "{user} (EPERM 1 when enforced, refused 111 when not)"
         );
+        let told = notices.iter().any(|n| n.contains("connecting to 10.0.0.5:5432 (notebook.unexpected_egress)"));
+        assert_eq!(told, enforce, "{user}: the notice of a refused connect, and only then: {notices:?}");
         let mine: Vec<&Value> = alerts
             .iter()
             .filter(|a| field(a, "jupyterhub.user") == user.as_str())

@@ -46,6 +46,16 @@ fn wait_placed(guard: &GuardProcess, unit: &Unit) {
     }
 }
 
+/// Once `agent` has placed the unit, its restart as incarnation `n` is enforced: the command is
+/// killed and the connect refused.
+fn restarted_incarnation_is_enforced(agent: &GuardProcess, unit: &mut Unit, dir: &TempDir, n: usize) {
+    wait_placed(agent, unit);
+    go(dir, n);
+    unit.restart(false).unwrap();
+    let line = unit.wait_for(&format!("inc {n} "), Duration::from_secs(20)).unwrap();
+    assert_eq!(line, format!("inc {n} rc 9 connect errno 1"), "{}", agent.log());
+}
+
 /// The unit, and the directory its server looks for its go files in.
 fn start_unit(user: &str, net: &TestNet) -> (Unit, TempDir) {
     let python = "/usr/bin/python3";
@@ -232,11 +242,7 @@ fn an_agent_meeting_pinned_maps_of_another_layout_replaces_them_and_enforces() {
     let b = GuardProcess::start_pinned(&unit_policy(Some(&user)), &[], &[], pins.clone()).unwrap();
     assert!(b.log().contains("another agent version's layout"), "{}", b.log());
     assert!(!older.exists() && current.exists(), "the other layout's maps are unpinned, this one's pinned");
-    wait_placed(&b, &unit);
-    go(&dir, 1);
-    unit.restart(false).unwrap();
-    let line = unit.wait_for("inc 1 ", Duration::from_secs(20)).unwrap();
-    assert_eq!(line, "inc 1 rc 9 connect errno 1", "{}", b.log());
+    restarted_incarnation_is_enforced(&b, &mut unit, &dir, 1);
     b.stop().unwrap();
 }
 
@@ -285,10 +291,6 @@ fn a_full_kernel_map_is_alerted_and_the_agent_keeps_guarding() {
     // The next agent, at the default size, makes the small pinned maps anew and enforces.
     let b = GuardProcess::start_pinned(&unit_policy(Some(&user)), &[], &[], pins).unwrap();
     assert!(b.log().contains("pinned map resized"), "{}", b.log());
-    wait_placed(&b, &unit);
-    go(&dir, 1);
-    unit.restart(false).unwrap();
-    let line = unit.wait_for("inc 1 ", Duration::from_secs(20)).unwrap();
-    assert_eq!(line, "inc 1 rc 9 connect errno 1", "{}", b.log());
+    restarted_incarnation_is_enforced(&b, &mut unit, &dir, 1);
     b.stop().unwrap();
 }

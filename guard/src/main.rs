@@ -70,7 +70,8 @@ fn main() -> ExitCode {
             Ok(())
         }
         Cmd::Version => {
-            let f = guard::sensors::features::Features::detect();
+            let mount = guard::discovery::cgroup::find_cgroup2_mount().ok().map(|p| p.display().to_string());
+            let f = guard::sensors::features::Features::detect(mount);
             println!("guard {}", env!("CARGO_PKG_VERSION"));
             println!("kernel {}", f.kernel);
             println!(

@@ -82,7 +82,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mount = find_cgroup2_mount()?;
     for cg in &opts.watch_cgroups {
         let path = if cg.is_absolute() { cg.clone() } else { mount.join(cg) };
-        let id = sensor.watch_cgroup_path(&path)?;
+        let id = crate::discovery::cgroup::cgroup_id(&path)?;
+        sensor.watch_cgroup(id)?;
         tracing::info!(cgroup = %path.display(), id, "watching cgroup");
     }
     let enforcer =

@@ -6,7 +6,15 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::policy::rules::{Priority, Rule};
+use std::path::Path;
+
+use crate::{
+    discovery::attribution::Attribution,
+    policy::rules::{Priority, Rule},
+    process::table::{cmdline, KernelCtx, ProcInfo},
+    redact::Redactor,
+    sensors::decode::Exec,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,6 +101,53 @@ impl Alert {
 
     pub fn field_str(&self, key: &str) -> Option<&str> {
         self.output_fields.get(key).and_then(Value::as_str)
+    }
+
+    /// An exec's Falco fields: the process, its image, its arguments (secrets masked by
+    /// `redactor`) and its parent.
+    pub fn exec_fields(
+        &mut self,
+        e: &Exec,
+        argv: &[String],
+        exe_path: &Path,
+        parent: Option<&ProcInfo>,
+        redactor: &Redactor,
+    ) -> &mut Self {
+        let r = redactor;
+        let argv = r.argv(argv);
+        self.set("evt.type", "execve")
+            .set("proc.pid", e.meta.tgid)
+            .set("proc.ppid", e.ppid)
+            .set("proc.name", e.comm.clone())
+            .set("proc.exepath", r.text(&exe_path.to_string_lossy()).into_owned())
+            .set("proc.cmdline", argv.join(" "))
+            .set("proc.args", argv)
+            .set("user.uid", e.uid)
+            .set("proc.exe.dev", format!("{}:{}", libc::major(e.exe.dev), libc::minor(e.exe.dev)))
+            .set("proc.exe.ino", e.exe.ino)
+            .set_opt("proc.pexepath", parent.and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()))
+            .set_opt("proc.pcmdline", parent.map(|p| r.text(&cmdline(&p.argv)).into_owned()));
+        if e.argv_truncated {
+            self.set("proc.args_truncated", true);
+        }
+        self
+    }
+
+    /// Whose notebook: container, pod, JupyterHub user and server, and the kernel's notebook.
+    pub fn notebook_fields(&mut self, who: &Attribution, kernel: Option<&KernelCtx>) -> &mut Self {
+        self.set_opt("container.id", who.container_id.clone())
+            .set_opt("k8s.ns.name", who.namespace.clone())
+            .set_opt("k8s.pod.name", who.pod.clone())
+            .set_opt("jupyterhub.user", who.user.clone())
+            .set_opt("jupyterhub.server", who.server.clone())
+            .set("jupyterhub.source", who.source.name())
+            .set_opt("notebook.path", kernel.and_then(|k| k.notebook_path.clone()))
+            .set_opt("notebook.kernel_id", kernel.and_then(|k| k.kernel_id.clone()))
+            .set("container.cgroup", who.cgroup.to_string_lossy().into_owned());
+        if who.cgroup_id != 0 {
+            self.set("container.cgroup_id", who.cgroup_id);
+        }
+        self
     }
 
     /// Builds `output`: the rule's sentence, then `key=value` for the fields a reader needs

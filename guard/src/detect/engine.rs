@@ -16,7 +16,7 @@ use crate::{
         rules::{self, Rule},
         ArgMatcher, Effective, Mode, Policy,
     },
-    process::table::{cmdline, KernelCtx, ProcessTable, Role},
+    process::table::{ProcessTable, Role},
     redact::Redactor,
     sensors::decode::Exec,
 };
@@ -103,28 +103,10 @@ impl Detector {
         let e = f.e;
         let r = &self.redactor;
         let mut a = Alert::new(rule, self.clock.rfc3339(e.meta.ktime_ns), &self.hostname, action);
-        let argv = r.argv(&f.argv);
-        a.set("evt.type", "execve")
-            .set("proc.pid", e.meta.tgid)
-            .set("proc.ppid", e.ppid)
-            .set("proc.name", e.comm.clone())
-            .set("proc.exepath", r.text(&f.exe_path.to_string_lossy()).into_owned())
-            .set("proc.cmdline", argv.join(" "))
-            .set("proc.args", argv)
-            .set("user.uid", e.uid)
-            .set("proc.exe.dev", format!("{}:{}", libc::major(e.exe.dev), libc::minor(e.exe.dev)))
-            .set("proc.exe.ino", e.exe.ino)
-            .set_opt(
-                "proc.pexepath",
-                f.parent.as_ref().and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()),
-            )
-            .set_opt("proc.pcmdline", f.parent.as_ref().map(|p| r.text(&cmdline(&p.argv)).into_owned()));
-        notebook_fields(&mut a, f.who, f.kernel.as_deref());
+        a.exec_fields(e, &f.argv, &f.exe_path, f.parent.as_ref(), r);
+        a.notebook_fields(f.who, f.kernel.as_deref());
         if !detail.is_empty() {
             a.set("guard.detail", detail);
-        }
-        if e.argv_truncated {
-            a.set("proc.args_truncated", true);
         }
         let mut summary = rule.summary.to_string();
         if !detail.is_empty() {
@@ -144,22 +126,6 @@ impl Detector {
         }
         a.finish_output(summary);
         a
-    }
-}
-
-/// Whose notebook: container, pod, JupyterHub user and server, and the kernel's notebook.
-fn notebook_fields(a: &mut Alert, who: &Attribution, kernel: Option<&KernelCtx>) {
-    a.set_opt("container.id", who.container_id.clone())
-        .set_opt("k8s.ns.name", who.namespace.clone())
-        .set_opt("k8s.pod.name", who.pod.clone())
-        .set_opt("jupyterhub.user", who.user.clone())
-        .set_opt("jupyterhub.server", who.server.clone())
-        .set("jupyterhub.source", who.source.name())
-        .set_opt("notebook.path", kernel.and_then(|k| k.notebook_path.clone()))
-        .set_opt("notebook.kernel_id", kernel.and_then(|k| k.kernel_id.clone()))
-        .set("container.cgroup", who.cgroup.to_string_lossy().into_owned());
-    if who.cgroup_id != 0 {
-        a.set("container.cgroup_id", who.cgroup_id);
     }
 }
 

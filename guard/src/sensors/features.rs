@@ -14,14 +14,15 @@ pub struct Features {
 }
 
 impl Features {
-    pub fn detect() -> Self {
+    /// `cgroup2_mount`: where discovery found cgroup v2 (reported, not probed here).
+    pub fn detect(cgroup2_mount: Option<String>) -> Self {
         let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
         let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
         Self {
             btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
             // BPF_MAP_TYPE_RINGBUF arrived in 5.8.
             ring_buffer: kernel_at_least(&kernel, 5, 8),
-            cgroup2_mount: crate::discovery::cgroup::find_cgroup2_mount().ok().map(|p| p.display().to_string()),
+            cgroup2_mount,
             tracefs: Path::new("/sys/kernel/tracing/events").is_dir()
                 || Path::new("/sys/kernel/debug/tracing/events").is_dir(),
             bpf_lsm_listed: lsm.split(',').any(|l| l.trim() == "bpf"),

@@ -293,12 +293,6 @@ impl ProcessSensor {
         self.watched.remove(&id).with_context(|| format!("unwatching cgroup id {id}"))
     }
 
-    pub fn watch_cgroup_path(&mut self, path: &Path) -> Result<u64> {
-        let id = crate::discovery::cgroup::cgroup_id(path)?;
-        self.watch_cgroup(id)?;
-        Ok(id)
-    }
-
     /// Records the kernel could not put in the ring, summed over CPUs.
     pub fn kernel_losses(&self) -> Result<KernelLosses> {
         let mut out = KernelLosses::default();

@@ -1,7 +1,7 @@
 //! Alerts on the network events: refused (or would-be refused) egress, packet and raw
 //! sockets, and seccomp drift.
 
-use super::{notebook_fields, Detector};
+use super::Detector;
 use crate::enrich::MAX_CHAIN;
 use crate::{
     detect::alert::{Action, Alert},
@@ -97,7 +97,7 @@ impl Detector {
             .set_opt("proc.cmdline", me.map(|p| r.text(&cmdline(&p.argv)).into_owned()))
             .set_opt("proc.pexepath", parent.and_then(|p| p.exe.as_ref()).map(|p| p.to_string_lossy().into_owned()))
             .set_opt("proc.pcmdline", parent.map(|p| r.text(&cmdline(&p.argv)).into_owned()));
-        notebook_fields(&mut a, who, kernel.as_deref());
+        a.notebook_fields(who, kernel.as_deref());
         a
     }
 
@@ -115,7 +115,7 @@ impl Detector {
             .set("syscall.arch", d.arch.oci_name())
             .set("seccomp.profile", d.profile.clone())
             .set("seccomp.verdict", d.verdict.clone());
-        notebook_fields(&mut a, who, None);
+        a.notebook_fields(who, None);
         a.finish_output(&format!(
             "{} ({} {}, the profile answers {})",
             rules::SECCOMP_DRIFT.summary,
