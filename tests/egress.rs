@@ -299,7 +299,7 @@ fn a_notebook_reaches_its_hub_at_a_private_address_in_every_mode() {
     let g = GuardProcess::start(&unit_policy(Some(&enforced)), &[]).unwrap();
     let cells = [
         "import os, urllib.request\nprint('hub', urllib.request.urlopen(os.environ['JUPYTERHUB_API_URL'], timeout=10).status)",
-        "import socket\ns = socket.socket()\ns.settimeout(5)\ntry:\n    s.connect(('10.0.0.5', 5432))\n    print('other', 'connected')\nexcept OSError as e:\n    print('other', e.errno)",
+        "import socket\ns = socket.socket()\ns.settimeout(5)\ntry:\n    s.connect(('10.0.0.5', 5432))\n    print('other', 'connected')\nexcept OSError as e:\n    print('other', e.errno)\n# The refusal's notice comes while the cell still runs.\nimport time\ntime.sleep(1)",
     ];
     let api = "http://10.0.0.5:8081/hub/api/";
     let mut results = Vec::new();
