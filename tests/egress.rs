@@ -323,10 +323,9 @@ fn a_notebook_reaches_its_hub_at_a_private_address_in_every_mode() {
         assert_eq!(out[0].stdout.trim(), "hub 200", "{user}: {out:?}\n{log}");
         // Another port of the same private host is still another user's pod to the policy;
         // when it is refused, the cell also says why.
-        let (notices, printed): (Vec<&str>, Vec<&str>) =
-            out[1].stdout.lines().filter(|l| !l.is_empty()).partition(|l| l.starts_with("[notebook-guard] "));
+        let notices = &out[1].notices;
         assert_eq!(
-            printed.join("\n"),
+            out[1].stdout.trim(),
             if enforce { "other 1" } else { "other 111" },
             "{user} (EPERM 1 when enforced, refused 111 when not)"
         );

@@ -194,18 +194,13 @@ fn enforce_mode_kills_forbidden_execs_and_the_kernel_answers() {
     let log = guard.log();
     let alerts = mine(guard.stop().unwrap(), &user);
 
-    // What the commands printed; the notices name the refused commands, so they are left out.
-    let all_out: String = results
-        .iter()
-        .flat_map(|r| r.stdout.lines().filter(|l| !l.starts_with("[notebook-guard] ")).map(str::to_string))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let all_out: String = results.iter().map(|r| r.stdout.clone()).collect::<Vec<_>>().join("\n");
     for n in 1..=5 {
         assert!(!all_out.contains(&format!("FORBIDDEN-{n}")), "FORBIDDEN-{n} ran: {results:?}\nlog:\n{log}");
     }
     assert!(results[0].stdout.contains("rc "), "os.system returned: {results:?}");
     let notice =
-        results[0].stdout.lines().find(|l| l.starts_with("[notebook-guard] Blocked by this hub's policy: running `"));
+        results[0].notices.iter().find(|l| l.starts_with("[notebook-guard] Blocked by this hub's policy: running `"));
     let notice = notice.unwrap_or_else(|| panic!("no notice in the cell: {results:?}\nlog:\n{log}"));
     assert!(
         notice.contains("(notebook.non_python_exec)")

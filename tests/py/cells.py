@@ -14,8 +14,27 @@ def run_cells(connection_file, cells):
     return out
 
 
+NOTICE = "[notebook-guard] "
+
+
+def split_notices(text):
+    """The cell's own output, and notebook-guard's notices apart (each line written to the
+    kernel's stderr when something was refused; it may land in the cell after the one that
+    caused it, when that one ended first)."""
+    keep, notices = [], []
+    for line in text.split("\n"):
+        if line.startswith(NOTICE):
+            notices.append(line)
+            if keep and keep[-1] == "":
+                keep.pop()
+        else:
+            keep.append(line)
+    return "\n".join(keep), notices
+
+
 def run_on_client(kc, cells):
-    """Each cell's {"cell", "status", "stdout", "ename"}, through a ready kernel client."""
+    """Each cell's {"cell", "status", "stdout", "notices", "ename"}, through a ready kernel
+    client."""
     out = []
     for i, code in enumerate(cells):
         text = []
@@ -27,7 +46,9 @@ def run_on_client(kc, cells):
         try:
             reply = kc.execute_interactive(code, timeout=60, output_hook=hook, allow_stdin=False)
             c = reply["content"]
-            out.append({"cell": i, "status": c["status"], "stdout": "".join(text), "ename": c.get("ename")})
+            stdout, notices = split_notices("".join(text))
+            out.append({"cell": i, "status": c["status"], "stdout": stdout, "notices": notices, "ename": c.get("ename")})
         except Exception as e:  # the kernel died or timed out
-            out.append({"cell": i, "status": "dead", "stdout": "".join(text), "ename": type(e).__name__})
+            stdout, notices = split_notices("".join(text))
+            out.append({"cell": i, "status": "dead", "stdout": stdout, "notices": notices, "ename": type(e).__name__})
     return out

@@ -6,7 +6,7 @@ CELLS.json: {"notebook": "path/of/notebook.ipynb", "cells": ["code", ...]}, opti
 most, before the cells run): a kernel that was running before the agent started.
 Before starting the kernel this process moves itself into the cgroup named by $GUARD_CGROUP
 (so the kernel starts inside it, as under a spawner). One JSON object per cell is written to
-RESULTS.json: {"cell": i, "status": "ok"|"error"|"dead", "stdout": ..., "ename": ...}.
+RESULTS.json: {"cell": i, "status": "ok"|"error"|"dead", "stdout": ..., "notices": [...], "ename": ...}.
 """
 import json
 import os

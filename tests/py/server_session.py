@@ -6,7 +6,7 @@ Usage: server_session.py SPEC.json RESULTS.json
 SPEC: {"url": "http://127.0.0.1:8888", "token": ..., "notebook": "dir/name.ipynb",
        "runtime_dir": where the server writes kernel-<id>.json (as this process sees it),
        "cells": ["code", ...], "kernel": kernelspec name (default python3)}
-RESULTS: {"kernel_id": ..., "cells": [{"cell", "status", "stdout", "ename"}]}
+RESULTS: {"kernel_id": ..., "cells": [{"cell", "status", "stdout", "notices", "ename"}]}
 """
 import json
 import os

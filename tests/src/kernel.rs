@@ -14,7 +14,11 @@ pub fn test_python() -> PathBuf {
 pub struct CellResult {
     pub cell: usize,
     pub status: String,
+    /// The cell's own output (stdout and stderr streams).
     pub stdout: String,
+    /// notebook-guard's notices that reached this cell (`[notebook-guard] …` lines).
+    #[serde(default)]
+    pub notices: Vec<String>,
     pub ename: Option<String>,
 }
 
