@@ -70,6 +70,7 @@ macro_rules! conf {
 }
 
 // After `conf!`: macro_rules are visible only below their definition.
+mod commands;
 mod egress;
 mod incarnation;
 mod process;

@@ -47,6 +47,8 @@ pub struct ExecFacts<'a> {
     /// notebook; a process that entered from elsewhere (`kubectl exec`, nsenter) is not.
     pub lineage_known: bool,
     pub exe_path: PathBuf,
+    /// The names the root's system directories give this image (not looked up for Python).
+    pub system_names: Option<Arc<[String]>>,
     /// The system binary this image is a byte-identical copy of.
     pub copy_of: Option<FileId>,
     pub parent: Option<ProcInfo>,
@@ -165,15 +167,13 @@ impl Enricher {
         } else {
             std::fs::read_link(self.proc_root.join(tgid.to_string()).join("exe")).unwrap_or(e.filename.clone())
         };
-        let copy_of = if !is_python
-            && ids.system_names(&e.exe).is_none()
-            && !paths::in_system_dir(&exe_path)
-            && !paths::is_fileless(e)
-        {
-            self.copies.copy_of(e, &exe_path, ids, &self.proc_root)
-        } else {
-            None
-        };
+        let system_names = if is_python { None } else { ids.system_names(&e.exe) };
+        let copy_of =
+            if !is_python && system_names.is_none() && !paths::in_system_dir(&exe_path) && !paths::is_fileless(e) {
+                self.copies.copy_of(e, &exe_path, ids, &self.proc_root)
+            } else {
+                None
+            };
         Some(ExecFacts {
             e,
             who,
@@ -183,6 +183,7 @@ impl Enricher {
             refreshed,
             lineage_known,
             exe_path,
+            system_names,
             copy_of,
             parent,
             parent_is_python,

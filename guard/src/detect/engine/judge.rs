@@ -54,7 +54,7 @@ impl Detector {
         let ids = &mut *f.ids;
         let base = f.exe_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let exe_in_system_dir = in_system_dir(&f.exe_path);
-        let sys_names = ids.system_names(&e.exe);
+        let sys_names = f.system_names.clone();
         let is_loader = ids.loaders.contains(&e.exe);
         // (helper, whether it is the exec'd `#!` script rather than the loaded binary): a
         // script runs as its interpreter, so a helper script is known by its path.
