@@ -113,6 +113,13 @@ impl<W: Write> Pipeline<W> {
         if q > 0 {
             lost.push(("queue", "any", q));
         }
+        // A full fanotify queue drops an unknown number of events: counted as overflows.
+        let overflows =
+            self.files.as_ref().map_or(0, |w| w.sensor().stats.overflows.load(std::sync::atomic::Ordering::Relaxed));
+        if overflows > self.reported_file_overflows {
+            lost.push(("fanotify", "file", overflows - self.reported_file_overflows));
+            self.reported_file_overflows = overflows;
+        }
         for (stage, event, count) in lost {
             tracing::warn!(stage, event, count, "events lost");
             self.metrics.lost.get_or_create(&LossLabels { stage: stage.into(), r#type: event.into() }).inc_by(count);

@@ -39,6 +39,7 @@ use crate::{
 };
 
 mod allowlist;
+mod files;
 mod health;
 mod hub;
 mod placement;
@@ -154,6 +155,10 @@ struct Pipeline<W: Write> {
     errors: health::ErrorLog,
     /// The notebook user's notice of a refusal.
     notifier: crate::respond::notice::Notifier,
+    /// Persistence locations watched (None: no fanotify here).
+    files: Option<crate::enrich::persistence::Watcher>,
+    pending_files: files::PendingFiles,
+    reported_file_overflows: u64,
     pub alerts_sent: u64,
 }
 
@@ -295,6 +300,9 @@ impl<W: Write> Pipeline<W> {
                     self.failed(Stage::Enforcement, err);
                 }
             }
+        }
+        if let Some(who) = who.as_ref() {
+            self.watch_files(e.meta.tgid, &e.filename, outcome.role, who);
         }
         if tracing::enabled!(tracing::Level::DEBUG) || (self.events.is_none() && self.sinks.is_empty()) {
             let cmd = self.detector.redactor.text(&cmdline(&e.argv)).into_owned();

@@ -58,6 +58,9 @@ impl<W: Write> Pipeline<W> {
             d.unassign(id);
         }
         self.placed.remove(&id);
+        if let Some(w) = self.files.as_mut() {
+            w.forget(id);
+        }
         self.enricher.identities.forget_cgroup(id);
         self.attributor.forget(id);
         if !self.watch_all {

@@ -38,6 +38,7 @@ impl<W: Write> Pipeline<W> {
         let old_policy = self.detector.policy.clone();
         self.detector.set_policy(new.clone());
         self.enricher.set_policy(&new);
+        self.reload_files(&new);
         self.synced_roots.clear();
         // From here the new policy is in force: a notebook that cannot be placed under it is
         // counted and alerted, and the others are still switched over.

@@ -171,12 +171,25 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         text: opts.text,
         errors: Default::default(),
         notifier: crate::respond::notice::Notifier::new(opts.proc_root.clone()),
+        files: super::files::start(&policy),
+        pending_files: Default::default(),
+        reported_file_overflows: 0,
         alerts_sent: 0,
     };
     metrics.sensors_attached.store(true, Ordering::Relaxed);
     pipe.enforcer.set_kernel_commands(&policy.kernel_commands)?;
     pipe.scan(kube.is_some())?;
     pipe.scope_local_notebooks()?;
+    pipe.watch_running();
+    let files_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (file_tx, mut file_rx) = mpsc::unbounded_channel();
+    let file_reader = match pipe.files.as_ref() {
+        Some(w) => {
+            Some(w.sensor().spawn_reader(file_tx, files_stop.clone()).context("starting the file sensor's reader")?)
+        }
+        None => None,
+    };
+    let mut file_tick = tokio::time::interval(super::files::FILE_SETTLE);
 
     let stats = Arc::new(ReaderStats::default());
     let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
@@ -244,6 +257,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 pipe.flush();
             }
             Some(found) = hub_rx.recv() => pipe.guarded(Stage::Reload, |p| p.allow_hub(found)),
+            Some(events) = file_rx.recv() => pipe.pending_files.push(events, Instant::now()),
+            _ = file_tick.tick() => {
+                pipe.settle_files(Instant::now());
+                pipe.flush();
+            }
             change = pod_rx.recv(), if pods_open => {
                 match change {
                     Some(c) => pipe.guarded(Stage::Discovery, |p| p.on_pod(c)),
@@ -321,6 +339,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tracing::info!("stopping: detaching programs and draining the ring buffer");
     }
     pipe.sensor.detach();
+    files_stop.store(true, Ordering::Relaxed);
+    if let Some(r) = file_reader {
+        let _ = tokio::task::spawn_blocking(move || r.join()).await;
+    }
+    while let Ok(events) = file_rx.try_recv() {
+        pipe.pending_files.push(events, Instant::now());
+    }
+    pipe.settle_files(Instant::now() + super::files::FILE_SETTLE);
     // Last look at the drift watch, then detach it (it is never left attached).
     pipe.guarded(Stage::Drift, |p| p.poll_drift());
     pipe.drift = None;

@@ -163,7 +163,10 @@ impl Alert {
             ("cmdline", "proc.cmdline"),
             ("parent", "proc.pexepath"),
             ("pcmdline", "proc.pcmdline"),
-            ("dest", "fd.name"),
+            (
+                if self.output_fields.get("guard.location").is_some_and(|v| !v.is_null()) { "file" } else { "dest" },
+                "fd.name",
+            ),
             ("action", "guard.action"),
             ("count", "guard.count"),
         ] {

@@ -25,6 +25,7 @@ use guard_abi::exec_flags;
 mod incident;
 mod judge;
 mod network;
+mod persistence;
 
 use incident::incident;
 

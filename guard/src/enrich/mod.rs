@@ -6,6 +6,7 @@
 
 pub mod copies;
 pub mod paths;
+pub mod persistence;
 
 use std::{
     collections::HashMap,

@@ -10,6 +10,7 @@ pub mod kernelspecs;
 pub mod locations;
 pub mod mining;
 pub mod outputs;
+pub mod persistence;
 pub mod provenance;
 pub mod root;
 pub mod rules;
@@ -56,6 +57,7 @@ struct PolicyFile {
     seccomp_profile: Option<String>,
     mining: Option<MiningSpec>,
     notice: Option<NoticeSpec>,
+    persistence: Option<persistence::PersistenceSpec>,
     rules: Option<RulesSpec>,
     overrides: Option<Vec<Override>>,
 }
@@ -87,6 +89,7 @@ pub struct Policy {
     /// The operator's mining patterns, read when the policy is loaded (never printed).
     pub mining_patterns: mining::OperatorPatterns,
     pub notice: NoticeSpec,
+    pub persistence: persistence::PersistenceSpec,
     pub rules: RulesSpec,
     pub overrides: Vec<Override>,
 }
@@ -202,6 +205,7 @@ impl Policy {
             mining: user.mining.or(base.mining).unwrap_or_default(),
             mining_patterns: Default::default(),
             notice: user.notice.or(base.notice).unwrap_or_default(),
+            persistence: user.persistence.or(base.persistence).unwrap_or_default(),
             rules: user.rules.or(base.rules).unwrap_or_default(),
             overrides: user.overrides.or(base.overrides).unwrap_or_default(),
         };
@@ -293,6 +297,7 @@ impl Policy {
         crate::discovery::kube::parse_selector(&self.discovery.kubernetes.notebook_selector).map_err(|e| {
             err("discovery.kubernetes.notebook_selector".into(), &self.discovery.kubernetes.notebook_selector, e)
         })?;
+        persistence::validate(&self.persistence).map_err(|(key, needle, message)| err(key, &needle, message))?;
         for (i, o) in self.outputs.iter().enumerate() {
             outputs::OutputSpec::parse(o).map_err(|e| err(format!("outputs[{i}]"), o, e.to_string()))?;
         }

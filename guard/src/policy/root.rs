@@ -210,6 +210,20 @@ impl Root {
         found
     }
 
+    /// Directory `rel`, opened for reading (what a fanotify mark needs), resolved inside the
+    /// root; symlinks on the way are followed as the container would.
+    pub fn open_dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
+        open_in_root_as(&self.fd, rel, libc::O_RDONLY | libc::O_DIRECTORY)
+    }
+
+    /// Metadata of `rel` itself (a symlink is not followed), and for a symlink its target.
+    pub fn lstat(&self, rel: &Path) -> std::io::Result<(fs::Metadata, Option<PathBuf>)> {
+        let fd = open_in_root_as(&self.fd, rel, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let m = fstat(&fd)?;
+        let target = m.file_type().is_symlink().then(|| readlink_fd(&fd)).flatten();
+        Ok((m, target))
+    }
+
     pub fn read(&self, rel: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
         let fd = open_in_root(&self.fd, rel)?;
         let mut f = fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;

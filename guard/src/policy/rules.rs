@@ -78,6 +78,18 @@ pub const CRYPTO_MINING: Rule = Rule {
     tags: &["notebook", "process", "crypto_mining", "mitre_impact", "T1496"],
     summary: "Crypto miner started from a notebook",
 };
+pub const PERSISTENCE: Rule = Rule {
+    name: "notebook.persistence",
+    priority: Priority::Error,
+    tags: &["notebook", "filesystem", "persistence", "mitre_persistence", "T1546"],
+    summary: "Persistence location written in a notebook",
+};
+pub const PERSISTENCE_KNOWN_WRITER: Rule = Rule {
+    name: "notebook.persistence_known_writer",
+    priority: Priority::Informational,
+    tags: &["notebook", "filesystem", "persistence", "mitre_persistence", "T1546"],
+    summary: "Persistence location written by a known tool",
+};
 pub const REVERSE_SHELL: Rule = Rule {
     name: "notebook.reverse_shell",
     priority: Priority::Critical,
@@ -188,6 +200,8 @@ pub const ALL: &[Rule] = &[
     PACKAGE_MANAGER,
     NETWORK_TOOL,
     REVERSE_SHELL,
+    PERSISTENCE,
+    PERSISTENCE_KNOWN_WRITER,
     UNKNOWN_LINEAGE,
     UNEXPECTED_EGRESS,
     METADATA_ACCESS,

@@ -68,9 +68,15 @@ pub struct Lineage {
 
 pub const MAX_ANCESTORS: usize = 8;
 
+/// Exited processes kept for late questions about them (a file event read after the
+/// writer's exit).
+const EXITED_KEPT: usize = 256;
+
 #[derive(Default)]
 pub struct ProcessTable {
     procs: crate::IdMap<u32, ProcInfo>,
+    /// The last EXITED_KEPT processes to exit, oldest first.
+    exited: std::collections::VecDeque<ProcInfo>,
     /// cgroup2 mount, to give processes read from /proc their cgroup id.
     cgroup_mount: Option<PathBuf>,
 }
@@ -82,7 +88,7 @@ impl ProcessTable {
 
     /// A table that records the cgroup of processes it reads from /proc.
     pub fn with_cgroup_mount(mount: PathBuf) -> Self {
-        Self { procs: Default::default(), cgroup_mount: Some(mount) }
+        Self { procs: Default::default(), exited: Default::default(), cgroup_mount: Some(mount) }
     }
 
     /// Fills the table from `/proc` (`proc_root`), for processes that started before the agent.
@@ -254,7 +260,29 @@ impl ProcessTable {
     }
 
     pub fn on_exit(&mut self, x: &Exit) {
-        self.procs.remove(&x.meta.tgid);
+        if let Some(p) = self.procs.remove(&x.meta.tgid) {
+            if self.exited.len() >= EXITED_KEPT {
+                self.exited.pop_front();
+            }
+            self.exited.push_back(p);
+        }
+    }
+
+    /// As [`Self::chain`], also through processes that exited moments ago (the latest with
+    /// each pid): who wrote a file, asked after the writer is gone.
+    pub fn chain_with_exited(&self, pid: u32, max: usize) -> Vec<ProcInfo> {
+        let mut out: Vec<ProcInfo> = Vec::new();
+        let mut next = Some(pid);
+        while let Some(p) = next {
+            if out.len() >= max || out.iter().any(|q| q.pid == p) {
+                break;
+            }
+            let info = self.procs.get(&p).or_else(|| self.exited.iter().rev().find(|q| q.pid == p));
+            let Some(info) = info else { break };
+            out.push(info.clone());
+            next = (info.ppid != p && info.ppid != 0).then_some(info.ppid);
+        }
+        out
     }
 
     pub fn lineage(&self, ppid: u32) -> Lineage {

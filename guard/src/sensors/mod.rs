@@ -1,10 +1,12 @@
 //! Kernel probes: load the eBPF object, attach it, and read what it reports.
 //!
 //! `process` is the process-lifecycle sensor (exec, fork, exit); `ring` drains its ring buffer
-//! into the agent; `decode` turns records into events; `offsets` makes the object portable.
+//! into the agent; `decode` turns records into events; `offsets` makes the object portable. `files` is the
+//! file sensor (fanotify directory marks) for persistence locations.
 
 pub mod decode;
 pub mod features;
+pub mod files;
 pub mod maps;
 pub mod offsets;
 pub mod pins;

@@ -135,6 +135,7 @@ pub struct EventCounters {
     pub egress: Counter,
     pub socket: Counter,
     pub cgroup: Counter,
+    pub file: Counter,
 }
 
 fn now() -> u64 {
@@ -152,6 +153,7 @@ impl Metrics {
             egress: of("egress"),
             socket: of("socket"),
             cgroup: of("cgroup"),
+            file: of("file"),
         }
     }
 
@@ -188,6 +190,7 @@ impl Metrics {
             let _ = m.lost.get_or_create(&LossLabels { stage: "kernel".into(), r#type: kind.name().into() });
         }
         let _ = m.lost.get_or_create(&LossLabels { stage: "queue".into(), r#type: "any".into() });
+        let _ = m.lost.get_or_create(&LossLabels { stage: "fanotify".into(), r#type: "file".into() });
         for stage in Stage::ALL {
             let _ = m.errors.get_or_create(&StageLabel { stage: stage.name().into() });
         }

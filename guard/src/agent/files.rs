@@ -1,0 +1,145 @@
+//! The file sensor in the pipeline: which notebooks' persistence locations are watched (their
+//! servers' and kernels' roots, homes and environments, as they start and at start-up), and
+//! its events through enrichment (what was planted, by whom) and detection.
+//!
+//! Events wait FILE_SETTLE before they are handled, so the ring's exec and fork events of the
+//! writer (a short `echo >> ~/.bashrc`) are in the process table by then.
+
+use std::{
+    collections::VecDeque,
+    io::Write,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::Pipeline;
+use crate::{
+    discovery::attribution::Attribution,
+    enrich::persistence::Watcher,
+    policy::{persistence::Tree, Policy},
+    process::{roles::is_server_argv, table::Role},
+    sensors::files::{FileEvent, FileSensor},
+};
+
+pub(super) const FILE_SETTLE: Duration = Duration::from_millis(100);
+/// Processes in the writer's chain reported.
+const WRITER_CHAIN: usize = 8;
+
+/// The file sensor and the watcher, when the kernel allows (a policy with persistence off
+/// gets an empty tree, so a reload can switch it on).
+pub(super) fn start(policy: &Policy) -> Option<Watcher> {
+    match FileSensor::new() {
+        Ok(sensor) => {
+            if !sensor.writer_pids {
+                tracing::warn!("persistence writes are watched, but their writers will be unknown: fanotify reports pids only to a listener with CAP_SYS_ADMIN");
+            }
+            Some(Watcher::new(tree_of(policy), sensor))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "persistence locations are not watched: fanotify is not available");
+            None
+        }
+    }
+}
+
+/// The policy's locations as a tree (none when persistence is off). The policy was
+/// validated, so they compile.
+fn tree_of(policy: &Policy) -> Tree {
+    let locations = if policy.persistence.enabled { &policy.persistence.locations[..] } else { &[] };
+    Tree::compile(locations).unwrap_or_else(|(key, _, message)| {
+        tracing::error!(%key, %message, "persistence locations");
+        Tree::empty()
+    })
+}
+
+/// File events received and not yet handled, oldest first.
+#[derive(Default)]
+pub(super) struct PendingFiles(VecDeque<(Instant, FileEvent)>);
+
+impl PendingFiles {
+    pub(super) fn push(&mut self, events: Vec<FileEvent>, now: Instant) {
+        self.0.extend(events.into_iter().map(|e| (now, e)));
+    }
+
+    fn ready(&mut self, now: Instant) -> Vec<FileEvent> {
+        let mut out = Vec::new();
+        while self.0.front().is_some_and(|(t, _)| now.duration_since(*t) >= FILE_SETTLE) {
+            out.extend(self.0.pop_front().map(|(_, e)| e));
+        }
+        out
+    }
+}
+
+impl<W: Write> Pipeline<W> {
+    /// After an exec judged in notebook `who`: a server or kernel has its locations watched.
+    pub(super) fn watch_files(&mut self, pid: u32, exe: &Path, role: Role, who: &Arc<Attribution>) {
+        if !matches!(role, Role::Server | Role::Kernel) {
+            return;
+        }
+        let Some(w) = self.files.as_mut() else { return };
+        let environ = std::fs::read(self.proc_root.join(pid.to_string()).join("environ")).unwrap_or_default();
+        w.watch(&self.proc_root, pid, &environ, Some(exe), who);
+    }
+
+    /// At start-up: the servers and kernels already running.
+    pub(super) fn watch_running(&mut self) {
+        if self.files.is_none() {
+            return;
+        }
+        let running: Vec<(u32, u64, Option<std::path::PathBuf>, bool)> = self
+            .table
+            .iter()
+            .map(|p| {
+                let argv: Vec<String> = p.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+                (p.pid, p.cgroup_id, p.exe.clone(), p.kernel.is_some() || is_server_argv(&argv))
+            })
+            .filter(|r| r.3)
+            .collect();
+        for (pid, cgroup_id, exe, _) in running {
+            let Some(who) = self.who(cgroup_id, pid) else { continue };
+            // The exe as /proc shows it is the host's view; the path the process ran is
+            // its own, found from its command line.
+            let exe = self
+                .table
+                .get(pid)
+                .and_then(|p| p.argv.first())
+                .map(std::path::PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .or(exe);
+            if let (Some(w), Some(exe)) = (self.files.as_mut(), exe) {
+                let environ = std::fs::read(self.proc_root.join(pid.to_string()).join("environ")).unwrap_or_default();
+                w.watch(&self.proc_root, pid, &environ, Some(&exe), &who);
+            }
+        }
+    }
+
+    /// Handles the file events that waited long enough.
+    pub(super) fn settle_files(&mut self, now: Instant) {
+        let ready = self.pending_files.ready(now);
+        for ev in ready {
+            self.event_counts.file.inc();
+            let Some(w) = self.files.as_mut() else { return };
+            for p in w.on_event(&ev, now) {
+                let chain = match p.pid {
+                    Some(pid) => {
+                        self.table.ensure(&self.proc_root, pid);
+                        self.table.chain_with_exited(pid, WRITER_CHAIN)
+                    }
+                    None => Vec::new(),
+                };
+                if let Some(a) = self.detector.on_planted(&p, &chain) {
+                    self.respond(a);
+                }
+            }
+        }
+    }
+
+    /// A new policy's locations (or none): what is watched is walked again.
+    pub(super) fn reload_files(&mut self, policy: &Policy) {
+        if let Some(w) = self.files.as_mut() {
+            w.set_tree(tree_of(policy));
+            self.watch_running();
+        }
+    }
+}

