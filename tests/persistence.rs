@@ -172,3 +172,89 @@ fn persistence_locations_alert_at_write_time_and_installs_do_not() {
     );
     drop(pod);
 }
+
+/// A wheel with a console script, built in the cell (no index needed).
+const CONSOLE_WHEEL: &str = r#"import zipfile, subprocess, sys, base64, hashlib
+whl = '/tmp/drifty-1.0-py3-none-any.whl'
+files = {
+    'drifty.py': b'def main():\n    print("DRIFTY-RAN")\n',
+    'drifty-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\nName: drifty\nVersion: 1.0\n',
+    'drifty-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+    'drifty-1.0.dist-info/entry_points.txt': b'[console_scripts]\ndrifty = drifty:main\n',
+}
+def rec(name, data):
+    h = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+    return f'{name},sha256={h},{len(data)}'
+record = '\n'.join([rec(n, d) for n, d in files.items()] + ['drifty-1.0.dist-info/RECORD,,']) + '\n'
+with zipfile.ZipFile(whl, 'w') as z:
+    for n, d in files.items():
+        z.writestr(n, d)
+    z.writestr('drifty-1.0.dist-info/RECORD', record)
+r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--no-deps', '--quiet', whl], capture_output=True, text=True)
+print('pip', r.returncode, r.stderr.strip()[-300:])"#;
+
+const DRIFT_CELLS: &[&str] = &[
+    // A binary "downloaded" into the container's layer and made executable by the kernel.
+    r#"import shutil, os, subprocess, time
+shutil.copyfile('/bin/echo', '/tmp/dl-echo')
+os.chmod('/tmp/dl-echo', 0o755)
+time.sleep(0.5)
+print(subprocess.run(['/tmp/dl-echo', 'DL-RAN'], capture_output=True, text=True).stdout.strip())"#,
+    // A script written to the home volume and made executable by a shell the kernel started.
+    r#"import os, subprocess, time
+p = os.path.expanduser('~/dl-tool')
+open(p, 'w').write('#!/bin/sh\necho TOOL-RAN\n')
+subprocess.run(['/bin/chmod', '+x', p])
+time.sleep(0.5)
+print(subprocess.run([p], capture_output=True, text=True).stdout.strip())"#,
+    CONSOLE_WHEEL,
+    "import subprocess, time\ntime.sleep(0.5)\nprint(subprocess.run(['/opt/conda/bin/drifty'], capture_output=True, text=True).stdout.strip())",
+];
+
+#[test]
+fn drift_names_the_writer_and_tells_installs_from_the_kernels_own_files() {
+    privileged!();
+    let net = TestNet::new().unwrap();
+    let dir = TempDir::new("drift").unwrap();
+    let pod = Pod::new("jupyter-quinn---5f6a7b8c", "quinn", Driver::Cgroupfs).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(FakeKube::start(vec![pod.manifest()]));
+    let kc = dir.0.join("kubeconfig");
+    std::fs::write(&kc, api.kubeconfig()).unwrap();
+    let env = [("KUBECONFIG", kc.as_os_str()), ("NODE_NAME", std::ffi::OsStr::new("node-1"))];
+    let g = GuardProcess::start_env("discovery:\n  kubernetes:\n    enabled: true\n", &[], &env).unwrap();
+    pod.start(&net.notebook).unwrap();
+    let (_, r) = pod.run_cells(&net.notebook, NOTEBOOK, DRIFT_CELLS).unwrap_or_else(|e| panic!("{e:#}"));
+    let out = |i: usize| r[i].stdout.trim().to_string();
+    assert_eq!([out(0), out(1)], ["DL-RAN", "TOOL-RAN"], "{r:?}");
+    assert!(out(2).starts_with("pip 0"), "{r:?}");
+    assert_eq!(out(3), "DRIFTY-RAN", "{r:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let log = g.log();
+    let alerts = g.stop().unwrap();
+    let drift: Vec<&Value> =
+        alerts.iter().filter(|a| a["rule"].as_str().is_some_and(|r| r.starts_with("notebook.drift_exec"))).collect();
+    for a in &drift {
+        println!("{} | writer {}", a["output"].as_str().unwrap_or(""), field(a, "guard.writer.lineage"));
+    }
+    let of = |exe: &str| {
+        drift
+            .iter()
+            .find(|a| field(a, "proc.exepath") == exe)
+            .unwrap_or_else(|| panic!("no drift alert for {exe}:\n{drift:#?}\n{log}"))
+    };
+    let first_writer = |a: &Value| field(a, "guard.writer.lineage")[0].as_str().unwrap_or("").to_string();
+    let dl = of("/tmp/dl-echo");
+    assert_eq!(dl["rule"], "notebook.drift_exec", "{dl:#}");
+    assert!(first_writer(dl).contains("ipykernel_launcher"), "the kernel chmodded it: {dl:#}");
+    assert_eq!(field(dl, "k8s.pod.name"), pod.name.as_str());
+    let tool = of("/home/jovyan/dl-tool");
+    assert_eq!(tool["rule"], "notebook.drift_exec", "{tool:#}");
+    assert!(first_writer(tool).starts_with("/bin/chmod +x"), "{tool:#}");
+    assert!(field(tool, "guard.writer.lineage").to_string().contains("ipykernel_launcher"), "{tool:#}");
+    let script = of("/opt/conda/bin/drifty");
+    assert_eq!(script["rule"], "notebook.drift_exec_installed", "{script:#}");
+    assert!(first_writer(script).contains("-m pip install"), "{script:#}");
+    assert_eq!(drift.len(), 3, "one alert per drifted exec:\n{drift:#?}");
+    drop(pod);
+}

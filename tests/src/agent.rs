@@ -83,7 +83,7 @@ impl GuardProcess {
             .arg("--pin-dir")
             .arg(&pin_dir)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("GUARD_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(fs::File::create(&stdout_path)?)
             .stderr(fs::File::create(&stderr_path)?)

@@ -19,7 +19,7 @@ use crate::{
     enrich::persistence::Watcher,
     policy::{persistence::Tree, Policy},
     process::{roles::is_server_argv, table::Role},
-    sensors::files::{FileEvent, FileSensor},
+    sensors::files::{FileEvent, FileSensor, FAN_ATTRIB, FAN_ONDIR},
 };
 
 pub(super) const FILE_SETTLE: Duration = Duration::from_millis(100);
@@ -34,7 +34,10 @@ pub(super) fn start(policy: &Policy) -> Option<Watcher> {
             if !sensor.writer_pids {
                 tracing::warn!("persistence writes are watched, but their writers will be unknown: fanotify reports pids only to a listener with CAP_SYS_ADMIN");
             }
-            Some(Watcher::new(tree_of(policy), sensor))
+            let drift = FileSensor::new()
+                .map_err(|e| tracing::warn!(error = %e, "executables made in a session are not watched (drift)"))
+                .ok();
+            Some(Watcher::new(tree_of(policy), sensor, drift))
         }
         Err(e) => {
             tracing::warn!(error = %e, "persistence locations are not watched: fanotify is not available");
@@ -79,7 +82,7 @@ impl<W: Write> Pipeline<W> {
         }
         let Some(w) = self.files.as_mut() else { return };
         let environ = std::fs::read(self.proc_root.join(pid.to_string()).join("environ")).unwrap_or_default();
-        w.watch(&self.proc_root, pid, &environ, Some(exe), who);
+        w.watch(&self.proc_root, pid, &environ, Some(exe), who, &self.detector.policy.writable_paths);
     }
 
     /// At start-up: the servers and kernels already running.
@@ -109,7 +112,7 @@ impl<W: Write> Pipeline<W> {
                 .or(exe);
             if let (Some(w), Some(exe)) = (self.files.as_mut(), exe) {
                 let environ = std::fs::read(self.proc_root.join(pid.to_string()).join("environ")).unwrap_or_default();
-                w.watch(&self.proc_root, pid, &environ, Some(&exe), &who);
+                w.watch(&self.proc_root, pid, &environ, Some(&exe), &who, &self.detector.policy.writable_paths);
             }
         }
     }
@@ -119,6 +122,10 @@ impl<W: Write> Pipeline<W> {
         let ready = self.pending_files.ready(now);
         for ev in ready {
             self.event_counts.file.inc();
+            if ev.mask & FAN_ATTRIB != 0 {
+                self.on_attrib(&ev, now);
+                continue;
+            }
             let Some(w) = self.files.as_mut() else { return };
             for p in w.on_event(&ev, now) {
                 let chain = match p.pid {
@@ -132,6 +139,29 @@ impl<W: Write> Pipeline<W> {
                     self.respond(a);
                 }
             }
+        }
+    }
+
+    /// A metadata change: kept when a notebook process left a file executable (drift).
+    fn on_attrib(&mut self, ev: &FileEvent, now: Instant) {
+        let Some(pid) = ev.pid.filter(|_| ev.mask & FAN_ONDIR == 0) else { return };
+        // The writer may be gone (a `chmod` run from a cell): the table keeps it a while. One
+        // it never saw is looked up only when its cgroup is a notebook's: changes all over a
+        // marked disk (the node's own) must not fill the table.
+        if self.table.get(pid).is_none() && self.table.chain_with_exited(pid, 1).is_empty() {
+            let Some(id) = self.table.cgroup_of(&self.proc_root, pid) else { return };
+            if self.attributor.attribute(id, pid).is_none() {
+                return;
+            }
+            self.table.ensure(&self.proc_root, pid);
+        }
+        let chain = self.table.chain_with_exited(pid, WRITER_CHAIN);
+        let Some(cgroup_id) = chain.first().map(|p| p.cgroup_id) else { return };
+        if self.who(cgroup_id, pid).is_none() {
+            return;
+        }
+        if let Some(w) = self.files.as_mut().and_then(|f| f.written.as_mut()) {
+            w.on_attrib(ev, chain, now);
         }
     }
 

@@ -113,12 +113,16 @@ impl<W: Write> Pipeline<W> {
         if q > 0 {
             lost.push(("queue", "any", q));
         }
-        // A full fanotify queue drops an unknown number of events: counted as overflows.
-        let overflows =
-            self.files.as_ref().map_or(0, |w| w.sensor().stats.overflows.load(std::sync::atomic::Ordering::Relaxed));
-        if overflows > self.reported_file_overflows {
-            lost.push(("fanotify", "file", overflows - self.reported_file_overflows));
-            self.reported_file_overflows = overflows;
+        // A full fanotify queue drops an unknown number of events: counted as overflows, of
+        // persistence writes (`file`) and of metadata changes (`attrib`, drift).
+        let overflows: Vec<u64> = self.files.as_ref().map_or(vec![], |w| {
+            w.sensors().map(|s| s.stats.overflows.load(std::sync::atomic::Ordering::Relaxed)).collect()
+        });
+        for (i, (n, event)) in overflows.into_iter().zip(["file", "attrib"]).enumerate() {
+            if n > self.reported_file_overflows[i] {
+                lost.push(("fanotify", event, n - self.reported_file_overflows[i]));
+                self.reported_file_overflows[i] = n;
+            }
         }
         for (stage, event, count) in lost {
             tracing::warn!(stage, event, count, "events lost");

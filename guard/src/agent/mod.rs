@@ -158,7 +158,8 @@ struct Pipeline<W: Write> {
     /// Persistence locations watched (None: no fanotify here).
     files: Option<crate::enrich::persistence::Watcher>,
     pending_files: files::PendingFiles,
-    reported_file_overflows: u64,
+    /// Overflows reported, per fanotify group (persistence, drift).
+    reported_file_overflows: [u64; 2],
     pub alerts_sent: u64,
 }
 
@@ -266,6 +267,9 @@ impl<W: Write> Pipeline<W> {
         let facts = self.enricher.exec(e, &mut self.table, who.as_deref(), &policy);
         let (outcome, root) = match (facts, eff.as_ref()) {
             (Some(mut f), Some(eff)) => {
+                if let Some(w) = &self.files {
+                    f.made = w.drift_of(&f);
+                }
                 let outcome = self.detector.on_exec(&mut f, &mut self.table, eff);
                 (outcome, Some((f.root, f.refreshed)))
             }

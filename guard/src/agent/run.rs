@@ -173,7 +173,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         notifier: crate::respond::notice::Notifier::new(opts.proc_root.clone()),
         files: super::files::start(&policy),
         pending_files: Default::default(),
-        reported_file_overflows: 0,
+        reported_file_overflows: [0; 2],
         alerts_sent: 0,
     };
     metrics.sensors_attached.store(true, Ordering::Relaxed);
@@ -183,12 +183,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     pipe.watch_running();
     let files_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (file_tx, mut file_rx) = mpsc::unbounded_channel();
-    let file_reader = match pipe.files.as_ref() {
-        Some(w) => {
-            Some(w.sensor().spawn_reader(file_tx, files_stop.clone()).context("starting the file sensor's reader")?)
-        }
-        None => None,
-    };
+    let mut file_readers = Vec::new();
+    for s in pipe.files.iter().flat_map(|w| w.sensors()) {
+        file_readers
+            .push(s.spawn_reader(file_tx.clone(), files_stop.clone()).context("starting a file sensor's reader")?);
+    }
+    drop(file_tx);
     let mut file_tick = tokio::time::interval(super::files::FILE_SETTLE);
 
     let stats = Arc::new(ReaderStats::default());
@@ -340,7 +340,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     pipe.sensor.detach();
     files_stop.store(true, Ordering::Relaxed);
-    if let Some(r) = file_reader {
+    for r in file_readers {
         let _ = tokio::task::spawn_blocking(move || r.join()).await;
     }
     while let Ok(events) = file_rx.try_recv() {

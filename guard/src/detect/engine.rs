@@ -80,7 +80,15 @@ impl Detector {
         if !f.lineage_known {
             matched.push((rules::UNKNOWN_LINEAGE, String::new()));
         }
+        if let Some(m) = &f.made {
+            matched.push(self.drift(m));
+        }
         let mut alerts = self.alerts(f, &matched);
+        if let Some(m) = &f.made {
+            for a in alerts.iter_mut().filter(|a| a.rule.starts_with("notebook.drift_exec")) {
+                self.writer_fields(a, &m.chain);
+            }
+        }
         incident(&mut alerts, table, f.e.meta.tgid, f.e.meta.ktime_ns);
         Outcome { alerts, role, server: (role == Role::Server).then_some(f.e.meta.tgid) }
     }

@@ -7,6 +7,7 @@
 pub mod copies;
 pub mod paths;
 pub mod persistence;
+pub mod written;
 
 use std::{
     collections::HashMap,
@@ -63,6 +64,8 @@ pub struct ExecFacts<'a> {
     pub in_kernel_command: bool,
     pub kernel: Option<Arc<KernelCtx>>,
     pub argv: Vec<String>,
+    /// The file was made executable during the session by a notebook process (drift).
+    pub made: Option<written::Made>,
 }
 
 pub struct Enricher {
@@ -195,6 +198,7 @@ impl Enricher {
             in_kernel_command,
             kernel,
             argv,
+            made: None,
         })
     }
 

@@ -59,6 +59,8 @@ struct Marked {
 }
 
 pub struct Watcher {
+    /// Executables made during sessions (drift); None without a second fanotify group.
+    pub written: Option<super::written::Written>,
     tree: Tree,
     sensor: FileSensor,
     marked: HashMap<DirKey, Marked>,
@@ -69,8 +71,9 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(tree: Tree, sensor: FileSensor) -> Self {
+    pub fn new(tree: Tree, sensor: FileSensor, drift: Option<FileSensor>) -> Self {
         Self {
+            written: drift.map(super::written::Written::new),
             tree,
             sensor,
             marked: HashMap::new(),
@@ -80,8 +83,9 @@ impl Watcher {
         }
     }
 
-    pub fn sensor(&self) -> &FileSensor {
-        &self.sensor
+    /// The fanotify groups: persistence writes, and metadata changes (drift).
+    pub fn sensors(&self) -> impl Iterator<Item = &FileSensor> {
+        std::iter::once(&self.sensor).chain(self.written.as_ref().map(|w| w.sensor()))
     }
 
     /// A new policy's locations: what is watched is walked again.
@@ -97,7 +101,16 @@ impl Watcher {
     /// Watches the locations of the notebook `pid` serves: its root, home (`HOME` in
     /// `environ`) and the Python environment of `exe` (a path inside the root). Cheap when
     /// these were walked already.
-    pub fn watch(&mut self, proc_root: &Path, pid: u32, environ: &[u8], exe: Option<&Path>, who: &Arc<Attribution>) {
+    /// `scratch`: other places its user writes to (`writable_paths`), watched for drift.
+    pub fn watch(
+        &mut self,
+        proc_root: &Path,
+        pid: u32,
+        environ: &[u8],
+        exe: Option<&Path>,
+        who: &Arc<Attribution>,
+        scratch: &[String],
+    ) {
         let home = crate::discovery::attribution::env_var(environ, "HOME").filter(|h| h.starts_with('/'));
         // An environment's prefix: the interpreter ran from its `bin`.
         let env =
@@ -119,6 +132,17 @@ impl Watcher {
             .collect();
         if starts.is_empty() {
             return;
+        }
+        // Drift: the file systems where this notebook's files change.
+        if let Some(written) = self.written.as_mut() {
+            if let Some(f) = root.layers.upper_dir().and_then(|up| std::fs::File::open(up).ok()) {
+                written.watch_filesystem(f.into(), "upper layer");
+            }
+            for place in home.iter().chain(scratch) {
+                if let Ok(dir) = root.open_dir(Path::new(place)) {
+                    written.watch_filesystem(dir, place);
+                }
+            }
         }
         let nb = Arc::new(Watched { who: who.clone(), root, key });
         for (node, dir) in starts {
@@ -265,6 +289,16 @@ impl Watcher {
         self.marked.retain(|_, m| m.nb.who.cgroup_id != cgroup_id);
         self.walked.retain(|(k, _)| !gone.contains(k));
         self.marks_per_root.retain(|k, _| !gone.contains(k));
+    }
+
+    /// Who made this exec's file executable during the session (drift): a `#!` script, or
+    /// a binary that is neither the system's nor a Python interpreter.
+    pub fn drift_of(&self, f: &super::ExecFacts<'_>) -> Option<super::written::Made> {
+        if f.e.interp.is_none() && (f.system_names.is_some() || f.is_python) {
+            return None;
+        }
+        let root = &f.ids.root;
+        self.written.as_ref()?.made(root, &root.real_path(&f.exe_path)?)
     }
 
     pub fn marks(&self) -> usize {

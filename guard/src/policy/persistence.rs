@@ -10,6 +10,9 @@
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
+/// The kind `known_writers` name for files they make executable (drift), not a location.
+pub const EXECUTABLE: &str = "executable";
+
 /// The policy section as written.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -252,11 +255,11 @@ pub fn validate(s: &PersistenceSpec) -> Result<(), (String, String, String)> {
             ));
         }
         for (j, k) in w.kinds.iter().enumerate() {
-            if !s.locations.iter().any(|l| &l.kind == k) {
+            if k != EXECUTABLE && !s.locations.iter().any(|l| &l.kind == k) {
                 return Err((
                     format!("persistence.known_writers[{i}].kinds[{j}]"),
                     k.clone(),
-                    format!("no location has kind {k:?}"),
+                    format!("no location has kind {k:?} (and it is not {EXECUTABLE:?}, files made executable)"),
                 ));
             }
         }

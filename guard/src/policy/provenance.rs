@@ -71,6 +71,18 @@ impl Layers {
         Self { upper, overlay: true }
     }
 
+    /// The upper layer's directory as the agent reaches it.
+    pub fn upper_dir(&self) -> Option<&Path> {
+        self.upper.as_deref()
+    }
+
+    /// Where `real` (a path inside the root, symlinks resolved) is in the upper layer, as the
+    /// agent reaches it, when it is there.
+    pub fn upper_path(&self, real: &Path) -> Option<PathBuf> {
+        let p = self.upper.as_ref()?.join(real.strip_prefix("/").unwrap_or(real));
+        p.symlink_metadata().is_ok().then_some(p)
+    }
+
     /// True when `real` (a path inside the root, symlinks resolved) is in the upper layer:
     /// created, copied up or changed in the container.
     fn in_upper(&self, real: &Path) -> bool {

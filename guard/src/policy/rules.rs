@@ -90,6 +90,18 @@ pub const PERSISTENCE_KNOWN_WRITER: Rule = Rule {
     tags: &["notebook", "filesystem", "persistence", "mitre_persistence", "T1546"],
     summary: "Persistence location written by a known tool",
 };
+pub const DRIFT_EXEC: Rule = Rule {
+    name: "notebook.drift_exec",
+    priority: Priority::Error,
+    tags: &["notebook", "process", "drift", "mitre_execution", "T1105", "T1204.002"],
+    summary: "File made executable in the session by a notebook process, then run",
+};
+pub const DRIFT_EXEC_INSTALLED: Rule = Rule {
+    name: "notebook.drift_exec_installed",
+    priority: Priority::Informational,
+    tags: &["notebook", "process", "drift", "software_mgmt", "T1105"],
+    summary: "File installed in the session by a package manager, then run",
+};
 pub const REVERSE_SHELL: Rule = Rule {
     name: "notebook.reverse_shell",
     priority: Priority::Critical,
@@ -202,6 +214,8 @@ pub const ALL: &[Rule] = &[
     REVERSE_SHELL,
     PERSISTENCE,
     PERSISTENCE_KNOWN_WRITER,
+    DRIFT_EXEC,
+    DRIFT_EXEC_INSTALLED,
     UNKNOWN_LINEAGE,
     UNEXPECTED_EGRESS,
     METADATA_ACCESS,

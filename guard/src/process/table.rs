@@ -173,6 +173,11 @@ impl ProcessTable {
         );
     }
 
+    /// The cgroup id of live process `pid`, read from /proc (the table is not changed).
+    pub fn cgroup_of(&self, proc_root: &std::path::Path, pid: u32) -> Option<u64> {
+        proc_cgroup_id(self.cgroup_mount.as_ref()?, &proc_root.join(pid.to_string()))
+    }
+
     pub fn get(&self, pid: u32) -> Option<&ProcInfo> {
         self.procs.get(&pid)
     }

@@ -31,6 +31,8 @@ const FAN_CLASS_NOTIF: u32 = 0x0;
 const FAN_REPORT_DIR_FID: u32 = 0x400;
 const FAN_REPORT_NAME: u32 = 0x800;
 const FAN_MARK_ADD: u32 = 0x1;
+const FAN_MARK_FILESYSTEM: u32 = 0x100;
+pub const FAN_ATTRIB: u64 = 0x4;
 pub const FAN_CLOSE_WRITE: u64 = 0x8;
 pub const FAN_MOVED_TO: u64 = 0x80;
 pub const FAN_CREATE: u64 = 0x100;
@@ -87,6 +89,26 @@ impl FileSensor {
         dir_key(dir)
     }
 
+    /// Watches the whole file system `on` is on for metadata changes (chmod: what was made
+    /// executable). Not every file system allows it (overlayfs refuses): the caller marks
+    /// the one below. Returns the file system's id.
+    pub fn mark_filesystem(&self, on: &OwnedFd) -> io::Result<[i32; 2]> {
+        // SAFETY: both fds are open; a null path marks the file system of `on`.
+        let r = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                FAN_MARK_ADD | FAN_MARK_FILESYSTEM,
+                FAN_ATTRIB,
+                on.as_raw_fd(),
+                std::ptr::null(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(dir_key(on)?.fsid)
+    }
+
     /// Reads events on a thread of its own until `stop`, sending each read's records.
     pub fn spawn_reader(
         &self,
@@ -134,8 +156,38 @@ fn read_loop(fd: &OwnedFd, tx: &UnboundedSender<Vec<FileEvent>>, stop: &AtomicBo
     }
 }
 
+/// Opens directory `key` on the file system `mount` is on (`open_by_handle_at`, which needs
+/// CAP_DAC_READ_SEARCH and a file system whose handles reopen).
+pub fn open_dir_by_key(mount: &OwnedFd, key: &DirKey) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        data: [u8; MAX_HANDLE],
+    }
+    if key.handle.len() > MAX_HANDLE {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut h = Handle { bytes: key.handle.len() as u32, kind: key.handle_type, data: [0; MAX_HANDLE] };
+    h.data[..key.handle.len()].copy_from_slice(&key.handle);
+    // SAFETY: `h` is a file_handle whose header says how many of its bytes are the handle.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            &h as *const Handle,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// The key fanotify's events carry for `dir`: its file system id and file handle.
-fn dir_key(dir: &OwnedFd) -> io::Result<DirKey> {
+pub fn dir_key(dir: &OwnedFd) -> io::Result<DirKey> {
     #[repr(C)]
     struct Handle {
         bytes: u32,

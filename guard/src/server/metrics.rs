@@ -190,7 +190,9 @@ impl Metrics {
             let _ = m.lost.get_or_create(&LossLabels { stage: "kernel".into(), r#type: kind.name().into() });
         }
         let _ = m.lost.get_or_create(&LossLabels { stage: "queue".into(), r#type: "any".into() });
-        let _ = m.lost.get_or_create(&LossLabels { stage: "fanotify".into(), r#type: "file".into() });
+        for t in ["file", "attrib"] {
+            let _ = m.lost.get_or_create(&LossLabels { stage: "fanotify".into(), r#type: t.into() });
+        }
         for stage in Stage::ALL {
             let _ = m.errors.get_or_create(&StageLabel { stage: stage.name().into() });
         }

@@ -1,15 +1,16 @@
 //! Alerts on persistence locations written in a notebook: `notebook.persistence`, or for a
 //! writer the policy knows for that kind of location (a package install writing a `.pth`),
-//! nothing or `notebook.persistence_known_writer`, as the policy says.
+//! nothing or `notebook.persistence_known_writer`, as the policy says. And drift: an exec of
+//! a file made executable in the session, by a known installer or by anything else.
 
 use std::path::Path;
 
 use super::Detector;
 use crate::{
     detect::alert::{one_line, Action, Alert},
-    enrich::persistence::Planted,
+    enrich::{persistence::Planted, written::Made},
     policy::{
-        persistence::{KnownWriter, Report},
+        persistence::{KnownWriter, Report, EXECUTABLE},
         rules,
     },
     process::table::{cmdline, ProcInfo, Role},
@@ -49,17 +50,48 @@ fn is_writer(w: &KnownWriter, p: &ProcInfo) -> bool {
 }
 
 impl Detector {
-    /// One planted location with its writer's chain (nearest first; empty when unknown).
-    pub fn on_planted(&self, p: &Planted, chain: &[ProcInfo]) -> Option<Alert> {
-        let known = self.policy.persistence.known_writers.iter().find(|w| {
-            w.kinds.contains(&p.kind)
+    /// The drift rule for an exec of a file `m`'s writer made executable: a known installer
+    /// (a writer whose `kinds` include `executable`) apart from anything else.
+    pub(super) fn drift(&self, m: &Made) -> (rules::Rule, String) {
+        let known = self.known_writer(EXECUTABLE, &m.chain);
+        let writer = m.chain.first().map(|q| cmdline(&q.argv)).unwrap_or_else(|| "unknown".into());
+        let writer = self.redactor.text(&writer).into_owned();
+        match known {
+            Some(w) => (rules::DRIFT_EXEC_INSTALLED, format!("installed by {} ({writer})", w.name)),
+            None => (rules::DRIFT_EXEC, format!("made executable by {writer}")),
+        }
+    }
+
+    /// The writer of a file, and its lineage.
+    pub(super) fn writer_fields(&self, a: &mut Alert, chain: &[ProcInfo]) {
+        let r = &self.redactor;
+        a.set_opt("guard.writer.pid", chain.first().map(|q| q.pid))
+            .set_opt(
+                "guard.writer.exepath",
+                chain.first().and_then(|q| q.exe.as_ref()).map(|e| e.to_string_lossy().into_owned()),
+            )
+            .set(
+                "guard.writer.lineage",
+                chain.iter().map(|q| r.text(&cmdline(&q.argv)).into_owned()).collect::<Vec<_>>(),
+            );
+    }
+
+    /// The policy's known writer of `kind` in `chain` (writer first), if one is.
+    fn known_writer(&self, kind: &str, chain: &[ProcInfo]) -> Option<&KnownWriter> {
+        self.policy.persistence.known_writers.iter().find(|w| {
+            w.kinds.iter().any(|k| k == kind)
                 && chain
                     .iter()
                     .take(KNOWN_WRITER_DEPTH)
                     // The kernel and the server are never an install, whatever they are named.
                     .take_while(|q| !matches!(q.role, Role::Kernel | Role::Server))
                     .any(|q| is_writer(w, q))
-        });
+        })
+    }
+
+    /// One planted location with its writer's chain (nearest first; empty when unknown).
+    pub fn on_planted(&self, p: &Planted, chain: &[ProcInfo]) -> Option<Alert> {
+        let known = self.known_writer(&p.kind, chain);
         let rule = match known.map(|w| w.report) {
             Some(Report::None) => return None,
             Some(Report::Info) => rules::PERSISTENCE_KNOWN_WRITER,
