@@ -261,8 +261,9 @@ const TREE: &[&str] = &[
 ];
 
 /// A byte-identical copy, as `conda create` makes (after the 5 s an unknown interpreter waits
-/// before the agent looks at the tree again).
-const CONDA_COPY: &str = "import os, shutil, subprocess, time\nos.makedirs('/opt/conda/envs/z/bin', exist_ok=True)\nshutil.copy('/opt/conda/bin/python3', '/opt/conda/envs/z/bin/python3')\ntime.sleep(5.5)\nr = subprocess.run(['/opt/conda/envs/z/bin/python3', '-c', 'print(6*7)'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout.strip() or '-')";
+/// before the agent looks at the tree again, with 2 s to spare: under a loaded machine the
+/// last look may itself have come late).
+const CONDA_COPY: &str = "import os, shutil, subprocess, time\nos.makedirs('/opt/conda/envs/z/bin', exist_ok=True)\nshutil.copy('/opt/conda/bin/python3', '/opt/conda/envs/z/bin/python3')\ntime.sleep(7)\nr = subprocess.run(['/opt/conda/envs/z/bin/python3', '-c', 'print(6*7)'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout.strip() or '-')";
 
 /// The shell bytes again, after the agent has looked at the tree again (the copy above made
 /// it): still not Python.

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
             print!("{}", guard::enforce::status::render(&s));
             Ok(())
         }),
+        Cmd::Posture { format } => cli::posture::run(format).map(|_| ()),
         Cmd::Seccomp(cmd) => match cli::seccomp::run(cmd) {
             Ok(0) => Ok(()),
             Ok(code) => return ExitCode::from(code as u8),

@@ -5,7 +5,8 @@ cells in that kernel through its connection file.
 Usage: server_session.py SPEC.json RESULTS.json
 SPEC: {"url": "http://127.0.0.1:8888", "token": ..., "notebook": "dir/name.ipynb",
        "runtime_dir": where the server writes kernel-<id>.json (as this process sees it),
-       "cells": ["code", ...], "kernel": kernelspec name (default python3)}
+       "cells": ["code", ...], "kernel": kernelspec name (default python3),
+       "keep": leave the session open, as a user leaves a notebook open (default false)}
 RESULTS: {"kernel_id": ..., "cells": [{"cell", "status", "stdout", "notices", "ename"}]}
 """
 import json
@@ -49,7 +50,8 @@ def main():
             raise RuntimeError(f"no connection file {cf}")
         time.sleep(0.1)
     results = {"kernel_id": kid, "cells": run_cells(cf, spec["cells"])}
-    call(spec, "DELETE", f"/api/sessions/{session['id']}")
+    if not spec.get("keep"):
+        call(spec, "DELETE", f"/api/sessions/{session['id']}")
     json.dump(results, open(sys.argv[2], "w"))
 
 

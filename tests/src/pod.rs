@@ -45,6 +45,22 @@ pub enum Driver {
 
 pub const TOKEN: &str = "pod-server-token-8c1d0e";
 
+/// How a pod's notebook container is started, beyond the usual shape (uid 1000,
+/// `noNewPrivileges`, no token, no seccomp filter).
+#[derive(Clone, Debug, Default)]
+pub struct PodOptions {
+    /// OCI `linux.seccomp`.
+    pub seccomp: Option<Value>,
+    /// Run as uid 0 (the server with `--allow-root`).
+    pub root: bool,
+    /// `noNewPrivileges: false`.
+    pub privilege_escalation: bool,
+    /// A service-account token mounted where kubelet puts it.
+    pub service_account_token: bool,
+    /// More arguments for the Jupyter server.
+    pub server_args: Vec<String>,
+}
+
 pub struct Pod {
     pub name: String,
     pub uid: String,
@@ -127,6 +143,12 @@ impl Pod {
 
     /// As `start`, under seccomp profile `seccomp` (OCI `linux.seccomp`) when given.
     pub fn start_with(&self, netns: &str, seccomp: Option<&Value>) -> Result<()> {
+        self.start_opts(netns, &PodOptions { seccomp: seccomp.cloned(), ..PodOptions::default() })
+    }
+
+    /// As `start`, shaped by `opts`.
+    pub fn start_opts(&self, netns: &str, opts: &PodOptions) -> Result<()> {
+        let seccomp = opts.seccomp.as_ref();
         self.prepare()?;
         let mount = find_cgroup2_mount()?;
         for d in [&self.home, &self.upper, &self.dir.0.join("work"), &self.rootfs] {
@@ -134,38 +156,85 @@ impl Pod {
         }
         let own = |p: &Path| nix::unistd::chown(p, Some(NB_UID.into()), Some(NB_GID.into()));
         own(&self.home)?;
-        let opts = format!(
+        let overlay = format!(
             "lowerdir={},upperdir={},workdir={}",
             image().display(),
             self.upper.display(),
             self.dir.0.join("work").display()
         );
-        let out = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&self.rootfs).output()?;
+        let out =
+            Command::new("mount").args(["-t", "overlay", "overlay", "-o", &overlay]).arg(&self.rootfs).output()?;
         if !out.status.success() {
             bail!("mounting the overlay root: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let (uid, gid) = if opts.root { (0, 0) } else { (NB_UID, NB_GID) };
+        // Root in a container gets the runtime's default capability set (containerd's and
+        // Docker's); the notebook user none that matter.
+        let caps: &[&str] = if opts.root {
+            &[
+                "CAP_CHOWN",
+                "CAP_DAC_OVERRIDE",
+                "CAP_FSETID",
+                "CAP_FOWNER",
+                "CAP_MKNOD",
+                "CAP_NET_RAW",
+                "CAP_SETGID",
+                "CAP_SETUID",
+                "CAP_SETFCAP",
+                "CAP_SETPCAP",
+                "CAP_NET_BIND_SERVICE",
+                "CAP_SYS_CHROOT",
+                "CAP_KILL",
+                "CAP_AUDIT_WRITE",
+            ]
+        } else {
+            &[]
+        };
+        let mut args: Vec<String> =
+            ["/opt/conda/bin/jupyter-server", "--ServerApp.ip=127.0.0.1"].map(String::from).to_vec();
+        args.extend([
+            format!("--ServerApp.port={}", self.port),
+            "--ServerApp.port_retries=0".into(),
+            format!("--IdentityProvider.token={TOKEN}"),
+            "--ServerApp.root_dir=/home/jovyan".into(),
+            "--ServerApp.open_browser=False".into(),
+        ]);
+        if opts.root {
+            args.push("--allow-root".into());
+        }
+        args.extend(opts.server_args.iter().cloned());
+        let mut mounts = vec![
+            json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}),
+            json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}),
+            json!({"destination": "/home/jovyan", "type": "bind", "source": self.home, "options": ["rbind", "rw"]}),
+        ];
+        if opts.service_account_token {
+            // As kubelet mounts a pod's token (a projected volume, read-only).
+            let sa = self.dir.0.join("serviceaccount");
+            fs::create_dir_all(&sa)?;
+            fs::write(sa.join("token"), "eyJhbGciOiJSUzI1NiJ9.test-token.sig")?;
+            fs::write(sa.join("namespace"), "jhub")?;
+            mounts.push(json!({"destination": "/run/secrets/kubernetes.io/serviceaccount", "type": "bind",
+                               "source": sa, "options": ["rbind", "ro"]}));
         }
         let config = json!({
             "ociVersion": "1.0.2",
             "process": {
                 "terminal": false,
-                "user": {"uid": NB_UID, "gid": NB_GID},
-                "args": ["/opt/conda/bin/jupyter-server", "--ServerApp.ip=127.0.0.1", format!("--ServerApp.port={}", self.port), "--ServerApp.port_retries=0",
-                         format!("--IdentityProvider.token={TOKEN}"), "--ServerApp.root_dir=/home/jovyan",
-                         "--ServerApp.open_browser=False"],
+                "user": {"uid": uid, "gid": gid},
+                "args": args,
                 "env": ["PATH=/opt/conda/bin:/usr/local/bin:/usr/bin:/bin", "HOME=/home/jovyan", "LANG=C.UTF-8",
-                        format!("JUPYTERHUB_USER={}", self.user)],
+                        format!("JUPYTERHUB_USER={}", self.user),
+                        // What a container runtime and kubelet give every pod.
+                        format!("HOSTNAME={}", self.name), "KUBERNETES_SERVICE_HOST=10.96.0.1".to_string()],
                 "cwd": "/home/jovyan",
-                "capabilities": {"bounding": [], "effective": [], "permitted": []},
-                "noNewPrivileges": true,
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+                "noNewPrivileges": !opts.privilege_escalation,
             },
             "root": {"path": "rootfs", "readonly": false},
             "hostname": self.name,
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
-                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
-                {"destination": "/home/jovyan", "type": "bind", "source": self.home, "options": ["rbind", "rw"]},
-            ],
+            "mounts": mounts,
             "linux": {
                 "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
                                {"type": "network", "path": format!("/run/netns/{netns}")}],
@@ -213,6 +282,13 @@ impl Pod {
     pub fn run_cells(&self, netns: &str, notebook: &str, cells: &[&str]) -> Result<(String, Vec<CellResult>)> {
         let spec = json!({"url": format!("http://127.0.0.1:{}", self.port), "token": TOKEN, "notebook": notebook,
                           "cells": cells, "runtime_dir": self.home.join(".local/share/jupyter/runtime")});
+        open_session(netns, spec, &self.dir.0).map_err(|e| e.context(format!("container:\n{}", self.log())))
+    }
+
+    /// As `run_cells`, leaving the session (and its kernel) open, as a user leaves a notebook.
+    pub fn run_cells_open(&self, netns: &str, notebook: &str, cells: &[&str]) -> Result<(String, Vec<CellResult>)> {
+        let spec = json!({"url": format!("http://127.0.0.1:{}", self.port), "token": TOKEN, "notebook": notebook,
+                          "cells": cells, "runtime_dir": self.home.join(".local/share/jupyter/runtime"), "keep": true});
         open_session(netns, spec, &self.dir.0).map_err(|e| e.context(format!("container:\n{}", self.log())))
     }
 

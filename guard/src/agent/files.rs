@@ -56,6 +56,9 @@ fn tree_of(policy: &Policy) -> Tree {
     })
 }
 
+/// A server or kernel found running: pid, cgroup id, role, argv, exe.
+type Running = (u32, u64, Role, Arc<[std::ffi::OsString]>, Option<std::path::PathBuf>);
+
 /// File events received and not yet handled, oldest first.
 #[derive(Default)]
 pub(super) struct PendingFiles(VecDeque<(Instant, FileEvent)>);
@@ -85,34 +88,34 @@ impl<W: Write> Pipeline<W> {
         w.watch(&self.proc_root, pid, &environ, Some(exe), who, &self.detector.policy.writable_paths);
     }
 
-    /// At start-up: the servers and kernels already running.
-    pub(super) fn watch_running(&mut self) {
-        if self.files.is_none() {
-            return;
-        }
-        let running: Vec<(u32, u64, Option<std::path::PathBuf>, bool)> = self
+    /// At start-up (and after a reload): the servers and kernels already running have their
+    /// locations watched; at start-up their posture is checked too.
+    pub(super) fn meet_running(&mut self, posture: bool) {
+        let running: Vec<Running> = self
             .table
             .iter()
-            .map(|p| {
+            .filter_map(|p| {
                 let argv: Vec<String> = p.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-                (p.pid, p.cgroup_id, p.exe.clone(), p.kernel.is_some() || is_server_argv(&argv))
+                let role = if crate::process::kernel::kernel_id(&p.argv).is_some() && p.kernel.is_some() {
+                    Role::Kernel
+                } else if is_server_argv(&argv) {
+                    Role::Server
+                } else {
+                    return None;
+                };
+                Some((p.pid, p.cgroup_id, role, p.argv.clone(), p.exe.clone()))
             })
-            .filter(|r| r.3)
             .collect();
-        for (pid, cgroup_id, exe, _) in running {
+        for (pid, cgroup_id, role, argv, exe) in running {
             let Some(who) = self.who(cgroup_id, pid) else { continue };
             // The exe as /proc shows it is the host's view; the path the process ran is
             // its own, found from its command line.
-            let exe = self
-                .table
-                .get(pid)
-                .and_then(|p| p.argv.first())
-                .map(std::path::PathBuf::from)
-                .filter(|p| p.is_absolute())
-                .or(exe);
-            if let (Some(w), Some(exe)) = (self.files.as_mut(), exe) {
-                let environ = std::fs::read(self.proc_root.join(pid.to_string()).join("environ")).unwrap_or_default();
-                w.watch(&self.proc_root, pid, &environ, Some(&exe), &who, &self.detector.policy.writable_paths);
+            let exe = argv.first().map(std::path::PathBuf::from).filter(|p| p.is_absolute()).or(exe);
+            if let Some(exe) = exe {
+                self.watch_files(pid, &exe, role, &who);
+            }
+            if posture {
+                self.check_posture(pid, role, &argv, &who);
             }
         }
     }
@@ -169,7 +172,7 @@ impl<W: Write> Pipeline<W> {
     pub(super) fn reload_files(&mut self, policy: &Policy) {
         if let Some(w) = self.files.as_mut() {
             w.set_tree(tree_of(policy));
-            self.watch_running();
+            self.meet_running(false);
         }
     }
 }

@@ -43,6 +43,7 @@ mod files;
 mod health;
 mod hub;
 mod placement;
+mod posture;
 mod reload;
 mod run;
 
@@ -158,6 +159,8 @@ struct Pipeline<W: Write> {
     /// Persistence locations watched (None: no fanotify here).
     files: Option<crate::enrich::persistence::Watcher>,
     pending_files: files::PendingFiles,
+    /// Posture findings each notebook was told.
+    posture: crate::detect::engine::posture::PostureBook,
     /// Overflows reported, per fanotify group (persistence, drift).
     reported_file_overflows: [u64; 2],
     pub alerts_sent: u64,
@@ -307,6 +310,7 @@ impl<W: Write> Pipeline<W> {
         }
         if let Some(who) = who.as_ref() {
             self.watch_files(e.meta.tgid, &e.filename, outcome.role, who);
+            self.check_posture(e.meta.tgid, outcome.role, &e.argv, who);
         }
         if tracing::enabled!(tracing::Level::DEBUG) || (self.events.is_none() && self.sinks.is_empty()) {
             let cmd = self.detector.redactor.text(&cmdline(&e.argv)).into_owned();

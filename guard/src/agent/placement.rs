@@ -61,6 +61,7 @@ impl<W: Write> Pipeline<W> {
         if let Some(w) = self.files.as_mut() {
             w.forget(id);
         }
+        self.posture.forget(id);
         self.enricher.identities.forget_cgroup(id);
         self.attributor.forget(id);
         if !self.watch_all {

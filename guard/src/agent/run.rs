@@ -173,6 +173,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         notifier: crate::respond::notice::Notifier::new(opts.proc_root.clone()),
         files: super::files::start(&policy),
         pending_files: Default::default(),
+        posture: Default::default(),
         reported_file_overflows: [0; 2],
         alerts_sent: 0,
     };
@@ -180,7 +181,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     pipe.enforcer.set_kernel_commands(&policy.kernel_commands)?;
     pipe.scan(kube.is_some())?;
     pipe.scope_local_notebooks()?;
-    pipe.watch_running();
+    pipe.meet_running(true);
     let files_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (file_tx, mut file_rx) = mpsc::unbounded_channel();
     let mut file_readers = Vec::new();

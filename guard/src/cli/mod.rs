@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+pub mod posture;
 pub mod seccomp;
 
 use std::{path::PathBuf, time::Duration};
@@ -56,6 +57,15 @@ pub enum Cmd {
     Status {
         #[arg(long, default_value = "/sys/fs/bpf/notebook-guard")]
         pin_dir: PathBuf,
+    },
+    /// The posture findings of every notebook on this node (clear-text kernel transport, a
+    /// readable connection file, root, a service-account token, no seccomp, NoNewPrivs unset),
+    /// each with its fix.
+    ///
+    /// Example: guard posture --format json
+    Posture {
+        #[arg(long, value_enum, default_value = "text")]
+        format: posture::PostureFormat,
     },
     /// Seccomp profiles from observed behaviour: record, merge, generate, check, diff.
     #[command(subcommand)]

@@ -26,6 +26,7 @@ mod incident;
 mod judge;
 mod network;
 mod persistence;
+pub mod posture;
 
 use incident::incident;
 

@@ -7,6 +7,7 @@
 pub mod copies;
 pub mod paths;
 pub mod persistence;
+pub mod posture;
 pub mod written;
 
 use std::{

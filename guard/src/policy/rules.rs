@@ -102,6 +102,42 @@ pub const DRIFT_EXEC_INSTALLED: Rule = Rule {
     tags: &["notebook", "process", "drift", "software_mgmt", "T1105"],
     summary: "File installed in the session by a package manager, then run",
 };
+pub const POSTURE_KERNEL_TCP: Rule = Rule {
+    name: "posture.kernel_tcp_transport",
+    priority: Priority::Notice,
+    tags: &["notebook", "posture", "network", "T1040"],
+    summary: "Kernel messages travel in clear text on the network (TCP transport on a non-loopback address)",
+};
+pub const POSTURE_CONNECTION_FILE: Rule = Rule {
+    name: "posture.connection_file_readable",
+    priority: Priority::Notice,
+    tags: &["notebook", "posture", "credentials", "T1552.001"],
+    summary: "Kernel connection file readable by other users",
+};
+pub const POSTURE_ROOT: Rule = Rule {
+    name: "posture.root_notebook",
+    priority: Priority::Notice,
+    tags: &["notebook", "posture", "privilege", "T1611"],
+    summary: "Notebook runs as root",
+};
+pub const POSTURE_TOKEN: Rule = Rule {
+    name: "posture.service_account_token",
+    priority: Priority::Notice,
+    tags: &["notebook", "posture", "credentials", "T1528"],
+    summary: "Kubernetes service-account token mounted into a notebook",
+};
+pub const POSTURE_NO_SECCOMP: Rule = Rule {
+    name: "posture.no_seccomp",
+    priority: Priority::Notice,
+    tags: &["notebook", "posture", "T1611"],
+    summary: "Notebook runs without a seccomp filter",
+};
+pub const POSTURE_NO_NEW_PRIVS: Rule = Rule {
+    name: "posture.no_new_privs",
+    priority: Priority::Notice,
+    tags: &["notebook", "posture", "privilege", "T1548.001"],
+    summary: "Notebook can gain privileges (NoNewPrivs unset)",
+};
 pub const REVERSE_SHELL: Rule = Rule {
     name: "notebook.reverse_shell",
     priority: Priority::Critical,
@@ -216,6 +252,12 @@ pub const ALL: &[Rule] = &[
     PERSISTENCE_KNOWN_WRITER,
     DRIFT_EXEC,
     DRIFT_EXEC_INSTALLED,
+    POSTURE_KERNEL_TCP,
+    POSTURE_CONNECTION_FILE,
+    POSTURE_ROOT,
+    POSTURE_TOKEN,
+    POSTURE_NO_SECCOMP,
+    POSTURE_NO_NEW_PRIVS,
     UNKNOWN_LINEAGE,
     UNEXPECTED_EGRESS,
     METADATA_ACCESS,

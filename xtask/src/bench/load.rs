@@ -13,7 +13,7 @@ use std::{
     io::Read,
     net::{TcpListener, TcpStream},
     os::{fd::AsRawFd, unix::process::CommandExt},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -469,6 +469,30 @@ pub fn run_load(kind: &str, n: u64, rate: u64) -> Result<()> {
             unsafe { libc::getppid() };
             Ok(())
         })?,
+        // A file created, written, closed and removed in a directory: `files:DIR`.
+        k if k.starts_with("files:") => {
+            let dir = PathBuf::from(&k["files:".len()..]);
+            let data = [7u8; 4096];
+            let mut i = 0u64;
+            run_steady(n, || {
+                let p = dir.join(format!("bench-{}", i % 16));
+                i += 1;
+                fs::write(&p, data)?;
+                fs::remove_file(&p)?;
+                Ok(())
+            })?
+        }
+        // A file's mode switched between 0755 and 0644: `chmod:FILE`.
+        k if k.starts_with("chmod:") => {
+            use std::os::unix::fs::PermissionsExt;
+            let file = PathBuf::from(&k["chmod:".len()..]);
+            let mut i = 0u32;
+            run_steady(n, || {
+                i += 1;
+                fs::set_permissions(&file, fs::Permissions::from_mode(if i % 2 == 0 { 0o755 } else { 0o644 }))?;
+                Ok(())
+            })?
+        }
         _ => bail!("unknown load {kind}"),
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! both alike. The loads themselves are in [`load`].
 
 mod accounting;
+mod files;
 mod footprint;
 mod guard;
 mod latency;
@@ -33,7 +34,7 @@ use serde_json::{json, Map, Value};
 
 pub use load::run_load;
 use load::{in_cgroup, load, SteadyLoad};
-use {footprint::*, guard::*, latency::*, loss::*, peers::*, recorder::*, report::*, stats::*, storms::*};
+use {files::*, footprint::*, guard::*, latency::*, loss::*, peers::*, recorder::*, report::*, stats::*, storms::*};
 
 /// Rounds of the exec storms. A round's speed-corrected ratio still swings 3-4% (sd) on this
 /// VM, while the guard costs about 1% in the notebook (1.3% by timing in 71 rounds), 0.2%
@@ -54,7 +55,7 @@ const NULL_ROUNDS: usize = 25;
 const PEER_ROUNDS: usize = 7;
 /// The recorder's differences are tens of nanoseconds: more rounds than the peers.
 const RECORDER_ROUNDS: usize = 25;
-pub const SECTIONS: &[&str] = &["storms", "recorder", "peers", "loss", "latency", "footprint"];
+pub const SECTIONS: &[&str] = &["storms", "recorder", "peers", "loss", "latency", "files", "footprint"];
 /// Ring size for the overload part of the loss section: small enough that this machine's
 /// fastest exec storm overflows it.
 const SMALL_RING: u32 = 4 << 10;
@@ -117,12 +118,13 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
     let nb = mount.join("system.slice/jupyter-benchuser.service");
     fs::create_dir_all(&nb)?;
     let mut c = Ctx { guard, dir, mount, nb, results: Map::new(), md: Vec::new() };
-    let steps: [(&str, Section); 6] = [
+    let steps: [(&str, Section); 7] = [
         ("storms", storms),
         ("recorder", recorder),
         ("peers", peers),
         ("loss", loss),
         ("latency", latency),
+        ("files", files),
         ("footprint", footprint),
     ];
     let mut outcome = Ok(());
