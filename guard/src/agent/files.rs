@@ -68,6 +68,13 @@ impl PendingFiles {
         self.0.extend(events.into_iter().map(|e| (now, e)));
     }
 
+    /// The metadata changes waiting (drift's events need no settling when an exec asks).
+    fn take_attrib(&mut self) -> Vec<FileEvent> {
+        let (attrib, rest): (VecDeque<_>, VecDeque<_>) = self.0.drain(..).partition(|(_, e)| e.mask & FAN_ATTRIB != 0);
+        self.0 = rest;
+        attrib.into_iter().map(|(_, e)| e).collect()
+    }
+
     fn ready(&mut self, now: Instant) -> Vec<FileEvent> {
         let mut out = Vec::new();
         while self.0.front().is_some_and(|(t, _)| now.duration_since(*t) >= FILE_SETTLE) {
@@ -142,6 +149,24 @@ impl<W: Write> Pipeline<W> {
                     self.respond(a);
                 }
             }
+        }
+    }
+
+    /// Before an exec in a notebook that may be of a file made in the session: the metadata
+    /// changes already made are taken in now, not after their settling time (`chmod +x t &&
+    /// ./t` execs within a millisecond of the chmod). The chmod's own process is in the table
+    /// by then: its events came through the ring before this exec's.
+    pub(super) fn take_in_drift(&mut self, e: &crate::sensors::decode::Exec) {
+        if e.interp.is_none() && crate::enrich::paths::in_system_dir(&e.filename) {
+            return;
+        }
+        let Some(drift) = self.files.as_ref().and_then(|w| w.written.as_ref()) else { return };
+        let mut events = drift.sensor().read_now();
+        events.extend(self.pending_files.take_attrib());
+        let now = Instant::now();
+        for ev in events {
+            self.event_counts.file.inc();
+            self.on_attrib(&ev, now);
         }
     }
 

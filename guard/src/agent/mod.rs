@@ -264,6 +264,9 @@ impl<W: Write> Pipeline<W> {
             }
         }
         let was_local = self.table.get(e.meta.tgid).is_some_and(|p| p.notebook.is_some());
+        if who.is_some() {
+            self.take_in_drift(e);
+        }
         // Enrich (lineage for every exec; facts for one in a notebook), then judge.
         let eff = who.as_ref().map(|w| self.detector.effective(w));
         let policy = self.detector.policy.clone();

@@ -251,6 +251,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
+                // File events read before these records are handled first (a drift lookup
+                // asks for the chmods that came before its exec).
+                while let Ok(events) = file_rx.try_recv() {
+                    pipe.pending_files.push(events, Instant::now());
+                }
                 pipe.handle_batch(batch, &stats, &spares);
                 while let Ok(batch) = rx.try_recv() {
                     pipe.handle_batch(batch, &stats, &spares);

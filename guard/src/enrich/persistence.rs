@@ -168,7 +168,7 @@ impl Watcher {
             return;
         }
         let Ok(dir) = nb.root.open_dir(&path) else { return };
-        match self.sensor.mark(&dir, self.tree.holds_files(node)) {
+        match self.sensor.mark(&dir) {
             Ok(key) => {
                 *count += 1;
                 self.marked.insert(key, Marked { nb: nb.clone(), path: path.clone(), node });
@@ -189,12 +189,23 @@ impl Watcher {
             let is_dir = nb.root.stat(&child).is_ok_and(|m| m.is_dir());
             if is_dir {
                 below.extend(m.dirs.into_iter().map(|d| (child.clone(), d)));
-            } else if let (Some(kind), Some(pid)) = (m.kind, found_by) {
-                found.push(Planted { who: nb.who.clone(), path: child, kind, op: "found", target: None, pid });
+            } else if let Some(kind) = m.kind {
+                self.mark_file(&dir, &name);
+                if let Some(pid) = found_by {
+                    found.push(Planted { who: nb.who.clone(), path: child, kind, op: "found", target: None, pid });
+                }
             }
         }
         for (child, d) in below {
             self.walk(nb, child, d, depth + 1, found_by, found);
+        }
+    }
+
+    /// Writes to location file `name` in `dir` are reported: a mark on the file itself, so
+    /// that writes to the other files of its directory (a home's data files) cost nothing.
+    fn mark_file(&self, dir: &std::os::fd::OwnedFd, name: &std::ffi::OsStr) {
+        if let Err(e) = self.sensor.mark_file(dir, name) {
+            tracing::debug!(name = ?name, error = %e, "cannot watch a persistence file");
         }
     }
 
@@ -234,6 +245,12 @@ impl Watcher {
                 self.walk(&m.nb, path.clone(), d, 0, None, &mut Vec::new());
             }
         } else if let Some(kind) = nm.kind {
+            if appeared && !is_link {
+                // A new location file: its later writes are reported too.
+                if let Ok(dir) = m.nb.root.open_dir(&m.path) {
+                    self.mark_file(&dir, &ev.name);
+                }
+            }
             let op = if is_link {
                 "symlink"
             } else if ev.mask & FAN_MOVED_TO != 0 {

@@ -210,12 +210,6 @@ impl Tree {
             .filter(|&c| !self.nodes[c].children.is_empty())
     }
 
-    /// Does a directory at `node` hold location files (so writes in it matter, not only
-    /// names appearing)?
-    pub fn holds_files(&self, node: NodeId) -> bool {
-        self.nodes.get(node).is_some_and(|n| n.children.iter().any(|&c| self.nodes[c].kind.is_some()))
-    }
-
     /// What `name`, in a directory at `node`, is.
     pub fn name(&self, node: NodeId, name: &str) -> NameMatch {
         let mut m = NameMatch::default();
@@ -290,7 +284,6 @@ mod tests {
         .unwrap();
         let (a, home) = t.anchors()[0];
         assert_eq!(a, Anchor::Home);
-        assert!(t.holds_files(home));
         assert_eq!(t.name(home, ".bashrc").kind.as_deref(), Some("shell-rc"));
         let ipy = t.name(home, ".ipython");
         assert_eq!((ipy.kind, ipy.dirs.len()), (None, 1));

@@ -32,6 +32,7 @@ const FAN_REPORT_DIR_FID: u32 = 0x400;
 const FAN_REPORT_NAME: u32 = 0x800;
 const FAN_MARK_ADD: u32 = 0x1;
 const FAN_MARK_FILESYSTEM: u32 = 0x100;
+const FAN_MARK_DONT_FOLLOW: u32 = 0x4;
 pub const FAN_ATTRIB: u64 = 0x4;
 pub const FAN_CLOSE_WRITE: u64 = 0x8;
 pub const FAN_MOVED_TO: u64 = 0x80;
@@ -43,6 +44,11 @@ const FAN_EVENT_ON_CHILD: u64 = 0x0800_0000;
 const AT_HANDLE_FID: i32 = 0x200;
 const MAX_HANDLE: usize = 128;
 const CAP_SYS_ADMIN: u32 = 21;
+/// How long the reader lets events gather after the first one wakes it. The kernel merges
+/// an event into one still queued for the same file, name and writer, so a storm (a loop of
+/// chmods, small files written over and over) is read as a few events per pace, not one per
+/// call; each alone cost the agent a wake-up and a lookup, about as much CPU as the storm.
+const READ_PACE: Duration = Duration::from_millis(20);
 
 /// Counters the reader keeps (the pipeline reports them).
 #[derive(Default, Debug)]
@@ -73,13 +79,10 @@ impl FileSensor {
         Ok(Self { fd, writer_pids: has_cap(CAP_SYS_ADMIN), stats: Arc::default() })
     }
 
-    /// Watches directory `dir` (an open directory, not O_PATH) for names created or moved in
-    /// and, with `files`, for files written there. Returns the key its events carry.
-    pub fn mark(&self, dir: &OwnedFd, files: bool) -> io::Result<DirKey> {
-        let mut mask = FAN_CREATE | FAN_MOVED_TO | FAN_ONDIR | FAN_EVENT_ON_CHILD;
-        if files {
-            mask |= FAN_CLOSE_WRITE;
-        }
+    /// Watches directory `dir` (an open directory, not O_PATH) for names created or moved in.
+    /// Returns the key its events carry.
+    pub fn mark(&self, dir: &OwnedFd) -> io::Result<DirKey> {
+        let mask = FAN_CREATE | FAN_MOVED_TO | FAN_ONDIR | FAN_EVENT_ON_CHILD;
         // SAFETY: both fds are open; a null path marks `dir` itself.
         let r =
             unsafe { libc::fanotify_mark(self.fd.as_raw_fd(), FAN_MARK_ADD, mask, dir.as_raw_fd(), std::ptr::null()) };
@@ -87,6 +90,26 @@ impl FileSensor {
             return Err(io::Error::last_os_error());
         }
         dir_key(dir)
+    }
+
+    /// Watches file `name` in directory `dir` (not following a symlink) for writes; its events
+    /// carry the directory's key and the name.
+    pub fn mark_file(&self, dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<()> {
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name))?;
+        // SAFETY: both fds are open; `c` is a NUL-terminated name relative to `dir`.
+        let r = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                FAN_MARK_ADD | FAN_MARK_DONT_FOLLOW,
+                FAN_CLOSE_WRITE,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Watches the whole file system `on` is on for metadata changes (chmod: what was made
@@ -109,6 +132,32 @@ impl FileSensor {
         Ok(dir_key(on)?.fsid)
     }
 
+    /// What is queued right now (a non-blocking read, from any thread: each event is read
+    /// once, here or by the reader).
+    pub fn read_now(&self) -> Vec<FileEvent> {
+        let mut buf = vec![0u8; 16 << 10];
+        let mut events = Vec::new();
+        loop {
+            // SAFETY: the buffer is as long as we say; the fd is non-blocking.
+            let got = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if got <= 0 {
+                return events;
+            }
+            for r in decode::records(&buf[..got as usize]) {
+                match r {
+                    Ok(Record::File(e)) => events.push(e),
+                    Ok(Record::Overflow) => {
+                        self.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Record::Other { .. }) => {}
+                    Err(_) => {
+                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads events on a thread of its own until `stop`, sending each read's records.
     pub fn spawn_reader(
         &self,
@@ -129,6 +178,7 @@ fn read_loop(fd: &OwnedFd, tx: &UnboundedSender<Vec<FileEvent>>, stop: &AtomicBo
         if n <= 0 {
             continue;
         }
+        std::thread::sleep(READ_PACE);
         loop {
             // SAFETY: the buffer is as long as we say.
             let got = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };

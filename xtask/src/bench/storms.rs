@@ -43,7 +43,7 @@ pub(super) struct Overhead {
     off: Vec<f64>,
     on: Vec<f64>,
     /// Guard-on over guard-off performance (1.0: no cost).
-    ratios: Vec<f64>,
+    pub(super) ratios: Vec<f64>,
     /// Steady loads: the same ratio over every chunk of the windows, noise and all.
     all_chunk_ratios: Vec<f64>,
     /// Exec storms: the ratio with each half's time per exec over its reference work's (the
