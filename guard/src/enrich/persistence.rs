@@ -68,6 +68,7 @@ pub struct Watcher {
     walked: HashSet<(RootKey, PathBuf)>,
     marks_per_root: HashMap<RootKey, usize>,
     recent: HashMap<(DirKey, Vec<u8>), Instant>,
+    said_unsupported: bool,
 }
 
 impl Watcher {
@@ -80,6 +81,7 @@ impl Watcher {
             walked: HashSet::new(),
             marks_per_root: HashMap::new(),
             recent: HashMap::new(),
+            said_unsupported: false,
         }
     }
 
@@ -174,7 +176,15 @@ impl Watcher {
                 self.marked.insert(key, Marked { nb: nb.clone(), path: path.clone(), node });
             }
             Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "cannot watch a persistence directory");
+                // overlayfs before Linux 6.6 cannot report names by file handle: said once.
+                let unsupported =
+                    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EXDEV) | Some(libc::ENODEV));
+                if unsupported && !self.said_unsupported {
+                    self.said_unsupported = true;
+                    tracing::warn!(path = %path.display(), error = %e, "persistence locations on this file system are not watched (a container's overlayfs root needs Linux 6.6 or later; home volumes are watched)");
+                } else {
+                    tracing::debug!(path = %path.display(), error = %e, "cannot watch a persistence directory");
+                }
                 return;
             }
         }

@@ -489,7 +489,10 @@ pub fn run_load(kind: &str, n: u64, rate: u64) -> Result<()> {
             let mut i = 0u32;
             run_steady(n, || {
                 i += 1;
-                fs::set_permissions(&file, fs::Permissions::from_mode(if i % 2 == 0 { 0o755 } else { 0o644 }))?;
+                fs::set_permissions(
+                    &file,
+                    fs::Permissions::from_mode(if i.is_multiple_of(2) { 0o755 } else { 0o644 }),
+                )?;
                 Ok(())
             })?
         }
