@@ -213,8 +213,9 @@ fn a_local_process_spawner_notebook_is_enforced_by_process_and_the_hub_is_not() 
     let server = script(&dir, "jupyterhub-singleuser", PROBE);
     let hub_proc = script(&dir, "jupyterhub", PROBE);
     let user_env = format!("JUPYTERHUB_USER={user}");
-    // The server waits a moment, as a real one does before it starts kernels.
-    let out = net.run_in(&hub, &["/usr/bin/env", &user_env, &server, "0.3"]).unwrap();
+    // The server waits a moment, as a real one does before it starts kernels (a second: the
+    // agent places it when it sees its exec, and 0.3 s was once too little on a loaded CI).
+    let out = net.run_in(&hub, &["/usr/bin/env", &user_env, &server, "1.0"]).unwrap();
     assert_eq!(out.trim(), "rc -9 out - connect errno 1", "the notebook's exec and connect:\n{}", g.log());
     let out = net.run_in(&hub, &[&hub_proc, "0"]).unwrap();
     assert_eq!(out.trim(), "rc 0 out EXEC-RAN connect errno 111", "the hub itself is not judged");

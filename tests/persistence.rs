@@ -263,3 +263,59 @@ fn drift_names_the_writer_and_tells_installs_from_the_kernels_own_files() {
     assert_eq!(drift.len(), 3, "one alert per drifted exec:\n{drift:#?}");
     drop(pod);
 }
+
+/// A concrete path for a default location glob, as the notebook sees it.
+fn instance(glob: &str) -> String {
+    let path = glob.replacen("~/", "/home/jovyan/", 1).replacen("{env}/", "/opt/conda/", 1);
+    path.split('/')
+        .map(|c| match c {
+            "profile_*" => "profile_default".to_string(),
+            "python3*" => "python3.11".to_string(),
+            "*" => "planted".to_string(),
+            c if c.starts_with("jupyter_*_config") => c.replacen('*', "server", 1),
+            c => c.replacen('*', "zz-planted", 1),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[test]
+fn every_default_persistence_location_alerts_when_a_cell_writes_it() {
+    privileged!();
+    let locations = guard::policy::Policy::default_policy().persistence.locations;
+    let paths: Vec<(String, String)> = locations.iter().map(|l| (instance(&l.path), l.kind.clone())).collect();
+    let net = TestNet::new().unwrap();
+    let dir = TempDir::new("persist-all").unwrap();
+    let pod = Pod::new("jupyter-uma---8c9d0e1f", "uma", Driver::Systemd).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(FakeKube::start(vec![pod.manifest()]));
+    let kc = dir.0.join("kubeconfig");
+    std::fs::write(&kc, api.kubeconfig()).unwrap();
+    let env = [("KUBECONFIG", kc.as_os_str()), ("NODE_NAME", std::ffi::OsStr::new("node-1"))];
+    let g = GuardProcess::start_env("discovery:\n  kubernetes:\n    enabled: true\n", &[], &env).unwrap();
+    pod.start(&net.notebook).unwrap();
+    let list = serde_json::to_string(&paths.iter().map(|(p, _)| p).collect::<Vec<_>>()).unwrap();
+    // The directories first (the agent then watches them), then each file, one at a time.
+    let mkdirs = format!("import os, json, time\nfor p in json.loads({list:?}):\n    os.makedirs(os.path.dirname(p), exist_ok=True)\ntime.sleep(1)\nprint('dirs')");
+    let writes = format!("import json, time\nfor p in json.loads({list:?}):\n    open(p, 'a').write('# planted\\n')\n    time.sleep(0.05)\nprint('written')");
+    let (_, r) = pod.run_cells(&net.notebook, NOTEBOOK, &[&mkdirs, &writes]).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!([r[0].stdout.trim(), r[1].stdout.trim()], ["dirs", "written"], "{r:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let log = g.log();
+    let alerts = g.stop().unwrap();
+    let planted: Vec<&Value> = alerts.iter().filter(|a| a["rule"] == "notebook.persistence").collect();
+    let mut missing = Vec::new();
+    for (path, kind) in &paths {
+        match planted.iter().find(|a| field(a, "fd.name") == path.as_str()) {
+            Some(a) => {
+                assert_eq!(field(a, "guard.location"), kind.as_str(), "{a:#}");
+                assert!(field(a, "proc.lineage").to_string().contains("ipykernel_launcher"), "{a:#}");
+                assert_eq!(field(a, "k8s.pod.name"), pod.name.as_str());
+            }
+            None => missing.push(path.clone()),
+        }
+    }
+    assert!(missing.is_empty(), "locations written without an alert: {missing:#?}\n{planted:#?}\n{log}");
+    println!("{} default locations written, {} alerted", paths.len(), planted.len());
+    drop(pod);
+}
