@@ -179,7 +179,8 @@ fn persistence_locations_alert_at_write_time_and_installs_do_not() {
     drop(pod);
 }
 
-/// A wheel with a console script, built in the cell (no index needed).
+/// A wheel with a console script and a program of its own, built in the cell (no index
+/// needed).
 const CONSOLE_WHEEL: &str = r#"import zipfile, subprocess, sys, base64, hashlib
 whl = '/tmp/drifty-1.0-py3-none-any.whl'
 files = {
@@ -188,13 +189,18 @@ files = {
     'drifty-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
     'drifty-1.0.dist-info/entry_points.txt': b'[console_scripts]\ndrifty = drifty:main\n',
 }
+# A program the wheel ships (its zip entry executable), as wheels ship native tools.
+tool = ('drifty-1.0.data/scripts/drifty-sh', b'#!/bin/sh\necho DRIFTY-SH-RAN\n')
 def rec(name, data):
     h = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
     return f'{name},sha256={h},{len(data)}'
-record = '\n'.join([rec(n, d) for n, d in files.items()] + ['drifty-1.0.dist-info/RECORD,,']) + '\n'
+record = '\n'.join([rec(n, d) for n, d in files.items()] + [rec(*tool), 'drifty-1.0.dist-info/RECORD,,']) + '\n'
 with zipfile.ZipFile(whl, 'w') as z:
     for n, d in files.items():
         z.writestr(n, d)
+    info = zipfile.ZipInfo(tool[0])
+    info.external_attr = 0o100755 << 16
+    z.writestr(info, tool[1])
     z.writestr('drifty-1.0.dist-info/RECORD', record)
 r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--no-deps', '--quiet', whl], capture_output=True, text=True)
 print('pip', r.returncode, r.stderr.strip()[-300:])"#;
@@ -214,6 +220,7 @@ subprocess.run(['/bin/chmod', '+x', p])
 print(subprocess.run([p], capture_output=True, text=True).stdout.strip())"#,
     CONSOLE_WHEEL,
     "import subprocess\nprint(subprocess.run(['/opt/conda/bin/drifty'], capture_output=True, text=True).stdout.strip())",
+    "import subprocess\nprint(subprocess.run(['/opt/conda/bin/drifty-sh'], capture_output=True, text=True).stdout.strip())",
 ];
 
 #[test]
@@ -233,7 +240,7 @@ fn drift_names_the_writer_and_tells_installs_from_the_kernels_own_files() {
     let out = |i: usize| r[i].stdout.trim().to_string();
     assert_eq!([out(0), out(1)], ["DL-RAN", "TOOL-RAN"], "{r:?}");
     assert!(out(2).starts_with("pip 0"), "{r:?}");
-    assert_eq!(out(3), "DRIFTY-RAN", "{r:?}");
+    assert_eq!([out(3), out(4)], ["DRIFTY-RAN", "DRIFTY-SH-RAN"], "{r:?}");
     std::thread::sleep(Duration::from_millis(500));
     let log = g.log();
     let alerts = g.stop().unwrap();
@@ -257,9 +264,12 @@ fn drift_names_the_writer_and_tells_installs_from_the_kernels_own_files() {
     assert_eq!(tool["rule"], "notebook.drift_exec", "{tool:#}");
     assert!(first_writer(tool).starts_with("/bin/chmod +x"), "{tool:#}");
     assert!(field(tool, "guard.writer.lineage").to_string().contains("ipykernel_launcher"), "{tool:#}");
-    let script = of("/opt/conda/bin/drifty");
-    assert_eq!(script["rule"], "notebook.drift_exec_installed", "{script:#}");
-    assert!(first_writer(script).contains("-m pip install"), "{script:#}");
+    // A program pip installed is an install; its Python console script is Python, and a
+    // Python script made in the session runs nothing its kernel could not: no drift.
+    let tool = of("/opt/conda/bin/drifty-sh");
+    assert_eq!(tool["rule"], "notebook.drift_exec_installed", "{tool:#}");
+    assert!(first_writer(tool).contains("-m pip install"), "{tool:#}");
+    assert!(!drift.iter().any(|a| field(a, "proc.exepath") == "/opt/conda/bin/drifty"), "{drift:#?}");
     assert_eq!(drift.len(), 3, "one alert per drifted exec:\n{drift:#?}");
     drop(pod);
 }

@@ -23,7 +23,8 @@ use guard::{
     long_about = "notebook-guard watches notebook containers for exec of non-Python processes and \
                   unexpected egress, from eBPF programs in the kernel. Needs root (or CAP_BPF, \
                   CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_RESOURCE, CAP_DAC_READ_SEARCH, \
-                  CAP_SYS_PTRACE) and a kernel with BTF."
+                  CAP_SYS_PTRACE, and CAP_SYS_ADMIN for the writers of persistence files) and a \
+                  kernel with BTF."
 )]
 pub struct Cli {
     #[command(subcommand)]

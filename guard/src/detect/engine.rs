@@ -81,7 +81,9 @@ impl Detector {
         if !f.lineage_known {
             matched.push((rules::UNKNOWN_LINEAGE, String::new()));
         }
-        if let Some(m) = &f.made {
+        // Drift adds to an exec already flagged: a Python script made in the session (a user's
+        // `#!/usr/bin/env python3` tool, a console script) runs nothing its kernel could not.
+        if let Some(m) = f.made.as_ref().filter(|_| !matched.is_empty()) {
             matched.push(self.drift(m));
         }
         let mut alerts = self.alerts(f, &matched);
