@@ -84,10 +84,7 @@ fn persistence_locations_alert_at_write_time_and_installs_do_not() {
     let pod = Pod::new("jupyter-pat---4e5f6a7b", "pat", Driver::Systemd).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = rt.block_on(FakeKube::start(vec![pod.manifest()]));
-    let kc = dir.0.join("kubeconfig");
-    std::fs::write(&kc, api.kubeconfig()).unwrap();
-    let env = [("KUBECONFIG", kc.as_os_str()), ("NODE_NAME", std::ffi::OsStr::new("node-1"))];
-    let g = GuardProcess::start_env("discovery:\n  kubernetes:\n    enabled: true\n", &[], &env).unwrap();
+    let g = api.agent(&dir, "");
     // A home as an image's /etc/skel leaves it: a ~/.profile already there.
     std::fs::create_dir_all(&pod.home).unwrap();
     std::fs::write(pod.home.join(".profile"), "# ~/.profile\n").unwrap();
@@ -231,10 +228,7 @@ fn drift_names_the_writer_and_tells_installs_from_the_kernels_own_files() {
     let pod = Pod::new("jupyter-quinn---5f6a7b8c", "quinn", Driver::Cgroupfs).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = rt.block_on(FakeKube::start(vec![pod.manifest()]));
-    let kc = dir.0.join("kubeconfig");
-    std::fs::write(&kc, api.kubeconfig()).unwrap();
-    let env = [("KUBECONFIG", kc.as_os_str()), ("NODE_NAME", std::ffi::OsStr::new("node-1"))];
-    let g = GuardProcess::start_env("discovery:\n  kubernetes:\n    enabled: true\n", &[], &env).unwrap();
+    let g = api.agent(&dir, "");
     pod.start(&net.notebook).unwrap();
     let (_, r) = pod.run_cells(&net.notebook, NOTEBOOK, DRIFT_CELLS).unwrap_or_else(|e| panic!("{e:#}"));
     let out = |i: usize| r[i].stdout.trim().to_string();
@@ -299,10 +293,7 @@ fn every_default_persistence_location_alerts_when_a_cell_writes_it() {
     let pod = Pod::new("jupyter-uma---8c9d0e1f", "uma", Driver::Systemd).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = rt.block_on(FakeKube::start(vec![pod.manifest()]));
-    let kc = dir.0.join("kubeconfig");
-    std::fs::write(&kc, api.kubeconfig()).unwrap();
-    let env = [("KUBECONFIG", kc.as_os_str()), ("NODE_NAME", std::ffi::OsStr::new("node-1"))];
-    let g = GuardProcess::start_env("discovery:\n  kubernetes:\n    enabled: true\n", &[], &env).unwrap();
+    let g = api.agent(&dir, "");
     pod.start(&net.notebook).unwrap();
     let list = serde_json::to_string(&paths.iter().map(|(p, _)| p).collect::<Vec<_>>()).unwrap();
     // The directories first (the agent then watches them), then each file, one at a time.

@@ -16,13 +16,10 @@ const NOTEBOOK: &str = "work/churn-model.ipynb";
 
 /// Kubernetes discovery on (the fake API), `enforced`'s notebooks enforced.
 fn start_agent(api: &FakeKube, dir: &TempDir, enforced: &str) -> GuardProcess {
-    let kc = dir.0.join("kubeconfig");
-    std::fs::write(&kc, api.kubeconfig()).unwrap();
-    let env = [("KUBECONFIG", kc.as_os_str()), ("NODE_NAME", std::ffi::OsStr::new("node-1"))];
-    let policy = format!(
-        "discovery:\n  kubernetes:\n    enabled: true\noverrides:\n  - name: under-test\n    match: {{users: [{enforced}]}}\n    mode: enforce\n"
-    );
-    GuardProcess::start_env(&policy, &[], &env).unwrap()
+    api.agent(
+        dir,
+        &format!("overrides:\n  - name: under-test\n    match: {{users: [{enforced}]}}\n    mode: enforce\n"),
+    )
 }
 
 /// Waits until the agent has placed the pod (its pod-level cgroup is watched).

@@ -31,10 +31,7 @@ fn posture_findings_are_raised_once_per_notebook_and_never_for_a_clean_one() {
     let exposed = Pod::new("jupyter-sam---7b8c9d0e", "sam", Driver::Cgroupfs).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = rt.block_on(FakeKube::start(vec![clean.manifest(), exposed.manifest()]));
-    let kc = dir.0.join("kubeconfig");
-    std::fs::write(&kc, api.kubeconfig()).unwrap();
-    let env = [("KUBECONFIG", kc.as_os_str()), ("NODE_NAME", std::ffi::OsStr::new("node-1"))];
-    let g = GuardProcess::start_env("discovery:\n  kubernetes:\n    enabled: true\n", &[], &env).unwrap();
+    let g = api.agent(&dir, "");
     // A filter that allows what a notebook does (Seccomp: 2 in the container's status).
     let filter = json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
                         "syscalls": [{"names": ["kexec_load"], "action": "SCMP_ACT_ERRNO"}]});

@@ -127,24 +127,8 @@ fn bundle(dir: &Path, work: &Path, args: &[String], seccomp: Option<&Value>) -> 
     ];
     mounts.extend(python_dirs().iter().map(|d| ro(d)));
     mounts.push(json!({"destination": work, "type": "bind", "source": work, "options": ["rbind", "rw"]}));
-    let caps = [
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE",
-        "CAP_SYS_ADMIN",
-        "CAP_SYS_PTRACE",
-    ];
+    let mut caps = guard_tests::pod::RUNTIME_DEFAULT_CAPS.to_vec();
+    caps.extend(["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]);
     let mut linux = json!({
         "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
         "rootfsPropagation": "rprivate",

@@ -73,6 +73,16 @@ impl FakeKube {
         }
     }
 
+    /// A guard agent with Kubernetes discovery on, pointed at this server as node `node-1`
+    /// (its kubeconfig written in `dir`); `policy` follows the discovery section.
+    pub fn agent(&self, dir: &crate::TempDir, policy: &str) -> crate::GuardProcess {
+        let kc = dir.0.join("kubeconfig");
+        std::fs::write(&kc, self.kubeconfig()).expect("writing the kubeconfig");
+        let env = [("KUBECONFIG", kc.as_os_str()), ("NODE_NAME", std::ffi::OsStr::new("node-1"))];
+        let policy = format!("discovery:\n  kubernetes:\n    enabled: true\n{policy}");
+        crate::GuardProcess::start_env(&policy, &[], &env).expect("starting the agent")
+    }
+
     /// A kubeconfig pointing at this server.
     pub fn kubeconfig(&self) -> String {
         format!(

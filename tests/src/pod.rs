@@ -45,6 +45,24 @@ pub enum Driver {
 
 pub const TOKEN: &str = "pod-server-token-8c1d0e";
 
+/// The capabilities containerd and Docker give a container by default.
+pub const RUNTIME_DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
 /// How a pod's notebook container is started, beyond the usual shape (uid 1000,
 /// `noNewPrivileges`, no token, no seccomp filter).
 #[derive(Clone, Debug, Default)]
@@ -170,26 +188,7 @@ impl Pod {
         let (uid, gid) = if opts.root { (0, 0) } else { (NB_UID, NB_GID) };
         // Root in a container gets the runtime's default capability set (containerd's and
         // Docker's); the notebook user none that matter.
-        let caps: &[&str] = if opts.root {
-            &[
-                "CAP_CHOWN",
-                "CAP_DAC_OVERRIDE",
-                "CAP_FSETID",
-                "CAP_FOWNER",
-                "CAP_MKNOD",
-                "CAP_NET_RAW",
-                "CAP_SETGID",
-                "CAP_SETUID",
-                "CAP_SETFCAP",
-                "CAP_SETPCAP",
-                "CAP_NET_BIND_SERVICE",
-                "CAP_SYS_CHROOT",
-                "CAP_KILL",
-                "CAP_AUDIT_WRITE",
-            ]
-        } else {
-            &[]
-        };
+        let caps: &[&str] = if opts.root { RUNTIME_DEFAULT_CAPS } else { &[] };
         let mut args: Vec<String> =
             ["/opt/conda/bin/jupyter-server", "--ServerApp.ip=127.0.0.1"].map(String::from).to_vec();
         args.extend([

@@ -23,6 +23,10 @@ use crate::{
 };
 
 pub(super) const FILE_SETTLE: Duration = Duration::from_millis(100);
+/// How long an event waits for its writer to reach the table (the ring behind under load).
+const WRITER_WAIT: Duration = Duration::from_secs(3);
+/// Metadata changes waiting for their writer, at most.
+const DEFERRED_MAX: usize = 4096;
 /// Processes in the writer's chain reported.
 const WRITER_CHAIN: usize = 8;
 
@@ -68,19 +72,19 @@ impl PendingFiles {
         self.0.extend(events.into_iter().map(|e| (now, e)));
     }
 
-    /// The metadata changes waiting (drift's events need no settling when an exec asks).
-    fn take_attrib(&mut self) -> Vec<FileEvent> {
-        let (attrib, rest): (VecDeque<_>, VecDeque<_>) = self.0.drain(..).partition(|(_, e)| e.mask & FAN_ATTRIB != 0);
-        self.0 = rest;
-        attrib.into_iter().map(|(_, e)| e).collect()
-    }
-
-    fn ready(&mut self, now: Instant) -> Vec<FileEvent> {
+    fn ready(&mut self, now: Instant) -> Vec<(Instant, FileEvent)> {
         let mut out = Vec::new();
         while self.0.front().is_some_and(|(t, _)| now.duration_since(*t) >= FILE_SETTLE) {
-            out.extend(self.0.pop_front().map(|(_, e)| e));
+            out.extend(self.0.pop_front());
         }
         out
+    }
+
+    /// Events to handle at a later tick, ahead of those received since.
+    fn defer(&mut self, events: Vec<(Instant, FileEvent)>) {
+        for e in events.into_iter().rev() {
+            self.0.push_front(e);
+        }
     }
 }
 
@@ -127,22 +131,26 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// Handles the file events that waited long enough.
+    /// Handles the file events that waited long enough. One whose writer is not in the table
+    /// yet (the ring, behind under load, has not brought its exec) waits for it a while.
     pub(super) fn settle_files(&mut self, now: Instant) {
         let ready = self.pending_files.ready(now);
-        for ev in ready {
-            self.event_counts.file.inc();
-            if ev.mask & FAN_ATTRIB != 0 {
-                self.on_attrib(&ev, now);
-                continue;
+        let mut later = Vec::new();
+        for (received, ev) in ready {
+            if let Some(pid) = ev.pid {
+                // Alive, the writer is what /proc says now (the ring may be behind); gone, what
+                // the table learned, once it has its exec.
+                let alive = self.table.refresh(&self.proc_root, pid);
+                if !alive && !self.table.exec_seen(pid) && now.duration_since(received) < WRITER_WAIT {
+                    later.push((received, ev));
+                    continue;
+                }
             }
+            self.event_counts.file.inc();
             let Some(w) = self.files.as_mut() else { return };
             for p in w.on_event(&ev, now) {
                 let chain = match p.pid {
-                    Some(pid) => {
-                        self.table.ensure(&self.proc_root, pid);
-                        self.table.chain_with_exited(pid, WRITER_CHAIN)
-                    }
+                    Some(pid) => self.table.chain_with_exited(pid, WRITER_CHAIN),
                     None => Vec::new(),
                 };
                 if let Some(a) = self.detector.on_planted(&p, &chain) {
@@ -150,47 +158,63 @@ impl<W: Write> Pipeline<W> {
                 }
             }
         }
+        self.pending_files.defer(later);
     }
 
     /// Before an exec in a notebook that may be of a file made in the session: the metadata
-    /// changes already made are taken in now, not after their settling time (`chmod +x t &&
-    /// ./t` execs within a millisecond of the chmod). The chmod's own process is in the table
-    /// by then: its events came through the ring before this exec's.
+    /// changes already made are taken in now (`chmod +x t && ./t` execs within a millisecond
+    /// of the chmod; the kernel queued the chmod's event before the chmod returned). The
+    /// chmod's own process is in the table by then: its events came through the ring first.
     pub(super) fn take_in_drift(&mut self, e: &crate::sensors::decode::Exec) {
         if e.interp.is_none() && crate::enrich::paths::in_system_dir(&e.filename) {
             return;
         }
+        self.read_drift();
+    }
+
+    /// The drift group's events, read here only (never by a reader thread, whose batches an
+    /// exec could overtake). Between execs, the file tick reads them; meanwhile the kernel
+    /// merges repeats (a chmod loop on one file) into one queued event.
+    pub(super) fn read_drift(&mut self) {
         let Some(drift) = self.files.as_ref().and_then(|w| w.written.as_ref()) else { return };
-        let mut events = drift.sensor().read_now();
-        events.extend(self.pending_files.take_attrib());
         let now = Instant::now();
-        for ev in events {
-            self.event_counts.file.inc();
-            self.on_attrib(&ev, now);
+        let fresh = drift.sensor().read_now();
+        self.event_counts.file.inc_by(fresh.len() as u64);
+        let mut events: Vec<(Instant, FileEvent)> = self.deferred_attrib.drain(..).collect();
+        events.extend(fresh.into_iter().map(|e| (now, e)));
+        for (received, ev) in events {
+            if ev.mask & FAN_ATTRIB != 0
+                && !self.on_attrib(&ev, now)
+                && now.duration_since(received) < WRITER_WAIT
+                && self.deferred_attrib.len() < DEFERRED_MAX
+            {
+                self.deferred_attrib.push_back((received, ev));
+            }
         }
     }
 
     /// A metadata change: kept when a notebook process left a file executable (drift).
-    fn on_attrib(&mut self, ev: &FileEvent, now: Instant) {
-        let Some(pid) = ev.pid.filter(|_| ev.mask & FAN_ONDIR == 0) else { return };
-        // The writer may be gone (a `chmod` run from a cell): the table keeps it a while. One
-        // it never saw is looked up only when its cgroup is a notebook's: changes all over a
-        // marked disk (the node's own) must not fill the table.
-        if self.table.get(pid).is_none() && self.table.chain_with_exited(pid, 1).is_empty() {
-            let Some(id) = self.table.cgroup_of(&self.proc_root, pid) else { return };
+    /// Returns false when its writer is gone and not known yet (the ring has not brought
+    /// its exec): the caller asks again later.
+    fn on_attrib(&mut self, ev: &FileEvent, now: Instant) -> bool {
+        let Some(pid) = ev.pid.filter(|_| ev.mask & FAN_ONDIR == 0) else { return true };
+        // One the table never saw is looked up only when its cgroup is a notebook's: changes
+        // all over a marked disk (the node's own) must not fill the table.
+        if !self.table.exec_seen(pid) {
+            let Some(id) = self.table.cgroup_of(&self.proc_root, pid) else { return false };
             if self.attributor.attribute(id, pid).is_none() {
-                return;
+                return true;
             }
-            self.table.ensure(&self.proc_root, pid);
+            self.table.reseed(&self.proc_root, pid);
         }
         let chain = self.table.chain_with_exited(pid, WRITER_CHAIN);
-        let Some(cgroup_id) = chain.first().map(|p| p.cgroup_id) else { return };
-        if self.who(cgroup_id, pid).is_none() {
-            return;
+        let Some(cgroup_id) = chain.first().map(|p| p.cgroup_id) else { return true };
+        if self.who(cgroup_id, pid).is_some() {
+            if let Some(w) = self.files.as_mut().and_then(|f| f.written.as_mut()) {
+                w.on_attrib(ev, chain, now);
+            }
         }
-        if let Some(w) = self.files.as_mut().and_then(|f| f.written.as_mut()) {
-            w.on_attrib(ev, chain, now);
-        }
+        true
     }
 
     /// A new policy's locations (or none): what is watched is walked again.

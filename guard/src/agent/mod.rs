@@ -159,6 +159,8 @@ struct Pipeline<W: Write> {
     /// Persistence locations watched (None: no fanotify here).
     files: Option<crate::enrich::persistence::Watcher>,
     pending_files: files::PendingFiles,
+    /// Metadata changes whose writer has not reached the table yet.
+    deferred_attrib: std::collections::VecDeque<(Instant, crate::sensors::files::FileEvent)>,
     /// Posture findings each notebook was told.
     posture: crate::detect::engine::posture::PostureBook,
     /// Overflows reported, per fanotify group (persistence, drift).

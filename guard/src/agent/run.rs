@@ -173,6 +173,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         notifier: crate::respond::notice::Notifier::new(opts.proc_root.clone()),
         files: super::files::start(&policy),
         pending_files: Default::default(),
+        deferred_attrib: Default::default(),
         posture: Default::default(),
         reported_file_overflows: [0; 2],
         alerts_sent: 0,
@@ -185,7 +186,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let files_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (file_tx, mut file_rx) = mpsc::unbounded_channel();
     let mut file_readers = Vec::new();
-    for s in pipe.files.iter().flat_map(|w| w.sensors()) {
+    // Persistence events have a reader thread; drift's are read by the pipeline itself.
+    for s in pipe.files.iter().map(|w| w.sensor()) {
         file_readers
             .push(s.spawn_reader(file_tx.clone(), files_stop.clone()).context("starting a file sensor's reader")?);
     }
@@ -265,6 +267,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             Some(found) = hub_rx.recv() => pipe.guarded(Stage::Reload, |p| p.allow_hub(found)),
             Some(events) = file_rx.recv() => pipe.pending_files.push(events, Instant::now()),
             _ = file_tick.tick() => {
+                pipe.read_drift();
                 pipe.settle_files(Instant::now());
                 pipe.flush();
             }

@@ -85,6 +85,11 @@ impl Watcher {
         }
     }
 
+    /// The persistence group.
+    pub fn sensor(&self) -> &FileSensor {
+        &self.sensor
+    }
+
     /// The fanotify groups: persistence writes, and metadata changes (drift).
     pub fn sensors(&self) -> impl Iterator<Item = &FileSensor> {
         std::iter::once(&self.sensor).chain(self.written.as_ref().map(|w| w.sensor()))

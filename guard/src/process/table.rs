@@ -146,6 +146,51 @@ impl ProcessTable {
         self.procs.contains_key(&pid)
     }
 
+    /// Has the table seen what `pid` runs (its exec, or /proc), not only the fork that made
+    /// it (whose argv is its parent's until its exec's event comes)?
+    pub fn exec_seen(&self, pid: u32) -> bool {
+        let chain = self.chain_with_exited(pid, 2);
+        match (chain.first(), chain.get(1)) {
+            (Some(p), Some(parent)) => !p.argv.is_empty() && !Arc::ptr_eq(&p.argv, &parent.argv),
+            (Some(p), None) => !p.argv.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// Brings `pid` up to date with /proc when what it runs there is not what the table says
+    /// (its exec's event has not come yet); true if it is alive.
+    pub fn refresh(&mut self, proc_root: &std::path::Path, pid: u32) -> bool {
+        let Ok(cmdline) = fs::read(proc_root.join(pid.to_string()).join("cmdline")) else { return false };
+        let now: Vec<OsString> = split_args(&cmdline);
+        if self.procs.get(&pid).is_some_and(|p| *p.argv == *now) {
+            return true;
+        }
+        self.reseed(proc_root, pid)
+    }
+
+    /// Reads `pid` from /proc again (an entry made by a fork whose exec has not come yet);
+    /// true if it is alive.
+    pub fn reseed(&mut self, proc_root: &std::path::Path, pid: u32) -> bool {
+        let kept = self.procs.remove(&pid);
+        self.seed_one(proc_root, pid);
+        match (self.procs.get_mut(&pid), kept) {
+            // What the table knew beyond /proc (notebook, kernel context, role) stays.
+            (Some(p), Some(old)) => {
+                p.kernel = old.kernel;
+                p.notebook = old.notebook;
+                p.incident = old.incident;
+                p.role = old.role;
+                true
+            }
+            (Some(_), None) => true,
+            (None, Some(old)) => {
+                self.procs.insert(pid, old);
+                false
+            }
+            (None, None) => false,
+        }
+    }
+
     fn seed_one(&mut self, proc_root: &std::path::Path, pid: u32) {
         let p = proc_root.join(pid.to_string());
         // Races with exits are normal here: a vanished process is skipped.
