@@ -6,11 +6,8 @@ use std::{ffi::OsString, io::Write, sync::Arc};
 
 use super::Pipeline;
 use crate::{
-    detect::engine::posture::findings,
-    discovery::attribution::Attribution,
-    enrich::posture::{connection_file, gather},
-    policy::root::Root,
-    process::table::Role,
+    detect::engine::posture::findings, discovery::attribution::Attribution, enrich::posture::gather,
+    policy::root::Root, process::kernel::connection_file, process::table::Role,
 };
 
 impl<W: Write> Pipeline<W> {

@@ -8,8 +8,9 @@ use anyhow::Result;
 use guard::{
     detect::engine::posture::findings,
     discovery::attribution::env_var,
-    enrich::posture::{connection_file, gather},
+    enrich::posture::gather,
     policy::root::Root,
+    process::kernel::connection_file,
     process::roles::{is_kernel_argv, is_server_argv},
 };
 use serde_json::json;

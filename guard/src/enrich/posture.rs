@@ -72,20 +72,6 @@ fn connection(root: &Root, path: &Path) -> Option<Connection> {
     Some(Connection { path: path.to_path_buf(), transport: s("transport"), ip: s("ip"), mode })
 }
 
-/// The connection file of a kernel with command line `argv`: after `-f`, else an argument
-/// named `kernel-*.json` (IRkernel).
-pub fn connection_file<S: AsRef<std::ffi::OsStr>>(argv: &[S]) -> Option<PathBuf> {
-    let after_f = argv.windows(2).find(|w| w[0].as_ref() == "-f").map(|w| PathBuf::from(w[1].as_ref()));
-    after_f.or_else(|| {
-        argv.iter()
-            .map(|a| Path::new(a.as_ref()))
-            .find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("kernel-") && n.ends_with(".json"))
-            })
-            .map(Path::to_path_buf)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,14 +84,5 @@ mod tests {
         let f = status_facts("Uid:\t0\t0\t0\t0\nNoNewPrivs:\t0\nSeccomp:\t0\n");
         assert_eq!((f.uid, f.seccomp, f.no_new_privs), (Some(0), Some(0), Some(false)));
         assert_eq!(status_facts("garbage"), PostureFacts::default());
-    }
-
-    #[test]
-    fn connection_files_are_found_in_kernel_command_lines() {
-        let ipy = ["python", "-m", "ipykernel_launcher", "-f", "/r/kernel-1.json"];
-        assert_eq!(connection_file(&ipy), Some(PathBuf::from("/r/kernel-1.json")));
-        let ir = ["R", "--slave", "-e", "IRkernel::main()", "--args", "/r/kernel-2.json"];
-        assert_eq!(connection_file(&ir), Some(PathBuf::from("/r/kernel-2.json")));
-        assert_eq!(connection_file(&["python", "x.py"]), None);
     }
 }

@@ -28,8 +28,22 @@ pub fn kernel_id<S: AsRef<std::ffi::OsStr>>(argv: &[S]) -> Option<String> {
         };
         (!id.is_empty()).then(|| id.to_string())
     };
-    let after_f = argv.windows(2).find(|w| w[0].as_ref() == "-f").and_then(|w| id(&w[1], false));
-    after_f.or_else(|| argv.iter().find_map(|a| id(a, true)))
+    after_f(argv).and_then(|a| id(a, false)).or_else(|| argv.iter().find_map(|a| id(a, true)))
+}
+
+/// The argument after `-f`.
+fn after_f<S: AsRef<std::ffi::OsStr>>(argv: &[S]) -> Option<&S> {
+    argv.windows(2).find(|w| w[0].as_ref() == "-f").map(|w| &w[1])
+}
+
+/// The connection file of a kernel with command line `argv`, found as [`kernel_id`] finds
+/// its id: after `-f`, else an argument named `kernel-*.json` (IRkernel).
+pub fn connection_file<S: AsRef<std::ffi::OsStr>>(argv: &[S]) -> Option<std::path::PathBuf> {
+    let named = |a: &&S| {
+        let name = Path::new(a.as_ref()).file_name().and_then(|n| n.to_str());
+        name.is_some_and(|n| n.starts_with("kernel-") && n.ends_with(".json"))
+    };
+    after_f(argv).or_else(|| argv.iter().find(named)).map(|a| Path::new(a.as_ref()).to_path_buf())
 }
 
 /// Reads the context of kernel `pid` running `argv`, and hands its environment to `learn`
@@ -62,6 +76,15 @@ mod tests {
             kernel_id(&["p", "-m", "ipykernel_launcher", "-f", "/tmp/tmpo99ugoyf.json"]).as_deref(),
             Some("tmpo99ugoyf")
         );
+    }
+
+    #[test]
+    fn connection_files_are_found_in_kernel_command_lines() {
+        let ipy = ["python", "-m", "ipykernel_launcher", "-f", "/r/kernel-1.json"];
+        assert_eq!(connection_file(&ipy), Some("/r/kernel-1.json".into()));
+        let ir = ["R", "--slave", "-e", "IRkernel::main()", "--args", "/r/kernel-2.json"];
+        assert_eq!(connection_file(&ir), Some("/r/kernel-2.json".into()));
+        assert_eq!(connection_file(&["python", "x.py"]), None);
     }
 
     #[test]

@@ -59,6 +59,25 @@ pub struct FileStats {
     pub malformed: AtomicU64,
 }
 
+impl FileStats {
+    /// The file events of one read into `events`, overflows and bad records counted.
+    fn take(&self, read: &[u8], events: &mut Vec<FileEvent>) {
+        for r in decode::records(read) {
+            match r {
+                Ok(Record::File(e)) => events.push(e),
+                Ok(Record::Overflow) => {
+                    self.overflows.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Record::Other { .. }) => {}
+                Err(e) => {
+                    self.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "fanotify record");
+                }
+            }
+        }
+    }
+}
+
 pub struct FileSensor {
     fd: Arc<OwnedFd>,
     /// The listener sees writers' pids (CAP_SYS_ADMIN).
@@ -143,18 +162,7 @@ impl FileSensor {
             if got <= 0 {
                 return events;
             }
-            for r in decode::records(&buf[..got as usize]) {
-                match r {
-                    Ok(Record::File(e)) => events.push(e),
-                    Ok(Record::Overflow) => {
-                        self.stats.overflows.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Record::Other { .. }) => {}
-                    Err(_) => {
-                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
+            self.stats.take(&buf[..got as usize], &mut events);
         }
     }
 
@@ -186,19 +194,7 @@ fn read_loop(fd: &OwnedFd, tx: &UnboundedSender<Vec<FileEvent>>, stop: &AtomicBo
                 break;
             }
             let mut events = Vec::new();
-            for r in decode::records(&buf[..got as usize]) {
-                match r {
-                    Ok(Record::File(e)) => events.push(e),
-                    Ok(Record::Overflow) => {
-                        stats.overflows.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Record::Other { .. }) => {}
-                    Err(e) => {
-                        stats.malformed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "fanotify record");
-                    }
-                }
-            }
+            stats.take(&buf[..got as usize], &mut events);
             if !events.is_empty() && tx.send(events).is_err() {
                 return;
             }
@@ -206,15 +202,17 @@ fn read_loop(fd: &OwnedFd, tx: &UnboundedSender<Vec<FileEvent>>, stop: &AtomicBo
     }
 }
 
+/// `struct file_handle` with room for MAX_HANDLE bytes.
+#[repr(C)]
+struct Handle {
+    bytes: u32,
+    kind: i32,
+    data: [u8; MAX_HANDLE],
+}
+
 /// Opens directory `key` on the file system `mount` is on (`open_by_handle_at`, which needs
 /// CAP_DAC_READ_SEARCH and a file system whose handles reopen).
 pub fn open_dir_by_key(mount: &OwnedFd, key: &DirKey) -> io::Result<OwnedFd> {
-    #[repr(C)]
-    struct Handle {
-        bytes: u32,
-        kind: i32,
-        data: [u8; MAX_HANDLE],
-    }
     if key.handle.len() > MAX_HANDLE {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -238,12 +236,6 @@ pub fn open_dir_by_key(mount: &OwnedFd, key: &DirKey) -> io::Result<OwnedFd> {
 
 /// The key fanotify's events carry for `dir`: its file system id and file handle.
 pub fn dir_key(dir: &OwnedFd) -> io::Result<DirKey> {
-    #[repr(C)]
-    struct Handle {
-        bytes: u32,
-        kind: i32,
-        data: [u8; MAX_HANDLE],
-    }
     let mut last = io::Error::from_raw_os_error(libc::EINVAL);
     // AT_HANDLE_FID first: the form fanotify reports for file systems whose handles cannot
     // be opened again (overlayfs); older kernels refuse the flag and the plain form is the same.
