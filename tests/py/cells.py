@@ -7,7 +7,10 @@ def run_cells(connection_file, cells):
 
     kc = BlockingKernelClient(connection_file=connection_file)
     kc.load_connection_file()
-    kc.start_channels()
+    # No heartbeat: a client that did not start the kernel takes one missed ping (1 s) for
+    # death, and a kernel still starting (R loading IRkernel on a busy node) misses it.
+    # wait_for_ready's own timeout bounds the wait on kernel_info instead.
+    kc.start_channels(hb=False)
     kc.wait_for_ready(timeout=60)
     out = run_on_client(kc, cells)
     kc.stop_channels()
