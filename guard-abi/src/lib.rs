@@ -6,6 +6,7 @@
 //! a short command takes about 150 bytes of the ring, not the 6 KiB its longest form needs.
 #![no_std]
 
+pub mod dns;
 pub mod kconst;
 
 /// Bytes of `comm` (the kernel's TASK_COMM_LEN).
@@ -75,14 +76,22 @@ pub enum EventKind {
     Egress = 3,
     Socket = 4,
     Cgroup = 5,
+    Dns = 6,
 }
 
 /// Number of slots in `LOST` (one per [`EventKind`]).
-pub const EVENT_KINDS: u32 = 6;
+pub const EVENT_KINDS: u32 = 7;
 
 impl EventKind {
-    pub const ALL: [EventKind; EVENT_KINDS as usize] =
-        [EventKind::Exec, EventKind::Fork, EventKind::Exit, EventKind::Egress, EventKind::Socket, EventKind::Cgroup];
+    pub const ALL: [EventKind; EVENT_KINDS as usize] = [
+        EventKind::Exec,
+        EventKind::Fork,
+        EventKind::Exit,
+        EventKind::Egress,
+        EventKind::Socket,
+        EventKind::Cgroup,
+        EventKind::Dns,
+    ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
         Self::ALL.get(v as usize).copied()
@@ -96,6 +105,7 @@ impl EventKind {
             EventKind::Egress => "egress",
             EventKind::Socket => "socket",
             EventKind::Cgroup => "cgroup",
+            EventKind::Dns => "dns",
         }
     }
 }
@@ -103,12 +113,12 @@ impl EventKind {
 /// Layout version of the ring's records, in the top half of [`EventHeader::kind`]. Bump it when
 /// any record's layout changes: an agent adopts the previous one's pinned ring, which holds
 /// whatever that one's programs wrote after it stopped, in their layout.
-pub const RECORD_FORMAT: u32 = 4;
+pub const RECORD_FORMAT: u32 = 5;
 
 /// Layout version of the pinned maps (their key and value types). Maps are pinned under
 /// `maps-v<PIN_LAYOUT>`: an agent whose layout differs from the pinned one's does not adopt
 /// those maps (it would read and write them in another shape) but replaces them.
-pub const PIN_LAYOUT: u32 = 2;
+pub const PIN_LAYOUT: u32 = 3;
 
 /// Common prefix of every ring-buffer record. `pid`/`tgid` are in the initial PID namespace.
 #[repr(C)]
@@ -423,6 +433,9 @@ pub struct EgressEvent {
     pub v4: u8,
     /// IPv4 in the first 4 bytes when `v4`, else IPv6.
     pub addr: [u8; 16],
+    /// The notebook whose policy judged it (`dns::DnsSocket::subject`), to name the address
+    /// from that notebook's DNS answers.
+    pub subject: u64,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -505,6 +518,9 @@ pub struct EgressRule {
 
 pub const EGRESS_ALLOW: u32 = 1;
 pub const EGRESS_DENY: u32 = 2;
+/// Denied by a switch (`nonPrivateIPs`, `privateIPs` off): an allowed name resolved to the
+/// address may still allow it, where an explicit deny (the lists, metadata, link-local) holds.
+pub const EGRESS_DENY_SWITCH: u32 = 3;
 pub const MAX_EGRESS_RULES: u32 = 16384;
 
 /// Byte offsets of the kernel struct fields the programs read, resolved by the agent from the

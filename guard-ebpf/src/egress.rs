@@ -24,12 +24,14 @@ use guard_abi::{
         NR_IO_URING_ENTER, NR_SOCKET, PF_IO_WORKER, SOCK_DGRAM, SOCK_RAW, X32_SYSCALL_BIT,
     },
     recorder::NO_OFFSET,
-    EgressEvent, EgressKey, EgressRule, EventKind, SocketEvent, EGRESS_DENY, EGRESS_ENFORCE, EGRESS_KEY_FIXED_BITS,
-    MAX_EGRESS_RULES, MAX_WATCHED_CGROUPS, SYSCALL_UNKNOWN,
+    dns::{DnsSocket, SUBJECT_SCOPE},
+    EgressEvent, EgressKey, EgressRule, EventKind, SocketEvent, EGRESS_ALLOW, EGRESS_DENY, EGRESS_DENY_SWITCH,
+    EGRESS_ENFORCE, EGRESS_KEY_FIXED_BITS, MAX_EGRESS_RULES, MAX_WATCHED_CGROUPS, SYSCALL_UNKNOWN,
 };
 
 use crate::{
-    cgroup::cgroup_lookup,
+    cgroup::cgroup_lookup_at,
+    dns,
     read::current_cgroup,
     ring::{count_lost, header, submit_flags, EVENTS},
     scope, CONFIG,
@@ -47,11 +49,18 @@ static EGRESS_RULES: LpmTrie<EgressKey, EgressRule> = LpmTrie::with_max_entries(
 /// ancestor's), else its process scope's (a LocalProcessSpawner notebook in the hub's cgroup).
 #[inline(always)]
 fn policy_of(cgroup: u64) -> Option<u32> {
-    if let Some(pol) = cgroup_lookup(&EGRESS_CG, cgroup) {
-        return Some(pol);
+    subject_of(cgroup).map(|(_, p)| p)
+}
+
+/// [`policy_of`], with the notebook it belongs to: the registered cgroup's id, or
+/// `SUBJECT_SCOPE | scope`.
+#[inline(always)]
+fn subject_of(cgroup: u64) -> Option<(u64, u32)> {
+    if let Some(found) = cgroup_lookup_at(&EGRESS_CG, cgroup) {
+        return Some(found);
     }
     let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    scope::of_task(tgid).map(|p| p.egress).filter(|e| *e != 0)
+    scope::of_task_at(tgid).filter(|(_, p)| p.egress != 0).map(|(s, p)| (SUBJECT_SCOPE | s as u64, p.egress))
 }
 
 const ALLOW: i32 = 1;
@@ -91,9 +100,19 @@ fn lookup(key: &EgressKey, addr_bits: u32) -> Option<EgressRule> {
     EGRESS_RULES.get(&k).copied()
 }
 
+/// How strongly an action holds on a tie: an explicit deny, then a switch's, then allow.
+#[inline(always)]
+fn weight(action: u32) -> u32 {
+    match action {
+        EGRESS_DENY => 2,
+        EGRESS_DENY_SWITCH => 1,
+        _ => 0,
+    }
+}
+
 /// The most specific rule among exact/any protocol and exact/any port; deny wins a tie.
 #[inline(always)]
-fn verdict(policy: u32, proto: u8, family: u8, port_be: u16, addr: [u8; 16]) -> u32 {
+fn verdict(policy: u32, proto: u8, family: u8, port_be: u16, addr: [u8; 16]) -> EgressRule {
     let bits = if family == 4 { 32 } else { 128 };
     // Nothing matched: the policy's switches did not allow it. A flag and a value rather than
     // an Option: the compiler may read a None's payload it never set (in a select), and the
@@ -106,14 +125,14 @@ fn verdict(policy: u32, proto: u8, family: u8, port_be: u16, addr: [u8; 16]) -> 
         let (p, port) = combos[i];
         let key = EgressKey { policy, protocol: p, family, port, addr };
         if let Some(r) = lookup(&key, bits) {
-            if !found || r.rank > best.rank || (r.rank == best.rank && r.action == EGRESS_DENY) {
+            if !found || r.rank > best.rank || (r.rank == best.rank && weight(r.action) > weight(best.action)) {
                 best = r;
             }
             found = true;
         }
         i += 1;
     }
-    best.action
+    best
 }
 
 /// # Safety
@@ -156,17 +175,27 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
         addr[3] = b[3];
     }
     // Loopback is always allowed: kernels talk to their server over ZeroMQ on it. Decided
-    // before any map lookup, since it is most of a notebook's connects.
-    if family == 4 && addr[0] == 127 {
-        return ALLOW;
-    }
-    if family == 6 && addr[..15].iter().all(|b| *b == 0) && addr[15] == 1 {
+    // before any map lookup, since it is most of a notebook's connects; but for DNS.
+    let loopback =
+        (family == 4 && addr[0] == 127) || (family == 6 && addr[..15].iter().all(|b| *b == 0) && addr[15] == 1);
+    if loopback && !dns::is_dns_port(port_be) {
         return ALLOW;
     }
     let cgroup = current_cgroup();
-    let Some(pol) = policy_of(cgroup) else { return ALLOW };
+    let Some((subject, pol)) = subject_of(cgroup) else { return ALLOW };
     let policy = pol & !EGRESS_ENFORCE;
-    if verdict(policy, proto, family, port_be, addr) != EGRESS_DENY {
+    let rule = verdict(policy, proto, family, port_be, addr);
+    if rule.action == EGRESS_ALLOW || loopback {
+        // Answers are read from the servers the policy allows for DNS; on loopback only from
+        // one it names (rank above any /0 switch): the notebook may run its own server there.
+        if dns::is_dns_port(port_be) && rule.action == EGRESS_ALLOW && (!loopback || rule.rank >= 8 * 4) {
+            let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+            let sock = DnsSocket { subject, cgroup, pid_tgid, policy, port: port_be, family, protocol: proto, server: addr };
+            dns::track(ctx.sock_addr.cast(), &sock);
+        }
+        return ALLOW;
+    }
+    if rule.action == EGRESS_DENY_SWITCH && dns::allows(subject, policy, proto, family, port_be, addr) {
         return ALLOW;
     }
     let enforce = pol & EGRESS_ENFORCE != 0;
@@ -180,6 +209,7 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
         sendmsg: sendmsg as u8,
         v4: (family == 4) as u8,
         addr,
+        subject,
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
     if EVENTS.output::<EgressEvent>(&ev, submit_flags()).is_err() {

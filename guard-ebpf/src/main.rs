@@ -71,6 +71,7 @@ macro_rules! conf {
 
 // After `conf!`: macro_rules are visible only below their definition.
 mod commands;
+mod dns;
 mod egress;
 mod incarnation;
 mod process;

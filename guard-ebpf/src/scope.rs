@@ -16,6 +16,12 @@ static SCOPES: HashMap<u32, Placement> = HashMap::with_max_entries(MAX_SCOPES, 0
 /// What applies to process `tgid` through its scope, if it has one.
 #[inline(always)]
 pub fn of_task(tgid: u32) -> Option<Placement> {
+    of_task_at(tgid).map(|(_, p)| p)
+}
+
+/// [`of_task`], with the scope's id.
+#[inline(always)]
+pub fn of_task_at(tgid: u32) -> Option<(u32, Placement)> {
     // SAFETY (all three lookups): map values are plain data, copied out at once; the kernel
     // keeps an element alive for the program's run.
     if unsafe { SCOPES.get(&SCOPE_ANY) }.is_none() {
@@ -29,5 +35,5 @@ pub fn of_task(tgid: u32) -> Option<Placement> {
     }
     // SAFETY: the value is copied out at once; another CPU deleting the key meanwhile can only make
     // it stale, which is harmless here.
-    unsafe { SCOPES.get(&scope) }.copied()
+    unsafe { SCOPES.get(&scope) }.copied().map(|p| (scope, p))
 }

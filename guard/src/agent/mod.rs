@@ -163,6 +163,8 @@ struct Pipeline<W: Write> {
     deferred_attrib: std::collections::VecDeque<(Instant, crate::sensors::files::FileEvent)>,
     /// Posture findings each notebook was told.
     posture: crate::detect::engine::posture::PostureBook,
+    /// Names of destinations, from the DNS answers notebooks received.
+    names: crate::enrich::names::Names,
     /// Overflows reported, per fanotify group (persistence, drift).
     reported_file_overflows: [u64; 2],
     pub alerts_sent: u64,
@@ -202,12 +204,15 @@ impl<W: Write> Pipeline<W> {
             Event::Egress(_) => c.egress.inc(),
             Event::Socket(_) => c.socket.inc(),
             Event::Cgroup(_) => c.cgroup.inc(),
+            Event::Dns(_) => c.dns.inc(),
         };
         match ev {
             Event::Exec(e) => self.on_exec(&e),
             Event::Fork(f) => self.table.on_fork(&f),
             Event::Exit(x) => self.table.on_exit(&x),
-            Event::Egress(g) => {
+            Event::Dns(d) => self.names.learn(&d),
+            Event::Egress(mut g) => {
+                self.names.name(&mut g);
                 if let Some(who) = self.who(g.meta.cgroup_id, g.meta.tgid) {
                     self.table.ensure(&self.proc_root, g.meta.tgid);
                     for a in self.detector.on_egress(&g, &self.table, &who) {

@@ -176,6 +176,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         deferred_attrib: Default::default(),
         posture: Default::default(),
         reported_file_overflows: [0; 2],
+        names: Default::default(),
         alerts_sent: 0,
     };
     metrics.sensors_attached.store(true, Ordering::Relaxed);

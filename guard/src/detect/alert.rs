@@ -152,6 +152,16 @@ impl Alert {
 
     /// Builds `output`: the rule's sentence, then `key=value` for the fields a reader needs
     /// first. One line whatever the values hold.
+    /// `fd.name` as people read it: a destination with the name the notebook resolved it by
+    /// (`evil.example.org (198.51.100.8:443)`), else as it is.
+    pub fn destination(&self) -> Option<String> {
+        let addr = self.field_str("fd.name")?;
+        Some(match self.field_str("fd.sip.name") {
+            Some(n) => format!("{n} ({addr})"),
+            None => addr.to_string(),
+        })
+    }
+
     pub fn finish_output(&mut self, summary: &str) {
         let mut out = summary.to_string();
         for (label, key) in [
@@ -171,6 +181,9 @@ impl Alert {
             ("count", "guard.count"),
         ] {
             match self.output_fields.get(key) {
+                Some(Value::String(_)) if key == "fd.name" => {
+                    out.push_str(&format!(" {label}={}", one_line(&self.destination().unwrap_or_default())))
+                }
                 Some(Value::String(s)) => out.push_str(&format!(" {label}={}", one_line(s))),
                 Some(Value::Number(n)) => out.push_str(&format!(" {label}={n}")),
                 _ => {}

@@ -168,6 +168,8 @@ mod tests {
             denied: true,
             sendmsg: false,
             comm: "curl".into(),
+            subject: 7,
+            name: None,
         };
         let packet = Socket {
             meta,

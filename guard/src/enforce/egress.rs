@@ -1,5 +1,6 @@
-//! Egress enforcement: the kernel's per-cgroup egress policy (`EGRESS_CG`) and the policies'
-//! LPM rules (`EGRESS_RULES`), kept in step with the policy and the notebooks found.
+//! Egress enforcement: the kernel's per-cgroup egress policy (`EGRESS_CG`), the policies'
+//! LPM rules (`EGRESS_RULES`) and name tables (`DNS_NAMES`, `DOMAIN_PORTS`, `DNS_TTL`), kept in
+//! step with the policy and the notebooks found.
 //!
 //! Rules are written per policy generation: a reload writes its rules beside the old ones,
 //! switches every notebook over, and only then removes the old ones, so no connect is judged
@@ -9,10 +10,10 @@ use std::net::IpAddr;
 
 use anyhow::Result;
 use aya::maps::lpm_trie::Key;
-use guard_abi::{names, EgressKey, EgressRule, EGRESS_ENFORCE, EGRESS_KEY_FIXED_BITS};
+use guard_abi::{dns::names as dns_names, names, EgressKey, EgressRule, EGRESS_ENFORCE, EGRESS_KEY_FIXED_BITS};
 
 use crate::{
-    policy::{egress::hub_entries, Effective, Mode, Policy},
+    policy::{domains::DomainTables, egress::hub_entries, Effective, Mode, Policy},
     sensors::maps::{EgressMaps, MapWrite},
 };
 
@@ -48,6 +49,44 @@ fn rules(policy: &Policy, generation: u32, hub: &[Endpoint]) -> Vec<(Key<EgressK
     out
 }
 
+/// The name tables of every egress policy of `policy` under `generation`, with its kernel id.
+fn domain_tables(policy: &Policy, generation: u32) -> Vec<(u32, DomainTables)> {
+    policy
+        .egress_policies()
+        .into_iter()
+        .map(|(id, spec)| {
+            let pid = policy_id(generation, id);
+            (pid, spec.domain_tables(pid))
+        })
+        .collect()
+}
+
+/// Writes (or, `remove`, takes out) one generation's name tables; stops at the first failure.
+fn write_names(maps: &mut EgressMaps, tables: &[(u32, DomainTables)], remove: bool) -> Result<usize> {
+    let mut n = 0;
+    for (pid, t) in tables {
+        if remove {
+            for (k, _) in &t.names {
+                let _ = maps.names.remove(k);
+            }
+            for (k, _) in &t.ports {
+                let _ = maps.ports.remove(k);
+            }
+            let _ = maps.ttl.remove(pid);
+            continue;
+        }
+        for (k, v) in &t.names {
+            maps.names.insert(k, v, 0).in_map(dns_names::DNS_NAMES, || "loading the egress policy's names".into())?;
+        }
+        for (k, v) in &t.ports {
+            maps.ports.insert(k, v, 0).in_map(dns_names::DOMAIN_PORTS, || "loading the names' ports".into())?;
+        }
+        maps.ttl.insert(pid, t.ttl, 0).in_map(dns_names::DNS_TTL, || "loading the names' TTL bounds".into())?;
+        n += t.names.len();
+    }
+    Ok(n)
+}
+
 impl EgressEnforcer {
     /// Writes `policy`'s rules as generation 1.
     pub fn new(maps: Option<EgressMaps>, policy: &Policy) -> Result<Self> {
@@ -73,7 +112,18 @@ impl EgressEnforcer {
                 return Err(e.into());
             }
         }
-        tracing::info!(rules = rules.len(), generation, "egress policy loaded");
+        let tables = domain_tables(policy, generation);
+        let labels = match write_names(maps, &tables, false) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = write_names(maps, &tables, true);
+                for (k, _) in &rules {
+                    let _ = maps.rules.remove(k);
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(rules = rules.len(), name_labels = labels, generation, "egress policy loaded");
         Ok(())
     }
 
@@ -159,6 +209,7 @@ impl EgressEnforcer {
             for (k, _) in rules(old, old_gen, hub) {
                 let _ = maps.rules.remove(&k);
             }
+            let _ = write_names(maps, &domain_tables(old, old_gen), true);
         }
     }
 

@@ -5,6 +5,7 @@
 //! facts and reads nothing itself.
 
 pub mod copies;
+pub mod names;
 pub mod paths;
 pub mod persistence;
 pub mod posture;

@@ -1,12 +1,15 @@
 //! Egress policy in the concepts Zero to JupyterHub operators already use
 //! (`singleuser.networkPolicy.egressAllowRules`): `dns`, `privateIPs`, `nonPrivateIPs`,
-//! `cloudMetadataServer`, plus explicit CIDR + port + protocol allow and deny lists. Compiled to
-//! LPM-trie rules the kernel evaluates on every connect and UDP send.
+//! `cloudMetadataServer`, plus explicit CIDR + port + protocol allow and deny lists, and names
+//! (`domain:`) in the allow list. Compiled to LPM-trie rules the kernel evaluates on every
+//! connect and UDP send, and to the name tables of `domains`.
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use guard_abi::{EgressKey, EgressRule, EGRESS_ALLOW, EGRESS_DENY};
+use guard_abi::{EgressKey, EgressRule, EGRESS_ALLOW, EGRESS_DENY, EGRESS_DENY_SWITCH};
+
+use super::domains::{DomainEntry, DomainName, DomainTables, TtlBounds};
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -18,7 +21,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn numbers(self) -> &'static [u8] {
+    pub fn numbers(self) -> &'static [u8] {
         match self {
             Protocol::Any => &[0],
             Protocol::Tcp => &[6],
@@ -27,11 +30,15 @@ impl Protocol {
     }
 }
 
+/// One allow or deny entry: an address range (`cidr`) or, in the allow list, a name
+/// (`domain`), with ports and protocol.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CidrRule {
-    #[serde(deserialize_with = "cidr")]
-    pub cidr: IpNet,
+    #[serde(default, deserialize_with = "cidr")]
+    pub cidr: Option<IpNet>,
+    #[serde(default, deserialize_with = "super::domains::deserialize")]
+    pub domain: Option<DomainName>,
     /// Empty: every port.
     #[serde(default)]
     pub ports: Vec<u16>,
@@ -55,13 +62,16 @@ pub struct EgressSpec {
     pub cloud_metadata_server: bool,
     pub allow: Vec<CidrRule>,
     pub deny: Vec<CidrRule>,
+    /// How long the addresses a `domain` entry's name resolved to stay allowed.
+    #[serde(rename = "dnsTTL")]
+    pub dns_ttl: TtlBounds,
 }
 
 /// A CIDR (or a bare address, one host), with an error that says what is wrong with it.
-fn cidr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
+fn cidr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IpNet>, D::Error> {
     use serde::de::Error;
-    let s = String::deserialize(d)?;
-    parse_cidr(&s).map_err(D::Error::custom)
+    let s = Option::<String>::deserialize(d)?;
+    s.map(|s| parse_cidr(&s).map_err(D::Error::custom)).transpose()
 }
 
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
@@ -91,6 +101,7 @@ impl Default for EgressSpec {
             cloud_metadata_server: false,
             allow: vec![],
             deny: vec![],
+            dns_ttl: TtlBounds::default(),
         }
     }
 }
@@ -130,7 +141,8 @@ impl EgressSpec {
     /// earlier ones, so explicit lists come last and deny after allow.
     pub fn compile(&self, policy: u32) -> Vec<Entry> {
         let mut out = Vec::new();
-        let act = |b: bool| if b { EGRESS_ALLOW } else { EGRESS_DENY };
+        // What a switch refuses, an allowed name's answer may still allow.
+        let act = |b: bool| if b { EGRESS_ALLOW } else { EGRESS_DENY_SWITCH };
         for n in nets(EVERYTHING) {
             out.push(entry(policy, &n, 0, 0, act(self.non_private_ips)));
         }
@@ -141,7 +153,8 @@ impl EgressSpec {
             out.push(entry(policy, &n, 0, 0, EGRESS_DENY));
         }
         for n in nets(METADATA) {
-            out.push(entry(policy, &n, 0, 0, act(self.cloud_metadata_server)));
+            let action = if self.cloud_metadata_server { EGRESS_ALLOW } else { EGRESS_DENY };
+            out.push(entry(policy, &n, 0, 0, action));
         }
         if self.dns {
             // Port-specific, so it outranks the any-port entries of the same prefix (a cluster
@@ -154,15 +167,68 @@ impl EgressSpec {
         }
         for (rules, action) in [(&self.allow, EGRESS_ALLOW), (&self.deny, EGRESS_DENY)] {
             for r in rules {
+                let Some(cidr) = &r.cidr else { continue };
                 for &proto in r.protocol.numbers() {
                     if r.ports.is_empty() {
-                        out.push(entry(policy, &r.cidr, proto, 0, action));
+                        out.push(entry(policy, cidr, proto, 0, action));
                     }
                     for &port in &r.ports {
-                        out.push(entry(policy, &r.cidr, proto, port, action));
+                        out.push(entry(policy, cidr, proto, port, action));
                     }
                 }
             }
+        }
+        out
+    }
+
+    /// The allow list's names, in order (bit i of the kernel's masks is the i-th).
+    pub fn domains(&self) -> impl Iterator<Item = &CidrRule> {
+        self.allow.iter().filter(|r| r.domain.is_some())
+    }
+
+    /// The kernel's name tables for policy id `policy` (empty without `domain` entries).
+    pub fn domain_tables(&self, policy: u32) -> DomainTables {
+        let entries: Vec<DomainEntry<'_>> = self
+            .domains()
+            .filter_map(|r| {
+                Some(DomainEntry { name: r.domain.as_ref()?, ports: &r.ports, protocols: r.protocol.numbers() })
+            })
+            .collect();
+        super::domains::compile(policy, &entries, self.dns_ttl)
+    }
+
+    /// Entries the policy file cannot mean: (key below the policy's own, value, message).
+    pub fn problems(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for (list, rules) in [("allow", &self.allow), ("deny", &self.deny)] {
+            for (i, r) in rules.iter().enumerate() {
+                let key = format!("{list}[{i}]");
+                match (&r.cidr, &r.domain) {
+                    (Some(_), Some(d)) => {
+                        out.push((key, d.to_string(), "an entry has either `cidr` or `domain`, not both".into()))
+                    }
+                    (None, None) => out.push((key, list.into(), "an entry needs `cidr` or `domain`".into())),
+                    (None, Some(d)) if list == "deny" => out.push((
+                        format!("{key}.domain"),
+                        d.to_string(),
+                        "names are allowed, not denied (a name's addresses change under it): deny by `cidr`".into(),
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        let n = self.domains().count();
+        if n > guard_abi::dns::MAX_DOMAINS_PER_POLICY {
+            let max = guard_abi::dns::MAX_DOMAINS_PER_POLICY;
+            out.push(("allow".into(), "domain".into(), format!("{n} `domain` entries; at most {max} per policy")));
+        }
+        let t = self.dns_ttl;
+        if t.max == 0 || t.min > t.max {
+            out.push((
+                "dnsTTL".into(),
+                "dnsTTL".into(),
+                format!("min {} and max {} seconds: max must be at least 1 and at least min", t.min, t.max),
+            ));
         }
         out
     }
@@ -192,7 +258,9 @@ pub fn evaluate(entries: &[Entry], ip: std::net::IpAddr, proto: u8, port: u16) -
         };
         if port_ok && proto_ok && net.is_some_and(|n| n.contains(&ip)) {
             best = match best {
-                Some(b) if !(rule.rank > b.rank || (rule.rank == b.rank && rule.action == EGRESS_DENY)) => Some(b),
+                Some(b) if !(rule.rank > b.rank || (rule.rank == b.rank && weight(rule.action) > weight(b.action))) => {
+                    Some(b)
+                }
                 _ => Some(*rule),
             };
         }
@@ -200,12 +268,67 @@ pub fn evaluate(entries: &[Entry], ip: std::net::IpAddr, proto: u8, port: u16) -
     best.map(|b| b.action).unwrap_or(EGRESS_DENY)
 }
 
+/// How strongly an action holds on a tie (as the kernel ranks them).
+fn weight(action: u32) -> u32 {
+    match action {
+        EGRESS_DENY => 2,
+        EGRESS_DENY_SWITCH => 1,
+        _ => 0,
+    }
+}
+
+/// Refused, by whatever (an explicit deny or a switch).
+pub fn refused(action: u32) -> bool {
+    action != EGRESS_ALLOW
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Allowed or refused (by a switch or an explicit deny alike).
     fn ev(spec: &EgressSpec, ip: &str, proto: u8, port: u16) -> u32 {
-        evaluate(&spec.compile(1), ip.parse().unwrap(), proto, port)
+        let action = evaluate(&spec.compile(1), ip.parse().unwrap(), proto, port);
+        if refused(action) {
+            EGRESS_DENY
+        } else {
+            EGRESS_ALLOW
+        }
+    }
+
+    #[test]
+    fn names_may_allow_what_a_switch_refuses_never_an_explicit_deny() {
+        let s: EgressSpec = serde_yaml_ng::from_str(
+            "nonPrivateIPs: false\nallow:\n  - {domain: pypi.org, ports: [443], protocol: tcp}\ndeny:\n  - {cidr: 203.0.113.66}\n",
+        )
+        .unwrap();
+        let e = s.compile(1);
+        let at = |ip: &str| evaluate(&e, ip.parse().unwrap(), 6, 443);
+        assert_eq!(at("198.51.100.1"), EGRESS_DENY_SWITCH, "nonPrivateIPs off");
+        assert_eq!(at("10.0.0.5"), EGRESS_DENY_SWITCH, "privateIPs off");
+        assert_eq!(at("203.0.113.66"), EGRESS_DENY, "the deny list");
+        assert_eq!(at("169.254.169.254"), EGRESS_DENY, "metadata");
+        assert_eq!(at("169.254.1.1"), EGRESS_DENY, "link-local");
+        assert!(s.problems().is_empty());
+        let t = s.domain_tables(1);
+        assert_eq!((t.match_name("pypi.org"), t.port_mask(6, 443), t.port_mask(6, 80)), (1, 1, 0));
+        assert_eq!((t.ttl.min, t.ttl.max), (60, 3600));
+    }
+
+    #[test]
+    fn entries_the_policy_cannot_mean_are_named() {
+        let bad = |yaml: &str| -> Vec<String> {
+            let s: EgressSpec = serde_yaml_ng::from_str(yaml).unwrap();
+            s.problems().into_iter().map(|(k, _, m)| format!("{k}: {m}")).collect()
+        };
+        assert_eq!(bad("allow:\n  - {ports: [443]}\n"), ["allow[0]: an entry needs `cidr` or `domain`"]);
+        assert!(bad("allow:\n  - {cidr: 10.0.0.1, domain: a.org}\n")[0].contains("not both"));
+        assert!(bad("deny:\n  - {domain: a.org}\n")[0].starts_with("deny[0].domain: names are allowed, not denied"));
+        assert!(bad("dnsTTL: {min: 10, max: 5}\n")[0].starts_with("dnsTTL: "));
+        let many: String = (0..65).map(|i| format!("  - {{domain: n{i}.org}}\n")).collect();
+        assert!(bad(&format!("allow:\n{many}"))[0].contains("65 `domain` entries; at most 64"));
+        let err = serde_yaml_ng::from_str::<EgressSpec>("allow:\n  - {domain: 10.0.0.5}\n").unwrap_err().to_string();
+        assert!(err.contains("cidr: 10.0.0.5"), "{err}");
     }
 
     #[test]
@@ -228,7 +351,10 @@ mod tests {
         let s: EgressSpec = serde_yaml_ng::from_str("nonPrivateIPs: false\n").unwrap();
         let mut entries = s.compile(1);
         entries.extend(hub_entries(1, &[("10.0.0.5".parse().unwrap(), 8081), ("fd00::5".parse().unwrap(), 8081)]));
-        let ev = |ip: &str, proto, port| evaluate(&entries, ip.parse().unwrap(), proto, port);
+        let ev = |ip: &str, proto, port| match evaluate(&entries, ip.parse().unwrap(), proto, port) {
+            EGRESS_ALLOW => EGRESS_ALLOW,
+            _ => EGRESS_DENY,
+        };
         assert_eq!(ev("10.0.0.5", 6, 8081), EGRESS_ALLOW, "the hub, in a private range");
         assert_eq!(ev("::ffff:10.0.0.5", 6, 8081), EGRESS_ALLOW, "v4-mapped");
         assert_eq!(ev("fd00::5", 6, 8081), EGRESS_ALLOW);

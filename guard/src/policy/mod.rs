@@ -3,6 +3,7 @@
 //! strict parsing: unknown keys and bad values are errors naming file:line:column and the key.
 
 pub mod check;
+pub mod domains;
 pub mod egress;
 pub mod helpers;
 pub mod identity;
@@ -298,6 +299,17 @@ impl Policy {
             err("discovery.kubernetes.notebook_selector".into(), &self.discovery.kubernetes.notebook_selector, e)
         })?;
         persistence::validate(&self.persistence).map_err(|(key, needle, message)| err(key, &needle, message))?;
+        let egress = std::iter::once(("egress".to_string(), &self.egress)).chain(
+            self.overrides
+                .iter()
+                .enumerate()
+                .filter_map(|(i, o)| Some((format!("overrides[{i}].egress"), o.egress.as_ref()?))),
+        );
+        for (at, spec) in egress {
+            if let Some((key, needle, message)) = spec.problems().into_iter().next() {
+                return Err(err(format!("{at}.{key}"), &needle, message));
+            }
+        }
         for (i, o) in self.outputs.iter().enumerate() {
             outputs::OutputSpec::parse(o).map_err(|e| err(format!("outputs[{i}]"), o, e.to_string()))?;
         }

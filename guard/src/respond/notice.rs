@@ -84,7 +84,7 @@ pub fn notice_line(alert: &Alert, contact: &str) -> String {
     let what = match alert.field_str("evt.type") {
         Some("execve") => format!("running `{}`", alert.field_str("proc.cmdline").unwrap_or("a program")),
         Some("connect") | Some("sendmsg") => {
-            format!("connecting to {}", alert.field_str("fd.name").unwrap_or("a destination"))
+            format!("connecting to {}", alert.destination().as_deref().unwrap_or("a destination"))
         }
         Some("socket") => format!("opening a {} socket", alert.field_str("fd.family").unwrap_or("raw")),
         _ => "this".to_string(),

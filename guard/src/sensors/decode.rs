@@ -25,6 +25,8 @@ pub enum DecodeError {
     ArgsLen(u32),
     #[error("exec record claims a {field} of {len} bytes (max {max})")]
     StringLen { field: &'static str, len: usize, max: usize },
+    #[error("dns record's question name ({len} bytes) or address count ({addrs}) is malformed")]
+    DnsName { len: usize, addrs: u8 },
 }
 
 /// Fields every event has.
@@ -121,6 +123,10 @@ pub struct Egress {
     /// sendmsg without connect (UDP `sendto`).
     pub sendmsg: bool,
     pub comm: String,
+    /// The notebook whose policy judged it (the key of its DNS answers).
+    pub subject: u64,
+    /// The name that last resolved to `addr` for that notebook (set by enrichment).
+    pub name: Option<String>,
 }
 
 /// A packet, raw or ICMP datagram socket opened in a notebook.
@@ -154,6 +160,7 @@ pub enum Event {
     Egress(Egress),
     Socket(Socket),
     Cgroup(CgroupMade),
+    Dns(Dns),
 }
 
 impl Event {
@@ -165,6 +172,7 @@ impl Event {
             Event::Egress(g) => &g.meta,
             Event::Socket(k) => &k.meta,
             Event::Cgroup(c) => &c.meta,
+            Event::Dns(d) => &d.meta,
         }
     }
 }
@@ -294,6 +302,8 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 denied: ev.verdict == egress_verdict::DENIED,
                 sendmsg: ev.sendmsg != 0,
                 comm: String::from_utf8_lossy(cstr(&ev.comm)).into_owned(),
+                subject: ev.subject,
+                name: None,
             }))
         }
         Some(EventKind::Socket) => {
@@ -318,9 +328,13 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 path: PathBuf::from(std::ffi::OsStr::from_bytes(&ev.path[..len])),
             }))
         }
+        Some(EventKind::Dns) => dns::decode(buf).map(Event::Dns),
         None => Err(DecodeError::UnknownKind(kind)),
     }
 }
+
+mod dns;
+pub use dns::Dns;
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{bail, Result};
 use aya::maps::{HashMap as BpfHash, MapData};
-use guard_abi::{names, ByteKey, FileKey, Placement};
+use guard_abi::{dns, names, ByteKey, FileKey, Placement};
 
 /// The kernel's exec-enforcement maps, handed to `enforce::KernelEnforcer` once.
 pub struct EnforcementMaps {
@@ -23,10 +23,13 @@ pub struct EnforcementMaps {
     pub launchers: BpfHash<MapData, ByteKey, u32>,
 }
 
-/// The egress maps: notebook cgroup → policy, and the policies' LPM rules.
+/// The egress maps: notebook cgroup → policy, and the policies' LPM rules and name tables.
 pub struct EgressMaps {
     pub cgroups: BpfHash<MapData, u64, u32>,
     pub rules: aya::maps::LpmTrie<MapData, guard_abi::EgressKey, guard_abi::EgressRule>,
+    pub names: BpfHash<MapData, dns::NameKey, dns::NameNode>,
+    pub ports: BpfHash<MapData, dns::DomainPortKey, u64>,
+    pub ttl: BpfHash<MapData, u32, dns::DnsTtl>,
 }
 
 /// A capacity an operator can set: the maps it sizes and what one entry is.
@@ -77,6 +80,18 @@ pub const CAPACITIES: &[Capacity] = &[
         maps: &[names::EGRESS_RULES],
         default: guard_abi::MAX_EGRESS_RULES,
         holds: "egress allow and deny entries, all policies and generations",
+    },
+    Capacity {
+        flag: "egress-names",
+        maps: &[dns::names::DNS_NAMES, dns::names::DOMAIN_PORTS],
+        default: dns::MAX_DNS_NAMES,
+        holds: "labels and port entries of the egress policies' names, all policies and generations",
+    },
+    Capacity {
+        flag: "dns-answers",
+        maps: &[dns::names::DNS_ALLOWED],
+        default: dns::MAX_DNS_ALLOWED,
+        holds: "addresses allowed names resolved to, per notebook (full: the least recently used goes)",
     },
     Capacity {
         flag: "kernel-commands",

@@ -22,6 +22,11 @@ pub(super) const PINNED_MAPS: &[&str] = &[
     names::SCOPES,
     names::KERNEL_COMMANDS,
     names::LAUNCHERS,
+    guard_abi::dns::names::DNS_SOCKS,
+    guard_abi::dns::names::DNS_NAMES,
+    guard_abi::dns::names::DNS_ALLOWED,
+    guard_abi::dns::names::DOMAIN_PORTS,
+    guard_abi::dns::names::DNS_TTL,
 ];
 
 /// bpffs's magic number (statfs f_type).

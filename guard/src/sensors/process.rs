@@ -61,6 +61,7 @@ pub struct ProcessSensor {
     links: Vec<(&'static str, RawTracePointLinkId)>,
     sock_links: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
     sock_create_link: Option<aya::programs::cgroup_sock::CgroupSockLinkId>,
+    dns_link: Option<aya::programs::cgroup_skb::CgroupSkbLinkId>,
     /// Links pinned in bpffs, by program: they stay attached when the agent exits.
     pinned: Vec<(&'static str, aya::programs::links::PinnedLink)>,
     pin_dir: Option<PathBuf>,
@@ -168,6 +169,7 @@ impl ProcessSensor {
             links,
             sock_links: Vec::new(),
             sock_create_link: None,
+            dns_link: None,
             pinned,
             pin_dir: opts.pin_dir.clone(),
             ring_fill,
@@ -186,8 +188,9 @@ impl ProcessSensor {
         self.polling.take()
     }
 
-    /// Loads and attaches the egress hooks (cgroup `connect4/6`, `sendmsg4/6` and
-    /// `sock_create`, for ICMP and raw IP sockets, on the cgroup2 root) and the packet/raw
+    /// Loads and attaches the egress hooks (cgroup `connect4/6`, `sendmsg4/6`, `sock_create`,
+    /// for ICMP and raw IP sockets, and `dns_ingress`, which reads the DNS answers notebooks
+    /// receive, on the cgroup2 root) and the packet/raw
     /// socket watch (`attach_socket_watch`). Without any packet/raw socket hook, that one check
     /// is off and the agent says so. With pinning, the cgroup hooks are pinned like the exec
     /// programs: egress enforcement holds while the agent restarts, and the next one replaces
@@ -226,6 +229,20 @@ impl ProcessSensor {
             }
             None => self.sock_create_link = Some(id),
         }
+        let name = guard_abi::dns::names::PROG_DNS_INGRESS;
+        let prog: &mut aya::programs::CgroupSkb =
+            self.ebpf.program_mut(name).context("program dns_ingress missing from the object")?.try_into()?;
+        prog.load().context("verifying dns_ingress")?;
+        let id = prog
+            .attach(&root, aya::programs::CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+            .with_context(|| attached(name))?;
+        match &self.pin_dir {
+            Some(dir) => {
+                let link = FdLink::try_from(prog.take_link(id)?).with_context(|| attached(name))?;
+                self.pinned.push((name, pin_link(link, &dir.join("links").join(name))?));
+            }
+            None => self.dns_link = Some(id),
+        }
         // Packet/raw sockets: a kprobe where the kernel has them (costs only socket()), else
         // the cap_capable tracepoint (costs only capability checks), else the socket()
         // tracepoint (costs every syscall a little: the slow syscall path).
@@ -236,6 +253,9 @@ impl ProcessSensor {
         Ok(EgressMaps {
             cgroups: HashMap::try_from(take(&mut self.ebpf, names::EGRESS_CG)?)?,
             rules: aya::maps::LpmTrie::try_from(take(&mut self.ebpf, names::EGRESS_RULES)?)?,
+            names: HashMap::try_from(take(&mut self.ebpf, guard_abi::dns::names::DNS_NAMES)?)?,
+            ports: HashMap::try_from(take(&mut self.ebpf, guard_abi::dns::names::DOMAIN_PORTS)?)?,
+            ttl: HashMap::try_from(take(&mut self.ebpf, guard_abi::dns::names::DNS_TTL)?)?,
         })
     }
 
@@ -332,6 +352,14 @@ impl ProcessSensor {
     /// Detaches every program; events already in the ring stay readable. Pinned links stay:
     /// with pinning, enforcement continues after the agent and the next one adopts it.
     pub fn detach(&mut self) {
+        if let Some(link) = self.dns_link.take() {
+            let name = guard_abi::dns::names::PROG_DNS_INGRESS;
+            let prog: Option<&mut aya::programs::CgroupSkb> =
+                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+            if let Some(Err(e)) = prog.map(|p| p.detach(link)) {
+                tracing::warn!(program = name, error = %e, "detaching");
+            }
+        }
         if let Some(link) = self.sock_create_link.take() {
             let prog: Option<&mut aya::programs::CgroupSock> =
                 self.ebpf.program_mut(names::PROG_SOCK_CREATE).and_then(|p| p.try_into().ok());

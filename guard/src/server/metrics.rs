@@ -136,6 +136,7 @@ pub struct EventCounters {
     pub socket: Counter,
     pub cgroup: Counter,
     pub file: Counter,
+    pub dns: Counter,
 }
 
 fn now() -> u64 {
@@ -154,6 +155,7 @@ impl Metrics {
             socket: of("socket"),
             cgroup: of("cgroup"),
             file: of("file"),
+            dns: of("dns"),
         }
     }
 

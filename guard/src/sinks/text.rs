@@ -78,7 +78,7 @@ pub fn alert_line(a: &Alert, color: bool) -> String {
         (None, _, Some(pod)) => pod,
         _ => "-".into(),
     };
-    let what = match f("proc.cmdline").or_else(|| f("fd.name").map(|d| format!("connect {d}"))) {
+    let what = match f("proc.cmdline").or_else(|| a.destination().map(|d| format!("connect {d}"))) {
         Some(c) => printable(&c, CMD_MAX),
         None => printable(&a.output, CMD_MAX),
     };

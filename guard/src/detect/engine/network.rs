@@ -33,7 +33,8 @@ impl Detector {
             .set("fd.sip", g.addr.to_string())
             .set("fd.sport", g.port)
             .set("fd.l4proto", g.protocol.clone())
-            .set("fd.name", name);
+            .set("fd.name", name)
+            .set_opt("fd.sip.name", g.name.clone());
         a.finish_output(rule.summary);
         vec![a]
     }
