@@ -187,8 +187,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "/sys/kernel/btf/vmlinux")]
     pub btf: PathBuf,
     /// Capacity of a kernel map, NAME=ENTRIES (repeatable): cgroups, marks, servers, allowed,
-    /// incarnations, scopes, egress-rules, kernel-commands, launchers. A full map is alerted
-    /// (`guard.error`) and the agent keeps running; a pinned map of another size is made anew.
+    /// incarnations, scopes, egress-rules, egress-names, dns-answers, kernel-commands, launchers.
+    /// A full map is alerted (`guard.error`) and the agent keeps running; a pinned map of
+    /// another size is made anew.
     #[arg(long = "map-size", value_name = "NAME=ENTRIES")]
     pub map_size: Vec<String>,
 }
