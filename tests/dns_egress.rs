@@ -32,6 +32,7 @@ fn zone() -> Value {
         "short.data.example": {"ttl": 1, "A": ["10.0.0.53"]},
         "tcp.data.example": {"ttl": 300, "A": ["10.0.0.53"]},
         "meta.data.example": {"ttl": 300, "A": ["100.100.100.200"]},
+        "other.test.example": {"ttl": 300, "A": ["203.0.113.10"]},
         "evil.test.example": {"ttl": 300, "A": ["198.51.100.8"]},
     })
 }
@@ -137,10 +138,33 @@ fn names_allow_what_they_resolved_to_from_the_first_connect_and_alerts_say_the_n
         json!([{"name": "over-tcp", "host": "tcp.data.example", "port": 443}]),
         "RES_OPTIONS=use-vc",
     );
+    // Another notebook, monitored: pypi's address under another name is not allowed there
+    // (answers count per notebook); it passes, alerted with the name it was looked up by.
+    let (cg2, user2) = TestCgroup::tljh().unwrap();
+    let monitored = run_steps(
+        &net,
+        &cg2,
+        &dir,
+        "monitored",
+        json!([{"name": "other", "host": "other.test.example", "port": 443}]),
+        "LANG=C",
+    );
     std::thread::sleep(Duration::from_millis(400));
     let log = guard.log();
-    let alerts: Vec<Value> =
-        guard.stop().unwrap().into_iter().filter(|a| a["output_fields"]["jupyterhub.user"] == user.as_str()).collect();
+    let every = guard.stop().unwrap();
+    let of = |u: &str| -> Vec<Value> {
+        every.iter().filter(|a| a["output_fields"]["jupyterhub.user"] == u).cloned().collect()
+    };
+    let alerts = of(&user);
+    assert_eq!(monitored["other"]["result"], "ok", "monitor mode changes nothing: {monitored:?}");
+    // (The client, run from outside the unit as `kubectl exec` would, raises exec alerts there.)
+    let theirs: Vec<Value> = of(&user2).into_iter().filter(|a| a["rule"] == "notebook.unexpected_egress").collect();
+    assert_eq!(theirs.len(), 1, "{theirs:#?}");
+    let f = &theirs[0]["output_fields"];
+    assert_eq!(
+        (&f["fd.name"], &f["fd.sip.name"], &f["guard.action"]),
+        (&json!("203.0.113.10:443"), &json!("other.test.example"), &json!("alert"))
+    );
     let result = |name: &str| udp.get(name).or_else(|| tcp.get(name)).map(|v| v["result"].as_str().unwrap_or("?"));
     let all = || format!("udp: {udp:?}\ntcp: {tcp:?}\n{log}");
     for ok in ["pypi", "pypi-v6", "cname-chain", "short-ttl", "pypi-still", "over-tcp"] {

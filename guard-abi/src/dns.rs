@@ -21,7 +21,7 @@ pub const DNS_EVENT_ADDRS: usize = 8;
 /// Bytes of the question name as it is on the wire.
 pub const DNS_NAME_WIRE: usize = 256;
 /// Answer records the kernel reads from one message.
-pub const MAX_ANSWERS: u32 = 16;
+pub const MAX_ANSWERS: u32 = 8;
 
 pub const MAX_DNS_SOCKETS: u32 = 16384;
 pub const MAX_DNS_NAMES: u32 = 16384;

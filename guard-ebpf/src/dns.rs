@@ -12,12 +12,13 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
+    bindings::__sk_buff,
     helpers::{
         bpf_skb_load_bytes,
-        generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+        generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_loop},
     },
     macros::{cgroup_skb, map},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::SkBuffContext,
 };
 use guard_abi::{
@@ -83,53 +84,101 @@ pub fn allows(subject: u64, policy: u32, proto: u8, family: u8, port_be: u16, ad
 
 #[cgroup_skb(ingress)]
 pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
-    // SAFETY: reads the packet through bpf_skb_load_bytes only; writes its own stack and the
-    // ring record it reserved.
+    // SAFETY: reads the packet through bpf_skb_load_bytes only; writes its own stack, its
+    // per-CPU work area and the ring record it reserved.
     unsafe { on_ingress(&ctx) };
     // Never drops: this program only reads.
     1
 }
 
-#[inline(always)]
-fn u8_at(ctx: &SkBuffContext, off: u32) -> Option<u32> {
-    ctx.load::<u8>(off as usize).ok().map(u32::from)
+/// This CPU's work area for one answer: filled and read by the loop callbacks.
+#[repr(C)]
+struct Work {
+    key: NameKey,
+    starts: [u32; MAX_NAME_LABELS],
+    addrs: [[u8; 16]; DNS_EVENT_ADDRS],
+    sock: DnsSocket,
+    now: u64,
+    mask: u64,
+    ttl: DnsTtl,
+    /// Offset of the next label, then of the next answer record.
+    off: u32,
+    /// Labels found; answer records in the message.
+    labels: u32,
+    answers: u32,
+    parent: u32,
+    n_addrs: u32,
+    v4: u32,
+    more: u32,
+    first_ttl: u32,
+    /// Set by a callback that found the message malformed.
+    bad: u32,
+}
+
+/// One per CPU: the work area is larger than the stack allows beside the record.
+#[map]
+static DNS_WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the loop callbacks get: the packet and the work area. Loops run through `bpf_loop`,
+/// whose callback is verified once, not once per iteration and path (bounded loops here cost
+/// the verifier hundreds of thousands of instructions, minutes on an emulated CPU).
+#[repr(C)]
+struct Walk {
+    skb: *mut __sk_buff,
+    work: *mut Work,
 }
 
 #[inline(always)]
-fn u16_at(ctx: &SkBuffContext, off: u32) -> Option<u32> {
-    ctx.load::<u16>(off as usize).ok().map(|v| u32::from(u16::from_be(v)))
+fn u8_at(skb: *mut __sk_buff, off: u32) -> Option<u32> {
+    let mut b = 0u8;
+    // SAFETY: one byte into a stack variable; the helper checks the packet offset.
+    (unsafe { bpf_skb_load_bytes(skb.cast(), off, (&mut b as *mut u8).cast(), 1) } == 0).then_some(u32::from(b))
 }
 
 #[inline(always)]
-fn u32_at(ctx: &SkBuffContext, off: u32) -> Option<u32> {
-    ctx.load::<u32>(off as usize).ok().map(u32::from_be)
+fn u16_at(skb: *mut __sk_buff, off: u32) -> Option<u32> {
+    let mut b = [0u8; 2];
+    // SAFETY: as `u8_at`.
+    (unsafe { bpf_skb_load_bytes(skb.cast(), off, b.as_mut_ptr().cast(), 2) } == 0)
+        .then_some(u32::from(u16::from_be_bytes(b)))
+}
+
+#[inline(always)]
+fn u32_at(skb: *mut __sk_buff, off: u32) -> Option<u32> {
+    let mut b = [0u8; 4];
+    // SAFETY: as `u8_at`.
+    (unsafe { bpf_skb_load_bytes(skb.cast(), off, b.as_mut_ptr().cast(), 4) } == 0).then_some(u32::from_be_bytes(b))
 }
 
 /// # Safety
 /// Called from `dns_ingress` with its context.
 #[inline(always)]
 unsafe fn on_ingress(ctx: &SkBuffContext) -> Option<()> {
+    let skb = ctx.skb.skb;
     // cgroup skb programs see the packet from its network header.
-    let b0 = u8_at(ctx, 0)?;
+    let b0 = u8_at(skb, 0)?;
     let mut src = [0u8; 16];
     let (family, proto, l4) = match b0 >> 4 {
         4 => {
             // Fragments: the DNS header is in the first one only; not followed.
-            if u16_at(ctx, 6)? & 0x3fff != 0 {
+            if u16_at(skb, 6)? & 0x3fff != 0 {
                 return None;
             }
-            let a: [u8; 4] = ctx.load(12).ok()?;
-            src[..4].copy_from_slice(&a);
-            (4u8, u8_at(ctx, 9)?, (b0 & 0xf) * 4)
+            if bpf_skb_load_bytes(skb.cast(), 12, src.as_mut_ptr().cast(), 4) != 0 {
+                return None;
+            }
+            (4u8, u8_at(skb, 9)?, (b0 & 0xf) * 4)
         }
         6 => {
-            src = ctx.load(8).ok()?;
-            (6u8, u8_at(ctx, 6)?, 40)
+            if bpf_skb_load_bytes(skb.cast(), 8, src.as_mut_ptr().cast(), 16) != 0 {
+                return None;
+            }
+            (6u8, u8_at(skb, 6)?, 40)
         }
         _ => return None,
     };
     // Every packet a socket on the node receives comes here: most leave on the source port.
-    if (proto != 17 && proto != 6) || u16_at(ctx, l4)? != 53 {
+    if (proto != 17 && proto != 6) || u16_at(skb, l4)? != 53 {
         return None;
     }
     let dns = if proto == 17 {
@@ -137,30 +186,54 @@ unsafe fn on_ingress(ctx: &SkBuffContext) -> Option<()> {
     } else {
         // TCP: the message follows a 2-byte length in the first data segment; later segments
         // of a long answer are not read (their addresses stay refused).
-        let payload = l4 + (u8_at(ctx, l4 + 12)? >> 4) * 4;
+        let payload = l4 + (u8_at(skb, l4 + 12)? >> 4) * 4;
         if ctx.len() <= payload + 2 + 12 {
             return None;
         }
         payload + 2
     };
-    let cookie = bpf_get_socket_cookie(ctx.skb.skb.cast());
+    let cookie = bpf_get_socket_cookie(skb.cast());
     // SAFETY: copied out at once.
-    let sock = (*DNS_SOCKS.get(&cookie)?).clone();
+    let sock = *DNS_SOCKS.get(&cookie)?;
     // From the server the query went to, on the protocol it went by.
     if sock.protocol != proto as u8 || sock.family != family || sock.server != src {
         return None;
     }
-    let flags = u16_at(ctx, dns + 2)?;
+    let flags = u16_at(skb, dns + 2)?;
     // A response (QR), a standard query (opcode 0), no error, one question.
-    if flags & 0x8000 == 0 || flags & 0x7800 != 0 || flags & 0xf != 0 || u16_at(ctx, dns + 4)? != 1 {
+    if flags & 0x8000 == 0 || flags & 0x7800 != 0 || flags & 0xf != 0 || u16_at(skb, dns + 4)? != 1 {
         return None;
     }
-    let answers = u16_at(ctx, dns + 6)?;
-    let mut starts = [0u32; MAX_NAME_LABELS];
-    let (n, qend) = labels(ctx, dns + 12, &mut starts)?;
-    let domains = match_name(ctx, sock.policy, &starts, n);
+    let w = DNS_WORK.get_ptr_mut(0)?;
+    (*w).sock = sock;
+    (*w).answers = u16_at(skb, dns + 6)?;
+    (*w).off = dns + 12;
+    (*w).labels = 0;
+    (*w).bad = 0;
+    let mut walk = Walk { skb, work: w };
+    let walk_ptr = (&mut walk as *mut Walk).cast();
+    bpf_loop(MAX_NAME_LABELS as u32 + 1, label_step as *mut _, walk_ptr, 0);
+    let n = (*w).labels;
+    if (*w).bad != 0 || n == 0 || n as usize > MAX_NAME_LABELS {
+        return None;
+    }
+    let qend = (*w).off;
+    (*w).key = NameKey { policy: sock.policy, ..NameKey::default() };
+    (*w).parent = 0;
+    (*w).mask = 0;
+    bpf_loop(n, match_step as *mut _, walk_ptr, 0);
+    let domains = (*w).mask;
     // SAFETY: copied out at once.
-    let ttl = DNS_TTL.get(&sock.policy).copied().unwrap_or(DEFAULT_TTL);
+    (*w).ttl = DNS_TTL.get(&sock.policy).copied().unwrap_or(DEFAULT_TTL);
+    (*w).now = bpf_ktime_get_boot_ns();
+    (*w).off = qend + 5;
+    (*w).n_addrs = 0;
+    (*w).v4 = 0;
+    (*w).more = 0;
+    (*w).first_ttl = 0;
+    let records = if (*w).answers < MAX_ANSWERS { (*w).answers } else { MAX_ANSWERS };
+    bpf_loop(records, answer_step as *mut _, walk_ptr, 0);
+
     let qlen = qend - (dns + 12);
     let flags = submit_flags();
     let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
@@ -175,67 +248,133 @@ unsafe fn on_ingress(ctx: &SkBuffContext) -> Option<()> {
     (*ev).protocol = proto;
     (*ev).qname_len = qlen as u16;
     (*ev).qname = [0; DNS_NAME_WIRE];
-    (*ev).addrs = [[0; 16]; DNS_EVENT_ADDRS];
-    (*ev).n_addrs = 0;
-    (*ev).v4 = 0;
-    (*ev).more = 0;
-    (*ev).ttl = 0;
+    (*ev).addrs = (*w).addrs;
+    (*ev).n_addrs = (*w).n_addrs as u8;
+    (*ev).v4 = (*w).v4 as u8;
+    (*ev).more = (*w).more;
+    (*ev).ttl = (*w).first_ttl;
     // 1..=256 as the verifier sees it: the name has a label, so `qlen` is at least 2.
     let len = (qlen.wrapping_sub(1) & (DNS_NAME_WIRE as u32 - 1)) + 1;
-    bpf_skb_load_bytes(ctx.skb.skb.cast(), dns + 12, (*ev).qname.as_mut_ptr().cast(), len);
-    read_answers(ctx, qend + 5, answers, &sock, domains, ttl, ev);
+    bpf_skb_load_bytes(skb.cast(), dns + 12, (*ev).qname.as_mut_ptr().cast(), len);
     entry.submit(flags);
     Some(())
 }
 
-/// The question's labels from `off`: their offsets into `starts`, their count, and the offset
-/// of the name's final zero byte. None when compressed, too deep or malformed.
+/// The walk's packet and work area.
+/// # Safety
+/// `walk` is the `Walk` on `on_ingress`'s stack, its `work` this CPU's work area.
 #[inline(always)]
-fn labels(ctx: &SkBuffContext, mut off: u32, starts: &mut [u32; MAX_NAME_LABELS]) -> Option<(usize, u32)> {
-    let mut n = 0usize;
-    while n <= MAX_NAME_LABELS {
-        let len = u8_at(ctx, off)?;
-        if len == 0 {
-            return if n > 0 { Some((n, off)) } else { None };
-        }
-        if len as usize > LABEL_MAX || n == MAX_NAME_LABELS {
-            return None;
-        }
-        starts[n & (MAX_NAME_LABELS - 1)] = off;
-        n += 1;
-        off += 1 + len;
-    }
-    None
+unsafe fn parts(walk: *mut core::ffi::c_void) -> (*mut __sk_buff, &'static mut Work) {
+    let walk = walk as *mut Walk;
+    ((*walk).skb, &mut *(*walk).work)
 }
 
-/// Domain entries of `policy` that the name with these labels matches.
-#[inline(always)]
-fn match_name(ctx: &SkBuffContext, policy: u32, starts: &[u32; MAX_NAME_LABELS], n: usize) -> u64 {
-    let mut key = NameKey { policy, ..NameKey::default() };
-    let mut mask = 0u64;
-    let mut k = 0usize;
-    while k < MAX_NAME_LABELS && k < n {
-        let off = starts[(n - 1 - k) & (MAX_NAME_LABELS - 1)];
-        let Some(len) = u8_at(ctx, off) else { break };
-        if len == 0 || len as usize > LABEL_MAX {
-            break;
-        }
-        key.label = [0; 64];
-        // 1..=64 as the verifier sees it (a plain check on `len` may be made on another copy).
-        let size = (len.wrapping_sub(1) & 63) + 1;
-        // SAFETY: `size` is within the 64-byte label; the helper reads the packet.
-        if unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), off + 1, key.label.as_mut_ptr().cast(), size) } != 0 {
-            break;
-        }
-        lower(&mut key.label);
-        key.len = len;
-        // SAFETY: copied out at once.
-        let Some(node) = (unsafe { DNS_NAMES.get(&key) }).copied() else { break };
-        mask |= if k + 1 < n { node.wild } else { node.exact };
-        key.parent = node.id;
-        k += 1;
+/// One label of the question: its offset into `starts`. Stops at the final zero byte (the
+/// name's end, `off` left on it); a pointer, an oversized label or a name deeper than
+/// `MAX_NAME_LABELS` marks the message bad.
+unsafe extern "C" fn label_step(_i: u64, walk: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `on_ingress` gave it.
+    let (skb, w) = unsafe { parts(walk) };
+    let Some(len) = u8_at(skb, w.off) else {
+        w.bad = 1;
+        return 1;
+    };
+    if len == 0 {
+        return 1;
     }
-    mask
+    if len as usize > LABEL_MAX || w.labels as usize >= MAX_NAME_LABELS {
+        w.bad = 1;
+        return 1;
+    }
+    w.starts[w.labels as usize & (MAX_NAME_LABELS - 1)] = w.off;
+    w.labels += 1;
+    w.off += 1 + len;
+    0
+}
+
+/// Label `n - 1 - i` (the last first) looked up under the label before it; the entries a
+/// node ends go into `mask` (`*.` ones only while labels remain below).
+unsafe extern "C" fn match_step(i: u64, walk: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `on_ingress` gave it.
+    let (skb, w) = unsafe { parts(walk) };
+    let n = w.labels as u64;
+    if i >= n {
+        return 1;
+    }
+    let off = w.starts[(n - 1 - i) as usize & (MAX_NAME_LABELS - 1)];
+    let Some(len) = u8_at(skb, off) else { return 1 };
+    if len == 0 || len as usize > LABEL_MAX {
+        return 1;
+    }
+    w.key.label = [0; 64];
+    // 1..=64 as the verifier sees it (a plain check on `len` may be made on another copy).
+    let size = (len.wrapping_sub(1) & 63) + 1;
+    // SAFETY: `size` is within the 64-byte label; the helper reads the packet.
+    if unsafe { bpf_skb_load_bytes(skb.cast(), off + 1, w.key.label.as_mut_ptr().cast(), size) } != 0 {
+        return 1;
+    }
+    lower(&mut w.key.label);
+    w.key.len = len;
+    w.key.parent = w.parent;
+    // SAFETY: copied out at once.
+    let Some(node) = (unsafe { DNS_NAMES.get(&w.key) }).copied() else { return 1 };
+    w.mask |= if i + 1 < n { node.wild } else { node.exact };
+    w.parent = node.id;
+    0
+}
+
+/// One answer record at `off`: an A or AAAA is allowed for the notebook when the question's
+/// name matched (`mask`), and kept for the report. Owner names must be compressed (a pointer
+/// to the question or to a CNAME's target), as every server writes them; an uncompressed
+/// one ends the walk.
+unsafe extern "C" fn answer_step(_i: u64, walk: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `on_ingress` gave it.
+    let (skb, w) = unsafe { parts(walk) };
+    let off = w.off;
+    match u8_at(skb, off) {
+        Some(owner) if owner & 0xc0 == 0xc0 => {}
+        _ => return 1,
+    }
+    let (Some(rtype), Some(rr_ttl), Some(rdlen)) = (u16_at(skb, off + 2), u32_at(skb, off + 6), u16_at(skb, off + 10))
+    else {
+        return 1;
+    };
+    let rdata = off + 12;
+    w.off = rdata + rdlen;
+    let fam = match (rtype, rdlen) {
+        (1, 4) => 4u8,
+        (28, 16) => 6u8,
+        _ => return 0,
+    };
+    let mut addr = [0u8; 16];
+    // SAFETY: 4 or 16 bytes into a 16-byte stack array.
+    if unsafe { bpf_skb_load_bytes(skb.cast(), rdata, addr.as_mut_ptr().cast(), if fam == 4 { 4 } else { 16 }) } != 0 {
+        return 1;
+    }
+    let secs = if rr_ttl < w.ttl.min {
+        w.ttl.min
+    } else if rr_ttl > w.ttl.max {
+        w.ttl.max
+    } else {
+        rr_ttl
+    };
+    if w.mask != 0 {
+        allow(&w.sock, fam, addr, w.mask, w.now + secs as u64 * NS);
+    }
+    let n = w.n_addrs as usize;
+    if n < DNS_EVENT_ADDRS {
+        w.addrs[n & (DNS_EVENT_ADDRS - 1)] = addr;
+        if fam == 4 {
+            w.v4 |= 1 << n;
+        }
+        if n == 0 {
+            w.first_ttl = secs;
+        }
+        w.n_addrs += 1;
+    } else {
+        w.more += 1;
+    }
+    0
 }
 
 /// ASCII upper to lower case, eight bytes at a time (labels are compared as bytes).
@@ -253,92 +392,6 @@ fn lower(label: &mut [u8; 64]) {
         let upper = !x & (from_a ^ above_z) & 0x8080_8080_8080_8080;
         label[i * 8..i * 8 + 8].copy_from_slice(&(x | (upper >> 2)).to_ne_bytes());
         i += 1;
-    }
-}
-
-/// Reads up to `MAX_ANSWERS` records from `off`: each A/AAAA is allowed for the notebook when
-/// the name matched (`domains`), and reported in `ev`. Stops at the first malformed record.
-/// # Safety
-/// `ev` is a reserved ring record.
-#[inline(always)]
-unsafe fn read_answers(
-    ctx: &SkBuffContext,
-    mut off: u32,
-    count: u32,
-    sock: &DnsSocket,
-    domains: u64,
-    ttl: DnsTtl,
-    ev: *mut DnsEvent,
-) {
-    let now = bpf_ktime_get_boot_ns();
-    let mut a = 0;
-    while a < MAX_ANSWERS && a < count {
-        let Some(owner) = u8_at(ctx, off) else { return };
-        if owner & 0xc0 == 0xc0 {
-            off += 2;
-        } else {
-            // An uncompressed owner name: skipped label by label.
-            let mut s = 0;
-            while s <= MAX_NAME_LABELS {
-                let Some(l) = u8_at(ctx, off) else { return };
-                off += 1;
-                if l == 0 {
-                    break;
-                }
-                if l & 0xc0 == 0xc0 {
-                    off += 1;
-                    break;
-                }
-                off += l;
-                s += 1;
-            }
-        }
-        let (Some(rtype), Some(rr_ttl), Some(rdlen)) = (u16_at(ctx, off), u32_at(ctx, off + 4), u16_at(ctx, off + 8))
-        else {
-            return;
-        };
-        let rdata = off + 10;
-        let fam = match (rtype, rdlen) {
-            (1, 4) => 4u8,
-            (28, 16) => 6u8,
-            _ => 0,
-        };
-        if fam != 0 {
-            let mut addr = [0u8; 16];
-            let ok = if fam == 4 {
-                ctx.load::<[u8; 4]>(rdata as usize).map(|b| addr[..4].copy_from_slice(&b)).is_ok()
-            } else {
-                ctx.load::<[u8; 16]>(rdata as usize).map(|b| addr = b).is_ok()
-            };
-            if !ok {
-                return;
-            }
-            let secs = if rr_ttl < ttl.min {
-                ttl.min
-            } else if rr_ttl > ttl.max {
-                ttl.max
-            } else {
-                rr_ttl
-            };
-            if domains != 0 {
-                allow(sock, fam, addr, domains, now + secs as u64 * NS);
-            }
-            let n = (*ev).n_addrs as usize;
-            if n < DNS_EVENT_ADDRS {
-                (*ev).addrs[n & (DNS_EVENT_ADDRS - 1)] = addr;
-                if fam == 4 {
-                    (*ev).v4 |= 1 << n;
-                }
-                (*ev).n_addrs = n as u8 + 1;
-                if n == 0 {
-                    (*ev).ttl = secs;
-                }
-            } else {
-                (*ev).more += 1;
-            }
-        }
-        off = rdata + rdlen;
-        a += 1;
     }
 }
 

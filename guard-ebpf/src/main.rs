@@ -78,4 +78,5 @@ mod process;
 mod read;
 mod ring;
 mod scope;
+mod sockets;
 mod verdict;

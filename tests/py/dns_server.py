@@ -25,31 +25,41 @@ def encode_name(name):
     return b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
 
 
-def rr(owner, rtype, ttl, rdata):
-    return encode_name(owner) + struct.pack("!HHIH", rtype, 1, ttl, len(rdata)) + rdata
-
-
 def answer(zone, msg):
+    """The reply, with owner names compressed as servers write them: a pointer to the
+    question, or to the CNAME record whose target the owner is."""
     name, qtype, qend = parse_question(msg)
-    records, owner = [], name
+    body = bytearray(msg[12:qend])
+    at = {name: 12}
+    count, owner = 0, name
+
+    def rr(owner, rtype, ttl, rdata, target=None):
+        nonlocal count
+        body.extend(struct.pack("!HHHIH", 0xC000 | at[owner], rtype, 1, ttl, len(rdata)))
+        if target is not None:
+            at[target] = 12 + len(body)
+        body.extend(rdata)
+        count += 1
+
     for _ in range(8):
         entry = zone.get(owner)
         if entry is None:
             break
         ttl = entry.get("ttl", 300)
         if "CNAME" in entry:
-            records.append(rr(owner, 5, ttl, encode_name(entry["CNAME"])))
+            rr(owner, 5, ttl, encode_name(entry["CNAME"]), target=entry["CNAME"])
             owner = entry["CNAME"]
             continue
         if qtype in (1, 255):
-            records += [rr(owner, 1, ttl, socket.inet_pton(socket.AF_INET, a)) for a in entry.get("A", [])]
+            for a in entry.get("A", []):
+                rr(owner, 1, ttl, socket.inet_pton(socket.AF_INET, a))
         if qtype in (28, 255):
-            records += [rr(owner, 28, ttl, socket.inet_pton(socket.AF_INET6, a)) for a in entry.get("AAAA", [])]
+            for a in entry.get("AAAA", []):
+                rr(owner, 28, ttl, socket.inet_pton(socket.AF_INET6, a))
         break
     rcode = 0 if name in zone else 3
     flags = 0x8400 | (msg[2] & 0x01) << 8 | rcode  # QR, AA, RD copied
-    head = msg[:2] + struct.pack("!HHHHH", flags, 1, len(records), 0, 0)
-    return head + msg[12:qend] + b"".join(records)
+    return msg[:2] + struct.pack("!HHHHH", flags, 1, count, 0, 0) + bytes(body)
 
 
 def serve_udp(sock, zone):
@@ -84,4 +94,5 @@ def main():
     serve_udp(udp, zone)
 
 
-main()
+if __name__ == "__main__":
+    main()

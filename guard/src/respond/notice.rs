@@ -112,5 +112,8 @@ mod tests {
         let mut e = Alert::new(&rules::UNEXPECTED_EGRESS, "t".into(), "h", Action::Denied);
         e.set("evt.type", "connect").set("fd.name", "10.0.0.5:5432");
         assert!(notice_line(&e, "").contains("connecting to 10.0.0.5:5432 (notebook.unexpected_egress)"));
+        // By the name the notebook looked it up by, when it did.
+        e.set("fd.sip.name", "db.example.org");
+        assert!(notice_line(&e, "").contains("connecting to db.example.org (10.0.0.5:5432) (notebook"));
     }
 }
