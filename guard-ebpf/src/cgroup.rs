@@ -7,15 +7,21 @@ use guard_abi::MAX_CGROUP_DEPTH;
 /// call costs as much as a small program here), or its nearest registered ancestor.
 #[inline(always)]
 pub fn cgroup_lookup(map: &HashMap<u64, u32>, own: u64) -> Option<u32> {
+    cgroup_lookup_at(map, own).map(|(_, v)| v)
+}
+
+/// [`cgroup_lookup`], with the id of the cgroup whose entry it found (the notebook whose DNS
+/// answers count). Values are read out of the map at once: an Option holding the lookup's
+/// pointer may be folded by the compiler into arithmetic the verifier refuses.
+#[inline(always)]
+pub fn cgroup_lookup_at(map: &HashMap<u64, u32>, own: u64) -> Option<(u64, u32)> {
     // SAFETY: the value is copied out at once; another CPU deleting the key meanwhile can only make
     // it stale, which is harmless here.
     if let Some(v) = unsafe { map.get(&own) } {
-        return Some(*v);
+        // SAFETY: a valid map value pointer, read once.
+        return Some((own, unsafe { core::ptr::read_volatile(v) }));
     }
-    // Root downwards, stopping at our own level: only as many steps as we are deep (this runs
-    // on every connect of the node). The deepest match wins, so a container-level entry
-    // overrides its pod's.
-    let mut found = None;
+    let (mut at, mut value) = (0u64, 0u32);
     let mut level = 1;
     while level < MAX_CGROUP_DEPTH {
         // SAFETY: a BPF helper that takes no pointer; it reads the current task only.
@@ -23,13 +29,13 @@ pub fn cgroup_lookup(map: &HashMap<u64, u32>, own: u64) -> Option<u32> {
         if id == 0 || id == own {
             break;
         }
-        // SAFETY: the value is copied out at once; another CPU deleting the key meanwhile can only
-        // make it stale, which is harmless here.
+        // SAFETY: as above.
         if let Some(v) = unsafe { map.get(&id) } {
-            found = Some(*v);
+            at = id;
+            // SAFETY: a valid map value pointer, read once.
+            value = unsafe { core::ptr::read_volatile(v) };
         }
         level += 1;
     }
-    found
+    (at != 0).then_some((at, value))
 }
-

@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_get_current_comm, generated::bpf_get_current_ancestor_cgroup_id},
+    helpers::bpf_get_current_comm,
     macros::{cgroup_sock_addr, map},
     maps::{lpm_trie::Key, HashMap, LpmTrie},
     programs::SockAddrContext,
@@ -17,10 +17,11 @@ use guard_abi::{
     egress_verdict,
     kconst::{AF_INET, AF_INET6},
     EgressEvent, EgressKey, EgressRule, EventKind, EGRESS_ALLOW, EGRESS_DENY, EGRESS_DENY_SWITCH, EGRESS_ENFORCE,
-    EGRESS_KEY_FIXED_BITS, MAX_CGROUP_DEPTH, MAX_EGRESS_RULES, MAX_WATCHED_CGROUPS,
+    EGRESS_KEY_FIXED_BITS, MAX_EGRESS_RULES, MAX_WATCHED_CGROUPS,
 };
 
 use crate::{
+    cgroup::cgroup_lookup_at,
     dns,
     read::current_cgroup,
     ring::{count_lost, header, submit_flags, EVENTS},
@@ -211,34 +212,4 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     } else {
         ALLOW
     }
-}
-
-/// [`crate::cgroup::cgroup_lookup`], with the id of the cgroup whose entry it found (the notebook whose
-/// DNS answers count). Kept apart: what it returns is plain integers, never an Option the
-/// compiler may fold into the lookup's pointer (the verifier refuses arithmetic on it).
-#[inline(always)]
-pub fn cgroup_lookup_at(map: &HashMap<u64, u32>, own: u64) -> Option<(u64, u32)> {
-    // SAFETY: the value is copied out at once; another CPU deleting the key meanwhile can only make
-    // it stale, which is harmless here.
-    if let Some(v) = unsafe { map.get(&own) } {
-        // SAFETY: a valid map value pointer, read once.
-        return Some((own, unsafe { core::ptr::read_volatile(v) }));
-    }
-    let (mut at, mut value) = (0u64, 0u32);
-    let mut level = 1;
-    while level < MAX_CGROUP_DEPTH {
-        // SAFETY: a BPF helper that takes no pointer; it reads the current task only.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        if id == 0 || id == own {
-            break;
-        }
-        // SAFETY: as above.
-        if let Some(v) = unsafe { map.get(&id) } {
-            at = id;
-            // SAFETY: a valid map value pointer, read once.
-            value = unsafe { core::ptr::read_volatile(v) };
-        }
-        level += 1;
-    }
-    (at != 0).then_some((at, value))
 }

@@ -6,27 +6,19 @@ its first address at once; {"name", "again": STEP, "port"} connects to the addre
 got, without looking it up; {"sleep": SECONDS}. Results: "ok" (a refused connect reached the
 destination), "EPERM", "timeout", "error:<text>".
 """
-import errno
 import json
 import socket
 import sys
 import time
+
+from outcome import outcome
 
 
 def connect(fam, addr, port):
     s = socket.socket(fam, socket.SOCK_STREAM)
     s.settimeout(1.5)
     try:
-        s.connect((addr, port))
-        return "ok"
-    except ConnectionRefusedError:
-        return "ok"
-    except PermissionError:
-        return "EPERM"
-    except socket.timeout:
-        return "timeout"
-    except OSError as e:
-        return "EPERM" if e.errno == errno.EPERM else "error:" + str(e)
+        return outcome(lambda: s.connect((addr, port)))
     finally:
         s.close()
 

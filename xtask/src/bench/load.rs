@@ -453,6 +453,19 @@ fn connect_loop(chunk: u64) -> Result<()> {
     })
 }
 
+/// Loopback UDP datagrams on a connected pair: each one received passes every cgroup skb
+/// ingress program on the node (`dns_ingress` among them), and no socket-address hook.
+fn udp_loop(chunk: u64) -> Result<()> {
+    let (a, b) = (std::net::UdpSocket::bind("127.0.0.1:0")?, std::net::UdpSocket::bind("127.0.0.1:0")?);
+    a.connect(b.local_addr()?)?;
+    let (out, mut back) = ([7u8; 64], [0u8; 128]);
+    run_steady(chunk, || {
+        a.send(&out)?;
+        b.recv(&mut back)?;
+        Ok(())
+    })
+}
+
 /// The load itself, in the child (`bench-load KIND N RATE`).
 pub fn run_load(kind: &str, n: u64, rate: u64) -> Result<()> {
     match kind {
@@ -463,6 +476,7 @@ pub fn run_load(kind: &str, n: u64, rate: u64) -> Result<()> {
         // The exec storm as a steady load: chunks of n per thread.
         "exec-steady" => exec_steady(n)?,
         "connect" => connect_loop(n)?,
+        "udp" => udp_loop(n)?,
         // getppid: the cost of a syscall.
         "null" => run_steady(n, || {
             // SAFETY: no arguments, no effects.

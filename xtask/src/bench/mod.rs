@@ -6,6 +6,7 @@
 //! both alike. The loads themselves are in [`load`].
 
 mod accounting;
+mod dns;
 mod files;
 mod footprint;
 mod guard;
@@ -55,7 +56,7 @@ const NULL_ROUNDS: usize = 25;
 const PEER_ROUNDS: usize = 7;
 /// The recorder's differences are tens of nanoseconds: more rounds than the peers.
 const RECORDER_ROUNDS: usize = 25;
-pub const SECTIONS: &[&str] = &["storms", "recorder", "peers", "loss", "latency", "files", "footprint"];
+pub const SECTIONS: &[&str] = &["storms", "recorder", "peers", "loss", "latency", "files", "dns", "footprint"];
 /// Ring size for the overload part of the loss section: small enough that this machine's
 /// fastest exec storm overflows it.
 const SMALL_RING: u32 = 4 << 10;
@@ -118,13 +119,14 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
     let nb = mount.join("system.slice/jupyter-benchuser.service");
     fs::create_dir_all(&nb)?;
     let mut c = Ctx { guard, dir, mount, nb, results: Map::new(), md: Vec::new() };
-    let steps: [(&str, Section); 7] = [
+    let steps: [(&str, Section); 8] = [
         ("storms", storms),
         ("recorder", recorder),
         ("peers", peers),
         ("loss", loss),
         ("latency", latency),
         ("files", files),
+        ("dns", dns::dns),
         ("footprint", footprint),
     ];
     let mut outcome = Ok(());
