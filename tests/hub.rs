@@ -7,45 +7,13 @@
 use std::{path::PathBuf, time::Duration};
 
 use guard_tests::{
+    hub::{hub_parts, SystemUser},
     unit::{unit_policy, Unit},
     *,
 };
 use serde_json::Value;
 
 const NOTEBOOK: &str = "work/analysis.ipynb";
-
-/// The venv with jupyterhub, jupyter_server and ipykernel, and the proxy, made by
-/// `cargo xtask test` (`GUARD_HUB_ENV`, `GUARD_CHP`).
-fn hub_parts() -> (PathBuf, PathBuf) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-    let env = std::env::var_os("GUARD_HUB_ENV").map(PathBuf::from).unwrap_or(root.join("hubenv"));
-    let chp = std::env::var_os("GUARD_CHP")
-        .map(PathBuf::from)
-        .unwrap_or(root.join("chp/node_modules/.bin/configurable-http-proxy"));
-    assert!(env.join("bin/jupyterhub").exists(), "{} has no jupyterhub (cargo xtask test makes it)", env.display());
-    assert!(chp.exists(), "{} is missing (cargo xtask test installs it)", chp.display());
-    (env, chp)
-}
-
-/// A system user with a home directory, removed on drop.
-struct SystemUser(String);
-
-impl SystemUser {
-    fn new(tag: char) -> Self {
-        let name = format!("nbh{}{tag}", std::process::id());
-        let _ = std::process::Command::new("userdel").args(["-r", &name]).output();
-        let out = std::process::Command::new("useradd").args(["-m", "-s", "/bin/bash", &name]).output().unwrap();
-        assert!(out.status.success(), "useradd {name}: {}", String::from_utf8_lossy(&out.stderr));
-        Self(name)
-    }
-}
-
-impl Drop for SystemUser {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("pkill").args(["-KILL", "-u", &self.0]).output();
-        let _ = std::process::Command::new("userdel").args(["-r", &self.0]).output();
-    }
-}
 
 const CELLS: &[&str] = &[
     "import os\nprint('rc', os.system('/bin/echo HUB-EXEC'))",

@@ -12,6 +12,7 @@ pub mod detect;
 pub mod discovery;
 pub mod enforce;
 pub mod enrich;
+pub mod http;
 pub mod policy;
 pub mod process;
 pub mod redact;

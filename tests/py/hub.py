@@ -7,12 +7,15 @@ Usage: hub.py SPEC.json RESULTS.json   (as root: LocalProcessSpawner starts serv
 SPEC: {"hubenv": DIR (a venv with jupyterhub, jupyter_server, ipykernel), "chp": PATH,
        "dir": WORKDIR, "servers": ["user" | "user/name", ...], "notebook": "dir/name.ipynb",
        "cells": ["code", ...], "go": PATH (optional: waited for before the cells run),
-       "restart": bool (optional: then stop and start every server and run the cells again)}
+       "restart": bool (optional: then stop and start every server and run the cells again),
+       "answered": ["user" | "user/name", ...] (optional: servers someone else is expected to
+       stop after the cells ran; waited for, up to 20 s, instead of stopping them)}
 For each server (a user's default one, or a named one): create the user, start the server,
 open a session on `notebook` through the server's sessions API behind the proxy (which starts
 the kernel and sets JPY_SESSION_NAME), run the cells in that kernel through its connection
 file, stop the server. RESULTS: {"servers": {KEY: {"kernel_id", "cells": [...]}},
-"restarted": {KEY: ...}, "hub_ok_after": bool}.
+"restarted": {KEY: ...}, "stopped_by_others": {KEY: bool}, "groups": {USER: [...]},
+"hub_ok_after": bool}.
 """
 import json
 import os
@@ -74,7 +77,7 @@ c.Authenticator.allow_all = True
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.services = [{{"name": "guard-test", "api_token": {TOKEN!r}}}]
 c.JupyterHub.load_roles = [{{"name": "guard-test", "services": ["guard-test"],
-    "scopes": ["admin:users", "admin:servers", "access:servers"]}}]
+    "scopes": ["admin:users", "admin:servers", "admin:groups", "access:servers"]}}]
 c.Spawner.cmd = [{os.path.join(bin_, "jupyterhub-singleuser")!r}]
 c.Spawner.environment = {{"PATH": "{bin_}:/usr/bin:/bin"}}
 c.Spawner.start_timeout = 90
@@ -123,8 +126,20 @@ def main():
             until("the go file", lambda: os.path.exists(spec["go"]), limit=120)
         for key, (kid, cf) in kernels.items():
             results["servers"][key] = {"kernel_id": kid, "cells": run_cells(cf, spec["cells"])}
+        results["stopped_by_others"] = {}
         for key in spec["servers"]:
+            if key in spec.get("answered", []):
+                user, _, name = key.partition("/")
+                try:
+                    until(f"{key}'s server stopped by someone else",
+                          lambda: name not in api("GET", f"{base}/hub/api/users/{user}")[1]["servers"], limit=20)
+                    results["stopped_by_others"][key] = True
+                    continue
+                except RuntimeError:
+                    results["stopped_by_others"][key] = False
             stop_server(base, key)
+        users = {key.partition("/")[0] for key in spec["servers"]}
+        results["groups"] = {u: api("GET", f"{base}/hub/api/users/{u}")[1].get("groups", []) for u in users}
         if spec.get("restart"):
             # The users stop their servers and start them again (a new server process each).
             for key in spec["servers"]:

@@ -4,6 +4,7 @@
 //! message; in CI (`CI` or `GUARD_REQUIRE_PRIVILEGED` set) a skip is a failure.
 
 pub mod fake_kube;
+pub mod hub;
 pub mod pod;
 pub mod unit;
 

@@ -163,6 +163,8 @@ struct Pipeline<W: Write> {
     deferred_attrib: std::collections::VecDeque<(Instant, crate::sensors::files::FileEvent)>,
     /// Posture findings each notebook was told.
     posture: crate::detect::engine::posture::PostureBook,
+    /// Answers through JupyterHub (policy `response`).
+    responder: crate::respond::hub::HubResponder,
     /// Names of destinations, from the DNS answers notebooks received.
     names: crate::enrich::names::Names,
     /// Overflows reported, per fanotify group (persistence, drift).
@@ -336,6 +338,7 @@ impl<W: Write> Pipeline<W> {
         if let Err(e) = self.notifier.refused(&a, &self.table, &self.detector.policy.notice) {
             self.failed(Stage::Notice, anyhow::Error::new(e).context("writing a notice to a notebook's kernel"));
         }
+        self.responder.consider(&a, &self.detector.policy, Instant::now());
         self.emit(a);
     }
 

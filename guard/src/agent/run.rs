@@ -139,6 +139,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     table.seed_from_proc(&opts.proc_root, &mut |env| detector.redactor.learn_environ(env), &local);
     let (hub_tx, mut hub_rx) = mpsc::unbounded_channel::<Vec<hub::Endpoint>>();
+    let (responder, mut response_rx) =
+        crate::respond::hub::HubResponder::start().context("starting the JupyterHub responder")?;
     let mut pipe = Pipeline {
         table,
         attributor,
@@ -177,6 +179,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         posture: Default::default(),
         reported_file_overflows: [0; 2],
         names: Default::default(),
+        responder,
         alerts_sent: 0,
     };
     metrics.sensors_attached.store(true, Ordering::Relaxed);
@@ -266,6 +269,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 pipe.flush();
             }
             Some(found) = hub_rx.recv() => pipe.guarded(Stage::Reload, |p| p.allow_hub(found)),
+            Some(done) = response_rx.recv() => {
+                let (summary, fields) = done.fields();
+                let a = pipe.detector.health_alert(&rules::HUB_RESPONSE, &summary, &fields);
+                pipe.send(&a);
+                pipe.flush();
+            }
             Some(events) = file_rx.recv() => pipe.pending_files.push(events, Instant::now()),
             _ = file_tick.tick() => {
                 pipe.read_drift();

@@ -13,6 +13,7 @@ pub mod mining;
 pub mod outputs;
 pub mod persistence;
 pub mod provenance;
+pub mod response;
 pub mod root;
 pub mod rules;
 mod seccomp;
@@ -59,6 +60,7 @@ struct PolicyFile {
     mining: Option<MiningSpec>,
     notice: Option<NoticeSpec>,
     persistence: Option<persistence::PersistenceSpec>,
+    response: Option<response::ResponseSpec>,
     rules: Option<RulesSpec>,
     overrides: Option<Vec<Override>>,
 }
@@ -91,6 +93,9 @@ pub struct Policy {
     pub mining_patterns: mining::OperatorPatterns,
     pub notice: NoticeSpec,
     pub persistence: persistence::PersistenceSpec,
+    /// Answering through JupyterHub, and its token (read when the policy is loaded).
+    pub response: response::ResponseSpec,
+    pub hub_token: Option<response::HubToken>,
     pub rules: RulesSpec,
     pub overrides: Vec<Override>,
 }
@@ -207,6 +212,8 @@ impl Policy {
             mining_patterns: Default::default(),
             notice: user.notice.or(base.notice).unwrap_or_default(),
             persistence: user.persistence.or(base.persistence).unwrap_or_default(),
+            response: user.response.or(base.response).unwrap_or_default(),
+            hub_token: None,
             rules: user.rules.or(base.rules).unwrap_or_default(),
             overrides: user.overrides.or(base.overrides).unwrap_or_default(),
         };
@@ -224,6 +231,15 @@ impl Policy {
                     message,
                 }
             })?;
+        }
+        if let (Some(_), Some(f)) = (&p.response.hub_api_url, &p.response.token_file) {
+            p.hub_token = Some(response::HubToken::load(Path::new(f)).map_err(|message| PolicyError {
+                origin: origin.to_string(),
+                line: text.lines().position(|l| l.contains("token_file")).map(|i| i + 1),
+                column: None,
+                key: "response.token_file".into(),
+                message,
+            })?);
         }
         Ok(p)
     }
@@ -305,6 +321,9 @@ impl Policy {
                 .enumerate()
                 .filter_map(|(i, o)| Some((format!("overrides[{i}].egress"), o.egress.as_ref()?))),
         );
+        if let Some((key, needle, message)) = response::problems(&self.response, rules::is_rule) {
+            return Err(err(format!("response.{key}"), &needle, message));
+        }
         for (at, spec) in egress {
             if let Some((key, needle, message)) = spec.problems().into_iter().next() {
                 return Err(err(format!("{at}.{key}"), &needle, message));

@@ -237,6 +237,14 @@ pub const GUARD_ERROR: Rule = Rule {
     summary: "notebook-guard failed to handle an event",
 };
 
+/// What the hub was asked in answer to an alert (policy `response`), and what it answered.
+pub const HUB_RESPONSE: Rule = Rule {
+    name: "guard.response",
+    priority: Priority::Notice,
+    tags: &["guard", "response", "jupyterhub"],
+    summary: "notebook-guard asked JupyterHub to act on a notebook",
+};
+
 pub const ALL: &[Rule] = &[
     NON_PYTHON_EXEC,
     CRYPTO_MINING,
@@ -272,6 +280,7 @@ pub const ALL: &[Rule] = &[
     POLICY_REJECTED,
     GUARD_TAMPERED,
     GUARD_ERROR,
+    HUB_RESPONSE,
 ];
 
 /// Is `name` one of the rules (what a policy may disable)?

@@ -13,7 +13,6 @@ use std::{
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpStream, UdpSocket},
@@ -37,7 +36,7 @@ pub enum SendError {
     Reject(String),
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+use crate::http::{http_client, HttpClient};
 
 enum Transport {
     Http { client: HttpClient, url: hyper::Uri },
@@ -48,17 +47,6 @@ enum Transport {
 
 trait Conn: tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
-
-fn http_client() -> Result<HttpClient> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .context("loading the system's CA certificates")?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(https))
-}
 
 fn tls_connector(ca: Option<&Path>) -> Result<tokio_rustls::TlsConnector> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
