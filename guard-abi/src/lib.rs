@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod dns;
+pub mod fanout;
 pub mod kconst;
 
 /// Bytes of `comm` (the kernel's TASK_COMM_LEN).
@@ -77,10 +78,11 @@ pub enum EventKind {
     Socket = 4,
     Cgroup = 5,
     Dns = 6,
+    Fanout = 7,
 }
 
 /// Number of slots in `LOST` (one per [`EventKind`]).
-pub const EVENT_KINDS: u32 = 7;
+pub const EVENT_KINDS: u32 = 8;
 
 impl EventKind {
     pub const ALL: [EventKind; EVENT_KINDS as usize] = [
@@ -91,6 +93,7 @@ impl EventKind {
         EventKind::Socket,
         EventKind::Cgroup,
         EventKind::Dns,
+        EventKind::Fanout,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -106,6 +109,7 @@ impl EventKind {
             EventKind::Socket => "socket",
             EventKind::Cgroup => "cgroup",
             EventKind::Dns => "dns",
+            EventKind::Fanout => "fanout",
         }
     }
 }
@@ -118,7 +122,7 @@ pub const RECORD_FORMAT: u32 = 5;
 /// Layout version of the pinned maps (their key and value types). Maps are pinned under
 /// `maps-v<PIN_LAYOUT>`: an agent whose layout differs from the pinned one's does not adopt
 /// those maps (it would read and write them in another shape) but replaces them.
-pub const PIN_LAYOUT: u32 = 3;
+pub const PIN_LAYOUT: u32 = 4;
 
 /// Common prefix of every ring-buffer record. `pid`/`tgid` are in the initial PID namespace.
 #[repr(C)]

@@ -22,7 +22,7 @@ use guard_abi::{
 
 use crate::{
     cgroup::cgroup_lookup_at,
-    dns,
+    dns, fanout,
     read::current_cgroup,
     ring::{count_lost, header, submit_flags, EVENTS},
     scope,
@@ -174,13 +174,16 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     }
     let cgroup = current_cgroup();
     let Some((subject, pol)) = subject_of(cgroup) else { return ALLOW };
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    if !loopback {
+        fanout::count(subject, pid_tgid, cgroup, family, proto, port_be, addr);
+    }
     let policy = pol & !EGRESS_ENFORCE;
     let rule = verdict(policy, proto, family, port_be, addr);
     if rule.action == EGRESS_ALLOW || loopback {
         // Answers are read from the servers the policy allows for DNS; on loopback only from
         // one it names (rank above any /0 switch): the notebook may run its own server there.
         if dns::is_dns_port(port_be) && rule.action == EGRESS_ALLOW && (!loopback || rule.rank >= 8 * 4) {
-            let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
             let sock = DnsSocket { subject, cgroup, pid_tgid, policy, port: port_be, family, protocol: proto, server: addr };
             dns::track(ctx.sock_addr.cast(), &sock);
         }
@@ -190,7 +193,6 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
         return ALLOW;
     }
     let enforce = pol & EGRESS_ENFORCE != 0;
-    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let ev = EgressEvent {
         hdr: header(EventKind::Egress, pid_tgid, cgroup),
         family: if family == 4 { AF_INET } else { AF_INET6 },

@@ -73,6 +73,7 @@ macro_rules! conf {
 mod commands;
 mod dns;
 mod egress;
+mod fanout;
 mod incarnation;
 mod process;
 mod read;

@@ -207,12 +207,22 @@ impl<W: Write> Pipeline<W> {
             Event::Socket(_) => c.socket.inc(),
             Event::Cgroup(_) => c.cgroup.inc(),
             Event::Dns(_) => c.dns.inc(),
+            Event::Fanout(_) => c.fanout.inc(),
         };
         match ev {
             Event::Exec(e) => self.on_exec(&e),
             Event::Fork(f) => self.table.on_fork(&f),
             Event::Exit(x) => self.table.on_exit(&x),
             Event::Dns(d) => self.names.learn(&d),
+            Event::Fanout(f) => {
+                if let Some(who) = self.who(f.meta.cgroup_id, f.meta.tgid) {
+                    self.table.ensure(&self.proc_root, f.meta.tgid);
+                    let name = self.names.lookup(f.subject, f.addr);
+                    for a in self.detector.on_fanout(&f, name, &self.table, &who) {
+                        self.respond(a);
+                    }
+                }
+            }
             Event::Egress(mut g) => {
                 self.names.name(&mut g);
                 if let Some(who) = self.who(g.meta.cgroup_id, g.meta.tgid) {

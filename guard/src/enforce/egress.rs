@@ -92,7 +92,23 @@ impl EgressEnforcer {
     pub fn new(maps: Option<EgressMaps>, policy: &Policy) -> Result<Self> {
         let mut e = Self { maps, now: Default::default(), generation: 1 };
         e.write_rules(policy, 1, &[])?;
+        e.set_fan_out(policy)?;
         Ok(e)
+    }
+
+    /// The fan-out threshold the kernel counts against (`fan_out`; 0 destinations: off).
+    pub fn set_fan_out(&mut self, policy: &Policy) -> Result<()> {
+        let Some(maps) = self.maps.as_mut() else { return Ok(()) };
+        let f = policy.fan_out;
+        let conf = guard_abi::fanout::FanoutConf {
+            destinations: f.destinations,
+            _pad: 0,
+            window_ns: u64::from(f.seconds) * 1_000_000_000,
+        };
+        maps.fan_out
+            .set(0, conf, 0)
+            .in_map(guard_abi::fanout::names::FANOUT_CONF, || "setting the fan-out threshold".into())?;
+        Ok(())
     }
 
     pub fn attached(&self) -> bool {
@@ -189,7 +205,7 @@ impl EgressEnforcer {
     pub fn begin_reload(&mut self, new: &Policy, hub: &[Endpoint]) -> Result<()> {
         self.write_rules(new, self.generation + 1, hub)?;
         self.generation += 1;
-        Ok(())
+        self.set_fan_out(new)
     }
 
     /// A reload's last step, once every notebook was switched over: cgroups still on the old

@@ -33,7 +33,12 @@ impl Names {
 
     /// The name that last resolved to the destination for that notebook, if one did.
     pub fn name(&mut self, g: &mut Egress) {
-        g.name = self.last.get(&(g.subject, g.addr)).cloned();
+        g.name = self.lookup(g.subject, g.addr);
+    }
+
+    /// The name that last resolved to `addr` for notebook `subject`.
+    pub fn lookup(&mut self, subject: u64, addr: IpAddr) -> Option<String> {
+        self.last.get(&(subject, addr)).cloned()
     }
 }
 

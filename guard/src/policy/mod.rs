@@ -61,6 +61,7 @@ struct PolicyFile {
     notice: Option<NoticeSpec>,
     persistence: Option<persistence::PersistenceSpec>,
     response: Option<response::ResponseSpec>,
+    fan_out: Option<FanOutSpec>,
     rules: Option<RulesSpec>,
     overrides: Option<Vec<Override>>,
 }
@@ -96,6 +97,7 @@ pub struct Policy {
     /// Answering through JupyterHub, and its token (read when the policy is loaded).
     pub response: response::ResponseSpec,
     pub hub_token: Option<response::HubToken>,
+    pub fan_out: FanOutSpec,
     pub rules: RulesSpec,
     pub overrides: Vec<Override>,
 }
@@ -214,6 +216,7 @@ impl Policy {
             persistence: user.persistence.or(base.persistence).unwrap_or_default(),
             response: user.response.or(base.response).unwrap_or_default(),
             hub_token: None,
+            fan_out: user.fan_out.or(base.fan_out).unwrap_or_default(),
             rules: user.rules.or(base.rules).unwrap_or_default(),
             overrides: user.overrides.or(base.overrides).unwrap_or_default(),
         };
@@ -321,6 +324,9 @@ impl Policy {
                 .enumerate()
                 .filter_map(|(i, o)| Some((format!("overrides[{i}].egress"), o.egress.as_ref()?))),
         );
+        if self.fan_out.destinations > 0 && self.fan_out.seconds == 0 {
+            return Err(err("fan_out.seconds".into(), "fan_out", "a window of 0 seconds counts nothing".into()));
+        }
         if let Some((key, needle, message)) = response::problems(&self.response, rules::is_rule) {
             return Err(err(format!("response.{key}"), &needle, message));
         }

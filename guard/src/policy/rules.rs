@@ -156,6 +156,12 @@ pub const UNEXPECTED_EGRESS: Rule = Rule {
     tags: &["notebook", "network", "egress", "mitre_exfiltration", "T1041", "mitre_command_and_control", "T1071"],
     summary: "Notebook connection to a destination its egress policy does not allow",
 };
+pub const FAN_OUT: Rule = Rule {
+    name: "notebook.fan_out",
+    priority: Priority::Warning,
+    tags: &["notebook", "network", "mitre_discovery", "T1046"],
+    summary: "Notebook process reached many distinct destinations in a short time (a scan)",
+};
 pub const METADATA_ACCESS: Rule = Rule {
     name: "notebook.cloud_metadata_access",
     priority: Priority::Critical,
@@ -268,6 +274,7 @@ pub const ALL: &[Rule] = &[
     POSTURE_NO_NEW_PRIVS,
     UNKNOWN_LINEAGE,
     UNEXPECTED_EGRESS,
+    FAN_OUT,
     METADATA_ACCESS,
     PACKET_SOCKET,
     ICMP_SOCKET,

@@ -157,3 +157,19 @@ pub struct MiningSpec {
     /// line), e.g. a mounted Kubernetes Secret. Alerts name them by line number only.
     pub patterns_file: Option<String>,
 }
+
+/// `fan_out:` — a notebook process reaching more distinct destinations (address, port,
+/// protocol) than `destinations` within `seconds` raises `notebook.fan_out` (0: off).
+/// pip, conda and git reach a handful of hosts; a scan or a pool hunt, dozens.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FanOutSpec {
+    pub destinations: u32,
+    pub seconds: u32,
+}
+
+impl Default for FanOutSpec {
+    fn default() -> Self {
+        Self { destinations: 30, seconds: 10 }
+    }
+}

@@ -161,6 +161,7 @@ pub enum Event {
     Socket(Socket),
     Cgroup(CgroupMade),
     Dns(Dns),
+    Fanout(Fanout),
 }
 
 impl Event {
@@ -173,6 +174,7 @@ impl Event {
             Event::Socket(k) => &k.meta,
             Event::Cgroup(c) => &c.meta,
             Event::Dns(d) => &d.meta,
+            Event::Fanout(f) => &f.meta,
         }
     }
 }
@@ -329,12 +331,15 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
             }))
         }
         Some(EventKind::Dns) => dns::decode(buf).map(Event::Dns),
+        Some(EventKind::Fanout) => fanout::decode(buf).map(Event::Fanout),
         None => Err(DecodeError::UnknownKind(kind)),
     }
 }
 
 mod dns;
+mod fanout;
 pub use dns::Dns;
+pub use fanout::Fanout;
 
 #[cfg(test)]
 mod tests;

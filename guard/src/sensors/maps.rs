@@ -30,6 +30,7 @@ pub struct EgressMaps {
     pub names: BpfHash<MapData, dns::NameKey, dns::NameNode>,
     pub ports: BpfHash<MapData, dns::DomainPortKey, u64>,
     pub ttl: BpfHash<MapData, u32, dns::DnsTtl>,
+    pub fan_out: aya::maps::Array<MapData, guard_abi::fanout::FanoutConf>,
 }
 
 /// A capacity an operator can set: the maps it sizes and what one entry is.

@@ -256,6 +256,7 @@ impl ProcessSensor {
             names: HashMap::try_from(take(&mut self.ebpf, guard_abi::dns::names::DNS_NAMES)?)?,
             ports: HashMap::try_from(take(&mut self.ebpf, guard_abi::dns::names::DOMAIN_PORTS)?)?,
             ttl: HashMap::try_from(take(&mut self.ebpf, guard_abi::dns::names::DNS_TTL)?)?,
+            fan_out: aya::maps::Array::try_from(take(&mut self.ebpf, guard_abi::fanout::names::FANOUT_CONF)?)?,
         })
     }
 

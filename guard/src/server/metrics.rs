@@ -137,6 +137,7 @@ pub struct EventCounters {
     pub cgroup: Counter,
     pub file: Counter,
     pub dns: Counter,
+    pub fanout: Counter,
 }
 
 fn now() -> u64 {
@@ -156,6 +157,7 @@ impl Metrics {
             cgroup: of("cgroup"),
             file: of("file"),
             dns: of("dns"),
+            fanout: of("fanout"),
         }
     }
 

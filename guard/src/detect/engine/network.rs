@@ -8,7 +8,7 @@ use crate::{
     discovery::attribution::Attribution,
     policy::rules::{self, Rule},
     process::table::{cmdline, ProcInfo, ProcessTable},
-    sensors::decode::{Egress, Socket},
+    sensors::decode::{Egress, Fanout, Socket},
 };
 use guard_abi::kconst::{
     AF_INET, AF_INET6, AF_PACKET, IPPROTO_ICMP, IPPROTO_ICMPV6, NR_I386_SOCKET, NR_I386_SOCKETCALL, NR_IO_URING_ENTER,
@@ -35,6 +35,41 @@ impl Detector {
             .set("fd.l4proto", g.protocol.clone())
             .set("fd.name", name)
             .set_opt("fd.sip.name", g.name.clone());
+        a.finish_output(rule.summary);
+        vec![a]
+    }
+
+    /// A notebook process that reached the fan-out threshold: `guard.count` destinations in
+    /// `guard.window_ms`, the last one in `fd.name` (named when the notebook looked it up).
+    pub fn on_fanout(
+        &mut self,
+        f: &Fanout,
+        name: Option<String>,
+        table: &ProcessTable,
+        who: &Attribution,
+    ) -> Vec<Alert> {
+        let rule = rules::FAN_OUT;
+        if !self.enabled(&rule) {
+            return vec![];
+        }
+        let mut a = self.net_alert(&rule, &f.meta, &f.comm, table, who, Action::Alert);
+        let dest = match f.addr {
+            std::net::IpAddr::V6(_) => format!("[{}]:{}", f.addr, f.port),
+            _ => format!("{}:{}", f.addr, f.port),
+        };
+        let proto = match f.protocol {
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            n => n.to_string(),
+        };
+        a.set("evt.type", "connect")
+            .set("fd.sip", f.addr.to_string())
+            .set("fd.sport", f.port)
+            .set("fd.l4proto", proto)
+            .set("fd.name", dest)
+            .set_opt("fd.sip.name", name)
+            .set("guard.count", f.destinations)
+            .set("guard.window_ms", f.elapsed_ms);
         a.finish_output(rule.summary);
         vec![a]
     }
