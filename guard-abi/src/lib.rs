@@ -9,6 +9,7 @@
 pub mod dns;
 pub mod fanout;
 pub mod kconst;
+pub mod stratum;
 
 /// Bytes of `comm` (the kernel's TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
@@ -79,10 +80,11 @@ pub enum EventKind {
     Cgroup = 5,
     Dns = 6,
     Fanout = 7,
+    Stratum = 8,
 }
 
 /// Number of slots in `LOST` (one per [`EventKind`]).
-pub const EVENT_KINDS: u32 = 8;
+pub const EVENT_KINDS: u32 = 9;
 
 impl EventKind {
     pub const ALL: [EventKind; EVENT_KINDS as usize] = [
@@ -94,6 +96,7 @@ impl EventKind {
         EventKind::Cgroup,
         EventKind::Dns,
         EventKind::Fanout,
+        EventKind::Stratum,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -110,6 +113,7 @@ impl EventKind {
             EventKind::Cgroup => "cgroup",
             EventKind::Dns => "dns",
             EventKind::Fanout => "fanout",
+            EventKind::Stratum => "stratum",
         }
     }
 }

@@ -14,6 +14,7 @@ use aya_ebpf::{
 };
 use guard_abi::{
     dns::{DnsSocket, SUBJECT_SCOPE},
+    stratum::{Flow, FLOW_PENDING},
     egress_verdict,
     kconst::{AF_INET, AF_INET6},
     EgressEvent, EgressKey, EgressRule, EventKind, EGRESS_ALLOW, EGRESS_DENY, EGRESS_DENY_SWITCH, EGRESS_ENFORCE,
@@ -22,7 +23,7 @@ use guard_abi::{
 
 use crate::{
     cgroup::cgroup_lookup_at,
-    dns, fanout,
+    dns, fanout, stratum,
     read::current_cgroup,
     ring::{count_lost, header, submit_flags, EVENTS},
     scope,
@@ -126,6 +127,39 @@ fn verdict(policy: u32, proto: u8, family: u8, port_be: u16, addr: [u8; 16]) -> 
     best
 }
 
+/// An allowed TCP connect of a notebook: its first payload is read for a mining call.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn watch_flow(
+    ctx: &SockAddrContext,
+    subject: u64,
+    cgroup: u64,
+    pid_tgid: u64,
+    pol: u32,
+    proto: u8,
+    family: u8,
+    port_be: u16,
+    addr: [u8; 16],
+    sendmsg: bool,
+) {
+    if proto != 6 || sendmsg {
+        return;
+    }
+    let flow = Flow {
+        subject,
+        cgroup,
+        pid_tgid,
+        state: FLOW_PENDING,
+        enforce: (pol & EGRESS_ENFORCE != 0) as u32,
+        addr,
+        port: u16::from_be(port_be),
+        family,
+        _pad: [0; 5],
+    };
+    // SAFETY: the hook's own context pointer.
+    unsafe { stratum::watch(ctx.sock_addr.cast(), &flow) };
+}
+
 /// # Safety
 /// The socket-address context the cgroup hook was called with; it reads that context and the current task only.
 unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
@@ -187,9 +221,13 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
             let sock = DnsSocket { subject, cgroup, pid_tgid, policy, port: port_be, family, protocol: proto, server: addr };
             dns::track(ctx.sock_addr.cast(), &sock);
         }
+        if !loopback {
+            watch_flow(ctx, subject, cgroup, pid_tgid, pol, proto, family, port_be, addr, sendmsg);
+        }
         return ALLOW;
     }
     if rule.action == EGRESS_DENY_SWITCH && dns::allows(subject, policy, proto, family, port_be, addr) {
+        watch_flow(ctx, subject, cgroup, pid_tgid, pol, proto, family, port_be, addr, sendmsg);
         return ALLOW;
     }
     let enforce = pol & EGRESS_ENFORCE != 0;

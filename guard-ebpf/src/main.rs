@@ -80,4 +80,5 @@ mod read;
 mod ring;
 mod scope;
 mod sockets;
+mod stratum;
 mod verdict;

@@ -47,7 +47,7 @@ enum Cmd {
     /// baseline in the same run; writes target/bench/results.json, and BENCHMARKS.md when every
     /// section ran (needs root).
     Bench {
-        /// Sections to run (default: all): storms, recorder, peers, loss, latency, files, dns, footprint.
+        /// Sections to run (default: all): storms, recorder, peers, loss, latency, files, packets, footprint.
         sections: Vec<String>,
     },
     /// Load generator used by `bench` (runs inside a chosen cgroup).

@@ -208,12 +208,28 @@ impl<W: Write> Pipeline<W> {
             Event::Cgroup(_) => c.cgroup.inc(),
             Event::Dns(_) => c.dns.inc(),
             Event::Fanout(_) => c.fanout.inc(),
+            Event::Stratum(_) => c.stratum.inc(),
         };
         match ev {
             Event::Exec(e) => self.on_exec(&e),
             Event::Fork(f) => self.table.on_fork(&f),
             Event::Exit(x) => self.table.on_exit(&x),
             Event::Dns(d) => self.names.learn(&d),
+            Event::Stratum(m) => {
+                if let Some(who) = self.who(m.meta.cgroup_id, m.meta.tgid) {
+                    self.table.ensure(&self.proc_root, m.meta.tgid);
+                    let name = self.names.lookup(m.subject, m.addr);
+                    // Under enforcement the call was dropped; the process goes too, and its flow.
+                    let (table, root) = (&self.table, &self.proc_root);
+                    let killed = m.dropped
+                        && crate::enforce::processes::end(root, m.meta.tgid, m.meta.cgroup_id, |p| {
+                            table.cgroup_of(root, p)
+                        });
+                    for a in self.detector.on_stratum(&m, name, killed, &self.table, &who) {
+                        self.respond(a);
+                    }
+                }
+            }
             Event::Fanout(f) => {
                 if let Some(who) = self.who(f.meta.cgroup_id, f.meta.tgid) {
                     self.table.ensure(&self.proc_root, f.meta.tgid);

@@ -9,6 +9,7 @@
 
 pub mod egress;
 pub mod incarnations;
+pub mod processes;
 pub mod scopes;
 pub mod status;
 

@@ -162,6 +162,7 @@ pub enum Event {
     Cgroup(CgroupMade),
     Dns(Dns),
     Fanout(Fanout),
+    Stratum(Stratum),
 }
 
 impl Event {
@@ -175,6 +176,7 @@ impl Event {
             Event::Cgroup(c) => &c.meta,
             Event::Dns(d) => &d.meta,
             Event::Fanout(f) => &f.meta,
+            Event::Stratum(s) => &s.meta,
         }
     }
 }
@@ -332,14 +334,17 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         }
         Some(EventKind::Dns) => dns::decode(buf).map(Event::Dns),
         Some(EventKind::Fanout) => fanout::decode(buf).map(Event::Fanout),
+        Some(EventKind::Stratum) => stratum::decode(buf).map(Event::Stratum),
         None => Err(DecodeError::UnknownKind(kind)),
     }
 }
 
 mod dns;
 mod fanout;
+mod stratum;
 pub use dns::Dns;
 pub use fanout::Fanout;
+pub use stratum::Stratum;
 
 #[cfg(test)]
 mod tests;

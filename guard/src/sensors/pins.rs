@@ -27,6 +27,7 @@ pub(super) const PINNED_MAPS: &[&str] = &[
     guard_abi::dns::names::DNS_ALLOWED,
     guard_abi::dns::names::DOMAIN_PORTS,
     guard_abi::dns::names::DNS_TTL,
+    guard_abi::stratum::names::STRATUM_FLOWS,
 ];
 
 /// bpffs's magic number (statfs f_type).

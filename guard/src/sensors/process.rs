@@ -61,7 +61,7 @@ pub struct ProcessSensor {
     links: Vec<(&'static str, RawTracePointLinkId)>,
     sock_links: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
     sock_create_link: Option<aya::programs::cgroup_sock::CgroupSockLinkId>,
-    dns_link: Option<aya::programs::cgroup_skb::CgroupSkbLinkId>,
+    skb_links: Vec<(&'static str, aya::programs::cgroup_skb::CgroupSkbLinkId)>,
     /// Links pinned in bpffs, by program: they stay attached when the agent exits.
     pinned: Vec<(&'static str, aya::programs::links::PinnedLink)>,
     pin_dir: Option<PathBuf>,
@@ -169,7 +169,7 @@ impl ProcessSensor {
             links,
             sock_links: Vec::new(),
             sock_create_link: None,
-            dns_link: None,
+            skb_links: Vec::new(),
             pinned,
             pin_dir: opts.pin_dir.clone(),
             ring_fill,
@@ -229,19 +229,27 @@ impl ProcessSensor {
             }
             None => self.sock_create_link = Some(id),
         }
-        let name = guard_abi::dns::names::PROG_DNS_INGRESS;
-        let prog: &mut aya::programs::CgroupSkb =
-            self.ebpf.program_mut(name).context("program dns_ingress missing from the object")?.try_into()?;
-        prog.load().context("verifying dns_ingress")?;
-        let id = prog
-            .attach(&root, aya::programs::CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
-            .with_context(|| attached(name))?;
-        match &self.pin_dir {
-            Some(dir) => {
-                let link = FdLink::try_from(prog.take_link(id)?).with_context(|| attached(name))?;
-                self.pinned.push((name, pin_link(link, &dir.join("links").join(name))?));
+        // The DNS answers notebooks receive, and their flows' first payloads.
+        use aya::programs::CgroupSkbAttachType::{Egress, Ingress};
+        let skb_programs = [
+            (guard_abi::dns::names::PROG_DNS_INGRESS, Ingress),
+            (guard_abi::stratum::names::PROG_STRATUM_EGRESS, Egress),
+        ];
+        for (name, way) in skb_programs {
+            let prog: &mut aya::programs::CgroupSkb = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+            let id = prog.attach(&root, way, CgroupAttachMode::Single).with_context(|| attached(name))?;
+            match &self.pin_dir {
+                Some(dir) => {
+                    let link = FdLink::try_from(prog.take_link(id)?).with_context(|| attached(name))?;
+                    self.pinned.push((name, pin_link(link, &dir.join("links").join(name))?));
+                }
+                None => self.skb_links.push((name, id)),
             }
-            None => self.dns_link = Some(id),
         }
         // Packet/raw sockets: a kprobe where the kernel has them (costs only socket()), else
         // the cap_capable tracepoint (costs only capability checks), else the socket()
@@ -353,8 +361,7 @@ impl ProcessSensor {
     /// Detaches every program; events already in the ring stay readable. Pinned links stay:
     /// with pinning, enforcement continues after the agent and the next one adopts it.
     pub fn detach(&mut self) {
-        if let Some(link) = self.dns_link.take() {
-            let name = guard_abi::dns::names::PROG_DNS_INGRESS;
+        for (name, link) in self.skb_links.drain(..) {
             let prog: Option<&mut aya::programs::CgroupSkb> =
                 self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
             if let Some(Err(e)) = prog.map(|p| p.detach(link)) {

@@ -138,6 +138,7 @@ pub struct EventCounters {
     pub file: Counter,
     pub dns: Counter,
     pub fanout: Counter,
+    pub stratum: Counter,
 }
 
 fn now() -> u64 {
@@ -158,6 +159,7 @@ impl Metrics {
             file: of("file"),
             dns: of("dns"),
             fanout: of("fanout"),
+            stratum: of("stratum"),
         }
     }
 

@@ -6,13 +6,13 @@
 //! both alike. The loads themselves are in [`load`].
 
 mod accounting;
-mod dns;
 mod files;
 mod footprint;
 mod guard;
 mod latency;
 mod load;
 mod loss;
+mod packets;
 mod peers;
 mod prose;
 mod recorder;
@@ -56,7 +56,7 @@ const NULL_ROUNDS: usize = 25;
 const PEER_ROUNDS: usize = 7;
 /// The recorder's differences are tens of nanoseconds: more rounds than the peers.
 const RECORDER_ROUNDS: usize = 25;
-pub const SECTIONS: &[&str] = &["storms", "recorder", "peers", "loss", "latency", "files", "dns", "footprint"];
+pub const SECTIONS: &[&str] = &["storms", "recorder", "peers", "loss", "latency", "files", "packets", "footprint"];
 /// Ring size for the overload part of the loss section: small enough that this machine's
 /// fastest exec storm overflows it.
 const SMALL_RING: u32 = 4 << 10;
@@ -126,7 +126,7 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
         ("loss", loss),
         ("latency", latency),
         ("files", files),
-        ("dns", dns::dns),
+        ("packets", packets::packets),
         ("footprint", footprint),
     ];
     let mut outcome = Ok(());

@@ -11,7 +11,7 @@ pub(super) const LOSS: &str = include_str!("prose/loss.md");
 pub(super) const LATENCY: &str = include_str!("prose/latency.md");
 pub(super) const FOOTPRINT: &str = include_str!("prose/footprint.md");
 pub(super) const FILES: &str = include_str!("prose/files.md");
-pub(super) const DNS: &str = include_str!("prose/dns.md");
+pub(super) const PACKETS: &str = include_str!("prose/packets.md");
 pub(super) const TARGETS: &str = include_str!("prose/targets.md");
 pub(super) const BENCHMARKS: &str = include_str!("prose/benchmarks.md");
 

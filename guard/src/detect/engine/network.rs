@@ -8,7 +8,7 @@ use crate::{
     discovery::attribution::Attribution,
     policy::rules::{self, Rule},
     process::table::{cmdline, ProcInfo, ProcessTable},
-    sensors::decode::{Egress, Fanout, Socket},
+    sensors::decode::{Egress, Fanout, Socket, Stratum},
 };
 use guard_abi::kconst::{
     AF_INET, AF_INET6, AF_PACKET, IPPROTO_ICMP, IPPROTO_ICMPV6, NR_I386_SOCKET, NR_I386_SOCKETCALL, NR_IO_URING_ENTER,
@@ -70,6 +70,42 @@ impl Detector {
             .set_opt("fd.sip.name", name)
             .set("guard.count", f.destinations)
             .set("guard.window_ms", f.elapsed_ms);
+        a.finish_output(rule.summary);
+        vec![a]
+    }
+
+    /// A notebook flow whose first payload was a mining call (`notebook.crypto_mining`, T1496):
+    /// dropped in the kernel under enforcement, and its process `killed` when it was ended.
+    pub fn on_stratum(
+        &mut self,
+        m: &Stratum,
+        name: Option<String>,
+        killed: bool,
+        table: &ProcessTable,
+        who: &Attribution,
+    ) -> Vec<Alert> {
+        let rule = rules::CRYPTO_MINING;
+        if !self.enabled(&rule) {
+            return vec![];
+        }
+        let action = match (killed, m.dropped) {
+            (true, _) => Action::Killed,
+            (false, true) => Action::Denied,
+            _ => Action::Alert,
+        };
+        let comm = table.get(m.meta.tgid).map(|p| p.comm.clone()).unwrap_or_default();
+        let mut a = self.net_alert(&rule, &m.meta, &comm, table, who, action);
+        let dest = match m.addr {
+            std::net::IpAddr::V6(_) => format!("[{}]:{}", m.addr, m.port),
+            _ => format!("{}:{}", m.addr, m.port),
+        };
+        a.set("evt.type", "send")
+            .set("fd.sip", m.addr.to_string())
+            .set("fd.sport", m.port)
+            .set("fd.l4proto", "tcp")
+            .set("fd.name", dest)
+            .set_opt("fd.sip.name", name)
+            .set("guard.detail", format!("stratum method={}", m.method));
         a.finish_output(rule.summary);
         vec![a]
     }

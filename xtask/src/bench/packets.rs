@@ -1,6 +1,8 @@
-//! What egress by name costs traffic that has nothing to do with it: `dns_ingress` sits on the
-//! receive path of every socket on the node (a cgroup skb program on the cgroup2 root) and
-//! leaves at the source port for everything but DNS answers.
+//! What the packet-path programs cost traffic that has nothing to do with them: `dns_ingress`
+//! and `stratum_egress` sit on the receive and send paths of every socket on the node (cgroup
+//! skb programs on the cgroup2 root); the first leaves at the source port for everything but
+//! DNS answers, the second at the protocol or a socket lookup for everything but a
+//! notebook flow's first payload.
 
 use super::*;
 
@@ -8,7 +10,7 @@ use super::*;
 const UDP_CHUNK: u64 = 500;
 const UDP_ROUNDS: usize = 25;
 
-pub(super) fn dns(c: &mut Ctx) -> Result<()> {
+pub(super) fn packets(c: &mut Ctx) -> Result<()> {
     let name = "UDP datagrams received (loopback, notebook cgroup)";
     let (o, accounting) = steady_overhead(c, "udp", UDP_CHUNK, UDP_ROUNDS, |ns| 1e9 / ns)?;
     let (lo, hi) = min_max(&o.ratios);
@@ -17,9 +19,9 @@ pub(super) fn dns(c: &mut Ctx) -> Result<()> {
     v["cpu_accounting"] = accounting;
     let mut json = Map::new();
     json.insert(name.into(), v);
-    c.results.insert("dns".into(), json.into());
+    c.results.insert("packets".into(), json.into());
     c.md.push(prose::render(
-        prose::DNS,
+        prose::PACKETS,
         &[
             ("rounds", UDP_ROUNDS.to_string()),
             ("udp_chunk", UDP_CHUNK.to_string()),
