@@ -42,6 +42,7 @@ mod allowlist;
 mod files;
 mod health;
 mod hub;
+mod network;
 mod placement;
 mod posture;
 mod reload;
@@ -215,50 +216,13 @@ impl<W: Write> Pipeline<W> {
             Event::Fork(f) => self.table.on_fork(&f),
             Event::Exit(x) => self.table.on_exit(&x),
             Event::Dns(d) => self.names.learn(&d),
-            Event::Stratum(m) => {
-                if let Some(who) = self.who(m.meta.cgroup_id, m.meta.tgid) {
-                    self.table.ensure(&self.proc_root, m.meta.tgid);
-                    let name = self.names.lookup(m.subject, m.addr);
-                    // Under enforcement the call was dropped; the process goes too, and its flow.
-                    let (table, root) = (&self.table, &self.proc_root);
-                    let killed = m.dropped
-                        && crate::enforce::processes::end(root, m.meta.tgid, m.meta.cgroup_id, |p| {
-                            table.cgroup_of(root, p)
-                        });
-                    for a in self.detector.on_stratum(&m, name, killed, &self.table, &who) {
-                        self.respond(a);
-                    }
-                }
-            }
-            Event::Fanout(f) => {
-                if let Some(who) = self.who(f.meta.cgroup_id, f.meta.tgid) {
-                    self.table.ensure(&self.proc_root, f.meta.tgid);
-                    let name = self.names.lookup(f.subject, f.addr);
-                    for a in self.detector.on_fanout(&f, name, &self.table, &who) {
-                        self.respond(a);
-                    }
-                }
-            }
-            Event::Egress(mut g) => {
-                self.names.name(&mut g);
-                if let Some(who) = self.who(g.meta.cgroup_id, g.meta.tgid) {
-                    self.table.ensure(&self.proc_root, g.meta.tgid);
-                    for a in self.detector.on_egress(&g, &self.table, &who) {
-                        self.respond(a);
-                    }
-                }
-            }
+            Event::Stratum(m) => self.on_stratum(m),
+            Event::Fanout(f) => self.on_fanout(f),
+            Event::Egress(g) => self.on_egress(g),
             // Known before anything its processes do: attribution holds even when the cgroup is
             // gone by the time their events are read (a server restarted at once, twice).
             Event::Cgroup(m) => self.attributor.cgroups.learn(m.meta.cgroup_id, m.path),
-            Event::Socket(k) => {
-                if let Some(who) = self.who(k.meta.cgroup_id, k.meta.tgid) {
-                    self.table.ensure(&self.proc_root, k.meta.tgid);
-                    for a in self.detector.on_socket(&k, &self.table, &who) {
-                        self.respond(a);
-                    }
-                }
-            }
+            Event::Socket(k) => self.on_socket(k),
         }
     }
 
