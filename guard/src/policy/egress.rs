@@ -297,6 +297,22 @@ mod tests {
     }
 
     #[test]
+    fn a_port_allow_list_and_banned_addresses_as_public_hubs_write_them() {
+        // mybinder.org's shape: the web, git and DNS out, nothing else; a banned pool range.
+        let s: EgressSpec = serde_yaml_ng::from_str(
+            "nonPrivateIPs: false\nallow:\n  - {cidr: 0.0.0.0/0, ports: [80, 443, 9418], protocol: tcp}\n  - {cidr: \"::/0\", ports: [80, 443, 9418], protocol: tcp}\ndeny:\n  - {cidr: 198.51.100.0/24}\n",
+        )
+        .unwrap();
+        assert_eq!(ev(&s, "203.0.113.10", 6, 443), EGRESS_ALLOW);
+        assert_eq!(ev(&s, "2001:db8::10", 6, 9418), EGRESS_ALLOW, "git");
+        assert_eq!(ev(&s, "203.0.113.10", 6, 3333), EGRESS_DENY, "a pool port");
+        assert_eq!(ev(&s, "203.0.113.10", 17, 443), EGRESS_DENY, "QUIC is not on the list");
+        assert_eq!(ev(&s, "198.51.100.8", 6, 443), EGRESS_DENY, "banned, even on an allowed port");
+        assert_eq!(ev(&s, "10.96.0.10", 17, 53), EGRESS_ALLOW, "DNS (the dns switch)");
+        assert_eq!(ev(&s, "169.254.169.254", 6, 80), EGRESS_DENY, "metadata");
+    }
+
+    #[test]
     fn names_may_allow_what_a_switch_refuses_never_an_explicit_deny() {
         let s: EgressSpec = serde_yaml_ng::from_str(
             "nonPrivateIPs: false\nallow:\n  - {domain: pypi.org, ports: [443], protocol: tcp}\ndeny:\n  - {cidr: 203.0.113.66}\n",
