@@ -75,6 +75,7 @@ mod dns;
 mod egress;
 mod fanout;
 mod incarnation;
+mod packet;
 mod process;
 mod read;
 mod ring;

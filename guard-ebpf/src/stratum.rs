@@ -6,7 +6,6 @@
 //! flow; the agent then ends the process.
 
 use aya_ebpf::{
-    bindings::__sk_buff,
     helpers::{bpf_skb_load_bytes, generated::bpf_get_socket_cookie, generated::bpf_loop},
     macros::{cgroup_skb, map},
     maps::{LruHashMap, PerCpuArray},
@@ -18,7 +17,10 @@ use guard_abi::{
     EventKind,
 };
 
-use crate::ring::{count_lost, header, submit_flags, EVENTS};
+use crate::{
+    packet::{u16_at, u8_at},
+    ring::{count_lost, header, submit_flags, EVENTS},
+};
 
 #[map]
 static STRATUM_FLOWS: LruHashMap<u64, Flow> = LruHashMap::with_max_entries(MAX_STRATUM_FLOWS, 0);
@@ -54,43 +56,31 @@ pub fn stratum_egress(ctx: SkBuffContext) -> i32 {
     unsafe { on_egress(&ctx) }
 }
 
-#[inline(always)]
-fn byte(skb: *mut __sk_buff, off: u32) -> Option<u32> {
-    let mut b = 0u8;
-    // SAFETY: one byte into a stack variable; the helper checks the packet offset.
-    (unsafe { bpf_skb_load_bytes(skb.cast(), off, (&mut b as *mut u8).cast(), 1) } == 0).then_some(u32::from(b))
-}
-
-#[inline(always)]
-fn be16(skb: *mut __sk_buff, off: u32) -> Option<u32> {
-    Some(byte(skb, off)? << 8 | byte(skb, off + 1)?)
-}
-
 /// # Safety
 /// Called from `stratum_egress` with its context.
 #[inline(always)]
 unsafe fn on_egress(ctx: &SkBuffContext) -> i32 {
     let skb = ctx.skb.skb;
     // Every packet the node sends comes here: most leave at the protocol or the lookup.
-    let Some(b0) = byte(skb, 0) else { return PASS };
+    let Some(b0) = u8_at(skb, 0) else { return PASS };
     let (l4, total) = match b0 >> 4 {
         4 => {
-            if byte(skb, 9) != Some(6) {
+            if u8_at(skb, 9) != Some(6) {
                 return PASS;
             }
-            let Some(total) = be16(skb, 2) else { return PASS };
+            let Some(total) = u16_at(skb, 2) else { return PASS };
             ((b0 & 0xf) * 4, total)
         }
         6 => {
-            if byte(skb, 6) != Some(6) {
+            if u8_at(skb, 6) != Some(6) {
                 return PASS;
             }
-            let Some(plen) = be16(skb, 4) else { return PASS };
+            let Some(plen) = u16_at(skb, 4) else { return PASS };
             (40, 40 + plen)
         }
         _ => return PASS,
     };
-    let Some(doff) = byte(skb, l4 + 12) else { return PASS };
+    let Some(doff) = u8_at(skb, l4 + 12) else { return PASS };
     let payload = l4 + (doff >> 4) * 4;
     if total <= payload {
         return PASS;

@@ -1,6 +1,7 @@
 //! The network events through their stages: a refused (or would-be refused) connect named by
 //! the notebook's DNS answers, a packet or raw socket, a fan-out, a mining call on a flow
-//! (whose process is ended under enforcement), each judged for the notebook it came from.
+//! (whose process is ended under enforcement), each judged for the notebook it came from; and
+//! what JupyterHub answered to a response.
 
 use std::io::Write;
 
@@ -49,5 +50,13 @@ impl<W: Write> Pipeline<W> {
         for a in self.detector.on_stratum(&m, name, killed, &self.table, &who) {
             self.respond(a);
         }
+    }
+
+    /// What the hub answered to a response: a `guard.response` alert.
+    pub(super) fn answered(&mut self, done: crate::respond::hub::Outcome) {
+        let (summary, fields) = done.fields();
+        let a = self.detector.health_alert(&crate::policy::rules::HUB_RESPONSE, &summary, &fields);
+        self.send(&a);
+        self.flush();
     }
 }

@@ -269,12 +269,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 pipe.flush();
             }
             Some(found) = hub_rx.recv() => pipe.guarded(Stage::Reload, |p| p.allow_hub(found)),
-            Some(done) = response_rx.recv() => {
-                let (summary, fields) = done.fields();
-                let a = pipe.detector.health_alert(&rules::HUB_RESPONSE, &summary, &fields);
-                pipe.send(&a);
-                pipe.flush();
-            }
+            Some(done) = response_rx.recv() => pipe.answered(done),
             Some(events) = file_rx.recv() => pipe.pending_files.push(events, Instant::now()),
             _ = file_tick.tick() => {
                 pipe.read_drift();

@@ -235,15 +235,7 @@ impl Policy {
                 }
             })?;
         }
-        if let (Some(_), Some(f)) = (&p.response.hub_api_url, &p.response.token_file) {
-            p.hub_token = Some(response::HubToken::load(Path::new(f)).map_err(|message| PolicyError {
-                origin: origin.to_string(),
-                line: text.lines().position(|l| l.contains("token_file")).map(|i| i + 1),
-                column: None,
-                key: "response.token_file".into(),
-                message,
-            })?);
-        }
+        p.hub_token = response::token(&p.response, origin, text)?;
         Ok(p)
     }
 

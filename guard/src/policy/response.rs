@@ -63,6 +63,18 @@ impl HubToken {
     }
 }
 
+/// The token, read when the response is on; an error names the key and the file's line.
+pub fn token(s: &ResponseSpec, origin: &str, text: &str) -> Result<Option<HubToken>, super::PolicyError> {
+    let (Some(_), Some(f)) = (&s.hub_api_url, &s.token_file) else { return Ok(None) };
+    HubToken::load(Path::new(f)).map(Some).map_err(|message| super::PolicyError {
+        origin: origin.to_string(),
+        line: text.lines().position(|l| l.contains("token_file")).map(|i| i + 1),
+        column: None,
+        key: "response.token_file".into(),
+        message,
+    })
+}
+
 /// What the policy file cannot mean: (key below `response`, value to point at, message).
 pub fn problems(s: &ResponseSpec, is_rule: impl Fn(&str) -> bool) -> Option<(String, String, String)> {
     let url = s.hub_api_url.as_deref()?;
