@@ -64,10 +64,13 @@ pub unsafe fn track(sock_addr: *mut core::ffi::c_void, sock: &DnsSocket) {
     let _ = DNS_SOCKS.insert(&cookie, sock, 0);
 }
 
-/// Does an answer this notebook received allow `addr` on this protocol and port?
-#[inline(always)]
-pub fn allows(subject: u64, policy: u32, proto: u8, family: u8, port_be: u16, addr: [u8; 16]) -> bool {
-    let key = ResolvedKey { subject, family, _pad: [0; 7], addr };
+/// Does an answer this notebook received allow `d`'s destination on its protocol and port?
+/// Out of line: its keys stay off the hook's own frame.
+#[inline(never)]
+pub fn allows(d: &crate::egress::Dest) -> bool {
+    let (subject, policy, proto, family, port_be) =
+        (d.subject, d.pol & !guard_abi::EGRESS_ENFORCE, d.proto, d.family, d.port_be);
+    let key = ResolvedKey { subject, family, _pad: [0; 7], addr: d.addr };
     // SAFETY: the value is copied out at once; an LRU eviction meanwhile only makes it stale.
     let Some(r) = (unsafe { DNS_ALLOWED.get(&key) }).copied() else { return false };
     // SAFETY: a BPF helper that takes no pointer.

@@ -45,8 +45,8 @@ pub(crate) fn policy_of(cgroup: u64) -> Option<u32> {
 }
 
 /// [`policy_of`], with the notebook it belongs to: the registered cgroup's id, or
-/// `SUBJECT_SCOPE | scope`.
-#[inline(always)]
+/// `SUBJECT_SCOPE | scope`. Out of line: the ancestor walk's keys stay off the hook's frame.
+#[inline(never)]
 fn subject_of(cgroup: u64) -> Option<(u64, u32)> {
     if let Some(found) = cgroup_lookup_at(&EGRESS_CG, cgroup) {
         return Some(found);
@@ -102,6 +102,14 @@ fn weight(action: u32) -> u32 {
     }
 }
 
+/// The most specific rule for `d` (packed: action in the high half, rank in the low). Out of
+/// line: its keys stay off the hook's own frame.
+#[inline(never)]
+fn verdict_of(d: &Dest) -> u64 {
+    let r = verdict(d.pol & !EGRESS_ENFORCE, d.proto, d.family, d.port_be, d.addr);
+    (r.action as u64) << 32 | r.rank as u64
+}
+
 /// The most specific rule among exact/any protocol and exact/any port; deny wins a tie.
 #[inline(always)]
 fn verdict(policy: u32, proto: u8, family: u8, port_be: u16, addr: [u8; 16]) -> EgressRule {
@@ -127,37 +135,83 @@ fn verdict(policy: u32, proto: u8, family: u8, port_be: u16, addr: [u8; 16]) -> 
     best
 }
 
+/// One connect or send of a notebook, as the out-of-line steps below take it: each builds its
+/// own records in its own frame, so the hook's stack stays within what 6.1's verifier allows
+/// for the whole call chain (512 bytes).
+#[repr(C)]
+pub(crate) struct Dest {
+    pub subject: u64,
+    pub cgroup: u64,
+    pub pid_tgid: u64,
+    pub addr: [u8; 16],
+    /// `EGRESS_CG` value: policy id | `EGRESS_ENFORCE`.
+    pub pol: u32,
+    /// Network byte order.
+    pub port_be: u16,
+    pub family: u8,
+    pub proto: u8,
+}
+
 /// An allowed TCP connect of a notebook: its first payload is read for a mining call.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn watch_flow(
-    ctx: &SockAddrContext,
-    subject: u64,
-    cgroup: u64,
-    pid_tgid: u64,
-    pol: u32,
-    proto: u8,
-    family: u8,
-    port_be: u16,
-    addr: [u8; 16],
-    sendmsg: bool,
-) {
-    if proto != 6 || sendmsg {
-        return;
-    }
+#[inline(never)]
+fn watch_flow(sock_addr: *mut core::ffi::c_void, d: &Dest) {
     let flow = Flow {
-        subject,
-        cgroup,
-        pid_tgid,
+        subject: d.subject,
+        cgroup: d.cgroup,
+        pid_tgid: d.pid_tgid,
         state: FLOW_PENDING,
-        enforce: (pol & EGRESS_ENFORCE != 0) as u32,
-        addr,
-        port: u16::from_be(port_be),
-        family,
+        enforce: (d.pol & EGRESS_ENFORCE != 0) as u32,
+        addr: d.addr,
+        port: u16::from_be(d.port_be),
+        family: d.family,
         _pad: [0; 5],
     };
     // SAFETY: the hook's own context pointer.
-    unsafe { stratum::watch(ctx.sock_addr.cast(), &flow) };
+    unsafe { stratum::watch(sock_addr, &flow) };
+}
+
+/// A query to an allowed DNS server: its answers are read.
+#[inline(never)]
+fn track_dns(sock_addr: *mut core::ffi::c_void, d: &Dest) {
+    let sock = DnsSocket {
+        subject: d.subject,
+        cgroup: d.cgroup,
+        pid_tgid: d.pid_tgid,
+        policy: d.pol & !EGRESS_ENFORCE,
+        port: d.port_be,
+        family: d.family,
+        protocol: d.proto,
+        server: d.addr,
+    };
+    // SAFETY: the hook's own context pointer.
+    unsafe { dns::track(sock_addr, &sock) };
+}
+
+/// A refused (or, monitored, would-be refused) destination, to the agent: written straight
+/// into the ring (a record built on the stack would count against the hook's call chain).
+#[inline(never)]
+fn report(d: &Dest, sendmsg: bool) {
+    let enforce = d.pol & EGRESS_ENFORCE != 0;
+    let flags = submit_flags();
+    let Some(mut entry) = EVENTS.reserve::<EgressEvent>(0) else {
+        count_lost(EventKind::Egress);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the reserved record; every field is written before it is submitted.
+    unsafe {
+        (*ev).hdr = header(EventKind::Egress, d.pid_tgid, d.cgroup);
+        (*ev).family = if d.family == 4 { AF_INET } else { AF_INET6 };
+        (*ev).protocol = d.proto as u32;
+        (*ev).verdict = if enforce { egress_verdict::DENIED } else { egress_verdict::WOULD_DENY };
+        (*ev).port = u16::from_be(d.port_be);
+        (*ev).sendmsg = sendmsg as u8;
+        (*ev).v4 = (d.family == 4) as u8;
+        (*ev).addr = d.addr;
+        (*ev).subject = d.subject;
+        (*ev).comm = bpf_get_current_comm().unwrap_or_default();
+    }
+    entry.submit(flags);
 }
 
 /// # Safety
@@ -209,43 +263,30 @@ unsafe fn judge(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     let cgroup = current_cgroup();
     let Some((subject, pol)) = subject_of(cgroup) else { return ALLOW };
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let d = Dest { subject, cgroup, pid_tgid, addr, pol, port_be, family, proto };
     if !loopback {
-        fanout::count(subject, pid_tgid, cgroup, family, proto, port_be, addr);
+        let reached = fanout::count(&d);
+        if reached != 0 {
+            fanout::emit(&d, reached);
+        }
     }
-    let policy = pol & !EGRESS_ENFORCE;
-    let rule = verdict(policy, proto, family, port_be, addr);
-    if rule.action == EGRESS_ALLOW || loopback {
+    let packed = verdict_of(&d);
+    let rule = EgressRule { action: (packed >> 32) as u32, rank: packed as u32 };
+    let sock_addr = ctx.sock_addr.cast();
+    let by_name = rule.action == EGRESS_DENY_SWITCH && dns::allows(&d);
+    if rule.action == EGRESS_ALLOW || loopback || by_name {
         // Answers are read from the servers the policy allows for DNS; on loopback only from
         // one it names (rank above any /0 switch): the notebook may run its own server there.
         if dns::is_dns_port(port_be) && rule.action == EGRESS_ALLOW && (!loopback || rule.rank >= 8 * 4) {
-            let sock = DnsSocket { subject, cgroup, pid_tgid, policy, port: port_be, family, protocol: proto, server: addr };
-            dns::track(ctx.sock_addr.cast(), &sock);
+            track_dns(sock_addr, &d);
         }
-        if !loopback {
-            watch_flow(ctx, subject, cgroup, pid_tgid, pol, proto, family, port_be, addr, sendmsg);
+        if !loopback && proto == 6 && !sendmsg {
+            watch_flow(sock_addr, &d);
         }
         return ALLOW;
     }
-    if rule.action == EGRESS_DENY_SWITCH && dns::allows(subject, policy, proto, family, port_be, addr) {
-        watch_flow(ctx, subject, cgroup, pid_tgid, pol, proto, family, port_be, addr, sendmsg);
-        return ALLOW;
-    }
+    report(&d, sendmsg);
     let enforce = pol & EGRESS_ENFORCE != 0;
-    let ev = EgressEvent {
-        hdr: header(EventKind::Egress, pid_tgid, cgroup),
-        family: if family == 4 { AF_INET } else { AF_INET6 },
-        protocol: proto as u32,
-        verdict: if enforce { egress_verdict::DENIED } else { egress_verdict::WOULD_DENY },
-        port: u16::from_be(port_be),
-        sendmsg: sendmsg as u8,
-        v4: (family == 4) as u8,
-        addr,
-        subject,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    };
-    if EVENTS.output::<EgressEvent>(&ev, submit_flags()).is_err() {
-        count_lost(EventKind::Egress);
-    }
     let _ = ctx.as_ptr();
     if enforce {
         REFUSE

@@ -12,7 +12,10 @@ use guard_abi::{
     EventKind,
 };
 
-use crate::ring::{count_lost, header, submit_flags, EVENTS};
+use crate::{
+    egress::Dest,
+    ring::{count_lost, header, submit_flags, EVENTS},
+};
 
 /// (process, destination) → when it was first seen in the process's window.
 #[map]
@@ -26,17 +29,20 @@ static FANOUT_COUNT: LruHashMap<u32, FanCount> = LruHashMap::with_max_entries(MA
 #[map]
 static FANOUT_CONF: Array<FanoutConf> = Array::with_max_entries(1, 0);
 
-/// Counts `dest` for the current process of notebook `subject`.
-#[inline(always)]
-pub fn count(subject: u64, pid_tgid: u64, cgroup: u64, family: u8, proto: u8, port_be: u16, addr: [u8; 16]) {
+/// Counts `d`'s destination for its process; when that reaches the threshold, the count and
+/// the window's age in ms, packed (`destinations | ms << 32`), else 0. Out of line: its
+/// records stay off the hook's own frame.
+#[inline(never)]
+pub fn count(d: &Dest) -> u64 {
+    let tgid = (d.pid_tgid >> 32) as u32;
+    let (family, proto, port_be, addr) = (d.family, d.proto, d.port_be, d.addr);
     // SAFETY: copied out at once.
-    let Some(conf) = FANOUT_CONF.get(0).copied() else { return };
+    let Some(conf) = FANOUT_CONF.get(0).copied() else { return 0 };
     if conf.destinations == 0 {
-        return;
+        return 0;
     }
     // SAFETY: a BPF helper that takes no pointer.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: copied out at once.
     let mut c = unsafe { FANOUT_COUNT.get(&tgid) }.copied().unwrap_or_default();
     if now.wrapping_sub(c.window_start) > conf.window_ns {
@@ -46,7 +52,7 @@ pub fn count(subject: u64, pid_tgid: u64, cgroup: u64, family: u8, proto: u8, po
     // SAFETY: copied out at once.
     if let Some(seen) = unsafe { FANOUT_SEEN.get(&key) }.copied() {
         if seen >= c.window_start {
-            return;
+            return 0;
         }
     }
     let _ = FANOUT_SEEN.insert(&key, &now, 0);
@@ -56,21 +62,38 @@ pub fn count(subject: u64, pid_tgid: u64, cgroup: u64, family: u8, proto: u8, po
         c.reported = 1;
     }
     let _ = FANOUT_COUNT.insert(&tgid, &c, 0);
-    if reached {
-        let ev = FanoutEvent {
-            hdr: header(EventKind::Fanout, pid_tgid, cgroup),
-            subject,
-            destinations: c.count,
-            elapsed_ms: (now.wrapping_sub(c.window_start) / 1_000_000) as u32,
-            port: u16::from_be(port_be),
-            v4: (family == 4) as u8,
-            protocol: proto,
-            _pad: 0,
-            addr,
-            comm: bpf_get_current_comm().unwrap_or_default(),
-        };
-        if EVENTS.output::<FanoutEvent>(&ev, submit_flags()).is_err() {
-            count_lost(EventKind::Fanout);
-        }
+    if !reached {
+        return 0;
     }
+    let elapsed_ms = now.wrapping_sub(c.window_start) / 1_000_000;
+    (c.count as u64) | (elapsed_ms & 0xffff_ffff) << 32
+}
+
+/// The threshold reached (`count`'s packed result): to the agent. Out of line, like `count`,
+/// and called by the hook itself, so the two frames are never stacked.
+#[inline(never)]
+pub fn emit(d: &Dest, reached: u64) {
+    let (destinations, elapsed_ms) = (reached as u32, (reached >> 32) as u32);
+    // Straight into the ring: a record built on the stack would count against the hook's
+    // call chain.
+    let flags = submit_flags();
+    let Some(mut entry) = EVENTS.reserve::<FanoutEvent>(0) else {
+        count_lost(EventKind::Fanout);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the reserved record; every field is written before it is submitted.
+    unsafe {
+        (*ev).hdr = header(EventKind::Fanout, d.pid_tgid, d.cgroup);
+        (*ev).subject = d.subject;
+        (*ev).destinations = destinations;
+        (*ev).elapsed_ms = elapsed_ms;
+        (*ev).port = u16::from_be(d.port_be);
+        (*ev).v4 = (d.family == 4) as u8;
+        (*ev).protocol = d.proto;
+        (*ev)._pad = 0;
+        (*ev).addr = d.addr;
+        (*ev).comm = bpf_get_current_comm().unwrap_or_default();
+    }
+    entry.submit(flags);
 }

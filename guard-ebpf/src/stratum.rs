@@ -96,7 +96,13 @@ unsafe fn on_egress(ctx: &SkBuffContext) -> i32 {
     let len = if want > STRATUM_PEEK as u32 { STRATUM_PEEK as u32 } else { want };
     // 1..=256 as the verifier sees it.
     let size = (len.wrapping_sub(1) & (STRATUM_PEEK as u32 - 1)) + 1;
-    (*peek).bytes = [0; STRATUM_PEEK + 64];
+    // Zeroed word by word (an array literal would be built on the stack first).
+    let words = (*peek).bytes.as_mut_ptr() as *mut u64;
+    let mut k = 0;
+    while k < (STRATUM_PEEK + 64) / 8 {
+        words.add(k).write_unaligned(0);
+        k += 1;
+    }
     if bpf_skb_load_bytes(skb.cast(), payload, (*peek).bytes.as_mut_ptr().cast(), size) != 0 {
         return PASS;
     }
@@ -198,19 +204,26 @@ fn mining_method(p: &Peek) -> Option<[u8; METHOD_LEN]> {
     Some(name)
 }
 
+/// The mining call, to the agent: written straight into the ring (a record built on the
+/// stack would count against the program's stack).
 #[inline(always)]
 fn report(flow: &Flow, method: [u8; METHOD_LEN], enforce: bool) {
-    let ev = StratumEvent {
-        hdr: header(EventKind::Stratum, flow.pid_tgid, flow.cgroup),
-        subject: flow.subject,
-        verdict: if enforce { egress_verdict::DENIED } else { egress_verdict::WOULD_DENY },
-        port: flow.port,
-        v4: (flow.family == 4) as u8,
-        _pad: 0,
-        addr: flow.addr,
-        method,
-    };
-    if EVENTS.output::<StratumEvent>(&ev, submit_flags()).is_err() {
+    let flags = submit_flags();
+    let Some(mut entry) = EVENTS.reserve::<StratumEvent>(0) else {
         count_lost(EventKind::Stratum);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the reserved record; every field is written before it is submitted.
+    unsafe {
+        (*ev).hdr = header(EventKind::Stratum, flow.pid_tgid, flow.cgroup);
+        (*ev).subject = flow.subject;
+        (*ev).verdict = if enforce { egress_verdict::DENIED } else { egress_verdict::WOULD_DENY };
+        (*ev).port = flow.port;
+        (*ev).v4 = (flow.family == 4) as u8;
+        (*ev)._pad = 0;
+        (*ev).addr = flow.addr;
+        (*ev).method = method;
     }
+    entry.submit(flags);
 }
