@@ -139,8 +139,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     table.seed_from_proc(&opts.proc_root, &mut |env| detector.redactor.learn_environ(env), &local);
     let (hub_tx, mut hub_rx) = mpsc::unbounded_channel::<Vec<hub::Endpoint>>();
-    let (responder, mut response_rx) =
-        crate::respond::hub::HubResponder::start().context("starting the JupyterHub responder")?;
+    let (responder, mut response_rx) = crate::respond::hub::HubResponder::start();
     let mut pipe = Pipeline {
         table,
         attributor,

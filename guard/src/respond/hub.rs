@@ -83,19 +83,33 @@ pub struct HubResponder {
 impl HubResponder {
     /// Starts the task that talks to the hub (on the current tokio runtime); outcomes come
     /// back on the returned receiver.
-    pub fn start() -> anyhow::Result<(Self, mpsc::UnboundedReceiver<Outcome>)> {
-        let client = crate::http::http_client()?;
+    pub fn start() -> (Self, mpsc::UnboundedReceiver<Outcome>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Request>();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
+            // Made on the first answer: a node without CA certificates, or a policy without a
+            // response, never needs it.
+            let mut client: Option<HttpClient> = None;
             while let Some(req) = rx.recv().await {
-                let calls = answer(&client, &req).await;
+                if client.is_none() {
+                    client = match crate::http::http_client() {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            let what = "making the HTTP client".to_string();
+                            let call = Call { what, answer: format!("{e:#}"), ok: false, attempts: 1 };
+                            let _ = done_tx.send(Outcome { request: req, calls: vec![call] });
+                            continue;
+                        }
+                    };
+                }
+                let Some(c) = client.as_ref() else { continue };
+                let calls = answer(c, &req).await;
                 if done_tx.send(Outcome { request: req, calls }).is_err() {
                     break;
                 }
             }
         });
-        Ok((Self { tx, last: HashMap::new() }, done_rx))
+        (Self { tx, last: HashMap::new() }, done_rx)
     }
 
     /// Queues an answer to `a` when the policy asks for one: a rule it names, in a notebook
