@@ -201,6 +201,24 @@ fn meta(h: &EventHeader) -> Meta {
     Meta { ktime_ns: h.ktime_ns, cpu: h.cpu, pid: h.pid, tgid: h.tgid, cgroup_id: h.cgroup_id }
 }
 
+/// An address as the ABI carries it: IPv4 in the first 4 bytes when `v4`, else IPv6.
+pub(crate) fn ip(v4: bool, a: [u8; 16]) -> std::net::IpAddr {
+    if v4 {
+        std::net::IpAddr::from([a[0], a[1], a[2], a[3]])
+    } else {
+        std::net::IpAddr::from(a)
+    }
+}
+
+/// "tcp", "udp", or the IP protocol number.
+pub fn l4proto(n: u32) -> String {
+    match n {
+        6 => "tcp".to_string(),
+        17 => "udp".to_string(),
+        n => n.to_string(),
+    }
+}
+
 /// Bytes up to the first NUL.
 pub fn cstr(b: &[u8]) -> &[u8] {
     b.iter().position(|&c| c == 0).map_or(b, |n| &b[..n])
@@ -288,16 +306,8 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         }
         Some(EventKind::Egress) => {
             let ev: EgressEvent = read_record(buf, std::mem::size_of::<EgressEvent>(), EventKind::Egress)?;
-            let addr = if ev.v4 != 0 {
-                std::net::IpAddr::from([ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]])
-            } else {
-                std::net::IpAddr::from(ev.addr)
-            };
-            let protocol = match ev.protocol {
-                6 => "tcp".to_string(),
-                17 => "udp".to_string(),
-                n => n.to_string(),
-            };
+            let addr = ip(ev.v4 != 0, ev.addr);
+            let protocol = l4proto(ev.protocol);
             Ok(Event::Egress(Egress {
                 meta: meta(&ev.hdr),
                 addr,

@@ -8,8 +8,17 @@ use crate::{
     discovery::attribution::Attribution,
     policy::rules::{self, Rule},
     process::table::{cmdline, ProcInfo, ProcessTable},
-    sensors::decode::{Egress, Fanout, Socket, Stratum},
+    sensors::decode::{l4proto, Egress, Fanout, Socket, Stratum},
 };
+
+/// Falco's destination fields, and the name the notebook looked the address up by.
+fn destination(a: &mut Alert, addr: std::net::IpAddr, port: u16, proto: String, name: Option<String>) {
+    a.set("fd.sip", addr.to_string())
+        .set("fd.sport", port)
+        .set("fd.l4proto", proto)
+        .set("fd.name", std::net::SocketAddr::new(addr, port).to_string())
+        .set_opt("fd.sip.name", name);
+}
 use guard_abi::kconst::{
     AF_INET, AF_INET6, AF_PACKET, IPPROTO_ICMP, IPPROTO_ICMPV6, NR_I386_SOCKET, NR_I386_SOCKETCALL, NR_IO_URING_ENTER,
     NR_SOCKET, SOCK_DGRAM,
@@ -25,16 +34,8 @@ impl Detector {
         }
         let action = if g.denied { Action::Denied } else { Action::Alert };
         let mut a = self.net_alert(&rule, &g.meta, &g.comm, table, who, action);
-        let name = match g.addr {
-            std::net::IpAddr::V6(_) => format!("[{}]:{}", g.addr, g.port),
-            _ => format!("{}:{}", g.addr, g.port),
-        };
-        a.set("evt.type", if g.sendmsg { "sendmsg" } else { "connect" })
-            .set("fd.sip", g.addr.to_string())
-            .set("fd.sport", g.port)
-            .set("fd.l4proto", g.protocol.clone())
-            .set("fd.name", name)
-            .set_opt("fd.sip.name", g.name.clone());
+        a.set("evt.type", if g.sendmsg { "sendmsg" } else { "connect" });
+        destination(&mut a, g.addr, g.port, g.protocol.clone(), g.name.clone());
         a.finish_output(rule.summary);
         vec![a]
     }
@@ -53,23 +54,9 @@ impl Detector {
             return vec![];
         }
         let mut a = self.net_alert(&rule, &f.meta, &f.comm, table, who, Action::Alert);
-        let dest = match f.addr {
-            std::net::IpAddr::V6(_) => format!("[{}]:{}", f.addr, f.port),
-            _ => format!("{}:{}", f.addr, f.port),
-        };
-        let proto = match f.protocol {
-            6 => "tcp".to_string(),
-            17 => "udp".to_string(),
-            n => n.to_string(),
-        };
-        a.set("evt.type", "connect")
-            .set("fd.sip", f.addr.to_string())
-            .set("fd.sport", f.port)
-            .set("fd.l4proto", proto)
-            .set("fd.name", dest)
-            .set_opt("fd.sip.name", name)
-            .set("guard.count", f.destinations)
-            .set("guard.window_ms", f.elapsed_ms);
+        a.set("evt.type", "connect");
+        destination(&mut a, f.addr, f.port, l4proto(f.protocol.into()), name);
+        a.set("guard.count", f.destinations).set("guard.window_ms", f.elapsed_ms);
         a.finish_output(rule.summary);
         vec![a]
     }
@@ -95,17 +82,9 @@ impl Detector {
         };
         let comm = table.get(m.meta.tgid).map(|p| p.comm.clone()).unwrap_or_default();
         let mut a = self.net_alert(&rule, &m.meta, &comm, table, who, action);
-        let dest = match m.addr {
-            std::net::IpAddr::V6(_) => format!("[{}]:{}", m.addr, m.port),
-            _ => format!("{}:{}", m.addr, m.port),
-        };
-        a.set("evt.type", "send")
-            .set("fd.sip", m.addr.to_string())
-            .set("fd.sport", m.port)
-            .set("fd.l4proto", "tcp")
-            .set("fd.name", dest)
-            .set_opt("fd.sip.name", name)
-            .set("guard.detail", format!("stratum method={}", m.method));
+        a.set("evt.type", "send");
+        destination(&mut a, m.addr, m.port, "tcp".into(), name);
+        a.set("guard.detail", format!("stratum method={}", m.method));
         a.finish_output(rule.summary);
         vec![a]
     }

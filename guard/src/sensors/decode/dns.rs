@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use guard_abi::dns::{wire_labels, DnsEvent, DNS_EVENT_ADDRS, DNS_NAME_WIRE};
 
-use super::{meta, read_record, DecodeError, Meta};
+use super::{ip, meta, read_record, DecodeError, Meta};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dns {
@@ -42,15 +42,6 @@ pub(super) fn decode(buf: &[u8]) -> Result<Dns, DecodeError> {
         })
         .collect::<Vec<_>>()
         .join(".");
-    let addrs = (0..ev.n_addrs as usize)
-        .map(|i| {
-            let a = ev.addrs[i];
-            if ev.v4 & (1 << i) != 0 {
-                IpAddr::from([a[0], a[1], a[2], a[3]])
-            } else {
-                IpAddr::from(a)
-            }
-        })
-        .collect();
+    let addrs = (0..ev.n_addrs as usize).map(|i| ip(ev.v4 & (1 << i) != 0, ev.addrs[i])).collect();
     Ok(Dns { meta: meta(&ev.hdr), subject: ev.subject, name, addrs, more: ev.more, ttl: ev.ttl, domains: ev.domains })
 }

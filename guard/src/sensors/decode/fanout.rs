@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use guard_abi::fanout::FanoutEvent;
 
-use super::{cstr, meta, read_record, DecodeError, Meta};
+use super::{cstr, ip, meta, read_record, DecodeError, Meta};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fanout {
@@ -22,8 +22,7 @@ pub struct Fanout {
 
 pub(super) fn decode(buf: &[u8]) -> Result<Fanout, DecodeError> {
     let ev: FanoutEvent = read_record(buf, std::mem::size_of::<FanoutEvent>(), guard_abi::EventKind::Fanout)?;
-    let a = ev.addr;
-    let addr = if ev.v4 != 0 { IpAddr::from([a[0], a[1], a[2], a[3]]) } else { IpAddr::from(a) };
+    let addr = ip(ev.v4 != 0, ev.addr);
     Ok(Fanout {
         meta: meta(&ev.hdr),
         subject: ev.subject,

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use guard_abi::{egress_verdict, stratum::StratumEvent};
 
-use super::{cstr, meta, read_record, DecodeError, Meta};
+use super::{cstr, ip, meta, read_record, DecodeError, Meta};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stratum {
@@ -21,8 +21,7 @@ pub struct Stratum {
 
 pub(super) fn decode(buf: &[u8]) -> Result<Stratum, DecodeError> {
     let ev: StratumEvent = read_record(buf, std::mem::size_of::<StratumEvent>(), guard_abi::EventKind::Stratum)?;
-    let a = ev.addr;
-    let addr = if ev.v4 != 0 { IpAddr::from([a[0], a[1], a[2], a[3]]) } else { IpAddr::from(a) };
+    let addr = ip(ev.v4 != 0, ev.addr);
     let method = cstr(&ev.method).iter().filter(|b| b.is_ascii_graphic()).map(|b| *b as char).collect();
     Ok(Stratum {
         meta: meta(&ev.hdr),
