@@ -158,9 +158,14 @@ impl ProcessTable {
     }
 
     /// Brings `pid` up to date with /proc when what it runs there is not what the table says
-    /// (its exec's event has not come yet); true if it is alive.
+    /// (its exec's event has not come yet); true if it is alive. A process exiting (its memory
+    /// gone, so /proc shows an empty command line and no exe) counts as gone: what it ran is
+    /// what the table learned, not the blank /proc has left.
     pub fn refresh(&mut self, proc_root: &std::path::Path, pid: u32) -> bool {
         let Ok(cmdline) = fs::read(proc_root.join(pid.to_string()).join("cmdline")) else { return false };
+        if cmdline.is_empty() {
+            return false;
+        }
         let now: Vec<OsString> = split_args(&cmdline);
         if self.procs.get(&pid).is_some_and(|p| *p.argv == *now) {
             return true;

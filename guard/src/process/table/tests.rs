@@ -83,3 +83,19 @@ fn a_writer_that_exited_is_still_known_and_a_fork_copy_is_not_an_exec() {
     assert!(t.exec_seen(11));
     assert!(!t.exec_seen(99), "never seen");
 }
+
+#[test]
+fn an_exiting_writer_keeps_what_its_exec_said() {
+    // /proc of a process past exit_mm: stat still there, cmdline empty, no exe.
+    let root = std::env::temp_dir().join(format!("guard-table-{}", std::process::id()));
+    let dir = root.join("10");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("stat"), "10 (python3) Z 1 10 10 0 -1").unwrap();
+    std::fs::write(dir.join("cmdline"), "").unwrap();
+    let mut t = ProcessTable::new();
+    t.on_exec(&exec(10, 1, "/opt/conda/bin/python3", &["python3", "-m", "ipykernel_launcher"]));
+    assert!(!t.refresh(&root, 10), "exiting counts as gone");
+    assert_eq!(cmdline(&t.get(10).expect("still known").argv), "python3 -m ipykernel_launcher");
+    assert!(t.exec_seen(10));
+    std::fs::remove_dir_all(&root).unwrap();
+}
