@@ -16,7 +16,7 @@ impl SensorHarness {
         for cg in cgroups {
             sensor.watch_cgroup(cg.id)?;
         }
-        let ring = sensor.take_ring().context("ring")?;
+        let ring = sensor.take_ring()?;
         Ok(Self { sensor, ring, malformed: 0 })
     }
 

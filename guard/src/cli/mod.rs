@@ -173,8 +173,10 @@ pub struct RunArgs {
     /// cgroup2 mount). Repeatable. Default: the whole node.
     #[arg(long = "watch-cgroup", value_name = "PATH")]
     pub watch_cgroup: Vec<PathBuf>,
-    /// Kernel ring buffer size in bytes (power of two).
-    #[arg(long, default_value_t = 8 << 20)]
+    /// Kernel ring buffer size in bytes (power of two). The agent maps its data twice, so it
+    /// counts twice in the agent's RSS; 4 MiB holds this machine's fastest exec storm with
+    /// room to spare (BENCHMARKS.md, Loss).
+    #[arg(long, default_value_t = 4 << 20)]
     pub ring_bytes: u32,
     /// Bytes waiting in the ring before the kernel wakes the agent (0: wake per event).
     #[arg(long, default_value_t = 256 << 10)]

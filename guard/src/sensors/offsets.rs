@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use btf_rs::{Btf, BtfType, Type};
+use btf_rs::{Backend, Btf, BtfType, Type};
 use guard_abi::{recorder::NO_OFFSET, KernelOffsets, SyscallRegs};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +33,14 @@ pub struct OffsetResolver {
 }
 
 impl OffsetResolver {
+    /// The kernel's BTF mapped, not parsed: parsing all of vmlinux's ~150k types costs some
+    /// 32 MiB of heap at start-up, the agent's peak; the few dozen lookups here cost a scan
+    /// each instead. Kernels before 6.16 cannot map /sys/kernel/btf/vmlinux, so there it
+    /// is parsed.
     pub fn from_file(path: &Path) -> Result<Self, OffsetError> {
-        let btf =
-            Btf::from_file(path).map_err(|source| OffsetError::Btf { path: path.display().to_string(), source })?;
+        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+            .or_else(|_| Btf::from_file(path))
+            .map_err(|source| OffsetError::Btf { path: path.display().to_string(), source })?;
         Ok(Self { btf })
     }
 

@@ -43,7 +43,7 @@ pub struct SensorOptions {
 impl Default for SensorOptions {
     fn default() -> Self {
         Self {
-            ring_bytes: 8 << 20,
+            ring_bytes: 4 << 20,
             wakeup_bytes: 256 << 10,
             watch_all: true,
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
@@ -58,7 +58,9 @@ pub struct ProcessSensor {
     ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
     watched: HashMap<MapData, u64, u32>,
-    ring: Option<RingBuf<MapData>>,
+    /// Mapped only when the reader takes it: its pages count in the agent's RSS twice over
+    /// (the kernel maps the data area twice), and start-up's BTF parse should not add to that.
+    ring: Option<aya::maps::Map>,
     enforcement: Option<EnforcementMaps>,
     links: Vec<(&'static str, RawTracePointLinkId)>,
     sock_links: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
@@ -149,7 +151,7 @@ impl ProcessSensor {
         }
         let lost = PerCpuArray::try_from(take(&mut ebpf, names::LOST)?)?;
         let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED)?)?;
-        let ring = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
+        let ring = take(&mut ebpf, names::EVENTS)?;
         let ring_fill = aya::maps::Array::try_from(take(&mut ebpf, names::RING_FILL)?)?;
         let polling = aya::maps::Array::try_from(take(&mut ebpf, names::AGENT_POLLING)?)?;
         let enforcement = EnforcementMaps {
@@ -180,9 +182,10 @@ impl ProcessSensor {
         })
     }
 
-    /// The ring buffer, handed to the reader once.
-    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
-        self.ring.take()
+    /// The ring buffer, mapped and handed to the reader once.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ring.take().context("ring buffer already taken")?;
+        RingBuf::try_from(map).context("mapping the ring buffer")
     }
 
     /// The reader's "draining on my own timer" flag, handed to the reader once.
