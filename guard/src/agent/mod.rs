@@ -129,7 +129,8 @@ struct Pipeline<W: Write> {
     /// Roots whose identities were pushed to the kernel allow-list.
     synced_roots: HashSet<crate::policy::identity::RootKey>,
     /// Watched cgroups found by scanning: path → the id of its current incarnation.
-    watched: HashMap<PathBuf, u64>,
+    /// Notebook cgroups found by the scan: id → path.
+    watched: crate::IdMap<u64, PathBuf>,
     /// Notebook cgroups placed, and under what (`placement::place`).
     placed: crate::IdMap<u64, crate::policy::Effective>,
     /// Notebook pods whose cgroup is not there yet.

@@ -14,7 +14,7 @@ use crate::{
         attribution::{Attribution, Source},
         cgroup::cgroup_id,
         kube::{PodChange, PodInfo},
-        scan::{find_pod_cgroup, notebook_cgroups},
+        scan::{find_pod_cgroup, scan},
         workload::Workload,
     },
     enforce::flags_for,
@@ -212,13 +212,11 @@ impl<W: Write> Pipeline<W> {
     /// placed again under its new id and the old id forgotten; removed ones are forgotten.
     pub(super) fn scan(&mut self, kube: bool) -> Result<()> {
         let d = &self.detector.policy.discovery;
-        let found = notebook_cgroups(&self.mount, kube, d.tljh, d.docker);
-        for (path, workload) in found {
-            let Ok(id) = cgroup_id(&path) else { continue };
-            let old = self.watched.insert(path.clone(), id);
-            if old == Some(id) {
-                continue;
-            }
+        let watched = &self.watched;
+        let scan = scan(&self.mount, kube, d.tljh, d.docker, &|id| watched.contains_key(&id));
+        let gone: Vec<(u64, std::path::PathBuf)> =
+            self.watched.iter().filter(|(id, _)| !scan.seen.contains(id)).map(|(id, p)| (*id, p.clone())).collect();
+        for (path, workload, id) in scan.new {
             if !self.watch_all {
                 self.sensor.watch_cgroup(id)?;
             }
@@ -234,18 +232,16 @@ impl<W: Write> Pipeline<W> {
                 let eff = self.detector.policy.effective(Some(&who), self.detector.mode_flag);
                 self.place(id, &who, &eff)?;
             }
-            match old {
-                Some(old) => {
-                    tracing::info!(cgroup = %rel.display(), id, old, "notebook cgroup made again: a new incarnation");
-                    self.forget_cgroup(old)?;
+            match gone.iter().find(|(_, p)| *p == path) {
+                Some((old, _)) => {
+                    tracing::info!(cgroup = %rel.display(), id, old, "notebook cgroup made again: a new incarnation")
                 }
                 None => tracing::info!(cgroup = %rel.display(), id, "watching notebook cgroup"),
             }
+            self.watched.insert(id, path);
         }
-        let gone: Vec<(std::path::PathBuf, u64)> =
-            self.watched.iter().filter(|(p, _)| !p.exists()).map(|(p, id)| (p.clone(), *id)).collect();
-        for (path, id) in gone {
-            self.watched.remove(&path);
+        for (id, _) in gone {
+            self.watched.remove(&id);
             self.forget_cgroup(id)?;
         }
         // Pods whose cgroup did not exist yet.

@@ -11,37 +11,65 @@ use super::workload::{parse, Workload};
 /// Top-level directories under which kubelet puts pods.
 pub const KUBEPODS: &[&str] = &["kubepods.slice", "kubepods"];
 
+/// A cgroup found: its path (absolute on the cgroup2 mount), its shape and its id.
+pub type Found = (PathBuf, Workload, u64);
+
+/// One scan: the cgroups not `known` before (with their paths and shapes), and the ids of
+/// every cgroup it saw, known or not.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub new: Vec<Found>,
+    pub seen: crate::IdSet<u64>,
+}
+
 /// cgroups to watch: the kubepods roots (when `kube`), TLJH/SystemdSpawner units (when
-/// `tljh`), Docker scopes (when `docker`). Paths are absolute on the cgroup2 mount.
-pub fn notebook_cgroups(mount: &Path, kube: bool, tljh: bool, docker: bool) -> Vec<(PathBuf, Workload)> {
-    let mut out = Vec::new();
+/// `tljh`), Docker scopes (when `docker`).
+pub fn notebook_cgroups(mount: &Path, kube: bool, tljh: bool, docker: bool) -> Vec<Found> {
+    scan(mount, kube, tljh, docker, &|_| false).new
+}
+
+/// [`notebook_cgroups`], where one whose id is `known` is only counted as seen. A node with a
+/// thousand notebooks is scanned four times a second: a stat, a path, a name parse and a
+/// path hash per unit per scan were most of the agent's CPU there. A unit's id is the inode
+/// number its directory entry gives (on cgroup2, a directory's inode number is its cgroup id).
+pub fn scan(mount: &Path, kube: bool, tljh: bool, docker: bool, known: &dyn Fn(u64) -> bool) -> Scan {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    let mut out = Scan::default();
+    let mut root = |p: PathBuf| {
+        if let Some(m) = fs::metadata(&p).ok().filter(|m| m.is_dir()) {
+            out.seen.insert(m.ino());
+            if !known(m.ino()) {
+                out.new.push((p, Workload::Other, m.ino()));
+            }
+        }
+    };
     if kube {
         for k in KUBEPODS {
-            let p = mount.join(k);
-            if p.is_dir() {
-                out.push((p, Workload::Other));
-            }
+            root(mount.join(k));
         }
     }
     if tljh || docker {
         // The slice itself is watched too: a unit created a moment ago is covered from its
         // first exec, before a scan finds it (attribution filters out other services).
-        let slice = mount.join("system.slice");
-        if slice.is_dir() {
-            out.push((slice, Workload::Other));
-        }
+        root(mount.join("system.slice"));
         for slice in ["system.slice", "docker"] {
             let Ok(entries) = fs::read_dir(mount.join(slice)) else { continue };
             for e in entries.flatten() {
                 if !e.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
                 }
-                let rel = Path::new("/").join(slice).join(e.file_name());
-                match parse(&rel) {
-                    w @ (Workload::Tljh { .. } | Workload::SystemdSpawner { .. }) if tljh => out.push((e.path(), w)),
-                    w @ Workload::Docker { .. } if docker => out.push((e.path(), w)),
-                    _ => {}
+                if known(e.ino()) {
+                    out.seen.insert(e.ino());
+                    continue;
                 }
+                let rel = Path::new("/").join(slice).join(e.file_name());
+                let wanted = match parse(&rel) {
+                    w @ (Workload::Tljh { .. } | Workload::SystemdSpawner { .. }) if tljh => w,
+                    w @ Workload::Docker { .. } if docker => w,
+                    _ => continue,
+                };
+                out.seen.insert(e.ino());
+                out.new.push((e.path(), wanted, e.ino()));
             }
         }
     }
@@ -94,7 +122,11 @@ mod tests {
             fs::create_dir_all(m.join(d)).unwrap();
         }
         let found = notebook_cgroups(&m, true, true, true);
-        let names: Vec<String> = found.iter().map(|(p, _)| p.strip_prefix(&m).unwrap().display().to_string()).collect();
+        let names: Vec<String> =
+            found.iter().map(|(p, _, _)| p.strip_prefix(&m).unwrap().display().to_string()).collect();
+        for (p, _, id) in &found {
+            assert_eq!(*id, crate::discovery::cgroup::cgroup_id(p).unwrap(), "{}", p.display());
+        }
         assert!(names.contains(&"kubepods.slice".to_string()));
         assert!(names.contains(&"system.slice".to_string()));
         assert!(names.contains(&"system.slice/jupyter-alice.service".to_string()));
@@ -102,7 +134,11 @@ mod tests {
         assert!(!names.iter().any(|n| n.contains("sshd")));
         assert!(notebook_cgroups(&m, false, true, false)
             .iter()
-            .all(|(p, w)| matches!(w, Workload::Tljh { .. }) || p.ends_with("system.slice")));
+            .all(|(p, w, _)| matches!(w, Workload::Tljh { .. }) || p.ends_with("system.slice")));
+        // Known ones are only counted as seen.
+        let unit = found.iter().find(|(p, _, _)| p.ends_with("jupyter-alice.service")).unwrap().2;
+        let again = scan(&m, true, true, true, &|id| id == unit);
+        assert!(again.seen.contains(&unit) && again.new.len() == found.len() - 1);
         let pod = find_pod_cgroup(&m, uid).unwrap();
         assert!(pod.ends_with(format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_"))));
         assert_eq!(find_pod_cgroup(&m, "00000000-0000-0000-0000-000000000000"), None);

@@ -89,7 +89,7 @@ pub struct KubeScope<'a> {
 /// TLJH / SystemdSpawner / DockerSpawner units found in the cgroup tree.
 pub fn notebooks(mount: &Path, kube: Option<KubeScope<'_>>) -> Result<Vec<RecordTarget>> {
     let mut out = Vec::new();
-    for (path, w) in notebook_cgroups(mount, false, true, true) {
+    for (path, w, _) in notebook_cgroups(mount, false, true, true) {
         if matches!(w, Workload::Tljh { .. } | Workload::SystemdSpawner { .. } | Workload::Docker { .. }) {
             out.push(from_cgroup(mount, &path)?);
         }
