@@ -49,7 +49,7 @@ pub(super) fn files(c: &mut Ctx) -> Result<()> {
     let mut rows = Vec::new();
     let mut json = Map::new();
     for (name, kind, chunk) in scenarios {
-        let (o, accounting) = steady_overhead(c, &kind, chunk, FILE_ROUNDS, per_op)?;
+        let (o, accounting) = steady_overhead(c, &kind, chunk, c.rounds(FILE_ROUNDS), per_op)?;
         let (lo, hi) = min_max(&o.ratios);
         eprintln!("bench: {name}: ratio {:.3} ({lo:.3}–{hi:.3})", median(&o.ratios));
         rows.push(o.row(name, "ops/s"));
@@ -61,7 +61,7 @@ pub(super) fn files(c: &mut Ctx) -> Result<()> {
     c.md.push(prose::render(
         prose::FILES,
         &[
-            ("rounds", FILE_ROUNDS.to_string()),
+            ("rounds", c.rounds(FILE_ROUNDS).to_string()),
             ("file_chunk", FILE_CHUNK.to_string()),
             ("chmod_chunk", CHMOD_CHUNK.to_string()),
             ("window_s", WINDOW.as_secs_f64().to_string()),

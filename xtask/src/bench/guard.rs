@@ -36,6 +36,9 @@ pub(super) struct Guard {
     /// The agent's last log line mentioning "stopped".
     pub(super) last_words: Arc<Mutex<String>>,
     pub(super) stderr: Option<std::thread::JoinHandle<()>>,
+    /// From its spawn to its "guard running" (sensors attached, running processes and
+    /// notebooks found, ready for events).
+    pub(super) ready: Duration,
 }
 
 pub(super) fn start_guard(bin: &Path, dir: &Path, extra: &[&str]) -> Result<Guard> {
@@ -50,6 +53,7 @@ pub(super) fn start_guard(bin: &Path, dir: &Path, extra: &[&str]) -> Result<Guar
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
+    let spawned = Instant::now();
     let stderr = child.stderr.take().context("stderr")?;
     let mut lines = std::io::BufReader::new(stderr).lines();
     let mut program_ids = Vec::new();
@@ -62,6 +66,7 @@ pub(super) fn start_guard(bin: &Path, dir: &Path, extra: &[&str]) -> Result<Guar
             break;
         }
     }
+    let ready = spawned.elapsed();
     let last_words = Arc::new(Mutex::new(String::new()));
     let keep = last_words.clone();
     let stderr = std::thread::spawn(move || {
@@ -73,7 +78,7 @@ pub(super) fn start_guard(bin: &Path, dir: &Path, extra: &[&str]) -> Result<Guar
             }
         }
     });
-    Ok(Guard { child, alerts, program_ids, last_words, stderr: Some(stderr) })
+    Ok(Guard { child, alerts, program_ids, last_words, stderr: Some(stderr), ready })
 }
 
 /// The ids in the agent's `kernel programs attached programs=[3, 4, …]` log line.
@@ -113,6 +118,18 @@ impl Guard {
         self.status_kib("VmHWM:")
     }
 
+    /// The alerts the agent has written so far.
+    pub(super) fn alerts_so_far(&self) -> Vec<Value> {
+        self.alerts.parent().map(fs_alerts).unwrap_or_default()
+    }
+
+    /// Where the agent's resident memory is, from its smaps.
+    pub(super) fn memory(&self) -> Result<Memory> {
+        let smaps = fs::read_to_string(format!("/proc/{}/smaps", self.child.id())).context("reading smaps")?;
+        let exe = fs::read_link(format!("/proc/{}/exe", self.child.id())).context("reading exe")?;
+        Ok(Memory::of(&smaps, &exe.to_string_lossy()))
+    }
+
     /// CPU time of all the agent's threads, in seconds (schedstat: nanoseconds, not ticks).
     pub(super) fn cpu_s(&self) -> f64 {
         let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.child.id())) else { return 0.0 };
@@ -140,4 +157,68 @@ pub(super) fn fs_alerts(dir: &Path) -> Vec<Value> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// The agent's resident memory by what holds it, KiB.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Memory {
+    /// The event ring's mapping: the kernel maps its data pages twice (so a record that wraps
+    /// reads contiguously), and both count.
+    pub(super) ring: u64,
+    /// The agent's own code and constant data, mapped from its binary.
+    pub(super) binary: u64,
+    /// Other files mapped: libc, libm, libseccomp, the loader.
+    pub(super) libraries: u64,
+    /// Heap, thread stacks and every other private mapping.
+    pub(super) heap: u64,
+}
+
+impl Memory {
+    pub(super) fn of(smaps: &str, exe: &str) -> Self {
+        let mut m = Memory::default();
+        let mut name = String::new();
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            let Some(first) = words.next() else { continue };
+            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                name = words.nth(4).unwrap_or("").to_string();
+            } else if first == "Rss:" {
+                let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                match name.as_str() {
+                    "anon_inode:bpf-map" => m.ring += kib,
+                    n if n == exe => m.binary += kib,
+                    n if n.starts_with('/') => m.libraries += kib,
+                    _ => m.heap += kib,
+                }
+            }
+        }
+        m
+    }
+
+    pub(super) fn json(&self) -> Value {
+        json!({"ring_kib": self.ring, "binary_kib": self.binary, "libraries_kib": self.libraries, "heap_kib": self.heap})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_split_by_mapping() {
+        let smaps = "\
+55-56 r-xp 00000000 00:1f 12 /opt/guard
+Rss:                 100 kB
+7f-80 rw-s 00000000 00:10 9 anon_inode:bpf-map
+Rss:                 16 kB
+7f1-7f2 r-xp 00000000 00:1f 13 /usr/lib/libc.so.6
+Rss:                 8 kB
+7f3-7f4 rw-p 00000000 00:00 0
+Rss:                 4 kB
+7f5-7f6 rw-p 00000000 00:00 0 [heap]
+Rss:                 2 kB
+";
+        let m = Memory::of(smaps, "/opt/guard");
+        assert_eq!((m.binary, m.ring, m.libraries, m.heap), (100, 16, 8, 6));
+    }
 }

@@ -15,8 +15,10 @@ mod loss;
 mod packets;
 mod peers;
 mod prose;
+mod quick;
 mod recorder;
 mod report;
+mod scale;
 mod stats;
 mod storms;
 
@@ -56,7 +58,8 @@ const NULL_ROUNDS: usize = 25;
 const PEER_ROUNDS: usize = 7;
 /// The recorder's differences are tens of nanoseconds: more rounds than the peers.
 const RECORDER_ROUNDS: usize = 25;
-pub const SECTIONS: &[&str] = &["storms", "recorder", "peers", "loss", "latency", "files", "packets", "footprint"];
+pub const SECTIONS: &[&str] =
+    &["storms", "recorder", "peers", "loss", "latency", "files", "packets", "footprint", "scale"];
 /// Ring size for the overload part of the loss section: small enough that this machine's
 /// fastest exec storm overflows it.
 const SMALL_RING: u32 = 4 << 10;
@@ -84,9 +87,39 @@ struct Ctx<'a> {
     results: Map<String, Value>,
     /// BENCHMARKS.md, section by section.
     md: Vec<String>,
+    /// `--quick`: fewer rounds and shorter waits, every table still made.
+    quick: bool,
 }
 
 impl Ctx<'_> {
+    /// Rounds of a scenario: `full`, or in a quick run about an eighth of it, and never fewer
+    /// than 7 (the fewest whose median has a 95% interval from order statistics), odd.
+    fn rounds(&self, full: usize) -> usize {
+        if self.quick {
+            ((full / 8).max(7) | 1).min(full)
+        } else {
+            full
+        }
+    }
+
+    /// Rounds of a scenario with no interval to give (the peers): a quick run takes 3.
+    fn few_rounds(&self, full: usize) -> usize {
+        if self.quick {
+            full.min(3)
+        } else {
+            full
+        }
+    }
+
+    /// A wait or a window: halved in a quick run.
+    fn scaled_duration(&self, full: Duration) -> Duration {
+        if self.quick {
+            full / 2
+        } else {
+            full
+        }
+    }
+
     fn start_guard(&self, extra: &[&str]) -> Result<Guard> {
         let g = start_guard(self.guard, &self.dir, extra)?;
         self.warm_up()?;
@@ -106,7 +139,7 @@ impl Ctx<'_> {
 
 type Section = fn(&mut Ctx) -> Result<()>;
 
-pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
+pub fn bench(root: &Path, guard: &Path, sections: &[String], quick: bool) -> Result<()> {
     for s in sections {
         if !SECTIONS.contains(&s.as_str()) {
             bail!("unknown bench section {s:?} (sections: {})", SECTIONS.join(", "));
@@ -118,8 +151,9 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
     fs::create_dir_all(&dir)?;
     let nb = mount.join("system.slice/jupyter-benchuser.service");
     fs::create_dir_all(&nb)?;
-    let mut c = Ctx { guard, dir, mount, nb, results: Map::new(), md: Vec::new() };
-    let steps: [(&str, Section); 8] = [
+    let started = Instant::now();
+    let mut c = Ctx { guard, dir, mount, nb, results: Map::new(), md: Vec::new(), quick };
+    let steps: [(&str, Section); 9] = [
         ("storms", storms),
         ("recorder", recorder),
         ("peers", peers),
@@ -128,6 +162,7 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
         ("files", files),
         ("packets", packets::packets),
         ("footprint", footprint),
+        ("scale", scale::scale),
     ];
     let mut outcome = Ok(());
     for (name, step) in steps {
@@ -149,6 +184,7 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
         "memory_gib": fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next()?.split_whitespace().nth(1)?.parse::<f64>().ok()).map(|k| (k / 1048576.0).round()),
     });
     c.results.insert("machine".into(), machine.clone());
+    c.results.insert("run".into(), json!({"quick": quick, "minutes": started.elapsed().as_secs_f64() / 60.0}));
     let out = c.dir.join("results.json");
     fs::write(&out, serde_json::to_string_pretty(&Value::Object(c.results.clone()))?)?;
     if !sections.is_empty() {
@@ -162,12 +198,17 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String]) -> Result<()> {
             ("cpu", machine["cpu"].as_str().unwrap_or("").to_string()),
             ("memory_gib", machine["memory_gib"].to_string()),
             ("kernel", machine["kernel"].as_str().unwrap_or("").to_string()),
+            ("kind", quick::kind_of_run(&c.results, root)?),
             ("targets", targets(&c.results)?),
             ("sections", c.md.join("\n")),
         ],
     )?;
     fs::write(root.join("BENCHMARKS.md"), md)?;
-    eprintln!("bench: wrote BENCHMARKS.md and {}", out.display());
+    // The full run's results are what a quick run's intervals are held against.
+    if !quick {
+        fs::write(root.join(quick::FULL_RESULTS), serde_json::to_string_pretty(&Value::Object(c.results.clone()))?)?;
+    }
+    eprintln!("bench: wrote BENCHMARKS.md and {} in {:.1} min", out.display(), started.elapsed().as_secs_f64() / 60.0);
     Ok(())
 }
 

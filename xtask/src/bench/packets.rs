@@ -12,7 +12,7 @@ const UDP_ROUNDS: usize = 25;
 
 pub(super) fn packets(c: &mut Ctx) -> Result<()> {
     let name = "UDP datagrams received (loopback, notebook cgroup)";
-    let (o, accounting) = steady_overhead(c, "udp", UDP_CHUNK, UDP_ROUNDS, |ns| 1e9 / ns)?;
+    let (o, accounting) = steady_overhead(c, "udp", UDP_CHUNK, c.rounds(UDP_ROUNDS), |ns| 1e9 / ns)?;
     let (lo, hi) = min_max(&o.ratios);
     eprintln!("bench: {name}: ratio {:.3} ({lo:.3}–{hi:.3})", median(&o.ratios));
     let mut v = o.json("datagrams/s");
@@ -23,7 +23,7 @@ pub(super) fn packets(c: &mut Ctx) -> Result<()> {
     c.md.push(prose::render(
         prose::PACKETS,
         &[
-            ("rounds", UDP_ROUNDS.to_string()),
+            ("rounds", c.rounds(UDP_ROUNDS).to_string()),
             ("udp_chunk", UDP_CHUNK.to_string()),
             ("window_s", WINDOW.as_secs_f64().to_string()),
             ("rows", o.row(name, "datagrams/s")),

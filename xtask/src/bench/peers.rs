@@ -94,7 +94,7 @@ pub(super) fn peers(c: &mut Ctx) -> Result<()> {
             (kind == "connect").then(|| SteadyLoad::start("connect", CONNECT_CHUNK, Some(&c.nb))).transpose()?;
         let mut exec_rates: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
         let mut windows = vec![Vec::new(); tools.len()];
-        for _ in 0..PEER_ROUNDS {
+        for _ in 0..c.few_rounds(PEER_ROUNDS) {
             for (i, t) in tools.iter().enumerate() {
                 let p = start_peer(t, c.guard, &c.dir)?;
                 if p.is_some() {
@@ -130,7 +130,7 @@ pub(super) fn peers(c: &mut Ctx) -> Result<()> {
     c.md.push(prose::render(
         prose::PEERS,
         &[
-            ("rounds", PEER_ROUNDS.to_string()),
+            ("rounds", c.few_rounds(PEER_ROUNDS).to_string()),
             ("best_of", BEST_OF.to_string()),
             ("window_s", WINDOW.as_secs_f64().to_string()),
             ("rows", rows.join("\n")),

@@ -10,6 +10,7 @@ pub(super) const PEERS: &str = include_str!("prose/peers.md");
 pub(super) const LOSS: &str = include_str!("prose/loss.md");
 pub(super) const LATENCY: &str = include_str!("prose/latency.md");
 pub(super) const FOOTPRINT: &str = include_str!("prose/footprint.md");
+pub(super) const SCALE: &str = include_str!("prose/scale.md");
 pub(super) const FILES: &str = include_str!("prose/files.md");
 pub(super) const PACKETS: &str = include_str!("prose/packets.md");
 pub(super) const TARGETS: &str = include_str!("prose/targets.md");
@@ -56,7 +57,9 @@ mod tests {
         assert_eq!(render(t, &[("x", "1".into()), ("y", "2".into())]).unwrap(), "a 1 b 2\n");
         assert!(render(t, &[("x", "1".into())]).unwrap_err().to_string().contains("{{y}}"));
         assert!(render(t, &[("x", "1".into()), ("y", "2".into()), ("z", "3".into())]).is_err());
-        for tpl in [OVERHEAD, ACCOUNTING, RECORDER, PEERS, LOSS, LATENCY, FOOTPRINT, TARGETS, BENCHMARKS] {
+        for tpl in [
+            OVERHEAD, ACCOUNTING, RECORDER, PEERS, LOSS, LATENCY, FOOTPRINT, SCALE, FILES, PACKETS, TARGETS, BENCHMARKS,
+        ] {
             assert!(!placeholders(tpl).is_empty() && tpl.starts_with('#'), "{tpl}");
         }
     }

@@ -32,7 +32,7 @@ pub(super) fn recorder(c: &mut Ctx) -> Result<()> {
     ];
     let load = SteadyLoad::start("null", NULL_CHUNK, Some(&here))?;
     let mut windows = vec![Vec::new(); configs.len()];
-    for round in 0..RECORDER_ROUNDS {
+    for round in 0..c.rounds(RECORDER_ROUNDS) {
         for k in 0..configs.len() {
             let i = (round + k) % configs.len();
             let helper = match &configs[i].1 {
@@ -87,7 +87,7 @@ pub(super) fn recorder(c: &mut Ctx) -> Result<()> {
     c.md.push(prose::render(
         prose::RECORDER,
         &[
-            ("rounds", RECORDER_ROUNDS.to_string()),
+            ("rounds", c.rounds(RECORDER_ROUNDS).to_string()),
             ("window_s", RECORDER_WINDOW.as_secs_f64().to_string()),
             ("rows", rows.join("\n")),
         ],

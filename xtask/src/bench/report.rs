@@ -48,7 +48,15 @@ pub(super) fn targets(r: &Map<String, Value>) -> Result<String> {
         .flat_map(|m| m.values())
         .filter_map(|s| s["agent_rss_kib"].as_f64())
         .chain(num(&sustained["agent_peak_rss_kib"]))
-        .chain(num(&r["footprint (idle)"]["rss_kib"]))
+        .chain(num(&r["footprint (idle)"]["peak_rss_kib"]))
+        .chain(num(&r["footprint (busy)"]["peak_rss_kib"]))
+        .chain(
+            r["scale"]
+                .as_object()
+                .into_iter()
+                .flat_map(|m| m.values())
+                .filter_map(|s| s["agent_peak_rss_kib"].as_f64()),
+        )
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
     let mut rows = Vec::new();
     for (what, storm, limit) in [
@@ -95,6 +103,39 @@ pub(super) fn targets(r: &Map<String, Value>) -> Result<String> {
     rows.push(target_row(&fastest, num(&sustained["lost"]), None, true, 0.0, "", 0));
     let p99 = num(&r["exec-to-alert latency (file sink)"]["from_exec_ms"]["p99"]);
     rows.push(target_row("exec-to-alert p99", p99, None, true, 10.0, " ms", 2));
-    rows.push(target_row("agent peak RSS", peak_rss.map(|k| k / 1024.0), None, true, 64.0, " MiB", 0));
+    let idle = num(&r["footprint (idle)"]["rss_kib"]);
+    rows.push(target_row("agent RSS, idle", idle.map(|k| k / 1024.0), None, true, 32.0, " MiB", 1));
+    let busy = num(&r["footprint (busy)"]["peak_rss_kib"]);
+    rows.push(target_row(
+        "agent peak RSS, 200 notebooks and exec storms on both cores",
+        busy.map(|k| k / 1024.0),
+        None,
+        true,
+        48.0,
+        " MiB",
+        1,
+    ));
+    rows.push(target_row("agent peak RSS, any section", peak_rss.map(|k| k / 1024.0), None, true, 48.0, " MiB", 1));
+    let scale = &r["scale"];
+    rows.push(target_row(
+        "ready with 1000 notebooks running",
+        num(&scale["1000"]["ready_s"]),
+        None,
+        true,
+        2.0,
+        " s",
+        2,
+    ));
+    let missed = match (num(&scale["1000"]["execs_checked"]), num(&scale["1000"]["attributed"])) {
+        (Some(all), Some(right)) => Some(all - right),
+        _ => None,
+    };
+    rows.push(target_row("execs of 1000 notebooks not named for their own user", missed, None, true, 0.0, "", 0));
+    for (what, key) in [
+        ("agent CPU per exec, 1000 notebooks over 10", "agent_per_exec_1000_over_10"),
+        ("programs' CPU per exec, 1000 notebooks over 10", "programs_per_exec_1000_over_10"),
+    ] {
+        rows.push(target_row(what, num(&scale[key]), None, true, 1.2, "×", 2));
+    }
     prose::render(prose::TARGETS, &[("rows", rows.join("\n"))])
 }

@@ -226,13 +226,14 @@ pub(super) fn exec_accounting(c: &Ctx, cgroup: Option<&Path>) -> Result<Value> {
 
 pub(super) fn storms(c: &mut Ctx) -> Result<()> {
     let nb = c.nb.clone();
-    let exec_nb = exec_overhead(c, Some(&nb), ROUNDS_NOTEBOOK)?;
+    let exec_nb = exec_overhead(c, Some(&nb), c.rounds(ROUNDS_NOTEBOOK))?;
     let accounting_nb = exec_accounting(c, Some(&nb))?;
     let warm_up_agent_ms = accounting_nb["warm_up"]["agent_ms"].as_f64();
-    let exec_out = exec_overhead(c, None, ROUNDS_OUTSIDE)?;
+    let exec_out = exec_overhead(c, None, c.rounds(ROUNDS_OUTSIDE))?;
     let accounting_out = exec_accounting(c, None)?;
-    let (connect, accounting_connect) = steady_overhead(c, "connect", CONNECT_CHUNK, CONNECT_ROUNDS, |ns| 1e9 / ns)?;
-    let (null, accounting_null) = steady_overhead(c, "null", NULL_CHUNK, NULL_ROUNDS, |ns| ns)?;
+    let (connect, accounting_connect) =
+        steady_overhead(c, "connect", CONNECT_CHUNK, c.rounds(CONNECT_ROUNDS), |ns| 1e9 / ns)?;
+    let (null, accounting_null) = steady_overhead(c, "null", NULL_CHUNK, c.rounds(NULL_ROUNDS), |ns| ns)?;
     let scenarios: [(&str, &str, &str, Overhead, Value); 4] = [
         ("exec storm (notebook cgroup)", "ops/s", "exec", exec_nb, accounting_nb),
         ("exec storm (outside notebooks)", "ops/s", "exec", exec_out, accounting_out),
@@ -256,14 +257,14 @@ pub(super) fn storms(c: &mut Ctx) -> Result<()> {
     c.md.push(prose::render(
         prose::OVERHEAD,
         &[
-            ("rounds_notebook", ROUNDS_NOTEBOOK.to_string()),
-            ("rounds_outside", ROUNDS_OUTSIDE.to_string()),
+            ("rounds_notebook", c.rounds(ROUNDS_NOTEBOOK).to_string()),
+            ("rounds_outside", c.rounds(ROUNDS_OUTSIDE).to_string()),
             ("exec_chunk", EXEC_CHUNK.to_string()),
             ("exec_window_s", EXEC_WINDOW.as_secs_f64().to_string()),
             ("exec_settle_s", EXEC_SETTLE.as_secs_f64().to_string()),
             ("reference", load::reference_size()),
-            ("connect_rounds", CONNECT_ROUNDS.to_string()),
-            ("null_rounds", NULL_ROUNDS.to_string()),
+            ("connect_rounds", c.rounds(CONNECT_ROUNDS).to_string()),
+            ("null_rounds", c.rounds(NULL_ROUNDS).to_string()),
             ("connect_chunk", CONNECT_CHUNK.to_string()),
             ("null_chunk", NULL_CHUNK.to_string()),
             ("window_s", WINDOW.as_secs_f64().to_string()),
