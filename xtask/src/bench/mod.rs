@@ -92,11 +92,11 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Rounds of a scenario: `full`, or in a quick run about an eighth of it, and never fewer
+    /// Rounds of a scenario: `full`, or in a quick run about a tenth of it, and never fewer
     /// than 7 (the fewest whose median has a 95% interval from order statistics), odd.
     fn rounds(&self, full: usize) -> usize {
         if self.quick {
-            ((full / 8).max(7) | 1).min(full)
+            ((full / 10).max(7) | 1).min(full)
         } else {
             full
         }
@@ -165,12 +165,15 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String], quick: bool) -> Res
         ("scale", scale::scale),
     ];
     let mut outcome = Ok(());
+    let mut minutes = Map::new();
     for (name, step) in steps {
         if wanted(name) {
+            let t = Instant::now();
             if let Err(e) = step(&mut c) {
                 outcome = Err(e.context(format!("bench section {name}")));
                 break;
             }
+            minutes.insert(name.into(), json!(t.elapsed().as_secs_f64() / 60.0));
         }
     }
     let _ = fs::remove_dir(&c.nb);
@@ -184,7 +187,7 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String], quick: bool) -> Res
         "memory_gib": fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next()?.split_whitespace().nth(1)?.parse::<f64>().ok()).map(|k| (k / 1048576.0).round()),
     });
     c.results.insert("machine".into(), machine.clone());
-    c.results.insert("run".into(), json!({"quick": quick, "minutes": started.elapsed().as_secs_f64() / 60.0}));
+    c.results.insert("run".into(), json!({"quick": quick, "minutes": started.elapsed().as_secs_f64() / 60.0, "sections_minutes": minutes}));
     let out = c.dir.join("results.json");
     fs::write(&out, serde_json::to_string_pretty(&Value::Object(c.results.clone()))?)?;
     if !sections.is_empty() {
