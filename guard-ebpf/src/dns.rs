@@ -30,7 +30,7 @@ use guard_abi::{
 };
 
 use crate::{
-    packet::{lower, u16_at, u32_at, u8_at},
+    packet::{lower, u16_at, u32_at, u8_at, Packet},
     ring::{count_lost, header, submit_flags, EVENTS},
 };
 
@@ -139,31 +139,32 @@ struct Walk {
 #[inline(always)]
 unsafe fn on_ingress(ctx: &SkBuffContext) -> Option<()> {
     let skb = ctx.skb.skb;
+    let pkt = Packet::of(skb);
     // cgroup skb programs see the packet from its network header.
-    let b0 = u8_at(skb, 0)?;
-    let mut src = [0u8; 16];
+    let b0 = pkt.u8_at(0)?;
     let (family, proto, l4) = match b0 >> 4 {
         4 => {
             // Fragments: the DNS header is in the first one only; not followed.
-            if u16_at(skb, 6)? & 0x3fff != 0 {
+            if pkt.u16_at(6)? & 0x3fff != 0 {
                 return None;
             }
-            if bpf_skb_load_bytes(skb.cast(), 12, src.as_mut_ptr().cast(), 4) != 0 {
-                return None;
-            }
-            (4u8, u8_at(skb, 9)?, (b0 & 0xf) * 4)
+            (4u8, pkt.u8_at(9)?, (b0 & 0xf) * 4)
         }
-        6 => {
-            if bpf_skb_load_bytes(skb.cast(), 8, src.as_mut_ptr().cast(), 16) != 0 {
-                return None;
-            }
-            (6u8, u8_at(skb, 6)?, 40)
-        }
+        6 => (6u8, pkt.u8_at(6)?, 40),
         _ => return None,
     };
-    // Every packet a socket on the node receives comes here: most leave on the source port.
-    if (proto != 17 && proto != 6) || u16_at(skb, l4)? != 53 {
+    // Every packet a socket on the node receives comes here: most leave on the source port,
+    // before anything else is read.
+    if (proto != 17 && proto != 6) || pkt.u16_at(l4)? != 53 {
         return None;
+    }
+    let mut src = [0u8; 16];
+    if family == 4 {
+        let mut v4 = [0u8; 4];
+        pkt.copy(12, &mut v4)?;
+        src[..4].copy_from_slice(&v4);
+    } else {
+        pkt.copy(8, &mut src)?;
     }
     let dns = if proto == 17 {
         l4 + 8

@@ -4,6 +4,65 @@
 
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_load_bytes};
 
+/// Past this offset a read always goes through the helper: it bounds the offset for the
+/// verifier (a packet pointer may only move by a bounded amount).
+const DIRECT_MAX: u32 = 1024;
+
+/// A packet read directly where its linear part holds the bytes (a load and a bounds check),
+/// through the helper beyond it. Every packet a notebook sends or receives comes through the
+/// skb programs' header checks, and a helper call per header field was most of their cost.
+/// Only for the programs' own frames: the `bpf_loop` callbacks use the helper reads.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    skb: *mut __sk_buff,
+    data: usize,
+    end: usize,
+}
+
+impl Packet {
+    /// # Safety
+    /// `skb` is the program's context.
+    #[inline(always)]
+    pub unsafe fn of(skb: *mut __sk_buff) -> Self {
+        // SAFETY: context fields the verifier turns into the packet's bounds.
+        Packet { skb, data: (*skb).data as usize, end: (*skb).data_end as usize }
+    }
+
+    /// `N` bytes at `off`, directly when the linear part holds them.
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, off: u32) -> Option<[u8; N]> {
+        if off < DIRECT_MAX {
+            let p = self.data + off as usize;
+            // At least 8 bytes are checked: LLVM turns `p + 1 <= end` into `p < end`, a
+            // comparison the verifier does not take as a bounds check.
+            if p + if N < 8 { 8 } else { N } <= self.end {
+                // SAFETY: [p, p + N) is within the linear data, checked against data_end.
+                return Some(unsafe { core::ptr::read_unaligned(p as *const [u8; N]) });
+            }
+        }
+        let mut b = [0u8; N];
+        // SAFETY: N bytes into a stack array; the helper checks the packet offset.
+        (unsafe { bpf_skb_load_bytes(self.skb.cast(), off, b.as_mut_ptr().cast(), N as u32) } == 0).then_some(b)
+    }
+
+    #[inline(always)]
+    pub fn u8_at(&self, off: u32) -> Option<u32> {
+        self.bytes::<1>(off).map(|b| u32::from(b[0]))
+    }
+
+    #[inline(always)]
+    pub fn u16_at(&self, off: u32) -> Option<u32> {
+        self.bytes::<2>(off).map(|b| u32::from(u16::from_be_bytes(b)))
+    }
+
+    /// `N` bytes at `off` into `dst`.
+    #[inline(always)]
+    pub fn copy<const N: usize>(&self, off: u32, dst: &mut [u8; N]) -> Option<()> {
+        *dst = self.bytes::<N>(off)?;
+        Some(())
+    }
+}
+
 #[inline(always)]
 pub fn u8_at(skb: *mut __sk_buff, off: u32) -> Option<u32> {
     let mut b = 0u8;

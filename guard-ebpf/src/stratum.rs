@@ -18,7 +18,7 @@ use guard_abi::{
 };
 
 use crate::{
-    packet::{u16_at, u8_at},
+    packet::Packet,
     ring::{count_lost, header, submit_flags, EVENTS},
 };
 
@@ -61,26 +61,27 @@ pub fn stratum_egress(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 unsafe fn on_egress(ctx: &SkBuffContext) -> i32 {
     let skb = ctx.skb.skb;
+    let pkt = Packet::of(skb);
     // Every packet the node sends comes here: most leave at the protocol or the lookup.
-    let Some(b0) = u8_at(skb, 0) else { return PASS };
+    let Some(b0) = pkt.u8_at(0) else { return PASS };
     let (l4, total) = match b0 >> 4 {
         4 => {
-            if u8_at(skb, 9) != Some(6) {
+            if pkt.u8_at(9) != Some(6) {
                 return PASS;
             }
-            let Some(total) = u16_at(skb, 2) else { return PASS };
+            let Some(total) = pkt.u16_at(2) else { return PASS };
             ((b0 & 0xf) * 4, total)
         }
         6 => {
-            if u8_at(skb, 6) != Some(6) {
+            if pkt.u8_at(6) != Some(6) {
                 return PASS;
             }
-            let Some(plen) = u16_at(skb, 4) else { return PASS };
+            let Some(plen) = pkt.u16_at(4) else { return PASS };
             (40, 40 + plen)
         }
         _ => return PASS,
     };
-    let Some(doff) = u8_at(skb, l4 + 12) else { return PASS };
+    let Some(doff) = pkt.u8_at(l4 + 12) else { return PASS };
     let payload = l4 + (doff >> 4) * 4;
     if total <= payload {
         return PASS;
