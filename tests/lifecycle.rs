@@ -297,3 +297,57 @@ fn a_full_kernel_map_is_alerted_and_the_agent_keeps_guarding() {
     restarted_incarnation_is_enforced(&b, &mut unit, &dir, 1);
     b.stop().unwrap();
 }
+
+/// A server that, once its `go-N` file appears, forks children that stay up a while.
+const FORKER: &str = r#"
+import os, sys, time
+go = os.path.join(sys.argv[1], "go-" + os.environ["NBG_INCARNATION"])
+deadline = time.time() + 60
+while not os.path.exists(go) and time.time() < deadline:
+    time.sleep(0.01)
+for i in range(16):
+    if os.fork() == 0:
+        time.sleep(30)
+        os._exit(0)
+print("forked", flush=True)
+time.sleep(600)
+"#;
+
+#[test]
+fn a_kernel_map_the_programs_fill_is_alerted() {
+    privileged!();
+    // Room for four marked processes. Once the notebook is enforced its Python is marked, and
+    // what it forks inherits the mark in the kernel, with no agent in the loop: past the room
+    // those writes fail there. The agent must say so, not leave children unmarked in silence.
+    let net = TestNet::new().unwrap();
+    let user = Unit::new_user();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let a = GuardProcess::start(&unit_policy(Some(&user)), &["--map-size", "marks=4", "--listen", &addr]).unwrap();
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(metrics.contains("guard_errors_total{stage=\"kernel_maps\"} 0"), "exported at zero:\n{metrics}");
+    let dir = TempDir::new("go").unwrap();
+    let unit =
+        Unit::start(&user, &["/usr/bin/python3", "-c", FORKER, dir.0.to_str().unwrap()], Some(&net.notebook)).unwrap();
+    wait_placed(&a, &unit);
+    go(&dir, 0);
+    unit.wait_for("forked", Duration::from_secs(20)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let full = loop {
+        let alerts = a.alerts();
+        if let Some(e) =
+            alerts.into_iter().find(|x| x["rule"] == "guard.error" && field(x, "guard.stage") == "kernel_maps")
+        {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no guard.error for the kernel's full map:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(field(&full, "guard.map"), "MARKS", "{full:#}");
+    assert_eq!(field(&full, "guard.map_full"), true);
+    assert!(full["output"].as_str().unwrap().contains("--map-size marks="), "{full:#}");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    let line = metrics.lines().find(|l| l.starts_with("guard_errors_total{stage=\"kernel_maps\"}")).unwrap();
+    assert_ne!(line, "guard_errors_total{stage=\"kernel_maps\"} 0", "{metrics}");
+    a.stop().unwrap();
+}

@@ -34,6 +34,8 @@ pub mod names {
     pub const MARKS: &str = "MARKS";
     pub const SERVERS: &str = "SERVERS";
     pub const LOST: &str = "LOST";
+    /// Writes the programs could not make (a full map), per CPU, by [`crate::map_full`] slot.
+    pub const MAP_FULL: &str = "MAP_FULL";
     pub const WATCHED: &str = "WATCHED";
     pub const SCRATCH: &str = "SCRATCH";
     pub const CONFIG: &str = "CONFIG";
@@ -227,6 +229,18 @@ pub struct FileKey {
 /// Entries in the enforcement maps.
 pub const MAX_ALLOWED: u32 = 65536;
 pub const MAX_MARKED: u32 = 65536;
+
+/// Slots of the programs' failed-write counters (`MAP_FULL`): which map a write the kernel
+/// side makes on its own (not the agent) did not fit.
+pub mod map_full {
+    /// MARKS, at an exec's verdict or a fork's inheritance.
+    pub const MARKS: u32 = 0;
+    /// ENFORCED or EGRESS_CG, placing a notebook cgroup made again.
+    pub const CGROUPS: u32 = 1;
+    pub const SLOTS: u32 = 2;
+    /// The map each slot names in the agent's alert.
+    pub const MAPS: [&str; SLOTS as usize] = [super::names::MARKS, super::names::ENFORCED];
+}
 /// Notebook servers registered (`SERVERS`).
 pub const MAX_SERVERS: u32 = 4096;
 

@@ -78,13 +78,19 @@ unsafe fn on_mkdir(ctx: &RawTracePointContext) {
     // Only notebook cgroups made again are reported: every other mkdir on the node would make
     // a quiet ring look busy (and keep the agent on its timer instead of woken at once).
     report(id, buf, n as u32 - 1);
+    // A failed write is counted: that incarnation then goes unenforced until the agent places
+    // it, and the agent says why.
+    let mut failed = false;
     if inc.enforce != 0 {
         // The marker first: exec looks at the cgroups only while it is there.
-        let _ = ENFORCED.insert(&ENFORCED_ANY, &1, 0);
-        let _ = ENFORCED.insert(&id, &inc.enforce, 0);
+        failed |= ENFORCED.insert(&ENFORCED_ANY, &1, 0).is_err();
+        failed |= ENFORCED.insert(&id, &inc.enforce, 0).is_err();
     }
     if inc.egress != 0 {
-        let _ = EGRESS_CG.insert(&id, &inc.egress, 0);
+        failed |= EGRESS_CG.insert(&id, &inc.egress, 0).is_err();
+    }
+    if failed {
+        crate::ring::count_full(guard_abi::map_full::CGROUPS);
     }
 }
 

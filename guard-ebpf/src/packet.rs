@@ -102,4 +102,3 @@ pub fn lower(label: &mut [u8; 64]) {
         i += 1;
     }
 }
-

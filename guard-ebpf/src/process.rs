@@ -226,7 +226,9 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         // SAFETY: the value is copied out at once; another CPU deleting the key meanwhile can only
         // make it stale, which is harmless here.
         if let Some(m) = unsafe { MARKS.get(&((pid_tgid >> 32) as u32)) }.copied() {
-            let _ = MARKS.insert(&child_tgid, &m, 0);
+            if MARKS.insert(&child_tgid, &m, 0).is_err() {
+                crate::ring::count_full(guard_abi::map_full::MARKS);
+            }
         }
     }
     let ev = ForkEvent { hdr: header(EventKind::Fork, pid_tgid, cgroup), child_pid, child_tgid };

@@ -19,6 +19,20 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KINDS, 0);
 
+/// Writes into the programs' own maps that failed, by `map_full` slot: a full map must not
+/// go unnoticed (a full MARKS leaves a Python child unmarked under enforcement).
+#[map]
+static MAP_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(guard_abi::map_full::SLOTS, 0);
+
+/// Counts a failed map write (the only failure an insert of a valid key has: a full map).
+#[inline(always)]
+pub(crate) fn count_full(slot: u32) {
+    if let Some(n) = MAP_FULL.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot, as in `count_lost`.
+        unsafe { *n += 1 };
+    }
+}
+
 #[inline(always)]
 pub(crate) fn count_lost(kind: EventKind) {
     if let Some(slot) = LOST.get_ptr_mut(kind as u32) {

@@ -224,19 +224,19 @@ unsafe fn decide(
     let from_helper_script = mark & marks::HELPER_SCRIPT != 0;
     if from_helper_script {
         mark &= !marks::HELPER_SCRIPT;
-        let _ = MARKS.insert(&tgid, &mark, 0);
+        set_mark(tgid, mark);
     }
     let class = class_of(key);
     if class == allow_class::PYTHON {
         mark = (mark | marks::UNDER_PYTHON) & !marks::PIP_SHELL;
-        let _ = MARKS.insert(&tgid, &mark, 0);
+        set_mark(tgid, mark);
         return (true, mark);
     }
     // A kernel's start: the launcher's next exec (the kernel itself, the launcher's own
     // helpers) runs; from then on what it starts is judged like Python's.
     if mark & marks::LAUNCHING != 0 {
         mark = (mark & !marks::LAUNCHING) | marks::UNDER_PYTHON;
-        let _ = MARKS.insert(&tgid, &mark, 0);
+        set_mark(tgid, mark);
         return (true, mark);
     }
     if mark & marks::UNDER_PYTHON == 0 || mark & marks::EXEMPT != 0 {
@@ -263,7 +263,7 @@ unsafe fn decide(
     {
         if script != 0 {
             mark |= marks::HELPER_SCRIPT;
-            let _ = MARKS.insert(&tgid, &mark, 0);
+            set_mark(tgid, mark);
         }
         return (true, mark);
     }
@@ -271,28 +271,36 @@ unsafe fn decide(
     if parent_is_python && role == allow_class::LAUNCHER {
         if script != 0 {
             mark |= marks::LAUNCHING;
-            let _ = MARKS.insert(&tgid, &mark, 0);
+            set_mark(tgid, mark);
         }
         return (true, mark);
     }
     if class == allow_class::SHELL {
         if enf & enforce_flags::TERMINALS != 0 && SERVERS.get(&ppid).is_some() {
             mark |= marks::EXEMPT;
-            let _ = MARKS.insert(&tgid, &mark, 0);
+            set_mark(tgid, mark);
             return (true, mark);
         }
         if enf & enforce_flags::PIP_MAGIC != 0 && parent_is_python && is_pip_shell(args, args_len) {
             mark |= marks::PIP_SHELL;
-            let _ = MARKS.insert(&tgid, &mark, 0);
+            set_mark(tgid, mark);
             return (true, mark);
         }
         // A command the policy names for a sanctioned kernel, byte for byte: it and what it
         // starts run.
         if commands::is_kernel_command(args, args_len) {
             mark |= marks::EXEMPT;
-            let _ = MARKS.insert(&tgid, &mark, 0);
+            set_mark(tgid, mark);
             return (true, mark);
         }
     }
     (false, mark)
+}
+
+/// Writes `tgid`'s mark; a full MARKS is counted for the agent to report.
+#[inline(always)]
+fn set_mark(tgid: u32, mark: u32) {
+    if MARKS.insert(&tgid, &mark, 0).is_err() {
+        crate::ring::count_full(guard_abi::map_full::MARKS);
+    }
 }

@@ -145,4 +145,19 @@ impl<W: Write> Pipeline<W> {
         self.reported_queue = queue_full;
         Ok(())
     }
+
+    /// Writes the kernel programs could not make since the last report: a `guard.error`
+    /// naming the map and the `--map-size` that grows it (stage `kernel_maps`).
+    pub(super) fn report_map_full(&mut self) -> Result<()> {
+        let now = self.sensor.kernel_map_failures()?;
+        for (slot, map) in guard_abi::map_full::MAPS.iter().enumerate() {
+            let new = now[slot].saturating_sub(self.reported_map_full[slot]);
+            if new > 0 {
+                let e = crate::sensors::maps::MapWriteError::kernel_full(map, new);
+                self.failed(Stage::KernelMaps, e.into());
+            }
+        }
+        self.reported_map_full = now;
+        Ok(())
+    }
 }

@@ -125,6 +125,8 @@ struct Pipeline<W: Write> {
     clock: BootClock,
     events: Option<JsonLines<W>>,
     reported_kernel: KernelLosses,
+    /// The programs' failed map writes already reported, by `guard_abi::map_full` slot.
+    reported_map_full: [u64; guard_abi::map_full::SLOTS as usize],
     reported_queue: u64,
     /// Roots whose identities were pushed to the kernel allow-list.
     synced_roots: HashSet<crate::policy::identity::RootKey>,

@@ -167,6 +167,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         clock: BootClock::new(),
         events: opts.events_json.then(|| JsonLines::new(std::io::stdout())),
         reported_kernel: KernelLosses::default(),
+        reported_map_full: Default::default(),
         reported_queue: 0,
         synced_roots: HashSet::new(),
         watched: Default::default(),
@@ -311,6 +312,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 let queue_full = stats.queue_full.load(Ordering::Relaxed);
                 pipe.guarded(Stage::Losses, |p| p.report_losses(p.sensor.kernel_losses()?, queue_full));
+                pipe.guarded(Stage::Losses, |p| p.report_map_full());
                 pipe.guarded(Stage::Drift, |p| p.poll_drift());
                 for a in pipe.aggregator.flush(Instant::now(), false) {
                     pipe.send(&a);
@@ -388,6 +390,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let kernel = pipe.sensor.kernel_losses()?;
     pipe.report_losses(kernel, stats.queue_full.load(Ordering::Relaxed))?;
+    pipe.report_map_full()?;
     for a in pipe.aggregator.flush(Instant::now(), true) {
         pipe.send(&a);
     }

@@ -163,17 +163,24 @@ pub fn retire_resized(maps_dir: &Path, sizes: &MapSizes) -> Result<()> {
 
 /// A write into a kernel map that failed.
 #[derive(Debug, thiserror::Error)]
-#[error("kernel map {map}: {what}: {source}")]
+#[error("kernel map {map}: {what}{}", source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
 pub struct MapWriteError {
     pub map: &'static str,
     pub what: String,
     /// The map is full (as opposed to a bad key or a map gone).
     pub full: bool,
+    /// The agent's failed syscall; none for writes the kernel programs made and counted.
     #[source]
-    source: Box<aya::maps::MapError>,
+    source: Option<Box<aya::maps::MapError>>,
 }
 
 impl MapWriteError {
+    /// `count` writes the kernel programs made into `map` that did not fit.
+    pub fn kernel_full(map: &'static str, count: u64) -> Self {
+        let what = format!("{count} writes by the kernel programs did not fit");
+        MapWriteError { map, what, full: true, source: None }
+    }
+
     /// The `--map-size` name that grows this map.
     pub fn flag(&self) -> Option<&'static str> {
         CAPACITIES.iter().find(|c| c.maps.contains(&self.map)).map(|c| c.flag)
@@ -190,7 +197,7 @@ impl<T> MapWrite<T> for Result<T, aya::maps::MapError> {
         self.map_err(|source| {
             let full = matches!(&source, aya::maps::MapError::SyscallError(s)
                 if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC)));
-            MapWriteError { map, what: what(), full, source: Box::new(source) }
+            MapWriteError { map, what: what(), full, source: Some(Box::new(source)) }
         })
     }
 }

@@ -57,6 +57,8 @@ impl Default for SensorOptions {
 pub struct ProcessSensor {
     ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
+    /// The programs' failed map writes, by `guard_abi::map_full` slot.
+    map_full: PerCpuArray<MapData, u64>,
     watched: HashMap<MapData, u64, u32>,
     /// Mapped only when the reader takes it: its pages count in the agent's RSS twice over
     /// (the kernel maps the data area twice), and start-up's BTF parse should not add to that.
@@ -150,6 +152,7 @@ impl ProcessSensor {
             }
         }
         let lost = PerCpuArray::try_from(take(&mut ebpf, names::LOST)?)?;
+        let map_full = PerCpuArray::try_from(take(&mut ebpf, names::MAP_FULL)?)?;
         let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED)?)?;
         let ring = take(&mut ebpf, names::EVENTS)?;
         let ring_fill = aya::maps::Array::try_from(take(&mut ebpf, names::RING_FILL)?)?;
@@ -167,6 +170,7 @@ impl ProcessSensor {
         Ok(Self {
             ebpf,
             lost,
+            map_full,
             watched,
             ring: Some(ring),
             enforcement: Some(enforcement),
@@ -213,6 +217,15 @@ impl ProcessSensor {
         for kind in EventKind::ALL {
             let per_cpu = self.lost.get(&(kind as u32), 0).context("reading LOST")?;
             out.0[kind as usize] = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Writes the programs could not make, by `guard_abi::map_full` slot, since load.
+    pub fn kernel_map_failures(&self) -> Result<[u64; guard_abi::map_full::SLOTS as usize]> {
+        let mut out = [0; guard_abi::map_full::SLOTS as usize];
+        for (slot, n) in out.iter_mut().enumerate() {
+            *n = self.map_full.get(&(slot as u32), 0).context("reading MAP_FULL")?.iter().sum();
         }
         Ok(out)
     }

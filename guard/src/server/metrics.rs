@@ -59,10 +59,13 @@ pub enum Stage {
     Losses,
     /// Telling a notebook's kernel why something was refused.
     Notice,
+    /// Writes the kernel programs make on their own (marks at exec and fork, a notebook cgroup
+    /// made again) that did not fit their map.
+    KernelMaps,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 10] = [
+    pub const ALL: [Stage; 11] = [
         Stage::Decode,
         Stage::EventsFeed,
         Stage::Placement,
@@ -73,6 +76,7 @@ impl Stage {
         Stage::Sweep,
         Stage::Losses,
         Stage::Notice,
+        Stage::KernelMaps,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +91,7 @@ impl Stage {
             Stage::Sweep => "sweep",
             Stage::Losses => "losses",
             Stage::Notice => "notice",
+            Stage::KernelMaps => "kernel_maps",
         }
     }
 }

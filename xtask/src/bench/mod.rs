@@ -187,7 +187,10 @@ pub fn bench(root: &Path, guard: &Path, sections: &[String], quick: bool) -> Res
         "memory_gib": fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next()?.split_whitespace().nth(1)?.parse::<f64>().ok()).map(|k| (k / 1048576.0).round()),
     });
     c.results.insert("machine".into(), machine.clone());
-    c.results.insert("run".into(), json!({"quick": quick, "minutes": started.elapsed().as_secs_f64() / 60.0, "sections_minutes": minutes}));
+    c.results.insert(
+        "run".into(),
+        json!({"quick": quick, "minutes": started.elapsed().as_secs_f64() / 60.0, "sections_minutes": minutes}),
+    );
     let out = c.dir.join("results.json");
     fs::write(&out, serde_json::to_string_pretty(&Value::Object(c.results.clone()))?)?;
     if !sections.is_empty() {
