@@ -42,6 +42,7 @@ mod allowlist;
 mod files;
 mod health;
 mod hub;
+mod memory;
 mod network;
 mod placement;
 mod posture;

@@ -36,31 +36,6 @@ use crate::{
 
 use super::{hub, Pipeline, RunOptions, AGGREGATE_WINDOW, CONFIG_POLL, LOSS_CHECK, QUEUE, SCAN, TABLE_SWEEP};
 
-/// Start-up parses the kernel's BTF (for offsets, for the loader's relocations, for the
-/// tp_btf socket hook), tens of MiB that are freed before the agent runs; glibc keeps freed memory for reuse, so hand it
-/// back to the kernel once instead of carrying it as resident memory for the agent's life.
-fn release_startup_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), and
-/// its trim threshold with it: after start-up's BTF parse, blocks of several MiB landed in a
-/// thread's heap and ~16 MiB of it stayed resident, free, for the agent's life. A fixed
-/// threshold keeps large blocks in their own mappings, returned when freed; two arenas are
-/// enough for the agent's few threads.
-fn tune_allocator() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets allocator parameters; no memory is touched.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 fn kube_enabled(policy: &Policy) -> Result<Option<KubeOptions>> {
     let k = &policy.discovery.kubernetes;
     let on = match k.enabled {
@@ -85,7 +60,7 @@ fn kube_enabled(policy: &Policy) -> Result<Option<KubeOptions>> {
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
-    tune_allocator();
+    super::memory::tune_allocator();
     let policy = Arc::new(opts.policy.clone());
     let kube = kube_enabled(&policy)?;
     let metrics = Arc::new(Metrics::new());
@@ -251,7 +226,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut scan_tick = tokio::time::interval(SCAN);
     let mut pods_open = pods.is_some();
     let mut tampered: HashSet<String> = HashSet::new();
-    release_startup_memory();
+    super::memory::release_startup_memory();
     tracing::info!(
         cgroup2 = %mount.display(),
         processes = pipe.table.len(),

@@ -92,11 +92,11 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Rounds of a scenario: `full`, or in a quick run about a tenth of it, and never fewer
+    /// Rounds of a scenario: `full`, or in a quick run about a twelfth of it, and never fewer
     /// than 7 (the fewest whose median has a 95% interval from order statistics), odd.
     fn rounds(&self, full: usize) -> usize {
         if self.quick {
-            ((full / 10).max(7) | 1).min(full)
+            ((full / 12).max(7) | 1).min(full)
         } else {
             full
         }

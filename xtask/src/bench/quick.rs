@@ -61,7 +61,7 @@ pub(super) fn kind_of_run(results: &Map<String, Value>, root: &Path) -> Result<S
     };
     let this = Value::Object(results.clone());
     let mut out = format!(
-        "**A quick run** (`cargo xtask bench --quick`, {minutes:.1} minutes): every table of the full run, from about a tenth of its rounds (never fewer than 7) and half its idle waits, so its medians are less sure. Its 95% intervals against those of the last full run (`{FULL_RESULTS}`); where this run's is wider, a verdict the full run settles may stay open here. `cargo xtask bench` makes the full run (about an hour) for releases.\n\n"
+        "**A quick run** (`cargo xtask bench --quick`, {minutes:.1} minutes): every table of the full run, from about a twelfth of its rounds (never fewer than 7) and half its idle waits, so its medians are less sure. Its 95% intervals against those of the last full run (`{FULL_RESULTS}`); where this run's is wider, a verdict the full run settles may stay open here. `cargo xtask bench` makes the full run (about an hour) for releases.\n\n"
     );
     if full.is_null() {
         out.push_str("No full run on record to compare with.\n");
