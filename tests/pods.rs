@@ -282,8 +282,9 @@ fn what_the_notebook_user_writes_in_the_interpreter_tree_it_owns_is_never_python
     wait_placed(&g, &monitored);
     // Under enforcement a conda-style copy made at run time is refused at its first exec (the
     // kernel cannot tell it is a copy); the agent then looks at the tree again and the kernel
-    // learns it, so the next exec runs.
-    let again = "import subprocess, time\ntime.sleep(1)\nr = subprocess.run(['/opt/conda/envs/z/bin/python3', '-c', 'print(6*7)'], capture_output=True, text=True)\nprint('rc', r.returncode, r.stdout.strip() or '-')";
+    // learns it, so a later exec runs. The look takes a moment (about a second on a busy CI
+    // node), so the cell tries every half second for a while rather than once.
+    let again = "import subprocess, time\nfor _ in range(30):\n    time.sleep(0.5)\n    r = subprocess.run(['/opt/conda/envs/z/bin/python3', '-c', 'print(6*7)'], capture_output=True, text=True)\n    if r.returncode == 0:\n        break\nprint('rc', r.returncode, r.stdout.strip() or '-')";
     let mut enforced_cells = TREE.to_vec();
     enforced_cells.extend([CONDA_COPY, again]);
     let (_, e) = enforced.run_cells(&net.notebook, NOTEBOOK, &enforced_cells).unwrap_or_else(|err| panic!("{err:#}"));
