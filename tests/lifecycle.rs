@@ -56,6 +56,18 @@ fn restarted_incarnation_is_enforced(agent: &GuardProcess, unit: &mut Unit, dir:
     assert_eq!(line, format!("inc {n} rc 9 connect errno 1"), "{}", agent.log());
 }
 
+/// The agent's `guard.error` alert whose `key` is `value`, within 10 s.
+fn wait_for_error(agent: &GuardProcess, key: &str, value: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(e) = agent.alerts().into_iter().find(|x| x["rule"] == "guard.error" && field(x, key) == value) {
+            return e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no guard.error with {key}={value}:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The unit, and the directory its server looks for its go files in.
 fn start_unit(user: &str, net: &TestNet) -> (Unit, TempDir) {
     let python = "/usr/bin/python3";
@@ -261,16 +273,7 @@ fn a_full_kernel_map_is_alerted_and_the_agent_keeps_guarding() {
     let args = ["--map-size", "cgroups=1", "--watch-all", "--listen", &addr];
     let a = GuardProcess::start(&unit_policy(Some(&user)), &args).unwrap();
     let (mut unit, dir) = start_unit(&user, &net);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let full = loop {
-        let alerts = a.alerts();
-        if let Some(e) = alerts.into_iter().find(|x| x["rule"] == "guard.error" && field(x, "guard.map") == "ENFORCED")
-        {
-            break e;
-        }
-        assert!(std::time::Instant::now() < deadline, "no guard.error for the full map:\n{}", a.log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let full = wait_for_error(&a, "guard.map", "ENFORCED");
     // Placed from its exec, or from the scan that found its unit first: either stage.
     let stage = field(&full, "guard.stage").as_str().unwrap_or("");
     assert!(["placement", "discovery"].contains(&stage), "{full:#}");
@@ -332,17 +335,7 @@ fn a_kernel_map_the_programs_fill_is_alerted() {
     wait_placed(&a, &unit);
     go(&dir, 0);
     unit.wait_for("forked", Duration::from_secs(20)).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let full = loop {
-        let alerts = a.alerts();
-        if let Some(e) =
-            alerts.into_iter().find(|x| x["rule"] == "guard.error" && field(x, "guard.stage") == "kernel_maps")
-        {
-            break e;
-        }
-        assert!(std::time::Instant::now() < deadline, "no guard.error for the kernel's full map:\n{}", a.log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let full = wait_for_error(&a, "guard.stage", "kernel_maps");
     assert_eq!(field(&full, "guard.map"), "MARKS", "{full:#}");
     assert_eq!(field(&full, "guard.map_full"), true);
     assert!(full["output"].as_str().unwrap().contains("--map-size marks="), "{full:#}");

@@ -31,7 +31,7 @@ use guard_abi::{
 
 use crate::{
     packet::{lower, u16_at, u32_at, u8_at, Packet},
-    ring::{count_lost, header, submit_flags, EVENTS},
+    ring::{header, reserve},
 };
 
 #[map]
@@ -220,11 +220,7 @@ unsafe fn on_ingress(ctx: &SkBuffContext) -> Option<()> {
     bpf_loop(records, answer_step as *mut _, walk_ptr, 0);
 
     let qlen = qend - (dns + 12);
-    let flags = submit_flags();
-    let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
-        count_lost(EventKind::Dns);
-        return None;
-    };
+    let Some((mut entry, flags)) = reserve::<DnsEvent>(EventKind::Dns) else { return None; };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is the reserved record; every field is written before it is submitted.
     (*ev).hdr = header(EventKind::Dns, sock.pid_tgid, sock.cgroup);

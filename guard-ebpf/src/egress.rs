@@ -14,19 +14,19 @@ use aya_ebpf::{
 };
 use guard_abi::{
     dns::{DnsSocket, SUBJECT_SCOPE},
-    stratum::{Flow, FLOW_PENDING},
     egress_verdict,
     kconst::{AF_INET, AF_INET6},
+    stratum::{Flow, FLOW_PENDING},
     EgressEvent, EgressKey, EgressRule, EventKind, EGRESS_ALLOW, EGRESS_DENY, EGRESS_DENY_SWITCH, EGRESS_ENFORCE,
     EGRESS_KEY_FIXED_BITS, MAX_EGRESS_RULES, MAX_WATCHED_CGROUPS,
 };
 
 use crate::{
     cgroup::cgroup_lookup_at,
-    dns, fanout, stratum,
+    dns, fanout,
     read::current_cgroup,
-    ring::{count_lost, header, submit_flags, EVENTS},
-    scope,
+    ring::{header, reserve},
+    scope, stratum,
 };
 
 /// Notebook cgroups with an egress policy: policy id | `EGRESS_ENFORCE`.
@@ -192,9 +192,7 @@ fn track_dns(sock_addr: *mut core::ffi::c_void, d: &Dest) {
 #[inline(never)]
 fn report(d: &Dest, sendmsg: bool) {
     let enforce = d.pol & EGRESS_ENFORCE != 0;
-    let flags = submit_flags();
-    let Some(mut entry) = EVENTS.reserve::<EgressEvent>(0) else {
-        count_lost(EventKind::Egress);
+    let Some((mut entry, flags)) = reserve::<EgressEvent>(EventKind::Egress) else {
         return;
     };
     let ev = entry.as_mut_ptr();

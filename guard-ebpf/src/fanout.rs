@@ -14,7 +14,7 @@ use guard_abi::{
 
 use crate::{
     egress::Dest,
-    ring::{count_lost, header, submit_flags, EVENTS},
+    ring::{header, reserve},
 };
 
 /// (process, destination) → when it was first seen in the process's window.
@@ -76,9 +76,7 @@ pub fn emit(d: &Dest, reached: u64) {
     let (destinations, elapsed_ms) = (reached as u32, (reached >> 32) as u32);
     // Straight into the ring: a record built on the stack would count against the hook's
     // call chain.
-    let flags = submit_flags();
-    let Some(mut entry) = EVENTS.reserve::<FanoutEvent>(0) else {
-        count_lost(EventKind::Fanout);
+    let Some((mut entry, flags)) = reserve::<FanoutEvent>(EventKind::Fanout) else {
         return;
     };
     let ev = entry.as_mut_ptr();

@@ -25,7 +25,7 @@ use guard_abi::{
 use crate::{
     egress::EGRESS_CG,
     read::{read, read_ptr},
-    ring::{count_lost, header, submit_flags, EVENTS},
+    ring::{header, reserve},
     verdict::ENFORCED,
     CONFIG,
 };
@@ -99,11 +99,7 @@ unsafe fn on_mkdir(ctx: &RawTracePointContext) {
 /// # Safety
 /// `path` points to this CPU's PATH_BUF entry and `len` is at most its size.
 unsafe fn report(id: u64, path: *const [u8; INCARNATION_PATH_MAX], len: u32) {
-    // Before the reservation: a reserved record already counts as waiting data, and the
-    // wake-up decision must see the ring as it was (or an idle agent would never be woken).
-    let flags = submit_flags();
-    let Some(mut entry) = EVENTS.reserve::<CgroupEvent>(0) else {
-        count_lost(EventKind::Cgroup);
+    let Some((mut entry, flags)) = reserve::<CgroupEvent>(EventKind::Cgroup) else {
         return;
     };
     let ev = entry.as_mut_ptr();

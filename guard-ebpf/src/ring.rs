@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_smp_processor_id, generated::bpf_ktime_get_boot_ns},
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{ring_buf::RingBufEntry, Array, PerCpuArray, RingBuf},
 };
 use guard_abi::{EventHeader, EventKind, EVENT_KINDS, RECORD_FORMAT};
 
@@ -50,6 +50,23 @@ static RING_FILL: Array<u64> = Array::with_max_entries(1, 0);
 /// Not pinned: each load has its own, so a crashed agent's flag never silences the next one.
 #[map]
 static AGENT_POLLING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// A record of `kind` reserved in the ring, to be written in place (a record built on the
+/// stack would count against the caller's call chain), with the flags to submit it with; or
+/// none, the loss counted. The flags are read before the reservation: a reserved record
+/// already counts as waiting data, and the wake-up decision must see the ring as it was (or an
+/// idle agent would never be woken).
+#[inline(always)]
+pub(crate) fn reserve<T: 'static>(kind: EventKind) -> Option<(RingBufEntry<T>, u64)> {
+    let flags = submit_flags();
+    match EVENTS.reserve::<T>(0) {
+        Some(entry) => Some((entry, flags)),
+        None => {
+            count_lost(kind);
+            None
+        }
+    }
+}
 
 /// Submit flags implementing wake-up batching: the first record into an empty ring wakes an
 /// idle agent (the first alert goes out at once, and an idle agent needs no timer). An agent

@@ -19,7 +19,7 @@ use guard_abi::{
 
 use crate::{
     packet::Packet,
-    ring::{count_lost, header, submit_flags, EVENTS},
+    ring::{header, reserve},
 };
 
 #[map]
@@ -209,11 +209,7 @@ fn mining_method(p: &Peek) -> Option<[u8; METHOD_LEN]> {
 /// stack would count against the program's stack).
 #[inline(always)]
 fn report(flow: &Flow, method: [u8; METHOD_LEN], enforce: bool) {
-    let flags = submit_flags();
-    let Some(mut entry) = EVENTS.reserve::<StratumEvent>(0) else {
-        count_lost(EventKind::Stratum);
-        return;
-    };
+    let Some((mut entry, flags)) = reserve::<StratumEvent>(EventKind::Stratum) else { return; };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is the reserved record; every field is written before it is submitted.
     unsafe {
