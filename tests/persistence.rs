@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use guard_tests::{
     fake_kube::FakeKube,
-    pod::{Driver, Pod},
+    pod::{Driver, Pod, PodOptions},
     *,
 };
 use serde_json::Value;
@@ -223,19 +223,41 @@ print(subprocess.run([p], capture_output=True, text=True).stdout.strip())"#,
 #[test]
 fn drift_names_the_writer_and_tells_installs_from_the_kernels_own_files() {
     privileged!();
+    drift(false);
+}
+
+/// A home volume in memory (tmpfs): there a chmod does not mark the inode dirty, so the kernel
+/// hook cannot see it; fanotify watches that file system instead, and the writer is the same.
+#[test]
+fn drift_on_a_memory_home_volume_still_names_the_writer() {
+    privileged!();
+    drift(true);
+}
+
+fn drift(memory_home: bool) {
     let net = TestNet::new().unwrap();
     let dir = TempDir::new("drift").unwrap();
     let pod = Pod::new("jupyter-quinn---5f6a7b8c", "quinn", Driver::Cgroupfs).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = rt.block_on(FakeKube::start(vec![pod.manifest()]));
     let g = api.agent(&dir, "");
-    pod.start(&net.notebook).unwrap();
+    pod.start_opts(&net.notebook, &PodOptions { memory_home, ..PodOptions::default() }).unwrap();
     let (_, r) = pod.run_cells(&net.notebook, NOTEBOOK, DRIFT_CELLS).unwrap_or_else(|e| panic!("{e:#}"));
     let out = |i: usize| r[i].stdout.trim().to_string();
     assert_eq!([out(0), out(1)], ["DL-RAN", "TOOL-RAN"], "{r:?}");
     assert!(out(2).starts_with("pip 0"), "{r:?}");
     assert_eq!([out(3), out(4)], ["DRIFTY-RAN", "DRIFTY-SH-RAN"], "{r:?}");
     std::thread::sleep(Duration::from_millis(500));
+    // ext4 file systems (the upper layer's, a home on the node's disk) are the kernel hook's:
+    // no fanotify mark costs their every metadata change. Any other gets a mark.
+    let marked = filesystem_marks(g.pid());
+    for p in [&pod.upper, &pod.home] {
+        let ext4 = nix::sys::statfs::statfs(p).unwrap().filesystem_type() == nix::sys::statfs::EXT4_SUPER_MAGIC;
+        let dev = nix::sys::stat::stat(p.as_path()).unwrap().st_dev;
+        let kernel_dev = (libc::major(dev) << 20) | libc::minor(dev);
+        assert_eq!(marked.contains(&kernel_dev), !ext4, "{} (ext4: {ext4}) in {marked:x?}", p.display());
+    }
+    assert_eq!(marked.len() > 1, memory_home, "a memory home is marked beside the pod's /dev/shm: {marked:x?}");
     let log = g.log();
     let alerts = g.stop().unwrap();
     let drift: Vec<&Value> =
@@ -266,6 +288,22 @@ fn drift_names_the_writer_and_tells_installs_from_the_kernels_own_files() {
     assert!(!drift.iter().any(|a| field(a, "proc.exepath") == "/opt/conda/bin/drifty"), "{drift:#?}");
     assert_eq!(drift.len(), 3, "one alert per drifted exec:\n{drift:#?}");
     drop(pod);
+}
+
+/// The devices (the kernel's dev_t) of the file systems process `pid`'s fanotify groups
+/// mark whole (`fanotify sdev:…` lines, where an inode's mark starts with `ino:`).
+fn filesystem_marks(pid: u32) -> std::collections::HashSet<u32> {
+    let fdinfo = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap();
+    fdinfo
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("fanotify sdev:")?.split_whitespace().next())
+                .filter_map(|d| u32::from_str_radix(d, 16).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// A concrete path for a default location glob, as the notebook sees it.

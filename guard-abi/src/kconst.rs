@@ -30,3 +30,4 @@ pub const PF_IO_WORKER: u32 = 0x10;
 /// `inode.i_mode` file-type bits.
 pub const S_IFMT: u16 = 0o170000;
 pub const S_IFSOCK: u16 = 0o140000;
+pub const S_IFREG: u16 = 0o100000;

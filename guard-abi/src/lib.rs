@@ -10,6 +10,7 @@ pub mod dns;
 pub mod fanout;
 pub mod kconst;
 pub mod stratum;
+pub mod written;
 
 /// Bytes of `comm` (the kernel's TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
@@ -83,10 +84,11 @@ pub enum EventKind {
     Dns = 6,
     Fanout = 7,
     Stratum = 8,
+    Written = 9,
 }
 
 /// Number of slots in `LOST` (one per [`EventKind`]).
-pub const EVENT_KINDS: u32 = 9;
+pub const EVENT_KINDS: u32 = 10;
 
 impl EventKind {
     pub const ALL: [EventKind; EVENT_KINDS as usize] = [
@@ -99,6 +101,7 @@ impl EventKind {
         EventKind::Dns,
         EventKind::Fanout,
         EventKind::Stratum,
+        EventKind::Written,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -116,6 +119,7 @@ impl EventKind {
             EventKind::Dns => "dns",
             EventKind::Fanout => "fanout",
             EventKind::Stratum => "stratum",
+            EventKind::Written => "written",
         }
     }
 }
@@ -123,7 +127,7 @@ impl EventKind {
 /// Layout version of the ring's records, in the top half of [`EventHeader::kind`]. Bump it when
 /// any record's layout changes: an agent adopts the previous one's pinned ring, which holds
 /// whatever that one's programs wrote after it stopped, in their layout.
-pub const RECORD_FORMAT: u32 = 5;
+pub const RECORD_FORMAT: u32 = 6;
 
 /// Layout version of the pinned maps (their key and value types). Maps are pinned under
 /// `maps-v<PIN_LAYOUT>`: an agent whose layout differs from the pinned one's does not adopt

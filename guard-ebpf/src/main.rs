@@ -83,3 +83,4 @@ mod scope;
 mod sockets;
 mod stratum;
 mod verdict;
+mod written;

@@ -40,7 +40,7 @@ static WIRE: PerCpuArray<ExecWire> = PerCpuArray::with_max_entries(1, 0);
 /// inside a watched cgroup or one of its descendants. Checking ancestors in the kernel is what
 /// covers a container's first exec: the pod-level cgroup is registered before it exists.
 #[inline(always)]
-fn wanted(tgid: u32, cgroup: u64) -> bool {
+pub(crate) fn wanted(tgid: u32, cgroup: u64) -> bool {
     if tgid == conf!(agent_tgid) {
         return false;
     }

@@ -109,6 +109,11 @@ impl GuardProcess {
         let _ = nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), sig);
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }

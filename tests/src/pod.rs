@@ -77,6 +77,8 @@ pub struct PodOptions {
     pub service_account_token: bool,
     /// More arguments for the Jupyter server.
     pub server_args: Vec<String>,
+    /// The home volume in memory (an `emptyDir` with `medium: Memory`: tmpfs).
+    pub memory_home: bool,
 }
 
 pub struct Pod {
@@ -171,6 +173,13 @@ impl Pod {
         let mount = find_cgroup2_mount()?;
         for d in [&self.home, &self.upper, &self.dir.0.join("work"), &self.rootfs] {
             fs::create_dir_all(d)?;
+        }
+        if opts.memory_home {
+            let out =
+                Command::new("mount").args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"]).arg(&self.home).output()?;
+            if !out.status.success() {
+                bail!("mounting the home volume in memory: {}", String::from_utf8_lossy(&out.stderr));
+            }
         }
         let own = |p: &Path| nix::unistd::chown(p, Some(NB_UID.into()), Some(NB_GID.into()));
         own(&self.home)?;
@@ -300,7 +309,9 @@ impl Pod {
         runc(&["kill", &self.runc_id, "KILL"]);
         std::thread::sleep(Duration::from_millis(100));
         runc(&["delete", "--force", &self.runc_id]);
-        let _ = Command::new("umount").arg("-l").arg(&self.rootfs).stderr(Stdio::null()).status();
+        for m in [&self.rootfs, &self.home] {
+            let _ = Command::new("umount").arg("-l").arg(m).stderr(Stdio::null()).status();
+        }
         if let Ok(mount) = find_cgroup2_mount() {
             for cg in [&self.ctr_cgroup, &self.pod_cgroup] {
                 let p = mount.join(cg.strip_prefix("/").unwrap_or(cg));

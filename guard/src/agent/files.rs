@@ -27,12 +27,15 @@ pub(super) const FILE_SETTLE: Duration = Duration::from_millis(100);
 const WRITER_WAIT: Duration = Duration::from_secs(3);
 /// Metadata changes waiting for their writer, at most.
 const DEFERRED_MAX: usize = 4096;
+/// A change reported by the kernel hook is one if the file's change time is this recent.
+const CHANGE_RECENT: Duration = Duration::from_secs(2);
 /// Processes in the writer's chain reported.
 const WRITER_CHAIN: usize = 8;
 
 /// The file sensor and the watcher, when the kernel allows (a policy with persistence off
-/// gets an empty tree, so a reload can switch it on).
-pub(super) fn start(policy: &Policy) -> Option<Watcher> {
+/// gets an empty tree, so a reload can switch it on). `drift_hook`: the kernel reports
+/// executables written through the ring.
+pub(super) fn start(policy: &Policy, drift_hook: bool) -> Option<Watcher> {
     match FileSensor::new() {
         Ok(sensor) => {
             if !sensor.writer_pids {
@@ -41,7 +44,7 @@ pub(super) fn start(policy: &Policy) -> Option<Watcher> {
             let drift = FileSensor::new()
                 .map_err(|e| tracing::warn!(error = %e, "executables made in a session are not watched (drift)"))
                 .ok();
-            Some(Watcher::new(tree_of(policy), sensor, drift))
+            Some(Watcher::new(tree_of(policy), sensor, drift, drift_hook))
         }
         Err(e) => {
             tracing::warn!(error = %e, "persistence locations are not watched: fanotify is not available");
@@ -137,6 +140,10 @@ impl<W: Write> Pipeline<W> {
         let ready = self.pending_files.ready(now);
         let mut later = Vec::new();
         for (received, ev) in ready {
+            if !self.files.as_ref().is_some_and(|w| w.concerns(&ev)) {
+                self.event_counts.file.inc();
+                continue;
+            }
             if let Some(pid) = ev.pid {
                 // Alive, the writer is what /proc says now (the ring may be behind); gone, what
                 // the table learned, once it has its exec.
@@ -215,6 +222,27 @@ impl<W: Write> Pipeline<W> {
             }
         }
         true
+    }
+
+    /// The kernel hook's report of an executable a process changed: kept when the process
+    /// is a notebook's and the change is recent. An exec's atime update of an old file marks
+    /// it dirty too, with its old change time.
+    pub(super) fn on_written(&mut self, w: &crate::sensors::decode::Written) {
+        let tgid = w.meta.tgid;
+        if self.who(w.meta.cgroup_id, tgid).is_none() {
+            return;
+        }
+        let ctime = i128::from(w.ctime.0) * 1_000_000_000 + i128::from(w.ctime.1);
+        let at = self.clock.wall(w.meta.ktime_ns).unix_timestamp_nanos();
+        if at - ctime > CHANGE_RECENT.as_nanos() as i128 {
+            return;
+        }
+        // Its exec came before, through the ring; one from before the agent is read now.
+        self.table.ensure(&self.proc_root, tgid);
+        let chain = self.table.chain_with_exited(tgid, WRITER_CHAIN);
+        if let Some(written) = self.files.as_mut().and_then(|f| f.written.as_mut()) {
+            written.on_written((w.dev, w.ino), chain, Instant::now());
+        }
     }
 
     /// A new policy's locations (or none): what is watched is walked again.

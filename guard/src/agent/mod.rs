@@ -214,6 +214,7 @@ impl<W: Write> Pipeline<W> {
             Event::Dns(_) => c.dns.inc(),
             Event::Fanout(_) => c.fanout.inc(),
             Event::Stratum(_) => c.stratum.inc(),
+            Event::Written(_) => c.written.inc(),
         };
         match ev {
             Event::Exec(e) => self.on_exec(&e),
@@ -221,6 +222,7 @@ impl<W: Write> Pipeline<W> {
             Event::Exit(x) => self.table.on_exit(&x),
             Event::Dns(d) => self.names.learn(&d),
             Event::Stratum(m) => self.on_stratum(m),
+            Event::Written(w) => self.on_written(&w),
             Event::Fanout(f) => self.on_fanout(f),
             Event::Egress(g) => self.on_egress(g),
             // Known before anything its processes do: attribution holds even when the cgroup is

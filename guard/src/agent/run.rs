@@ -130,6 +130,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     table.seed_from_proc(&opts.proc_root, &mut |env| detector.redactor.learn_environ(env), &local);
     let (hub_tx, mut hub_rx) = mpsc::unbounded_channel::<Vec<hub::Endpoint>>();
     let (responder, mut response_rx) = crate::respond::hub::HubResponder::start();
+    let drift_hook = sensor.drift_hook();
     let mut pipe = Pipeline {
         table,
         attributor,
@@ -163,7 +164,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         text: opts.text,
         errors: Default::default(),
         notifier: crate::respond::notice::Notifier::new(opts.proc_root.clone()),
-        files: super::files::start(&policy),
+        files: super::files::start(&policy, drift_hook),
         pending_files: Default::default(),
         deferred_attrib: Default::default(),
         posture: Default::default(),

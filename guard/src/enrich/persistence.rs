@@ -72,9 +72,10 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(tree: Tree, sensor: FileSensor, drift: Option<FileSensor>) -> Self {
+    /// `hook`: the kernel reports executables written (drift) through the ring.
+    pub fn new(tree: Tree, sensor: FileSensor, drift: Option<FileSensor>, hook: bool) -> Self {
         Self {
-            written: drift.map(super::written::Written::new),
+            written: drift.map(|d| super::written::Written::new(d, hook)),
             tree,
             sensor,
             marked: HashMap::new(),
@@ -222,6 +223,16 @@ impl Watcher {
         if let Err(e) = self.sensor.mark_file(dir, name) {
             tracing::debug!(name = ?name, error = %e, "cannot watch a persistence file");
         }
+    }
+
+    /// Whether an event may mean anything: a name in a watched directory that is a location
+    /// or on the way to one. A home's mark reports every file made there (a notebook saved,
+    /// a scratch file); the rest of them are dropped on this, before any look at the writer.
+    pub fn concerns(&self, ev: &FileEvent) -> bool {
+        self.marked.get(&ev.dir).is_some_and(|m| {
+            let nm = self.tree.name(m.node, &ev.name.to_string_lossy());
+            nm.kind.is_some() || !nm.dirs.is_empty()
+        })
     }
 
     /// What one event means: location files planted, and directories on the way to

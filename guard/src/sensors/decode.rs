@@ -163,6 +163,7 @@ pub enum Event {
     Dns(Dns),
     Fanout(Fanout),
     Stratum(Stratum),
+    Written(Written),
 }
 
 impl Event {
@@ -177,6 +178,7 @@ impl Event {
             Event::Dns(d) => &d.meta,
             Event::Fanout(f) => &f.meta,
             Event::Stratum(s) => &s.meta,
+            Event::Written(w) => &w.meta,
         }
     }
 }
@@ -345,6 +347,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         Some(EventKind::Dns) => dns::decode(buf).map(Event::Dns),
         Some(EventKind::Fanout) => fanout::decode(buf).map(Event::Fanout),
         Some(EventKind::Stratum) => stratum::decode(buf).map(Event::Stratum),
+        Some(EventKind::Written) => written::decode(buf).map(Event::Written),
         None => Err(DecodeError::UnknownKind(kind)),
     }
 }
@@ -352,9 +355,11 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
 mod dns;
 mod fanout;
 mod stratum;
+mod written;
 pub use dns::Dns;
 pub use fanout::Fanout;
 pub use stratum::Stratum;
+pub use written::Written;
 
 #[cfg(test)]
 mod tests;

@@ -74,6 +74,7 @@ pub struct ProcessSensor {
     ring_fill: aya::maps::Array<MapData, u64>,
     polling: Option<aya::maps::Array<MapData, u32>>,
     ring_bytes: u32,
+    drift_hook: bool,
 }
 
 /// Kernel-side losses, by event kind.
@@ -151,6 +152,7 @@ impl ProcessSensor {
                 None => links.push((name, id)),
             }
         }
+        let drift_hook = attach_drift_hook(&mut ebpf, &mut links);
         let lost = PerCpuArray::try_from(take(&mut ebpf, names::LOST)?)?;
         let map_full = PerCpuArray::try_from(take(&mut ebpf, names::MAP_FULL)?)?;
         let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED)?)?;
@@ -183,7 +185,14 @@ impl ProcessSensor {
             ring_fill,
             polling: Some(polling),
             ring_bytes: opts.ring_bytes,
+            drift_hook,
         })
+    }
+
+    /// Executables changed by notebook processes are reported through the ring (drift);
+    /// without it (a kernel that refused the hook) fanotify watches for them instead.
+    pub fn drift_hook(&self) -> bool {
+        self.drift_hook
     }
 
     /// The ring buffer, mapped and handed to the reader once.
@@ -285,6 +294,28 @@ impl ProcessSensor {
             if let Some(Err(e)) = prog.map(|p| p.detach(link)) {
                 tracing::warn!(program = name, error = %e, "detaching");
             }
+        }
+    }
+}
+
+/// Attaches drift's hook (`writeback_mark_inode_dirty`): optional, so a kernel that refuses
+/// it costs drift its cheap path, not the agent its start. Not pinned: it only observes.
+fn attach_drift_hook(ebpf: &mut Ebpf, links: &mut Vec<(&'static str, RawTracePointLinkId)>) -> bool {
+    let name = guard_abi::written::names::PROG_INODE_DIRTY;
+    let attached = (|| -> Result<RawTracePointLinkId> {
+        let prog: &mut RawTracePoint =
+            ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?.try_into()?;
+        prog.load().with_context(|| format!("verifying {name}"))?;
+        prog.attach(name).with_context(|| format!("attaching raw tracepoint {name}"))
+    })();
+    match attached {
+        Ok(id) => {
+            links.push((name, id));
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = format!("{e:#}"), "executables made in sessions are watched by fanotify instead (costs every metadata change on their file systems)");
+            false
         }
     }
 }

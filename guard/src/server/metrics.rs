@@ -144,6 +144,7 @@ pub struct EventCounters {
     pub dns: Counter,
     pub fanout: Counter,
     pub stratum: Counter,
+    pub written: Counter,
 }
 
 fn now() -> u64 {
@@ -165,6 +166,7 @@ impl Metrics {
             dns: of("dns"),
             fanout: of("fanout"),
             stratum: of("stratum"),
+            written: of("written"),
         }
     }
 
