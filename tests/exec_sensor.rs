@@ -247,3 +247,51 @@ fn unwatched_cgroups_and_descendants() {
     assert!(execs_of(&events, b).is_empty() && execs_of(&late, b).is_empty(), "unwatched cgroup reported");
     drop(child);
 }
+
+/// Drift's kernel hook: an executable made by a process in a watched cgroup is reported once,
+/// naming that process, however many pages it wrote; running it (an atime update) and an
+/// executable made outside the cgroup are not reported.
+#[test]
+fn an_executable_made_in_a_watched_cgroup_is_reported_once_by_its_maker() {
+    privileged!();
+    let cg = TestCgroup::new("written").unwrap();
+    let dir = TempDir::new("written").unwrap();
+    let mut h = SensorHarness::start(1 << 20, &[&cg]).unwrap();
+    assert!(h.sensor.drift_hook(), "the kernel took drift's hook");
+    let (made, outside) = (dir.0.join("made"), dir.0.join("outside"));
+    // This test process is in no watched cgroup.
+    fs::copy("/bin/sh", &outside).unwrap();
+    // cp keeps /bin/sh's mode: the copy is executable from its first page on.
+    let cp =
+        spawn_in(&cg, Exec::Path(Path::new("/bin/cp")), &[OsStr::new("cp"), OsStr::new("/bin/sh"), made.as_os_str()])
+            .unwrap();
+    wait_ok(cp).unwrap();
+    let run = spawn_in(&cg, Exec::Path(&made), &[OsStr::new("sh"), OsStr::new("-c"), OsStr::new(":")]).unwrap();
+    wait_ok(run).unwrap();
+    let mut events = h.collect_until(WAIT, |evs| !execs_of(evs, run).is_empty());
+    std::thread::sleep(Duration::from_millis(100));
+    events.extend(h.drain());
+    let kernel_id = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(p).unwrap();
+        ((libc::major(m.dev()) << 20) | libc::minor(m.dev()), m.ino())
+    };
+    let written: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Written(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    let of = |p: &Path| written.iter().filter(|w| (w.dev, w.ino) == kernel_id(p)).collect::<Vec<_>>();
+    let reports = of(&made);
+    assert_eq!(reports.len(), 1, "one report of the copy: {written:#?}");
+    assert_eq!(reports[0].meta.tgid, cp.as_raw() as u32, "cp made it");
+    assert_eq!(reports[0].meta.cgroup_id, cg.id);
+    assert_eq!(
+        reports[0].mode,
+        0o100000 | fs::metadata(&made).unwrap().permissions().mode() & 0o7777,
+        "a regular file"
+    );
+    assert!(of(&outside).is_empty(), "made outside the watched cgroup: {written:#?}");
+}

@@ -218,6 +218,13 @@ print(subprocess.run([p], capture_output=True, text=True).stdout.strip())"#,
     CONSOLE_WHEEL,
     "import subprocess\nprint(subprocess.run(['/opt/conda/bin/drifty'], capture_output=True, text=True).stdout.strip())",
     "import subprocess\nprint(subprocess.run(['/opt/conda/bin/drifty-sh'], capture_output=True, text=True).stdout.strip())",
+    // A binary created executable (no chmod at all: a linker's output), in the home.
+    r#"import os, subprocess
+p = os.path.expanduser('~/made-755')
+fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o755)
+os.write(fd, open('/bin/echo', 'rb').read())
+os.close(fd)
+print(subprocess.run([p, 'MADE-RAN'], capture_output=True, text=True).stdout.strip())"#,
 ];
 
 #[test]
@@ -246,7 +253,7 @@ fn drift(memory_home: bool) {
     let out = |i: usize| r[i].stdout.trim().to_string();
     assert_eq!([out(0), out(1)], ["DL-RAN", "TOOL-RAN"], "{r:?}");
     assert!(out(2).starts_with("pip 0"), "{r:?}");
-    assert_eq!([out(3), out(4)], ["DRIFTY-RAN", "DRIFTY-SH-RAN"], "{r:?}");
+    assert_eq!([out(3), out(4), out(5)], ["DRIFTY-RAN", "DRIFTY-SH-RAN", "MADE-RAN"], "{r:?}");
     std::thread::sleep(Duration::from_millis(500));
     // ext4 file systems (the upper layer's, a home on the node's disk) are the kernel hook's:
     // no fanotify mark costs their every metadata change. Any other gets a mark.
@@ -286,7 +293,10 @@ fn drift(memory_home: bool) {
     assert_eq!(tool["rule"], "notebook.drift_exec_installed", "{tool:#}");
     assert!(first_writer(tool).contains("-m pip install"), "{tool:#}");
     assert!(!drift.iter().any(|a| field(a, "proc.exepath") == "/opt/conda/bin/drifty"), "{drift:#?}");
-    assert_eq!(drift.len(), 3, "one alert per drifted exec:\n{drift:#?}");
+    let made = of("/home/jovyan/made-755");
+    assert_eq!(made["rule"], "notebook.drift_exec", "{made:#}");
+    assert!(first_writer(made).contains("ipykernel_launcher"), "the kernel made it: {made:#}");
+    assert_eq!(drift.len(), 4, "one alert per drifted exec:\n{drift:#?}");
     drop(pod);
 }
 

@@ -5,13 +5,11 @@
 //! loop, a binary written page by page) and accesses (an exec's atime update leaves the
 //! change time alone) are dropped here.
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{map, raw_tracepoint},
+    macros::{btf_tracepoint, map},
     maps::LruHashMap,
-    programs::RawTracePointContext,
+    programs::BtfTracePointContext,
 };
 use guard_abi::{
     kconst::{S_IFMT, S_IFREG},
@@ -21,7 +19,7 @@ use guard_abi::{
 
 use crate::{
     process::wanted,
-    read::{current_cgroup, read, read_ptr},
+    read::current_cgroup,
     ring::{header, reserve},
     CONFIG,
 };
@@ -33,13 +31,14 @@ static WRITTEN_SEEN: LruHashMap<FileKey, Seen> = LruHashMap::with_max_entries(MA
 /// The root cgroup's id: kernel threads (writeback's own inode updates) live there.
 const ROOT_CGROUP: u64 = 1;
 
-// TP_PROTO(struct inode *inode, int flags)
-#[raw_tracepoint(tracepoint = "writeback_mark_inode_dirty")]
-pub fn writeback_mark_inode_dirty(ctx: RawTracePointContext) -> i32 {
-    // The tracepoint's first argument: the inode, read through probe-read helpers only.
-    let inode: *const u8 = ctx.arg::<*const c_void>(0).cast();
-    // SAFETY: as above.
-    let mode = unsafe { read::<u16>(inode, conf!(offsets.inode_mode)) };
+// TP_PROTO(struct inode *inode, int flags). A BTF tracepoint: its argument is a typed
+// pointer, so the mode, read on every inode change of the node, is a plain load checked by the
+// verifier against the inode's layout, not a helper call.
+#[btf_tracepoint(function = "writeback_mark_inode_dirty")]
+pub fn writeback_mark_inode_dirty(ctx: BtfTracePointContext) -> i32 {
+    let inode: *const u8 = ctx.arg(0);
+    // SAFETY: `inode` is the tracepoint's own, valid for the call (see `field`).
+    let mode = unsafe { field::<u16>(inode, conf!(offsets.inode_mode)) };
     if mode & S_IFMT != S_IFREG || mode & 0o111 == 0 {
         return 0;
     }
@@ -53,24 +52,45 @@ pub fn writeback_mark_inode_dirty(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// A field of a kernel object a BTF tracepoint was given: a plain load, which the verifier
+/// checks against the object's BTF layout (the offset, from `.rodata`, is a constant to it).
 #[inline(always)]
 /// # Safety
-/// `inode` is the tracepoint's; it is read through probe-read helpers only.
+/// `base` is a typed pointer from the tracepoint's arguments (or a pointer field read from one
+/// this way); `off` is the agent's offset, from this kernel's BTF, of a field of `T`'s size.
+unsafe fn field<T: Copy>(base: *const u8, off: u32) -> T {
+    core::ptr::read_volatile(base.add(off as usize).cast::<T>())
+}
+
+#[inline(always)]
+/// # Safety
+/// `inode` is the tracepoint's (see `field`).
 unsafe fn on_written(inode: *const u8, mode: u16, pid_tgid: u64, cgroup: u64) {
     let tgid = (pid_tgid >> 32) as u32;
-    let sb = read_ptr(inode, conf!(offsets.inode_sb));
-    let key = FileKey { ino: read::<u64>(inode, conf!(offsets.inode_ino)), dev: read::<u32>(sb, conf!(offsets.sb_dev)), _pad: 0 };
+    let sb = field::<*const u8>(inode, conf!(offsets.inode_sb));
+    let key = FileKey {
+        ino: field::<u64>(inode, conf!(offsets.inode_ino)),
+        dev: field::<u32>(sb, conf!(offsets.sb_dev)),
+        _pad: 0,
+    };
     let now = Seen {
-        ctime_sec: read::<i64>(inode, conf!(offsets.inode_ctime_sec)),
-        ctime_nsec: read::<u32>(inode, conf!(offsets.inode_ctime_nsec)) & CTIME_NSEC_MASK,
+        ctime_sec: field::<i64>(inode, conf!(offsets.inode_ctime_sec)),
+        ctime_nsec: field::<u32>(inode, conf!(offsets.inode_ctime_nsec)) & CTIME_NSEC_MASK,
         tgid,
     };
-    // SAFETY: copied out at once; a racing update from another CPU only makes it stale.
-    if let Some(seen) = WRITTEN_SEEN.get(&key).copied() {
-        let changed = seen.ctime_sec != now.ctime_sec || seen.ctime_nsec != now.ctime_nsec;
-        if !changed || seen.tgid == tgid {
+    if let Some(seen) = WRITTEN_SEEN.get_ptr_mut(&key) {
+        // SAFETY: a valid map value; another CPU racing on the same file only decides which
+        // of two recent changes is kept.
+        let (ctime_sec, ctime_nsec, writer) = unsafe { ((*seen).ctime_sec, (*seen).ctime_nsec, (*seen).tgid) };
+        let changed = ctime_sec != now.ctime_sec || ctime_nsec != now.ctime_nsec;
+        if !changed || writer == tgid {
             if changed {
-                let _ = WRITTEN_SEEN.insert(&key, &now, 0);
+                // In place: the same writer again (a chmod loop) costs no insert.
+                // SAFETY: as above.
+                unsafe {
+                    (*seen).ctime_sec = now.ctime_sec;
+                    (*seen).ctime_nsec = now.ctime_nsec;
+                }
             }
             return;
         }

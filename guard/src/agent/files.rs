@@ -19,7 +19,7 @@ use crate::{
     enrich::persistence::Watcher,
     policy::{persistence::Tree, Policy},
     process::{roles::is_server_argv, table::Role},
-    sensors::files::{FileEvent, FileSensor, FAN_ATTRIB, FAN_ONDIR},
+    sensors::files::{FileEvent, FileSensor, FAN_ATTRIB, FAN_CREATE, FAN_ONDIR},
 };
 
 pub(super) const FILE_SETTLE: Duration = Duration::from_millis(100);
@@ -190,7 +190,7 @@ impl<W: Write> Pipeline<W> {
         let mut events: Vec<(Instant, FileEvent)> = self.deferred_attrib.drain(..).collect();
         events.extend(fresh.into_iter().map(|e| (now, e)));
         for (received, ev) in events {
-            if ev.mask & FAN_ATTRIB != 0
+            if ev.mask & (FAN_ATTRIB | FAN_CREATE) != 0
                 && !self.on_attrib(&ev, now)
                 && now.duration_since(received) < WRITER_WAIT
                 && self.deferred_attrib.len() < DEFERRED_MAX
@@ -200,7 +200,8 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// A metadata change: kept when a notebook process left a file executable (drift).
+    /// A metadata change or a file made: kept when a notebook process left a file executable
+    /// (drift).
     /// Returns false when its writer is gone and not known yet (the ring has not brought
     /// its exec): the caller asks again later.
     fn on_attrib(&mut self, ev: &FileEvent, now: Instant) -> bool {

@@ -7,9 +7,11 @@
 //!   notebook process, known by device and inode. It sees a chmod only where the file system
 //!   marks the inode dirty for it (ext4); elsewhere (xfs, btrfs, tmpfs) it sees files made
 //!   executable and executables written, not a chmod of a file written earlier.
-//! - fanotify `FAN_ATTRIB` on a file system mark, for the file systems the hook leaves short
-//!   (all of them without the hook). Its price: every metadata change on that file system,
-//!   node-wide (a chmod, a link or unlink, a utime), queues an event, about a microsecond each.
+//! - fanotify `FAN_ATTRIB` and `FAN_CREATE` on a file system mark, for the file systems the
+//!   hook leaves short (all of them without the hook; tmpfs marks no inode dirty for a file
+//!   created and written at once). Its price: every metadata change and file made on that
+//!   file system, node-wide (a chmod, a link or unlink, a utime), queues an event, about a
+//!   microsecond each.
 //!
 //! The marks are on the file systems where a notebook's files change: its container's upper
 //! layer (overlayfs itself refuses file system marks; its writes reach the layer below) and
@@ -122,8 +124,8 @@ impl Written {
         self.by_inode.insert(file, Made { chain, at: now });
     }
 
-    /// A metadata change by a notebook process (`chain`: the writer first): remembered when
-    /// it left a regular file executable.
+    /// A metadata change or a file made by a notebook process (`chain`: the writer first):
+    /// remembered when it left a regular file executable.
     pub fn on_attrib(&mut self, ev: &FileEvent, chain: Vec<ProcInfo>, now: Instant) {
         let Some(mount) = self.filesystems.get(&ev.dir.fsid) else { return };
         let Ok(dir) = open_dir_by_key(mount, &ev.dir) else { return };

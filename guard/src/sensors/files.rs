@@ -132,15 +132,15 @@ impl FileSensor {
     }
 
     /// Watches the whole file system `on` is on for metadata changes (chmod: what was made
-    /// executable). Not every file system allows it (overlayfs refuses): the caller marks
-    /// the one below. Returns the file system's id.
+    /// executable) and files made (one created executable). Not every file system allows it
+    /// (overlayfs refuses): the caller marks the one below. Returns the file system's id.
     pub fn mark_filesystem(&self, on: &OwnedFd) -> io::Result<[i32; 2]> {
         // SAFETY: both fds are open; a null path marks the file system of `on`.
         let r = unsafe {
             libc::fanotify_mark(
                 self.fd.as_raw_fd(),
                 FAN_MARK_ADD | FAN_MARK_FILESYSTEM,
-                FAN_ATTRIB,
+                FAN_ATTRIB | FAN_CREATE,
                 on.as_raw_fd(),
                 std::ptr::null(),
             )

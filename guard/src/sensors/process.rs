@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
+    programs::{raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId, BtfTracePoint, RawTracePoint},
     Ebpf, EbpfLoader,
 };
 use guard_abi::{names, Config, EventKind, EVENT_KINDS};
@@ -74,7 +74,8 @@ pub struct ProcessSensor {
     ring_fill: aya::maps::Array<MapData, u64>,
     polling: Option<aya::maps::Array<MapData, u32>>,
     ring_bytes: u32,
-    drift_hook: bool,
+    /// Drift's hook, when the kernel took it.
+    drift_link: Option<BtfTracePointLinkId>,
 }
 
 /// Kernel-side losses, by event kind.
@@ -152,7 +153,7 @@ impl ProcessSensor {
                 None => links.push((name, id)),
             }
         }
-        let drift_hook = attach_drift_hook(&mut ebpf, &mut links);
+        let drift_link = attach_drift_hook(&mut ebpf);
         let lost = PerCpuArray::try_from(take(&mut ebpf, names::LOST)?)?;
         let map_full = PerCpuArray::try_from(take(&mut ebpf, names::MAP_FULL)?)?;
         let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED)?)?;
@@ -185,14 +186,14 @@ impl ProcessSensor {
             ring_fill,
             polling: Some(polling),
             ring_bytes: opts.ring_bytes,
-            drift_hook,
+            drift_link,
         })
     }
 
     /// Executables changed by notebook processes are reported through the ring (drift);
     /// without it (a kernel that refused the hook) fanotify watches for them instead.
     pub fn drift_hook(&self) -> bool {
-        self.drift_hook
+        self.drift_link.is_some()
     }
 
     /// The ring buffer, mapped and handed to the reader once.
@@ -268,6 +269,13 @@ impl ProcessSensor {
     /// Detaches every program; events already in the ring stay readable. Pinned links stay:
     /// with pinning, enforcement continues after the agent and the next one adopts it.
     pub fn detach(&mut self) {
+        if let Some(link) = self.drift_link.take() {
+            let name = guard_abi::written::names::PROG_INODE_DIRTY;
+            let prog: Option<&mut BtfTracePoint> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+            if let Some(Err(e)) = prog.map(|p| p.detach(link)) {
+                tracing::warn!(program = name, error = %e, "detaching");
+            }
+        }
         for (name, link) in self.skb_links.drain(..) {
             let prog: Option<&mut aya::programs::CgroupSkb> =
                 self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
@@ -298,26 +306,21 @@ impl ProcessSensor {
     }
 }
 
-/// Attaches drift's hook (`writeback_mark_inode_dirty`): optional, so a kernel that refuses
-/// it costs drift its cheap path, not the agent its start. Not pinned: it only observes.
-fn attach_drift_hook(ebpf: &mut Ebpf, links: &mut Vec<(&'static str, RawTracePointLinkId)>) -> bool {
+/// Attaches drift's hook (`writeback_mark_inode_dirty`, a BTF tracepoint): optional, so a
+/// kernel that refuses it costs drift its cheap path, not the agent its start. Not pinned: it
+/// only observes.
+fn attach_drift_hook(ebpf: &mut Ebpf) -> Option<BtfTracePointLinkId> {
     let name = guard_abi::written::names::PROG_INODE_DIRTY;
-    let attached = (|| -> Result<RawTracePointLinkId> {
-        let prog: &mut RawTracePoint =
+    let attached = (|| -> Result<BtfTracePointLinkId> {
+        let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+        let prog: &mut BtfTracePoint =
             ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?.try_into()?;
-        prog.load().with_context(|| format!("verifying {name}"))?;
-        prog.attach(name).with_context(|| format!("attaching raw tracepoint {name}"))
+        prog.load(name, &btf).with_context(|| format!("verifying {name}"))?;
+        prog.attach().with_context(|| format!("attaching BTF tracepoint {name}"))
     })();
-    match attached {
-        Ok(id) => {
-            links.push((name, id));
-            true
-        }
-        Err(e) => {
-            tracing::warn!(error = format!("{e:#}"), "executables made in sessions are watched by fanotify instead (costs every metadata change on their file systems)");
-            false
-        }
-    }
+    attached
+        .map_err(|e| tracing::warn!(error = format!("{e:#}"), "executables made in sessions are watched by fanotify instead (costs every metadata change on their file systems)"))
+        .ok()
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {

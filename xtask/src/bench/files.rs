@@ -1,12 +1,14 @@
 //! The file sensor's cost to a notebook's own file I/O: persistence directories are watched
-//! with fanotify directory marks (the home is one), executables made with a file-system mark
-//! for metadata changes. Writes in the home itself and chmod are the worst cases (each one is
-//! an event read by the agent); writes below the home are what notebooks mostly do.
+//! with fanotify directory marks (the home is one); executables made are seen by the kernel
+//! hook every inode change passes. Writes in the home itself (each one an event the agent
+//! reads), large files (every page an inode change) and chmods (an executable changed) are
+//! the worst cases; small writes below the home are what notebooks mostly do.
 
 use super::*;
 
 /// File operations per timed chunk (a few ms each here).
 const FILE_CHUNK: u64 = 200;
+const BIG_CHUNK: u64 = 10;
 const CHMOD_CHUNK: u64 = 1000;
 const FILE_ROUNDS: usize = 25;
 
@@ -41,15 +43,19 @@ pub(super) fn files(c: &mut Ctx) -> Result<()> {
     fs::write(home.join("tool"), "#!/bin/sh\n")?;
     let _server = Server::start(c, &home)?;
     let per_op = |ns: f64| 1e9 / ns;
+    let tool = home.join("tool");
+    let nb = Some(c.nb.as_path());
     let scenarios = [
-        ("file writes in the home (a watched directory)", format!("files:{}", home.display()), FILE_CHUNK),
-        ("file writes below the home (not watched)", format!("files:{}", home.join("work").display()), FILE_CHUNK),
-        ("chmod in the home (file-system mark)", format!("chmod:{}", home.join("tool").display()), CHMOD_CHUNK),
+        ("file writes in the home (a watched directory)", format!("files:{}", home.display()), FILE_CHUNK, nb),
+        ("file writes below the home (not watched)", format!("files:{}", home.join("work").display()), FILE_CHUNK, nb),
+        ("1 MiB files written below the home", format!("bigfile:{}", home.join("work").display()), BIG_CHUNK, nb),
+        ("chmod in the home", format!("chmod:{}", tool.display()), CHMOD_CHUNK, nb),
+        ("chmod in the home, outside notebooks", format!("chmod:{}", tool.display()), CHMOD_CHUNK, None),
     ];
     let mut rows = Vec::new();
     let mut json = Map::new();
-    for (name, kind, chunk) in scenarios {
-        let (o, accounting) = steady_overhead(c, &kind, chunk, c.rounds(FILE_ROUNDS), per_op)?;
+    for (name, kind, chunk, cgroup) in scenarios {
+        let (o, accounting) = steady_overhead_in(c, &kind, chunk, c.rounds(FILE_ROUNDS), per_op, cgroup)?;
         let (lo, hi) = min_max(&o.ratios);
         eprintln!("bench: {name}: ratio {:.3} ({lo:.3}–{hi:.3})", median(&o.ratios));
         rows.push(o.row(name, "ops/s"));
@@ -63,6 +69,7 @@ pub(super) fn files(c: &mut Ctx) -> Result<()> {
         &[
             ("rounds", c.rounds(FILE_ROUNDS).to_string()),
             ("file_chunk", FILE_CHUNK.to_string()),
+            ("big_chunk", BIG_CHUNK.to_string()),
             ("chmod_chunk", CHMOD_CHUNK.to_string()),
             ("window_s", WINDOW.as_secs_f64().to_string()),
             ("rows", rows.join("\n")),

@@ -8,12 +8,14 @@
 //! they run for the whole scenario, timing every chunk of a millisecond or so, and the
 //! benchmark compares windows of time seconds apart within the one process ([`SteadyLoad`]).
 
+mod file_ops;
+
 use std::{
     fs,
     io::Read,
     net::{TcpListener, TcpStream},
     os::{fd::AsRawFd, unix::process::CommandExt},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, ChildStdin, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -483,33 +485,7 @@ pub fn run_load(kind: &str, n: u64, rate: u64) -> Result<()> {
             unsafe { libc::getppid() };
             Ok(())
         })?,
-        // A file created, written, closed and removed in a directory: `files:DIR`.
-        k if k.starts_with("files:") => {
-            let dir = PathBuf::from(&k["files:".len()..]);
-            let data = [7u8; 4096];
-            let mut i = 0u64;
-            run_steady(n, || {
-                let p = dir.join(format!("bench-{}", i % 16));
-                i += 1;
-                fs::write(&p, data)?;
-                fs::remove_file(&p)?;
-                Ok(())
-            })?
-        }
-        // A file's mode switched between 0755 and 0644: `chmod:FILE`.
-        k if k.starts_with("chmod:") => {
-            use std::os::unix::fs::PermissionsExt;
-            let file = PathBuf::from(&k["chmod:".len()..]);
-            let mut i = 0u32;
-            run_steady(n, || {
-                i += 1;
-                fs::set_permissions(
-                    &file,
-                    fs::Permissions::from_mode(if i.is_multiple_of(2) { 0o755 } else { 0o644 }),
-                )?;
-                Ok(())
-            })?
-        }
+        k if file_ops::is(k) => file_ops::run(k, n)?,
         _ => bail!("unknown load {kind}"),
     }
     Ok(())

@@ -165,8 +165,20 @@ pub(super) fn steady_overhead(
     rounds: usize,
     per_op: fn(f64) -> f64,
 ) -> Result<(Overhead, Value)> {
+    steady_overhead_in(c, kind, chunk, rounds, per_op, Some(&c.nb))
+}
+
+/// [`steady_overhead`] with the load in `cgroup` (None: the bench's own, outside notebooks).
+pub(super) fn steady_overhead_in(
+    c: &Ctx,
+    kind: &str,
+    chunk: u64,
+    rounds: usize,
+    per_op: fn(f64) -> f64,
+    cgroup: Option<&Path>,
+) -> Result<(Overhead, Value)> {
     let mut o = Overhead::default();
-    let load = SteadyLoad::start(kind, chunk, Some(&c.nb))?;
+    let load = SteadyLoad::start(kind, chunk, cgroup)?;
     let mut pairs = Vec::new();
     for round in 0..rounds {
         let first_off = (round % 2 == 0).then(|| load.window(WINDOW));
