@@ -42,8 +42,13 @@ pub(super) fn start(policy: &Policy, drift_hook: bool) -> Option<Watcher> {
                 tracing::warn!("persistence writes are watched, but their writers will be unknown: fanotify reports pids only to a listener with CAP_SYS_ADMIN");
             }
             let drift = FileSensor::new()
-                .map_err(|e| tracing::warn!(error = %e, "executables made in a session are not watched (drift)"))
+                .map_err(|e| tracing::warn!(error = %e, "no fanotify group for drift: executables made on file systems whose chmods the kernel hook misses are not watched"))
                 .ok();
+            tracing::info!(
+                kernel_hook = drift_hook,
+                fanotify = drift.is_some(),
+                "executables made in sessions (drift): the kernel hook where it sees chmods (ext4), fanotify file-system marks elsewhere"
+            );
             Some(Watcher::new(tree_of(policy), sensor, drift, drift_hook))
         }
         Err(e) => {
@@ -183,9 +188,9 @@ impl<W: Write> Pipeline<W> {
     /// exec could overtake). Between execs, the file tick reads them; meanwhile the kernel
     /// merges repeats (a chmod loop on one file) into one queued event.
     pub(super) fn read_drift(&mut self) {
-        let Some(drift) = self.files.as_ref().and_then(|w| w.written.as_ref()) else { return };
+        let Some(drift) = self.files.as_ref().and_then(|w| w.written.as_ref()?.sensor()) else { return };
         let now = Instant::now();
-        let fresh = drift.sensor().read_now();
+        let fresh = drift.read_now();
         self.event_counts.file.inc_by(fresh.len() as u64);
         let mut events: Vec<(Instant, FileEvent)> = self.deferred_attrib.drain(..).collect();
         events.extend(fresh.into_iter().map(|e| (now, e)));

@@ -59,7 +59,8 @@ struct Marked {
 }
 
 pub struct Watcher {
-    /// Executables made during sessions (drift); None without a second fanotify group.
+    /// Executables made during sessions (drift); None without the kernel hook and without a
+    /// second fanotify group.
     pub written: Option<super::written::Written>,
     tree: Tree,
     sensor: FileSensor,
@@ -75,7 +76,7 @@ impl Watcher {
     /// `hook`: the kernel reports executables written (drift) through the ring.
     pub fn new(tree: Tree, sensor: FileSensor, drift: Option<FileSensor>, hook: bool) -> Self {
         Self {
-            written: drift.map(|d| super::written::Written::new(d, hook)),
+            written: (drift.is_some() || hook).then(|| super::written::Written::new(drift, hook)),
             tree,
             sensor,
             marked: HashMap::new(),
@@ -93,7 +94,7 @@ impl Watcher {
 
     /// The fanotify groups: persistence writes, and metadata changes (drift).
     pub fn sensors(&self) -> impl Iterator<Item = &FileSensor> {
-        std::iter::once(&self.sensor).chain(self.written.as_ref().map(|w| w.sensor()))
+        std::iter::once(&self.sensor).chain(self.written.as_ref().and_then(|w| w.sensor()))
     }
 
     /// A new policy's locations: what is watched is walked again.

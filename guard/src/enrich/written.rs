@@ -77,8 +77,8 @@ pub struct Written {
     hook: bool,
     /// A fanotify group of its own: a flood of metadata changes elsewhere on a marked file
     /// system (an image unpacked on the node's disk) overflows this queue, not the one of
-    /// persistence writes.
-    sensor: FileSensor,
+    /// persistence writes. None when the kernel gave no second group.
+    sensor: Option<FileSensor>,
     /// File systems marked, each with a directory on it (to reopen the directories events
     /// name).
     filesystems: HashMap<[i32; 2], OwnedFd>,
@@ -87,12 +87,12 @@ pub struct Written {
 }
 
 impl Written {
-    pub fn new(sensor: FileSensor, hook: bool) -> Self {
+    pub fn new(sensor: Option<FileSensor>, hook: bool) -> Self {
         Self { hook, sensor, filesystems: HashMap::new(), by_name: Kept::new(), by_inode: Kept::new() }
     }
 
-    pub fn sensor(&self) -> &FileSensor {
-        &self.sensor
+    pub fn sensor(&self) -> Option<&FileSensor> {
+        self.sensor.as_ref()
     }
 
     /// Marks the file system directory `dir` is on, once, unless the hook sees its chmods.
@@ -108,7 +108,10 @@ impl Written {
             Err(e) => return tracing::debug!(what, error = %e, "no file handle for a drift file system"),
             Ok(_) => {}
         }
-        match self.sensor.mark_filesystem(&dir) {
+        let Some(sensor) = &self.sensor else {
+            return tracing::debug!(what, "no fanotify group for executables made on this file system");
+        };
+        match sensor.mark_filesystem(&dir) {
             Ok(fsid) => {
                 tracing::debug!(what, ?fsid, "watching a file system for executables made");
                 self.filesystems.insert(fsid, dir);

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId, BtfTracePoint, RawTracePoint},
+    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
     Ebpf, EbpfLoader,
 };
 use guard_abi::{names, Config, EventKind, EVENT_KINDS};
@@ -75,7 +75,7 @@ pub struct ProcessSensor {
     polling: Option<aya::maps::Array<MapData, u32>>,
     ring_bytes: u32,
     /// Drift's hook, when the kernel took it.
-    drift_link: Option<BtfTracePointLinkId>,
+    drift_link: Option<RawTracePointLinkId>,
 }
 
 /// Kernel-side losses, by event kind.
@@ -271,7 +271,7 @@ impl ProcessSensor {
     pub fn detach(&mut self) {
         if let Some(link) = self.drift_link.take() {
             let name = guard_abi::written::names::PROG_INODE_DIRTY;
-            let prog: Option<&mut BtfTracePoint> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+            let prog: Option<&mut RawTracePoint> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
             if let Some(Err(e)) = prog.map(|p| p.detach(link)) {
                 tracing::warn!(program = name, error = %e, "detaching");
             }
@@ -306,17 +306,15 @@ impl ProcessSensor {
     }
 }
 
-/// Attaches drift's hook (`writeback_mark_inode_dirty`, a BTF tracepoint): optional, so a
-/// kernel that refuses it costs drift its cheap path, not the agent its start. Not pinned: it
-/// only observes.
-fn attach_drift_hook(ebpf: &mut Ebpf) -> Option<BtfTracePointLinkId> {
+/// Attaches drift's hook (`writeback_mark_inode_dirty`): optional, so a kernel that refuses
+/// it costs drift its cheap path, not the agent its start. Not pinned: it only observes.
+fn attach_drift_hook(ebpf: &mut Ebpf) -> Option<RawTracePointLinkId> {
     let name = guard_abi::written::names::PROG_INODE_DIRTY;
-    let attached = (|| -> Result<BtfTracePointLinkId> {
-        let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-        let prog: &mut BtfTracePoint =
+    let attached = (|| -> Result<RawTracePointLinkId> {
+        let prog: &mut RawTracePoint =
             ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?.try_into()?;
-        prog.load(name, &btf).with_context(|| format!("verifying {name}"))?;
-        prog.attach().with_context(|| format!("attaching BTF tracepoint {name}"))
+        prog.load().with_context(|| format!("verifying {name}"))?;
+        prog.attach(name).with_context(|| format!("attaching raw tracepoint {name}"))
     })();
     attached
         .map_err(|e| tracing::warn!(error = format!("{e:#}"), "executables made in sessions are watched by fanotify instead (costs every metadata change on their file systems)"))
