@@ -271,11 +271,6 @@ fn an_executable_made_in_a_watched_cgroup_is_reported_once_by_its_maker() {
     let mut events = h.collect_until(WAIT, |evs| !execs_of(evs, run).is_empty());
     std::thread::sleep(Duration::from_millis(100));
     events.extend(h.drain());
-    let kernel_id = |p: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        let m = fs::metadata(p).unwrap();
-        ((libc::major(m.dev()) << 20) | libc::minor(m.dev()), m.ino())
-    };
     let written: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
@@ -283,7 +278,7 @@ fn an_executable_made_in_a_watched_cgroup_is_reported_once_by_its_maker() {
             _ => None,
         })
         .collect();
-    let of = |p: &Path| written.iter().filter(|w| (w.dev, w.ino) == kernel_id(p)).collect::<Vec<_>>();
+    let of = |p: &Path| written.iter().filter(|w| w.file.file() == id_of(p).file()).collect::<Vec<_>>();
     let reports = of(&made);
     assert_eq!(reports.len(), 1, "one report of the copy: {written:#?}");
     assert_eq!(reports[0].meta.tgid, cp.as_raw() as u32, "cp made it");

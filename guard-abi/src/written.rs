@@ -11,10 +11,11 @@ pub mod names {
     pub const PROG_INODE_DIRTY: &str = "writeback_mark_inode_dirty";
 }
 
-/// `WRITTEN_SEEN` key: a file as the kernel knows it.
+/// `WRITTEN_SEEN` key: a file as the kernel knows it, whatever has changed in it (the
+/// `ALLOWED` map's [`crate::FileKey`] has its change time too).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FileKey {
+pub struct Inode {
     pub ino: u64,
     /// Kernel dev_t (MAJOR << 20 | MINOR).
     pub dev: u32,
@@ -49,6 +50,6 @@ pub struct WrittenEvent {
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, repr(C), every bit pattern valid, no padding with meaning.
-    unsafe impl aya::Pod for super::FileKey {}
+    unsafe impl aya::Pod for super::Inode {}
     unsafe impl aya::Pod for super::Seen {}
 }

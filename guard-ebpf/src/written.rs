@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use guard_abi::{
     kconst::{S_IFMT, S_IFREG},
-    written::{FileKey, Seen, WrittenEvent, MAX_WRITTEN_SEEN},
+    written::{Inode, Seen, WrittenEvent, MAX_WRITTEN_SEEN},
     EventKind, CTIME_NSEC_MASK,
 };
 
@@ -28,7 +28,7 @@ use crate::{
 
 /// File → the change last reported and its writer.
 #[map]
-static WRITTEN_SEEN: LruHashMap<FileKey, Seen> = LruHashMap::with_max_entries(MAX_WRITTEN_SEEN, 0);
+static WRITTEN_SEEN: LruHashMap<Inode, Seen> = LruHashMap::with_max_entries(MAX_WRITTEN_SEEN, 0);
 
 /// The root cgroup's id: kernel threads (writeback's own inode updates) live there.
 const ROOT_CGROUP: u64 = 1;
@@ -62,7 +62,7 @@ pub fn writeback_mark_inode_dirty(ctx: RawTracePointContext) -> i32 {
 unsafe fn on_written(inode: *const u8, mode: u16, pid_tgid: u64, cgroup: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let sb = read_ptr(inode, conf!(offsets.inode_sb));
-    let key = FileKey {
+    let key = Inode {
         ino: read::<u64>(inode, conf!(offsets.inode_ino)),
         dev: read::<u32>(sb, conf!(offsets.sb_dev)),
         _pad: 0,

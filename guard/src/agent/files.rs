@@ -238,7 +238,7 @@ impl<W: Write> Pipeline<W> {
         if self.who(w.meta.cgroup_id, tgid).is_none() {
             return;
         }
-        let ctime = i128::from(w.ctime.0) * 1_000_000_000 + i128::from(w.ctime.1);
+        let ctime = i128::from(w.file.ctime_sec) * 1_000_000_000 + i128::from(w.file.ctime_nsec);
         let at = self.clock.wall(w.meta.ktime_ns).unix_timestamp_nanos();
         if at - ctime > CHANGE_RECENT.as_nanos() as i128 {
             return;
@@ -247,7 +247,7 @@ impl<W: Write> Pipeline<W> {
         self.table.ensure(&self.proc_root, tgid);
         let chain = self.table.chain_with_exited(tgid, WRITER_CHAIN);
         if let Some(written) = self.files.as_mut().and_then(|f| f.written.as_mut()) {
-            written.on_written((w.dev, w.ino), chain, Instant::now());
+            written.on_written(w.file, chain, Instant::now());
         }
     }
 

@@ -21,10 +21,7 @@ use std::{
     collections::{HashMap, VecDeque},
     ffi::OsString,
     hash::Hash,
-    os::{
-        fd::OwnedFd,
-        unix::fs::{MetadataExt, PermissionsExt},
-    },
+    os::{fd::OwnedFd, unix::fs::PermissionsExt},
     path::Path,
     time::Instant,
 };
@@ -32,7 +29,10 @@ use std::{
 use crate::{
     policy::root::Root,
     process::table::ProcInfo,
-    sensors::files::{dir_key, open_dir_by_key, DirKey, FileEvent, FileSensor},
+    sensors::{
+        decode::FileId,
+        files::{dir_key, open_dir_by_key, DirKey, FileEvent, FileSensor},
+    },
 };
 
 /// Files remembered per source, the oldest forgotten first.
@@ -45,9 +45,6 @@ pub struct Made {
     pub chain: Vec<ProcInfo>,
     pub at: Instant,
 }
-
-/// A file as the kernel hook names it: kernel dev_t (MAJOR << 20 | MINOR) and inode.
-pub type Inode = (u32, u64);
 
 /// Writers by file, the oldest forgotten first.
 struct Kept<K> {
@@ -83,7 +80,8 @@ pub struct Written {
     /// name).
     filesystems: HashMap<[i32; 2], OwnedFd>,
     by_name: Kept<(DirKey, OsString)>,
-    by_inode: Kept<Inode>,
+    /// Keyed by file alone (`FileId::file`): a later change keeps its writer's record.
+    by_inode: Kept<FileId>,
 }
 
 impl Written {
@@ -122,9 +120,9 @@ impl Written {
     }
 
     /// The hook's report: notebook process `chain[0]` changed executable `file`.
-    pub fn on_written(&mut self, file: Inode, chain: Vec<ProcInfo>, now: Instant) {
+    pub fn on_written(&mut self, file: FileId, chain: Vec<ProcInfo>, now: Instant) {
         tracing::debug!(?file, writer = ?chain.first().map(|p| p.pid), "executable written");
-        self.by_inode.insert(file, Made { chain, at: now });
+        self.by_inode.insert(file.file(), Made { chain, at: now });
     }
 
     /// A metadata change or a file made by a notebook process (`chain`: the writer first):
@@ -171,12 +169,6 @@ impl Written {
             Some(up) => std::fs::metadata(up).ok(),
             None => root.stat(real).ok(),
         }?;
-        self.by_inode.made.get(&kernel_inode(&meta)).cloned()
+        self.by_inode.made.get(&FileId::of(&meta).file()).cloned()
     }
-}
-
-/// A file's identity as the kernel hook reports it (the kernel's dev_t encoding).
-fn kernel_inode(m: &std::fs::Metadata) -> Inode {
-    let dev = m.dev();
-    ((libc::major(dev) << 20) | libc::minor(dev), m.ino())
 }

@@ -2,21 +2,19 @@
 
 use guard_abi::written::WrittenEvent;
 
-use super::{meta, read_record, DecodeError, Meta};
+use super::{meta, read_record, DecodeError, FileId, Meta};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
     /// The writer.
     pub meta: Meta,
-    /// Kernel dev_t (MAJOR << 20 | MINOR) and inode: the identity an exec reports.
-    pub dev: u32,
-    pub ino: u64,
-    /// The inode's change time after the change (seconds, nanoseconds since the epoch).
-    pub ctime: (i64, u32),
+    /// The file, with its change time after the change.
+    pub file: FileId,
     pub mode: u32,
 }
 
 pub(super) fn decode(buf: &[u8]) -> Result<Written, DecodeError> {
     let ev: WrittenEvent = read_record(buf, std::mem::size_of::<WrittenEvent>(), guard_abi::EventKind::Written)?;
-    Ok(Written { meta: meta(&ev.hdr), dev: ev.dev, ino: ev.ino, ctime: (ev.ctime_sec, ev.ctime_nsec), mode: ev.mode })
+    let file = FileId::from_kernel(ev.dev, ev.ino, ev.ctime_sec, ev.ctime_nsec);
+    Ok(Written { meta: meta(&ev.hdr), file, mode: ev.mode })
 }
