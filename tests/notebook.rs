@@ -437,40 +437,11 @@ fn terminals_are_a_named_allowance() {
 }
 
 #[test]
-fn local_process_and_docker_spawners_are_attributed() {
-    privileged!();
-    let guard = GuardProcess::start(&policy(None), &[]).unwrap();
-    // LocalProcessSpawner: the server runs in the hub's cgroup; its environment names the user.
-    let hub = TestCgroup::new_under(Path::new("system.slice"), "jupyterhub-test").unwrap();
-    let server =
-        "import subprocess, time\ntime.sleep(0.3)\nsubprocess.run(['curl', '--version'], capture_output=True)\n";
-    let (code, _) = run_server_script(&hub, "jupyterhub-singleuser", server, &[("JUPYTERHUB_USER", "carol")]);
-    assert_eq!(code, 0);
-    // DockerSpawner: a container scope whose processes carry JUPYTERHUB_USER.
-    let id = "d0".repeat(32);
-    let ctr = TestCgroup::exact(Path::new("system.slice"), &format!("docker-{id}.scope")).unwrap();
-    let body = "import subprocess, time\ntime.sleep(0.3)\nsubprocess.run(['curl', '--version'], capture_output=True)\n";
-    let (code, _) = run_server_script(&ctr, "start-notebook", body, &[("JUPYTERHUB_USER", "dave")]);
-    assert_eq!(code, 0);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let log = guard.log();
-    let alerts = guard.stop().unwrap();
-    let carol = alerts
-        .iter()
-        .find(|a| field(a, "jupyterhub.user") == "carol" && a["rule"] == "notebook.network_tool")
-        .unwrap_or_else(|| panic!("no LocalProcessSpawner alert:\n{}\n{log}", summary(&alerts)));
-    assert_eq!(field(carol, "jupyterhub.source"), "localprocessspawner");
-    let dave = alerts
-        .iter()
-        .find(|a| field(a, "jupyterhub.user") == "dave" && a["rule"] == "notebook.network_tool")
-        .unwrap_or_else(|| panic!("no DockerSpawner alert:\n{}", summary(&alerts)));
-    assert_eq!(field(dave, "jupyterhub.source"), "dockerspawner");
-    assert_eq!(field(dave, "container.id"), id.as_str());
-}
-
-#[test]
 fn policy_reloads_atomically_and_bad_policies_are_rejected() {
     privileged!();
+    // LocalProcessSpawner servers of the tests alongside would get scopes, which keep process
+    // marks on in every mode: this guard leaves them alone, so "nothing enforced" is exact.
+    let policy = |u: Option<&str>| format!("{}discovery:\n  local_process: false\n", policy(u));
     use std::io::{BufRead, Write};
     let (cg, user) = TestCgroup::tljh().unwrap();
     let guard = GuardProcess::start(&policy(None), &[]).unwrap();
@@ -534,13 +505,17 @@ fn policy_reloads_atomically_and_bad_policies_are_rejected() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(echo().trim(), "0", "monitor again: echo runs");
-    let entries = |map: &str| {
+    let entries = |map: &str| -> Vec<(u32, u32)> {
         let maps = guard.pin_dir.join(format!("maps-v{}", guard_abi::PIN_LAYOUT));
         let data = aya::maps::MapData::from_pin(maps.join(map)).unwrap();
         let m: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
-        m.keys().count()
+        m.iter().flatten().collect()
     };
-    assert_eq!((entries("MARKS"), entries("SERVERS")), (0, 0), "marks and servers kept with nothing enforced");
+    assert_eq!(
+        (entries("MARKS"), entries("SERVERS")),
+        (vec![], vec![]),
+        "marks and servers kept with nothing enforced"
+    );
     // ...and enforcing again marks the Python that is still running.
     let before = reloads(&guard);
     std::fs::write(&guard.config, policy(Some(&user))).unwrap();

@@ -1,7 +1,11 @@
 //! Whose notebook is this? cgroup id → (user, pod, container, server), from the cgroup path
 //! plus the Kubernetes pod cache or the spawner's own conventions.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use super::{
     cgroup::CgroupResolver,
@@ -139,7 +143,7 @@ impl Attributor {
         self.cache.clear();
     }
 
-    fn classify(&self, path: &std::path::Path, pid: u32) -> (Option<Arc<Attribution>>, bool) {
+    fn classify(&self, path: &Path, pid: u32) -> (Option<Arc<Attribution>>, bool) {
         let base = |source| Attribution::new(source, path.to_path_buf());
         match parse(path) {
             Workload::KubePod { pod_uid, container_id, .. } => {
@@ -172,28 +176,57 @@ impl Attributor {
             Workload::SystemdSpawner { user } if self.opts.tljh => {
                 (Some(Arc::new(Attribution { user: Some(user), ..base(Source::SystemdSpawner) })), true)
             }
-            Workload::Docker { container_id } if self.opts.docker => {
-                let environ = std::fs::read(self.opts.proc_root.join(pid.to_string()).join("environ"));
-                match environ {
-                    Ok(env) => match env_var(&env, "JUPYTERHUB_USER") {
-                        Some(user) => (
-                            Some(Arc::new(Attribution {
-                                user: Some(user),
-                                server: env_var(&env, "JUPYTERHUB_SERVER_NAME"),
-                                container_id: Some(container_id),
-                                ..base(Source::DockerSpawner)
-                            })),
-                            true,
-                        ),
-                        None => (None, true),
-                    },
-                    Err(_) => (None, false),
-                }
-            }
+            Workload::Docker { container_id } if self.opts.docker => match self.container_env(path, pid) {
+                Some(env) => match env_var(&env, "JUPYTERHUB_USER") {
+                    Some(user) => (
+                        Some(Arc::new(Attribution {
+                            user: Some(user),
+                            server: env_var(&env, "JUPYTERHUB_SERVER_NAME"),
+                            container_id: Some(container_id),
+                            ..base(Source::DockerSpawner)
+                        })),
+                        true,
+                    ),
+                    None => (None, true),
+                },
+                None => (None, false),
+            },
             _ => (None, true),
         }
     }
 }
+
+impl Attributor {
+    /// The environment that says whether a Docker container is a notebook: DockerSpawner sets
+    /// `JUPYTERHUB_USER` on the container, so every process that kept its environment has it.
+    /// The event's process is asked first, then the container's other processes (at most
+    /// [`ENV_PROBES`]): by the time an event is read its process may be gone, or a zombie
+    /// whose environ reads empty, and any process may have cleared its own environment. Taking
+    /// one of those as the container's answer would cache "not a notebook" for its whole life.
+    /// The first environment naming the user wins; else any non-empty one (a container that
+    /// is no notebook); None when no process could be read (ask again at the next event).
+    fn container_env(&self, cgroup: &Path, pid: u32) -> Option<Vec<u8>> {
+        let procs = self.cgroups.mount().join(cgroup.strip_prefix("/").unwrap_or(cgroup)).join("cgroup.procs");
+        let others = std::fs::read_to_string(procs).unwrap_or_default();
+        let pids = std::iter::once(pid)
+            .chain(others.lines().filter_map(|l| l.trim().parse().ok()).filter(|&p| p != pid))
+            .take(ENV_PROBES);
+        let mut other = None;
+        for p in pids {
+            let Ok(env) = std::fs::read(self.opts.proc_root.join(p.to_string()).join("environ")) else { continue };
+            if env_var(&env, "JUPYTERHUB_USER").is_some() {
+                return Some(env);
+            }
+            if !env.is_empty() && other.is_none() {
+                other = Some(env);
+            }
+        }
+        other
+    }
+}
+
+/// How many of a container's processes are read for its environment, once per container.
+const ENV_PROBES: usize = 64;
 
 /// LocalProcessSpawner: a notebook server started by the hub itself, in the hub's cgroup, as
 /// the user's uid; its environment names the user.
@@ -225,5 +258,48 @@ mod tests {
         assert_eq!(env_var(env, "JUPYTERHUB_USER").as_deref(), Some("alice"));
         assert_eq!(env_var(env, "EMPTY").as_deref(), Some(""));
         assert_eq!(env_var(env, "MISSING"), None);
+    }
+
+    /// A fake cgroup2 mount and /proc: a DockerSpawner container whose processes are listed
+    /// in `procs` with their environments.
+    fn docker(name: &str, procs: &[(u32, &[u8])]) -> (Attributor, PathBuf, PathBuf) {
+        let root = std::env::temp_dir().join(format!("guard-attr-{name}-{}", std::process::id()));
+        let unit = Path::new("/system.slice").join(format!("docker-{}.scope", "ab".repeat(32)));
+        let (mount, proc_root) = (root.join("cgroup"), root.join("proc"));
+        std::fs::create_dir_all(mount.join(unit.strip_prefix("/").unwrap())).unwrap();
+        let list: String = procs.iter().map(|(p, _)| format!("{p}\n")).collect();
+        std::fs::write(mount.join(unit.strip_prefix("/").unwrap()).join("cgroup.procs"), list).unwrap();
+        for (pid, env) in procs {
+            std::fs::create_dir_all(proc_root.join(pid.to_string())).unwrap();
+            std::fs::write(proc_root.join(pid.to_string()).join("environ"), env).unwrap();
+        }
+        let opts = AttributionOptions { proc_root, ..Default::default() };
+        (Attributor::new(CgroupResolver::new(mount).unwrap(), None, opts), unit, root)
+    }
+
+    #[test]
+    fn a_docker_container_is_known_by_any_process_that_kept_its_environment() {
+        // The event's process is a zombie (empty environ), the next one cleared its
+        // environment: the server still names the user.
+        let (a, unit, root) =
+            docker("kept", &[(10, b"PATH=/bin\0"), (11, b"JUPYTERHUB_USER=dave\0JUPYTERHUB_SERVER_NAME=gpu\0")]);
+        let (who, is_final) = a.classify(&unit, 12);
+        let who = who.expect("attributed through the server");
+        assert!(is_final);
+        assert_eq!((who.user.as_deref(), who.server.as_deref()), (Some("dave"), Some("gpu")));
+        assert_eq!(who.container_id.as_deref(), Some("ab".repeat(32).as_str()));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_docker_container_is_judged_only_once_a_process_could_be_read() {
+        // Every process gone or a zombie: no answer, and none kept (the next event asks again).
+        let (a, unit, root) = docker("gone", &[(20, b"")]);
+        assert_eq!(a.classify(&unit, 21), (None, false));
+        std::fs::remove_dir_all(&root).unwrap();
+        // Live processes, none naming a user: a container that is no notebook, for good.
+        let (a, unit, root) = docker("other", &[(30, b"PATH=/bin\0"), (31, b"HOME=/\0")]);
+        assert_eq!(a.classify(&unit, 30), (None, true));
+        std::fs::remove_dir_all(root).unwrap();
     }
 }
