@@ -5,6 +5,7 @@
 
 pub mod fake_kube;
 pub mod hub;
+pub mod notebook;
 pub mod pod;
 pub mod unit;
 
