@@ -7,6 +7,7 @@ pub mod fake_kube;
 pub mod hub;
 pub mod notebook;
 pub mod pod;
+pub mod seccomp;
 pub mod unit;
 
 mod agent;
