@@ -89,7 +89,7 @@ impl<W: Write> Pipeline<W> {
     /// Reads the processes of cgroup `rel` and those below it into the process table (from
     /// /proc) where the table does not know them yet.
     pub(super) fn seed_members(&mut self, rel: &Path) {
-        let mut dirs = vec![self.mount.join(rel.strip_prefix("/").unwrap_or(rel))];
+        let mut dirs = vec![crate::discovery::cgroup::on_mount(&self.mount, rel)];
         while let Some(dir) = dirs.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for e in entries.flatten() {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{
-    cgroup::CgroupResolver,
+    cgroup::{on_mount, CgroupResolver},
     kube::PodCache,
     workload::{parse, Workload},
 };
@@ -143,6 +143,36 @@ impl Attributor {
         self.cache.clear();
     }
 
+    /// The environment that says whether a Docker container is a notebook: DockerSpawner sets
+    /// `JUPYTERHUB_USER` on the container, so every process that kept its environment has it.
+    /// The event's process is asked first, then the container's other processes (at most
+    /// [`ENV_PROBES`] in all): by the time an event is read its process may be gone, or a
+    /// zombie whose environ reads empty, and any process may have cleared its own environment.
+    /// Taking one of those as the container's answer would cache "not a notebook" for its whole
+    /// life. The first environment naming the user wins; else any non-empty one (a container
+    /// that is no notebook); None when no process could be read (ask again at the next event).
+    fn container_env(&self, cgroup: &Path, pid: u32) -> Option<Vec<u8>> {
+        let environ = |p: u32| std::fs::read(self.opts.proc_root.join(p.to_string()).join("environ")).ok();
+        let names_user = |env: &[u8]| env_var(env, "JUPYTERHUB_USER").is_some();
+        let first = environ(pid);
+        if first.as_deref().is_some_and(names_user) {
+            return first;
+        }
+        let procs = std::fs::read_to_string(on_mount(self.cgroups.mount(), cgroup).join("cgroup.procs"));
+        let procs = procs.unwrap_or_default();
+        let mut other = first.filter(|env| !env.is_empty());
+        let others = procs.lines().filter_map(|l| l.trim().parse().ok()).filter(|&p| p != pid);
+        for env in others.take(ENV_PROBES - 1).filter_map(environ) {
+            if names_user(&env) {
+                return Some(env);
+            }
+            if other.is_none() && !env.is_empty() {
+                other = Some(env);
+            }
+        }
+        other
+    }
+
     fn classify(&self, path: &Path, pid: u32) -> (Option<Arc<Attribution>>, bool) {
         let base = |source| Attribution::new(source, path.to_path_buf());
         match parse(path) {
@@ -196,35 +226,6 @@ impl Attributor {
     }
 }
 
-impl Attributor {
-    /// The environment that says whether a Docker container is a notebook: DockerSpawner sets
-    /// `JUPYTERHUB_USER` on the container, so every process that kept its environment has it.
-    /// The event's process is asked first, then the container's other processes (at most
-    /// [`ENV_PROBES`]): by the time an event is read its process may be gone, or a zombie
-    /// whose environ reads empty, and any process may have cleared its own environment. Taking
-    /// one of those as the container's answer would cache "not a notebook" for its whole life.
-    /// The first environment naming the user wins; else any non-empty one (a container that
-    /// is no notebook); None when no process could be read (ask again at the next event).
-    fn container_env(&self, cgroup: &Path, pid: u32) -> Option<Vec<u8>> {
-        let procs = self.cgroups.mount().join(cgroup.strip_prefix("/").unwrap_or(cgroup)).join("cgroup.procs");
-        let others = std::fs::read_to_string(procs).unwrap_or_default();
-        let pids = std::iter::once(pid)
-            .chain(others.lines().filter_map(|l| l.trim().parse().ok()).filter(|&p| p != pid))
-            .take(ENV_PROBES);
-        let mut other = None;
-        for p in pids {
-            let Ok(env) = std::fs::read(self.opts.proc_root.join(p.to_string()).join("environ")) else { continue };
-            if env_var(&env, "JUPYTERHUB_USER").is_some() {
-                return Some(env);
-            }
-            if !env.is_empty() && other.is_none() {
-                other = Some(env);
-            }
-        }
-        other
-    }
-}
-
 /// How many of a container's processes are read for its environment, once per container.
 const ENV_PROBES: usize = 64;
 
@@ -266,9 +267,10 @@ mod tests {
         let root = std::env::temp_dir().join(format!("guard-attr-{name}-{}", std::process::id()));
         let unit = Path::new("/system.slice").join(format!("docker-{}.scope", "ab".repeat(32)));
         let (mount, proc_root) = (root.join("cgroup"), root.join("proc"));
-        std::fs::create_dir_all(mount.join(unit.strip_prefix("/").unwrap())).unwrap();
+        let dir = on_mount(&mount, &unit);
+        std::fs::create_dir_all(&dir).unwrap();
         let list: String = procs.iter().map(|(p, _)| format!("{p}\n")).collect();
-        std::fs::write(mount.join(unit.strip_prefix("/").unwrap()).join("cgroup.procs"), list).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), list).unwrap();
         for (pid, env) in procs {
             std::fs::create_dir_all(proc_root.join(pid.to_string())).unwrap();
             std::fs::write(proc_root.join(pid.to_string()).join("environ"), env).unwrap();

@@ -51,6 +51,12 @@ pub fn find_cgroup2_mount() -> Result<PathBuf> {
     parse_mountinfo(&text).context("no cgroup2 filesystem is mounted (cgroup v2 is required)")
 }
 
+/// The directory of cgroup `rel` (a path relative to the cgroup2 root, as the resolver gives
+/// it: `/kubepods.slice/…`) on the mount at `mount`.
+pub fn on_mount(mount: &Path, rel: &Path) -> PathBuf {
+    mount.join(rel.strip_prefix("/").unwrap_or(rel))
+}
+
 /// A cgroup's id: the inode number of its directory (the kernfs node id on 64-bit kernels).
 pub fn cgroup_id(path: &Path) -> Result<u64> {
     Ok(fs::metadata(path).with_context(|| format!("stat {}", path.display()))?.ino())

@@ -22,7 +22,7 @@ pub struct RecordTarget {
 /// `path` absolute on the cgroup2 mount, or relative to it.
 pub fn from_cgroup(mount: &Path, path: &Path) -> Result<RecordTarget> {
     let abs =
-        if path.starts_with(mount) { path.to_path_buf() } else { mount.join(path.strip_prefix("/").unwrap_or(path)) };
+        if path.starts_with(mount) { path.to_path_buf() } else { crate::discovery::cgroup::on_mount(mount, path) };
     if !abs.is_dir() {
         bail!("{}: no such cgroup (cgroup2 is mounted at {})", path.display(), mount.display());
     }
